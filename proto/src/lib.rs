@@ -1,0 +1,27 @@
+//! The gradsweep wire contract.
+//!
+//! This crate holds the protobuf messages and the tonic client and server
+//! stubs generated from `proto/gradsweep.proto` at build time (by protox, so
+//! no system `protoc` is needed). It contains no logic: the coordinator and
+//! the worker each convert between these messages and the domain types of
+//! `gradsweep-shared` in one module of their own.
+//!
+//! # Layout
+//! * [`v1`] — generated code for package `gradsweep.v1`.
+//! * [`PROTOCOL_VERSION`] — checked at worker registration.
+//! * [`MAX_MESSAGE_BYTES`] — the size limit both sides enforce.
+
+/// Generated messages and services of package `gradsweep.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
+pub mod v1 {
+    tonic::include_proto!("gradsweep.v1");
+}
+
+/// Protocol version; a worker whose version differs is refused at registration.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// No gRPC message in either direction may exceed this size (4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest payload of one blob chunk, leaving headroom under [`MAX_MESSAGE_BYTES`].
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;

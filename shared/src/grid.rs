@@ -1,0 +1,913 @@
+//! The grid file: parsing, validation and expansion into runs.
+//!
+//! A grid file (TOML) has four sections:
+//!
+//! ```toml
+//! [sweep]                  # name, seeds (a list, or a count n meaning 0..n)
+//! name = "quickstart"
+//! seeds = [0, 1]
+//! [train]                  # defaults for every train key
+//! model = "mlp:64-32-10"
+//! [probe]                  # defaults for every probe key
+//! every_epochs = 10
+//! [grid]                   # axes: any train/probe key
+//! lr = { log = [0.02, 0.2], num = 4 }
+//! batch_size = [8, 32, 128]
+//! [[grid.zip]]             # lists of equal length paired into one axis
+//! momentum = [0.0, 0.9]
+//! weight_decay = [0.0, 1e-4]
+//! ```
+//!
+//! Axes form a product in the order they appear (the first varies slowest);
+//! each seed of each cell is one run. Every error names the file, the line
+//! and column, and the rule broken; nothing is produced unless the whole
+//! file is valid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::data::DatasetName;
+use crate::model::Model;
+use crate::spec::{ProbeConfig, RunSpec, TrainConfig};
+
+/// Default cap on the number of runs a grid may expand to.
+pub const DEFAULT_MAX_RUNS: usize = 10_000;
+
+/// One problem in a grid file, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GridIssue {
+    /// The file name as given.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub col: usize,
+    /// What rule is broken.
+    pub message: String,
+}
+
+impl fmt::Display for GridIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+/// All problems found in a grid file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct GridError {
+    /// The problems, in file order.
+    pub issues: Vec<GridIssue>,
+}
+
+impl fmt::Display for GridError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.issues.iter().map(|i| i.to_string()).collect();
+        write!(f, "{}", lines.join("\n"))
+    }
+}
+
+/// Limits applied while expanding.
+#[derive(Debug, Clone, Copy)]
+pub struct GridLimits {
+    /// Largest number of runs (cells × seeds) accepted.
+    pub max_runs: usize,
+}
+
+impl Default for GridLimits {
+    fn default() -> Self {
+        GridLimits {
+            max_runs: DEFAULT_MAX_RUNS,
+        }
+    }
+}
+
+/// One point of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Position in the grid, from 0.
+    pub index: u32,
+    /// The axis values that define this cell, by key.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Full training configuration.
+    pub train: TrainConfig,
+    /// Full probe configuration.
+    pub probe: ProbeConfig,
+}
+
+impl Cell {
+    /// The spec of this cell's run with `seed`.
+    pub fn run_spec(&self, seed: u64) -> RunSpec {
+        RunSpec {
+            train: self.train.clone(),
+            probe: self.probe.clone(),
+            seed,
+        }
+    }
+}
+
+/// A validated, expanded grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPlan {
+    /// Sweep name.
+    pub name: String,
+    /// Seeds; each cell runs once per seed.
+    pub seeds: Vec<u64>,
+    /// Axis keys in order.
+    pub axes: Vec<String>,
+    /// The cells.
+    pub cells: Vec<Cell>,
+}
+
+impl SweepPlan {
+    /// Number of runs.
+    pub fn run_count(&self) -> usize {
+        self.cells.len() * self.seeds.len()
+    }
+
+    /// Canonical JSON of the plan: the same for every file that describes the
+    /// same sweep, whatever its formatting, comments or key order.
+    pub fn normalized_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// SHA-256 of [`Self::normalized_json`], hex.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.normalized_json().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSweep {
+    name: Spanned<String>,
+    #[serde(default)]
+    seeds: Option<Spanned<toml::Value>>,
+}
+
+type RawTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    sweep: Spanned<RawSweep>,
+    #[serde(default)]
+    train: RawTable,
+    #[serde(default)]
+    probe: RawTable,
+    #[serde(default)]
+    grid: Option<Spanned<RawTable>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Section {
+    Train,
+    Probe,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Str,
+    /// Integer with a minimum.
+    Int(i64),
+    /// Float > 0.
+    Positive,
+    /// Float ≥ 0.
+    NonNegative,
+    /// Float in [0, 1).
+    Fraction,
+    Bool,
+}
+
+const KEYS: &[(&str, Section, Kind)] = &[
+    ("model", Section::Train, Kind::Str),
+    ("dataset", Section::Train, Kind::Str),
+    ("epochs", Section::Train, Kind::Int(1)),
+    ("lr", Section::Train, Kind::Positive),
+    ("batch_size", Section::Train, Kind::Int(1)),
+    ("momentum", Section::Train, Kind::Fraction),
+    ("weight_decay", Section::Train, Kind::NonNegative),
+    ("replacement", Section::Train, Kind::Bool),
+    ("test_fraction", Section::Train, Kind::Fraction),
+    ("split_seed", Section::Train, Kind::Int(0)),
+    ("every_epochs", Section::Probe, Kind::Int(1)),
+    ("sketch_rank", Section::Probe, Kind::Int(1)),
+    ("projections", Section::Probe, Kind::Int(2)),
+    ("max_lag", Section::Probe, Kind::Int(1)),
+    ("burn_in_epochs", Section::Probe, Kind::Int(0)),
+    ("projection_seed", Section::Probe, Kind::Int(0)),
+    ("block_size", Section::Probe, Kind::Int(1)),
+];
+
+fn key_def(name: &str) -> Option<(Section, Kind)> {
+    KEYS.iter().find(|k| k.0 == name).map(|k| (k.1, k.2))
+}
+
+fn kind_name(k: Kind) -> String {
+    match k {
+        Kind::Str => "a string".into(),
+        Kind::Int(min) => format!("an integer ≥ {min}"),
+        Kind::Positive => "a number > 0".into(),
+        Kind::NonNegative => "a number ≥ 0".into(),
+        Kind::Fraction => "a number in [0, 1)".into(),
+        Kind::Bool => "true or false".into(),
+    }
+}
+
+/// Checks one value against its key's rule; returns it normalised to JSON.
+fn check_value(key: &str, kind: Kind, v: &toml::Value) -> Result<serde_json::Value, String> {
+    let wrong = || format!("`{key}` must be {}, found {}", kind_name(kind), describe(v));
+    match kind {
+        Kind::Str => v
+            .as_str()
+            .map(|s| serde_json::Value::from(s.to_string()))
+            .ok_or_else(wrong),
+        Kind::Bool => v.as_bool().map(serde_json::Value::from).ok_or_else(wrong),
+        Kind::Int(min) => {
+            let i = v.as_integer().ok_or_else(wrong)?;
+            if i < min {
+                return Err(format!("`{key}` must be ≥ {min}, found {i}"));
+            }
+            Ok(serde_json::Value::from(i))
+        }
+        Kind::Positive | Kind::NonNegative | Kind::Fraction => {
+            let f = v
+                .as_float()
+                .or_else(|| v.as_integer().map(|i| i as f64))
+                .ok_or_else(wrong)?;
+            let ok = f.is_finite()
+                && match kind {
+                    Kind::Positive => f > 0.0,
+                    Kind::NonNegative => f >= 0.0,
+                    _ => (0.0..1.0).contains(&f),
+                };
+            if !ok {
+                return Err(format!("`{key}` must be {}, found {f}", kind_name(kind)));
+            }
+            Ok(serde_json::json!(f))
+        }
+    }
+}
+
+fn describe(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("the string \"{s}\""),
+        toml::Value::Integer(i) => format!("the integer {i}"),
+        toml::Value::Float(f) => format!("the number {f}"),
+        toml::Value::Boolean(b) => format!("{b}"),
+        toml::Value::Datetime(d) => format!("the date {d}"),
+        toml::Value::Array(_) => "an array".into(),
+        toml::Value::Table(_) => "a table".into(),
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    issues: Vec<GridIssue>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.issues.push(GridIssue {
+            file: self.file.to_string(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+}
+
+/// 1-based line and character column of byte `offset`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// One axis: a key and its list of (value, where it came from).
+struct Axis {
+    keys: Vec<String>,
+    /// points[i][k] is the value of keys[k] at position i.
+    points: Vec<Vec<serde_json::Value>>,
+    span: Range<usize>,
+}
+
+fn expand_axis(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    kind: Kind,
+    v: &Spanned<toml::Value>,
+) -> Option<Vec<serde_json::Value>> {
+    let span = v.span();
+    match v.get_ref() {
+        toml::Value::Array(items) => {
+            if items.is_empty() {
+                ctx.push(span, format!("axis `{key}` is empty"));
+                return None;
+            }
+            let mut out = vec![];
+            for it in items {
+                match check_value(key, kind, it) {
+                    Ok(x) => out.push(x),
+                    Err(e) => {
+                        ctx.push(span.clone(), format!("in axis `{key}`: {e}"));
+                        return None;
+                    }
+                }
+            }
+            Some(out)
+        }
+        toml::Value::Table(t) => {
+            let bad_form = format!(
+                "axis `{key}` must be a list, {{ log = [a, b], num = n }} or {{ lin = [a, b], num = n }}"
+            );
+            let (mode, range) = match (t.get("log"), t.get("lin")) {
+                (Some(r), None) => ("log", r),
+                (None, Some(r)) => ("lin", r),
+                _ => {
+                    ctx.push(span, bad_form);
+                    return None;
+                }
+            };
+            if let Some(extra) = t
+                .keys()
+                .find(|k| !["log", "lin", "num"].contains(&k.as_str()))
+            {
+                ctx.push(
+                    span,
+                    format!("unknown key `{extra}` in range of axis `{key}` ({bad_form})"),
+                );
+                return None;
+            }
+            let ends: Option<Vec<f64>> = range
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_float().or_else(|| x.as_integer().map(|i| i as f64)))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .unwrap_or(None);
+            let Some([a, b]) = ends
+                .as_deref()
+                .map(|e| <[f64; 2]>::try_from(e).ok())
+                .unwrap_or(None)
+            else {
+                ctx.push(
+                    span,
+                    format!("`{mode}` of axis `{key}` must be a list of two numbers [a, b]"),
+                );
+                return None;
+            };
+            let num = match t.get("num").and_then(|n| n.as_integer()) {
+                Some(n) if n >= 1 => n as usize,
+                _ => {
+                    ctx.push(
+                        span,
+                        format!("`num` of axis `{key}` must be an integer ≥ 1"),
+                    );
+                    return None;
+                }
+            };
+            if mode == "log" && (a <= 0.0 || b <= 0.0) {
+                ctx.push(
+                    span,
+                    format!("`log` range of axis `{key}` needs positive ends, found [{a}, {b}]"),
+                );
+                return None;
+            }
+            let mut out = vec![];
+            for i in 0..num {
+                let t = if num == 1 {
+                    0.0
+                } else {
+                    i as f64 / (num - 1) as f64
+                };
+                let x = if mode == "log" {
+                    (a.ln() + t * (b.ln() - a.ln())).exp()
+                } else {
+                    a + t * (b - a)
+                };
+                let tv = match kind {
+                    Kind::Int(_) => toml::Value::Integer(x.round() as i64),
+                    Kind::Str | Kind::Bool => {
+                        ctx.push(
+                            span,
+                            format!(
+                                "axis `{key}` takes {}, not a numeric range",
+                                kind_name(kind)
+                            ),
+                        );
+                        return None;
+                    }
+                    _ => toml::Value::Float(x),
+                };
+                match check_value(key, kind, &tv) {
+                    Ok(x) => {
+                        if out.contains(&x) {
+                            ctx.push(
+                                span,
+                                format!("range of axis `{key}` yields the value {x} twice"),
+                            );
+                            return None;
+                        }
+                        out.push(x)
+                    }
+                    Err(e) => {
+                        ctx.push(span, format!("in axis `{key}`: {e}"));
+                        return None;
+                    }
+                }
+            }
+            Some(out)
+        }
+        other => {
+            ctx.push(
+                span,
+                format!(
+                    "axis `{key}` must be a list or a range table, found {}",
+                    describe(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Parses, validates and expands a grid file. `file` names it in errors.
+pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPlan, GridError> {
+    let mut ctx = Ctx {
+        file,
+        text,
+        issues: vec![],
+    };
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let msg = e.message().trim().to_string();
+            ctx.push(span, msg);
+            return Err(GridError { issues: ctx.issues });
+        }
+    };
+
+    // Defaults from [train] and [probe]; remember where each value came from.
+    let mut base: BTreeMap<String, (serde_json::Value, Range<usize>)> = BTreeMap::new();
+    for (section, table) in [(Section::Train, &raw.train), (Section::Probe, &raw.probe)] {
+        for (k, v) in table {
+            let name = k.get_ref().as_str();
+            match key_def(name) {
+                Some((s, kind)) if s == section => match check_value(name, kind, v.get_ref()) {
+                    Ok(x) => {
+                        base.insert(name.to_string(), (x, v.span()));
+                    }
+                    Err(e) => ctx.push(v.span(), e),
+                },
+                Some((s, _)) => ctx.push(
+                    k.span(),
+                    format!(
+                        "key `{name}` belongs in [{}], not [{}]",
+                        section_name(s),
+                        section_name(section)
+                    ),
+                ),
+                None => ctx.push(
+                    k.span(),
+                    format!("unknown key `{name}` in [{}]", section_name(section)),
+                ),
+            }
+        }
+    }
+
+    // Seeds.
+    let seeds: Vec<u64> = match &raw.sweep.get_ref().seeds {
+        None => vec![0],
+        Some(s) => match s.get_ref() {
+            toml::Value::Integer(n) if *n >= 1 => (0..*n as u64).collect(),
+            toml::Value::Array(a) if !a.is_empty() => {
+                let v: Option<Vec<u64>> = a
+                    .iter()
+                    .map(|x| x.as_integer().filter(|&i| i >= 0).map(|i| i as u64))
+                    .collect();
+                match v {
+                    Some(v) => {
+                        let mut sorted = v.clone();
+                        sorted.sort_unstable();
+                        sorted.dedup();
+                        if sorted.len() != v.len() {
+                            ctx.push(s.span(), "`seeds` lists a seed twice");
+                        }
+                        v
+                    }
+                    None => {
+                        ctx.push(s.span(), "`seeds` must list non-negative integers");
+                        vec![]
+                    }
+                }
+            }
+            _ => {
+                ctx.push(
+                    s.span(),
+                    "`seeds` must be a non-empty list of non-negative integers or a count ≥ 1",
+                );
+                vec![]
+            }
+        },
+    };
+    let name = raw.sweep.get_ref().name.get_ref().trim().to_string();
+    if name.is_empty() {
+        ctx.push(raw.sweep.get_ref().name.span(), "`name` must not be empty");
+    }
+
+    // Axes.
+    let mut axes: Vec<Axis> = vec![];
+    let grid_span = raw.grid.as_ref().map(|g| g.span()).unwrap_or(0..0);
+    if let Some(grid) = &raw.grid {
+        let mut entries: Vec<(&Spanned<String>, &Spanned<toml::Value>)> =
+            grid.get_ref().iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        for (k, v) in entries {
+            let key = k.get_ref().as_str();
+            if key == "zip" {
+                expand_zip(&mut ctx, v, &mut axes);
+                continue;
+            }
+            let Some((_, kind)) = key_def(key) else {
+                ctx.push(
+                    k.span(),
+                    format!("unknown key `{key}` in [grid] (axes take train or probe keys)"),
+                );
+                continue;
+            };
+            if let Some(points) = expand_axis(&mut ctx, key, kind, v) {
+                axes.push(Axis {
+                    keys: vec![key.to_string()],
+                    points: points.into_iter().map(|p| vec![p]).collect(),
+                    span: v.span(),
+                });
+            }
+        }
+    }
+    let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
+    for a in &axes {
+        for k in &a.keys {
+            if seen.insert(k.clone(), a.span.clone()).is_some() {
+                ctx.push(a.span.clone(), format!("key `{k}` is an axis twice"));
+            }
+        }
+    }
+    if !ctx.issues.is_empty() {
+        return Err(GridError { issues: ctx.issues });
+    }
+
+    let cells_count: usize = axes.iter().map(|a| a.points.len()).product();
+    let runs = cells_count.saturating_mul(seeds.len());
+    if runs > limits.max_runs {
+        ctx.push(
+            grid_span,
+            format!(
+                "the grid expands to {runs} runs, more than the limit of {}",
+                limits.max_runs
+            ),
+        );
+        return Err(GridError { issues: ctx.issues });
+    }
+
+    // Expand the product; the first axis varies slowest.
+    let mut cells = vec![];
+    for index in 0..cells_count {
+        let mut rem = index;
+        let mut choice = vec![0; axes.len()];
+        for (ai, a) in axes.iter().enumerate().rev() {
+            choice[ai] = rem % a.points.len();
+            rem /= a.points.len();
+        }
+        let mut values = base.clone();
+        let mut params = BTreeMap::new();
+        for (a, &c) in axes.iter().zip(&choice) {
+            for (k, v) in a.keys.iter().zip(&a.points[c]) {
+                values.insert(k.clone(), (v.clone(), a.span.clone()));
+                params.insert(k.clone(), v.clone());
+            }
+        }
+        match build_cell(&mut ctx, index as u32, params, &values) {
+            Some(cell) => cells.push(cell),
+            None => break, // one cell's errors are enough to show
+        }
+    }
+    if !ctx.issues.is_empty() {
+        return Err(GridError { issues: ctx.issues });
+    }
+    Ok(SweepPlan {
+        name,
+        seeds,
+        axes: axes.iter().flat_map(|a| a.keys.clone()).collect(),
+        cells,
+    })
+}
+
+fn section_name(s: Section) -> &'static str {
+    match s {
+        Section::Train => "train",
+        Section::Probe => "probe",
+    }
+}
+
+fn expand_zip(ctx: &mut Ctx<'_>, v: &Spanned<toml::Value>, axes: &mut Vec<Axis>) {
+    let span = v.span();
+    let groups: Vec<&toml::Table> = match v.get_ref() {
+        toml::Value::Array(a) if a.iter().all(|x| x.is_table()) => {
+            a.iter().filter_map(|x| x.as_table()).collect()
+        }
+        toml::Value::Table(t) => vec![t],
+        _ => {
+            ctx.push(
+                span,
+                "`zip` must be a table ([grid.zip]) or tables ([[grid.zip]]) of equal-length lists",
+            );
+            return;
+        }
+    };
+    for g in groups {
+        let mut keys = vec![];
+        let mut cols: Vec<Vec<serde_json::Value>> = vec![];
+        for (k, val) in g {
+            let Some((_, kind)) = key_def(k) else {
+                ctx.push(span.clone(), format!("unknown key `{k}` in a zip group"));
+                return;
+            };
+            let Some(list) = val.as_array() else {
+                ctx.push(span.clone(), format!("zip key `{k}` must be a list"));
+                return;
+            };
+            let mut col = vec![];
+            for it in list {
+                match check_value(k, kind, it) {
+                    Ok(x) => col.push(x),
+                    Err(e) => {
+                        ctx.push(span.clone(), format!("in zip key `{k}`: {e}"));
+                        return;
+                    }
+                }
+            }
+            keys.push(k.clone());
+            cols.push(col);
+        }
+        let lens: Vec<usize> = cols.iter().map(|c| c.len()).collect();
+        if lens.is_empty() || lens.contains(&0) {
+            ctx.push(
+                span.clone(),
+                "a zip group needs at least one non-empty list",
+            );
+            return;
+        }
+        if lens.iter().any(|&l| l != lens[0]) {
+            let desc: Vec<String> = keys
+                .iter()
+                .zip(&lens)
+                .map(|(k, l)| format!("`{k}` has {l}"))
+                .collect();
+            ctx.push(
+                span.clone(),
+                format!("zip lists must have equal lengths: {}", desc.join(", ")),
+            );
+            return;
+        }
+        let points = (0..lens[0])
+            .map(|i| cols.iter().map(|c| c[i].clone()).collect())
+            .collect();
+        axes.push(Axis {
+            keys,
+            points,
+            span: span.clone(),
+        });
+    }
+}
+
+fn build_cell(
+    ctx: &mut Ctx<'_>,
+    index: u32,
+    params: BTreeMap<String, serde_json::Value>,
+    values: &BTreeMap<String, (serde_json::Value, Range<usize>)>,
+) -> Option<Cell> {
+    let mut train = serde_json::to_value(TrainConfig::default()).ok()?;
+    let mut probe = serde_json::to_value(ProbeConfig::default()).ok()?;
+    for (k, (v, _)) in values {
+        let target = match key_def(k).map(|d| d.0) {
+            Some(Section::Train) => &mut train,
+            Some(Section::Probe) => &mut probe,
+            None => continue,
+        };
+        target[k.as_str()] = v.clone();
+    }
+    let train: TrainConfig = serde_json::from_value(train).ok()?;
+    let probe: ProbeConfig = serde_json::from_value(probe).ok()?;
+    let span_of = |k: &str| values.get(k).map(|(_, s)| s.clone()).unwrap_or(0..0);
+    let before = ctx.issues.len();
+    let cell_desc = if params.is_empty() {
+        String::new()
+    } else {
+        format!(" (cell {index}: {})", fmt_params(&params))
+    };
+
+    let ds = match DatasetName::parse(&train.dataset) {
+        Ok(d) => Some(d.info()),
+        Err(e) => {
+            ctx.push(span_of("dataset"), format!("{e}{cell_desc}"));
+            None
+        }
+    };
+    let model = match Model::parse(&train.model) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            ctx.push(span_of("model"), format!("{e}{cell_desc}"));
+            None
+        }
+    };
+    if let Some(info) = ds {
+        let n_test = ((info.samples as f64) * train.test_fraction).round() as usize;
+        let n_train = info.samples - n_test.min(info.samples - 1);
+        if train.batch_size as usize > n_train {
+            ctx.push(
+                span_of("batch_size"),
+                format!(
+                    "`batch_size` {} is larger than the training set ({n_train} samples of `{}`){cell_desc}",
+                    train.batch_size, train.dataset
+                ),
+            );
+        }
+        if let Some(m) = &model {
+            if m.input_dim() != info.dim || m.classes() != info.classes {
+                ctx.push(
+                    span_of("model"),
+                    format!(
+                        "model `{}` takes {} inputs and {} classes but dataset `{}` has {} features and {} classes{cell_desc}",
+                        train.model,
+                        m.input_dim(),
+                        m.classes(),
+                        train.dataset,
+                        info.dim,
+                        info.classes
+                    ),
+                );
+            }
+            if probe.projections as usize > m.param_count() {
+                ctx.push(
+                    span_of("projections"),
+                    format!(
+                        "`projections` exceeds the model's {} parameters",
+                        m.param_count()
+                    ),
+                );
+            }
+        }
+    }
+    if probe.burn_in_epochs >= train.epochs {
+        ctx.push(
+            span_of("burn_in_epochs"),
+            format!(
+                "`burn_in_epochs` ({}) must be less than `epochs` ({}){cell_desc}",
+                probe.burn_in_epochs, train.epochs
+            ),
+        );
+    }
+    (ctx.issues.len() == before).then_some(Cell {
+        index,
+        params,
+        train,
+        probe,
+    })
+}
+
+/// `k=v, k=v` for display.
+pub fn fmt_params(params: &BTreeMap<String, serde_json::Value>) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICK: &str = r#"
+[sweep]
+name = "quickstart"
+seeds = [0, 1]
+[train]
+model = "mlp:64-32-10"
+dataset = "digits"
+epochs = 30
+[probe]
+every_epochs = 10
+sketch_rank = 64
+[grid]
+lr = { log = [0.02, 0.2], num = 4 }
+batch_size = [8, 32, 128]
+"#;
+
+    fn err(text: &str) -> GridIssue {
+        let e = parse_grid(text, "g.toml", GridLimits::default()).unwrap_err();
+        e.issues[0].clone()
+    }
+
+    #[test]
+    fn quickstart_expands() {
+        let p = parse_grid(QUICK, "q.toml", GridLimits::default()).unwrap();
+        assert_eq!(p.cells.len(), 12);
+        assert_eq!(p.run_count(), 24);
+        assert_eq!(p.axes, vec!["lr", "batch_size"]);
+        assert!((p.cells[0].train.lr - 0.02).abs() < 1e-12);
+        assert!((p.cells[11].train.lr - 0.2).abs() < 1e-12);
+        assert_eq!(p.cells[1].train.batch_size, 32);
+        assert_eq!(p.cells[0].train.epochs, 30);
+    }
+
+    #[test]
+    fn fingerprint_ignores_formatting() {
+        let a = parse_grid(QUICK, "a", GridLimits::default()).unwrap();
+        let reformatted = QUICK
+            .replace("epochs = 30", "epochs=30 # thirty")
+            .replace("[probe]\n", "[probe]\n# probe\n");
+        let b = parse_grid(&reformatted, "b", GridLimits::default()).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let c = parse_grid(
+            &QUICK.replace("epochs = 30", "epochs = 31"),
+            "c",
+            GridLimits::default(),
+        )
+        .unwrap();
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = err(&QUICK.replace("epochs = 30", "epochs = 30\nepoch = 3"));
+        assert_eq!((e.line, e.col), (9, 1), "{e}");
+        assert!(e.message.contains("unknown key `epoch`"), "{e}");
+
+        let e = err(&QUICK.replace("epochs = 30", "epochs = \"thirty\""));
+        assert_eq!((e.line, e.col), (8, 10), "{e}");
+        assert!(e.message.contains("integer"), "{e}");
+
+        let e = err(&QUICK.replace("lr = { log = [0.02, 0.2], num = 4 }", "lr = [0.1, -0.5]"));
+        assert_eq!(e.line, 13);
+        assert!(e.message.contains("`lr` must be a number > 0"), "{e}");
+
+        let e = err(&QUICK.replace("batch_size = [8, 32, 128]", "batch_size = [0, 8]"));
+        assert!(e.message.contains("`batch_size` must be ≥ 1"), "{e}");
+
+        let e = err(&QUICK.replace("batch_size = [8, 32, 128]", "batch_size = [8, 5000]"));
+        assert!(e.message.contains("larger than the training set"), "{e}");
+        assert_eq!((e.line, e.col), (14, 14));
+
+        let e = err(&QUICK.replace("batch_size = [8, 32, 128]", "batch_size = []"));
+        assert!(e.message.contains("empty"), "{e}");
+
+        let e = err(&QUICK.replace(
+            "batch_size = [8, 32, 128]",
+            "[[grid.zip]]\nmomentum = [0.0, 0.9]\nweight_decay = [0.0]",
+        ));
+        assert!(e.message.contains("equal lengths"), "{e}");
+
+        let e = parse_grid(QUICK, "g.toml", GridLimits { max_runs: 10 })
+            .unwrap_err()
+            .issues[0]
+            .clone();
+        assert!(
+            e.message.contains("24 runs, more than the limit of 10"),
+            "{e}"
+        );
+
+        let e = err("[sweep\nname='x'");
+        assert_eq!(e.line, 1);
+        assert_eq!(e.to_string().split(':').next(), Some("g.toml"));
+    }
+
+    #[test]
+    fn zip_pairs_values() {
+        let t = QUICK.replace(
+            "batch_size = [8, 32, 128]",
+            "[[grid.zip]]\nmomentum = [0.0, 0.9]\nweight_decay = [0.0, 0.001]",
+        );
+        let p = parse_grid(&t, "z", GridLimits::default()).unwrap();
+        assert_eq!(p.cells.len(), 8);
+        assert_eq!(p.cells[1].train.momentum, 0.9);
+        assert_eq!(p.cells[1].train.weight_decay, 0.001);
+        assert_eq!(p.cells[0].train.weight_decay, 0.0);
+    }
+}

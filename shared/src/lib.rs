@@ -1,0 +1,38 @@
+//! The science core of gradsweep.
+//!
+//! Everything that defines *what* gradsweep measures lives here, free of
+//! networking and async code: data sets, models with exact per-sample
+//! gradients, SGD, Frequent Directions sketches of the per-sample-gradient
+//! covariance `D(x)`, trajectory statistics, the grid file format, and the
+//! merging of results. Every function is deterministic given its seeds, so
+//! the coordinator and any worker compute bit-identical results.
+//!
+//! # Layout
+//! * [`rng`] — seeded, splittable random streams (xoshiro256++).
+//! * [`linalg`] — matrix products and the symmetric eigensolver.
+//! * [`data`] — the bundled digits and the synthetic teacher set; train/test split.
+//! * [`model`] — dense ReLU networks with batch and per-sample gradients.
+//! * [`sketch`] — the Frequent Directions sketch with its Δ certificate, and the exact path.
+//! * [`stats`] — spectral statistics of `D` with certified brackets; seed summaries.
+//! * [`trajectory`] — projected trajectories: lagged covariances, area-enclosing rates, MSD.
+//! * [`spec`] — the configuration of one run and its final figures.
+//! * [`grid`] — the grid file: parse, validate (file:line:col errors), expand.
+//! * [`run`] — execute one run and emit its probes and trajectory.
+//! * [`results`] — per-run, per-cell and sweep-level statistics.
+
+pub mod data;
+pub mod grid;
+pub mod linalg;
+pub mod model;
+pub mod results;
+pub mod rng;
+pub mod run;
+pub mod sketch;
+pub mod spec;
+pub mod stats;
+pub mod trajectory;
+
+pub use grid::{GridError, GridLimits, SweepPlan, parse_grid};
+pub use run::{ProbeRecord, RunError, RunEvent, execute};
+pub use sketch::FdSketch;
+pub use spec::{RunFinal, RunSpec};

@@ -1,0 +1,489 @@
+//! Dense linear algebra the science core needs: matrix products (through the
+//! `matrixmultiply` kernels), a symmetric eigensolver for the small Gram
+//! matrices of sketches, and random orthonormal bases.
+//!
+//! Matrices are row-major slices with explicit dimensions.
+
+use crate::rng::Rng;
+
+/// `c = alpha * a(m×k) · b(k×n) + beta * c(m×n)`, row-major f32.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "sgemm: slice too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY-free: matrixmultiply's API is unsafe only for raw pointers; the
+    // asserts above guarantee the extents.
+    gemm_raw(
+        m,
+        k,
+        n,
+        alpha,
+        a.as_ptr(),
+        (k as isize, 1),
+        b.as_ptr(),
+        (n as isize, 1),
+        beta,
+        c.as_mut_ptr(),
+        n as isize,
+    );
+}
+
+/// `c = alpha * a(m×k) · bᵀ where b is (n×k) + beta * c(m×n)`, row-major f32.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_nt(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
+        "sgemm_nt: slice too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm_raw(
+        m,
+        k,
+        n,
+        alpha,
+        a.as_ptr(),
+        (k as isize, 1),
+        b.as_ptr(),
+        (1, k as isize),
+        beta,
+        c.as_mut_ptr(),
+        n as isize,
+    );
+}
+
+/// `c = alpha * aᵀ · b + beta * c` where a is (k×m), b is (k×n), c is (m×n).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_tn(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    assert!(
+        a.len() >= k * m && b.len() >= k * n && c.len() >= m * n,
+        "sgemm_tn: slice too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm_raw(
+        m,
+        k,
+        n,
+        alpha,
+        a.as_ptr(),
+        (1, m as isize),
+        b.as_ptr(),
+        (n as isize, 1),
+        beta,
+        c.as_mut_ptr(),
+        n as isize,
+    );
+}
+
+#[allow(unsafe_code, clippy::too_many_arguments)]
+fn gemm_raw(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    (rsa, csa): (isize, isize),
+    b: *const f32,
+    (rsb, csb): (isize, isize),
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+) {
+    // SAFETY: callers checked that every index the strides reach lies inside
+    // the slices the pointers come from, and `c` does not alias `a` or `b`
+    // (it is a distinct `&mut`).
+    unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, 1) }
+}
+
+/// `c = a(m×k) · aᵀ` for row-major f64 `a`, the Gram matrix of its rows.
+pub fn gram_f64(m: usize, k: usize, a: &[f64]) -> Vec<f64> {
+    assert!(a.len() >= m * k);
+    let mut c = vec![0.0; m * m];
+    if m == 0 {
+        return c;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: a is m×k row-major (checked), read as aᵀ with swapped strides;
+    // c is a fresh m×m buffer.
+    unsafe {
+        matrixmultiply::dgemm(
+            m,
+            k,
+            m,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            a.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            c.as_mut_ptr(),
+            m as isize,
+            1,
+        );
+    }
+    c
+}
+
+/// Eigen-decomposition of a symmetric matrix.
+#[derive(Debug, Clone)]
+pub struct SymEigen {
+    /// Eigenvalues, in descending order.
+    pub values: Vec<f64>,
+    /// Eigenvectors as rows: `vectors[i*n..(i+1)*n]` belongs to `values[i]`.
+    pub vectors: Vec<f64>,
+}
+
+/// Eigen-decomposition of the symmetric `n×n` row-major matrix `a`
+/// (Householder tridiagonalisation, then implicit QL; the EISPACK
+/// `tred2`/`tql2` pair). Only the lower triangle is read.
+pub fn sym_eigen(n: usize, a: &[f64]) -> SymEigen {
+    assert_eq!(a.len(), n * n, "sym_eigen: wrong size");
+    if n == 0 {
+        return SymEigen {
+            values: vec![],
+            vectors: vec![],
+        };
+    }
+    // v is column-major-ish working copy: v[i][j] = a[i][j].
+    let mut v: Vec<f64> = a.to_vec();
+    for i in 0..n {
+        for j in 0..i {
+            v[j * n + i] = v[i * n + j];
+        }
+    }
+    let mut d = vec![0.0; n];
+    let mut e = vec![0.0; n];
+    tred2(n, &mut v, &mut d, &mut e);
+    tql2(n, &mut v, &mut d, &mut e);
+    // Columns of v are eigenvectors; sort descending.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| d[y].partial_cmp(&d[x]).unwrap_or(std::cmp::Ordering::Equal));
+    let values = order.iter().map(|&i| d[i]).collect();
+    let mut vectors = vec![0.0; n * n];
+    for (r, &col) in order.iter().enumerate() {
+        for i in 0..n {
+            vectors[r * n + i] = v[i * n + col];
+        }
+    }
+    SymEigen { values, vectors }
+}
+
+fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
+    let idx = |i: usize, j: usize| i * n + j;
+    for j in 0..n {
+        d[j] = v[idx(n - 1, j)];
+    }
+    for i in (1..n).rev() {
+        let mut scale = 0.0;
+        let mut h = 0.0;
+        for k in 0..i {
+            scale += d[k].abs();
+        }
+        if scale == 0.0 {
+            e[i] = d[i - 1];
+            for j in 0..i {
+                d[j] = v[idx(i - 1, j)];
+                v[idx(i, j)] = 0.0;
+                v[idx(j, i)] = 0.0;
+            }
+        } else {
+            for k in 0..i {
+                d[k] /= scale;
+                h += d[k] * d[k];
+            }
+            let mut f = d[i - 1];
+            let mut g = h.sqrt();
+            if f > 0.0 {
+                g = -g;
+            }
+            e[i] = scale * g;
+            h -= f * g;
+            d[i - 1] = f - g;
+            for j in 0..i {
+                e[j] = 0.0;
+            }
+            for j in 0..i {
+                f = d[j];
+                v[idx(j, i)] = f;
+                g = e[j] + v[idx(j, j)] * f;
+                for k in (j + 1)..i {
+                    g += v[idx(k, j)] * d[k];
+                    e[k] += v[idx(k, j)] * f;
+                }
+                e[j] = g;
+            }
+            f = 0.0;
+            for j in 0..i {
+                e[j] /= h;
+                f += e[j] * d[j];
+            }
+            let hh = f / (h + h);
+            for j in 0..i {
+                e[j] -= hh * d[j];
+            }
+            for j in 0..i {
+                f = d[j];
+                g = e[j];
+                for k in j..i {
+                    v[idx(k, j)] -= f * e[k] + g * d[k];
+                }
+                d[j] = v[idx(i - 1, j)];
+                v[idx(i, j)] = 0.0;
+            }
+        }
+        d[i] = h;
+    }
+    for i in 0..n - 1 {
+        v[idx(n - 1, i)] = v[idx(i, i)];
+        v[idx(i, i)] = 1.0;
+        let h = d[i + 1];
+        if h != 0.0 {
+            for k in 0..=i {
+                d[k] = v[idx(k, i + 1)] / h;
+            }
+            for j in 0..=i {
+                let mut g = 0.0;
+                for k in 0..=i {
+                    g += v[idx(k, i + 1)] * v[idx(k, j)];
+                }
+                for k in 0..=i {
+                    v[idx(k, j)] -= g * d[k];
+                }
+            }
+        }
+        for k in 0..=i {
+            v[idx(k, i + 1)] = 0.0;
+        }
+    }
+    for j in 0..n {
+        d[j] = v[idx(n - 1, j)];
+        v[idx(n - 1, j)] = 0.0;
+    }
+    v[idx(n - 1, n - 1)] = 1.0;
+    e[0] = 0.0;
+}
+
+fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
+    let idx = |i: usize, j: usize| i * n + j;
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    let mut f = 0.0;
+    let mut tst1: f64 = 0.0;
+    let eps = f64::EPSILON;
+    for l in 0..n {
+        tst1 = tst1.max(d[l].abs() + e[l].abs());
+        let mut m = l;
+        while m < n {
+            if e[m].abs() <= eps * tst1 {
+                break;
+            }
+            m += 1;
+        }
+        if m == n {
+            m = n - 1;
+        }
+        if m > l {
+            let mut iter = 0;
+            loop {
+                iter += 1;
+                if iter > 60 {
+                    break; // converged as far as f64 allows
+                }
+                let mut g = d[l];
+                let mut p = (d[l + 1] - g) / (2.0 * e[l]);
+                let mut r = p.hypot(1.0);
+                if p < 0.0 {
+                    r = -r;
+                }
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                let dl1 = d[l + 1];
+                let mut h = g - d[l];
+                for i in (l + 2)..n {
+                    d[i] -= h;
+                }
+                f += h;
+                p = d[m];
+                let mut c = 1.0;
+                let mut c2 = c;
+                let mut c3 = c;
+                let el1 = e[l + 1];
+                let mut s = 0.0;
+                let mut s2 = 0.0;
+                for i in (l..m).rev() {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    g = c * e[i];
+                    h = c * p;
+                    r = p.hypot(e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    for k in 0..n {
+                        h = v[idx(k, i + 1)];
+                        v[idx(k, i + 1)] = s * v[idx(k, i)] + c * h;
+                        v[idx(k, i)] = c * v[idx(k, i)] - s * h;
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                if e[l].abs() <= eps * tst1 {
+                    break;
+                }
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
+}
+
+/// `k` orthonormal vectors of length `d` (rows of a k×d f32 matrix), drawn
+/// uniformly (Gaussian vectors, modified Gram–Schmidt in f64).
+pub fn random_orthonormal(k: usize, d: usize, rng: &mut Rng) -> Vec<f32> {
+    assert!(
+        k <= d,
+        "cannot draw {k} orthonormal directions in {d} dimensions"
+    );
+    let mut q: Vec<Vec<f64>> = Vec::with_capacity(k);
+    while q.len() < k {
+        let mut v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+        for _ in 0..2 {
+            for u in &q {
+                let dot: f64 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(x, y)| *x -= dot * y);
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 1e-8 {
+            v.iter_mut().for_each(|x| *x /= norm);
+            q.push(v);
+        }
+    }
+    q.into_iter().flatten().map(|x| x as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Stream;
+
+    #[test]
+    fn eigen_reconstructs_random_symmetric() {
+        let mut r = Rng::new(0, Stream::Other(0));
+        for &n in &[1usize, 2, 5, 17, 40] {
+            let mut a = vec![0.0; n * n];
+            for i in 0..n {
+                for j in 0..=i {
+                    let x = r.normal();
+                    a[i * n + j] = x;
+                    a[j * n + i] = x;
+                }
+            }
+            let e = sym_eigen(n, &a);
+            assert!(e.values.windows(2).all(|w| w[0] >= w[1]));
+            for i in 0..n {
+                for j in 0..n {
+                    let s: f64 = (0..n)
+                        .map(|k| e.values[k] * e.vectors[k * n + i] * e.vectors[k * n + j])
+                        .sum();
+                    assert!(
+                        (s - a[i * n + j]).abs() < 1e-9,
+                        "n={n} ({i},{j}) {s} vs {}",
+                        a[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn eigen_of_diagonal_and_degenerate() {
+        let a = [3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0];
+        let e = sym_eigen(3, &a);
+        assert_eq!(e.values.len(), 3);
+        assert!((e.values[0] - 3.0).abs() < 1e-12 && (e.values[1] - 3.0).abs() < 1e-12);
+        assert!(e.values[2].abs() < 1e-12);
+    }
+
+    #[test]
+    fn gemm_variants_agree_with_naive() {
+        let (m, k, n) = (3, 4, 5);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32).sin()).collect();
+        let mut c = vec![0.0; m * n];
+        sgemm(m, k, n, 1.0, &a, &b, 0.0, &mut c);
+        for i in 0..m {
+            for j in 0..n {
+                let s: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                assert!((s - c[i * n + j]).abs() < 1e-5);
+            }
+        }
+        // bt: n×k
+        let bt: Vec<f32> = (0..n * k).map(|idx| b[(idx % k) * n + idx / k]).collect();
+        let mut c2 = vec![0.0; m * n];
+        sgemm_nt(m, k, n, 1.0, &a, &bt, 0.0, &mut c2);
+        assert_eq!(c, c2);
+        let at: Vec<f32> = (0..k * m).map(|idx| a[(idx % m) * k + idx / m]).collect();
+        let mut c3 = vec![0.0; m * n];
+        sgemm_tn(m, k, n, 1.0, &at, &b, 0.0, &mut c3);
+        for (x, y) in c.iter().zip(&c3) {
+            assert!((x - y).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn orthonormal_directions_are_orthonormal() {
+        let mut r = Rng::new(5, Stream::Projection);
+        let q = random_orthonormal(6, 50, &mut r);
+        for i in 0..6 {
+            for j in 0..6 {
+                let dot: f32 = (0..50).map(|t| q[i * 50 + t] * q[j * 50 + t]).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((dot - want).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Merging per-run results into per-cell and sweep-level statistics.
+//!
+//! The coordinator stores each run's probe sketches, trajectory sums and
+//! final figures; [`cell_result`] turns the completed runs of one cell into
+//! a [`CellResult`]. The function is deterministic (runs are merged in seed
+//! order), so recomputing a cell from the same runs gives the same bytes:
+//! merges are idempotent by construction.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::grid::Cell;
+use crate::run::{ProbeMeta, ProbeRecord};
+use crate::sketch::FdSketch;
+use crate::spec::RunFinal;
+use crate::stats::{SpectrumStats, Summary};
+use crate::trajectory::{DriftStats, TrajectorySums};
+
+/// A completed run as stored by the coordinator.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    /// Run identifier.
+    pub run_id: String,
+    /// Seed.
+    pub seed: u64,
+    /// Final figures.
+    pub fin: RunFinal,
+    /// Probes in order.
+    pub probes: Vec<ProbeRecord>,
+    /// Trajectory sums.
+    pub trajectory: Option<TrajectorySums>,
+}
+
+/// Per-run statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Run identifier.
+    pub run_id: String,
+    /// Seed.
+    pub seed: u64,
+    /// Final figures.
+    pub fin: RunFinal,
+    /// Spectrum at each probe.
+    pub probes: Vec<ProbeSummary>,
+    /// Spectrum of all the run's probes merged (pooled over training).
+    pub pooled: Option<SpectrumStats>,
+    /// Drift statistics of the trajectory.
+    pub drift: Option<DriftStats>,
+}
+
+/// One probe's statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSummary {
+    /// Where it was taken.
+    pub meta: ProbeMeta,
+    /// Spectrum of D there.
+    pub spectrum: SpectrumStats,
+}
+
+/// Statistics of one cell across its seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    /// Cell index.
+    pub index: u32,
+    /// Axis values.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Learning rate η.
+    pub lr: f64,
+    /// Batch size b.
+    pub batch_size: u32,
+    /// η / b.
+    pub eta_over_b: f64,
+    /// β⁻¹ = η / (2b).
+    pub temperature: f64,
+    /// Seeds in the sweep.
+    pub seeds_total: usize,
+    /// Seeds completed (including diverged).
+    pub seeds_done: usize,
+    /// Seeds that diverged.
+    pub seeds_diverged: usize,
+    /// Parameter dimension.
+    pub d: usize,
+    /// Final mini-batch training loss across seeds.
+    pub train_loss: Summary,
+    /// Test accuracy across seeds.
+    pub test_accuracy: Summary,
+    /// Spectrum of the final probes of all seeds merged into one sketch.
+    pub merged_final: Option<SpectrumStats>,
+    /// Numerical rank at the final probe, across seeds.
+    pub rank: Summary,
+    /// rank / d at the final probe, across seeds.
+    pub rank_fraction: Summary,
+    /// tr D at the final probe, across seeds.
+    pub trace: Summary,
+    /// λ_max at the final probe, across seeds.
+    pub lambda_max: Summary,
+    /// Area-enclosing rate of the first projection pair, across seeds.
+    pub area_rate: Summary,
+    /// The runs.
+    pub runs: Vec<RunResult>,
+}
+
+/// Statistics of one run.
+pub fn run_result(r: &RunData) -> RunResult {
+    let probes: Vec<ProbeSummary> = r
+        .probes
+        .iter()
+        .map(|p| ProbeSummary {
+            meta: p.meta.clone(),
+            spectrum: SpectrumStats::from_sketch(&p.sketch),
+        })
+        .collect();
+    let pooled =
+        merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| SpectrumStats::from_sketch(&s));
+    RunResult {
+        run_id: r.run_id.clone(),
+        seed: r.seed,
+        fin: r.fin.clone(),
+        probes,
+        pooled,
+        drift: r.trajectory.as_ref().map(DriftStats::from_sums),
+    }
+}
+
+/// Merges sketches in the order given; `None` if there are none or their
+/// shapes differ.
+pub fn merge_sketches<'a>(sketches: impl IntoIterator<Item = &'a FdSketch>) -> Option<FdSketch> {
+    let mut it = sketches.into_iter();
+    let mut acc = it.next()?.clone();
+    for s in it {
+        acc.merge(s).ok()?;
+    }
+    Some(acc)
+}
+
+/// Statistics of `cell` from its completed runs (any order: they are sorted by seed).
+pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellResult {
+    let mut runs: Vec<&RunData> = runs.iter().collect();
+    runs.sort_by_key(|r| r.seed);
+    let results: Vec<RunResult> = runs.iter().map(|r| run_result(r)).collect();
+    let finals: Vec<&SpectrumStats> = results
+        .iter()
+        .filter_map(|r| r.probes.last().map(|p| &p.spectrum))
+        .collect();
+    let merged_final = merge_sketches(
+        runs.iter()
+            .filter_map(|r| r.probes.last().map(|p| &p.sketch)),
+    )
+    .map(|s| SpectrumStats::from_sketch(&s));
+    let lr = cell.train.lr;
+    let b = cell.train.batch_size;
+    CellResult {
+        index: cell.index,
+        params: cell.params.clone(),
+        lr,
+        batch_size: b,
+        eta_over_b: lr / b as f64,
+        temperature: lr / (2.0 * b as f64),
+        seeds_total,
+        seeds_done: runs.len(),
+        seeds_diverged: runs.iter().filter(|r| r.fin.diverged).count(),
+        d: runs.first().map(|r| r.fin.params).unwrap_or(0),
+        train_loss: Summary::of(runs.iter().map(|r| r.fin.train_loss)),
+        test_accuracy: Summary::of(runs.iter().map(|r| r.fin.test_accuracy)),
+        merged_final,
+        rank: Summary::of(finals.iter().map(|s| s.rank.value)),
+        rank_fraction: Summary::of(finals.iter().map(|s| s.rank_fraction.value)),
+        trace: Summary::of(finals.iter().map(|s| s.trace)),
+        lambda_max: Summary::of(finals.iter().map(|s| s.lambda_max.value)),
+        area_rate: Summary::of(
+            results
+                .iter()
+                .filter_map(|r| r.drift.as_ref().map(|d| d.area_rate)),
+        ),
+        runs: results,
+    }
+}
+
+/// A row of the sweep-level η/b table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtaOverBRow {
+    /// η / b.
+    pub eta_over_b: f64,
+    /// Learning rate.
+    pub lr: f64,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Cell index.
+    pub cell: u32,
+    /// Mean rank/d at the final probe.
+    pub rank_fraction: f64,
+    /// Mean tr D at the final probe.
+    pub trace: f64,
+    /// Mean area-enclosing rate.
+    pub area_rate: f64,
+    /// Mean test accuracy.
+    pub test_accuracy: f64,
+}
+
+/// Sweep-level summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSummary {
+    /// Sweep identifier.
+    pub sweep_id: String,
+    /// Sweep name.
+    pub name: String,
+    /// Number of cells.
+    pub cells: usize,
+    /// Runs in the sweep.
+    pub runs_total: usize,
+    /// Runs completed.
+    pub runs_done: usize,
+    /// Cells sorted by η/b, with their main statistics.
+    pub by_eta_over_b: Vec<EtaOverBRow>,
+}
+
+/// The η/b table of a set of cells.
+pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
+    let mut rows: Vec<EtaOverBRow> = cells
+        .iter()
+        .map(|c| EtaOverBRow {
+            eta_over_b: c.eta_over_b,
+            lr: c.lr,
+            batch_size: c.batch_size,
+            cell: c.index,
+            rank_fraction: c.rank_fraction.mean,
+            trace: c.trace.mean,
+            area_rate: c.area_rate.mean,
+            test_accuracy: c.test_accuracy.mean,
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        a.eta_over_b
+            .total_cmp(&b.eta_over_b)
+            .then(a.cell.cmp(&b.cell))
+    });
+    rows
+}

@@ -1,0 +1,542 @@
+//! Frequent Directions sketches of per-sample gradients.
+//!
+//! A [`FdSketch`] summarises the rows `g₁ … g_n` (per-sample gradients,
+//! *uncentred*) of a matrix `A` by a small matrix `B` of at most `2ℓ` rows
+//! and a scalar `Δ` such that
+//!
+//! ```text
+//! 0 ⪯ AᵀA − BᵀB ⪯ Δ·I        (the certificate)
+//! ```
+//!
+//! Alongside it keeps, exactly, the count `n`, the sum `Σg` and `Σ‖g‖²`.
+//! The diffusion matrix `D = (1/n) AᵀA − ḡḡᵀ` is then approximated by
+//! `D̂ = (1/n) BᵀB − ḡḡᵀ` with `D − D̂ = (1/n)(AᵀA − BᵀB)`, so every
+//! eigenvalue satisfies `λᵢ(D̂) ≤ λᵢ(D) ≤ λᵢ(D̂) + Δ/n` (Weyl), and
+//! `tr D = Σ‖g‖²/n − ‖ḡ‖²` is exact. Sketching raw rows and centring
+//! through the exact `n` and `Σg` makes sketches of disjoint sample sets
+//! merge into the sketch of their union ([`FdSketch::merge`]).
+//!
+//! Shrinking (Liberty 2013; Ghashami et al. 2016): when the buffer holds
+//! `2ℓ` rows, form the `2ℓ×2ℓ` Gram matrix `M = BBᵀ`, decompose
+//! `M = UΛUᵀ`, let `δ = λ_{ℓ+1}`, keep rows `√(λᵢ−δ)/√λᵢ · Uᵢᵀ B` for
+//! `i ≤ ℓ`, and add `δ` to `Δ`.
+
+use crate::linalg::{gram_f64, sgemm, sym_eigen};
+
+/// Format version of [`FdSketch::encode`].
+pub const SKETCH_FORMAT_VERSION: u16 = 1;
+const MAGIC: &[u8; 4] = b"GSFD";
+
+/// Errors decoding or combining sketches.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SketchError {
+    /// The bytes are not a sketch of a supported version.
+    #[error("malformed sketch: {0}")]
+    Malformed(String),
+    /// Two sketches with different shapes.
+    #[error("sketch shape mismatch: {0}")]
+    Mismatch(String),
+    /// A value is NaN or infinite.
+    #[error("sketch contains a non-finite value in {0}")]
+    NonFinite(&'static str),
+}
+
+/// A Frequent Directions sketch plus exact first and second moments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FdSketch {
+    d: usize,
+    ell: usize,
+    /// Row-major buffer of `rows × d` (capacity `2ℓ × d`).
+    buf: Vec<f32>,
+    rows: usize,
+    delta: f64,
+    n: u64,
+    sum_g: Vec<f64>,
+    sum_sq: f64,
+}
+
+impl FdSketch {
+    /// An empty sketch of dimension `d` keeping `ell` directions.
+    pub fn new(d: usize, ell: usize) -> Self {
+        assert!(ell >= 1 && d >= 1, "FdSketch needs d ≥ 1 and ℓ ≥ 1");
+        FdSketch {
+            d,
+            ell,
+            buf: Vec::with_capacity(2 * ell * d),
+            rows: 0,
+            delta: 0.0,
+            n: 0,
+            sum_g: vec![0.0; d],
+            sum_sq: 0.0,
+        }
+    }
+
+    /// Dimension of the rows.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// The sketch size ℓ.
+    pub fn ell(&self) -> usize {
+        self.ell
+    }
+
+    /// Number of sketched samples `n`.
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
+    /// The certificate Δ on `AᵀA − BᵀB`.
+    pub fn delta(&self) -> f64 {
+        self.delta
+    }
+
+    /// Exact mean gradient `ḡ`.
+    pub fn mean(&self) -> Vec<f64> {
+        let n = self.n.max(1) as f64;
+        self.sum_g.iter().map(|s| s / n).collect()
+    }
+
+    /// Adds samples: `block` holds `m` rows of length `d`, row-major.
+    pub fn insert_block(&mut self, block: &[f32]) {
+        assert_eq!(
+            block.len() % self.d,
+            0,
+            "insert_block: not a whole number of rows"
+        );
+        for row in block.chunks_exact(self.d) {
+            let mut sq = 0.0f64;
+            for (s, &v) in self.sum_g.iter_mut().zip(row) {
+                *s += v as f64;
+                sq += (v as f64) * (v as f64);
+            }
+            self.sum_sq += sq;
+            self.n += 1;
+        }
+        self.append_rows(block);
+    }
+
+    /// Appends rows to `B` (no moment bookkeeping), shrinking when full.
+    fn append_rows(&mut self, mut block: &[f32]) {
+        let cap = 2 * self.ell;
+        while !block.is_empty() {
+            let take = (cap - self.rows).min(block.len() / self.d);
+            self.buf.extend_from_slice(&block[..take * self.d]);
+            self.rows += take;
+            block = &block[take * self.d..];
+            if self.rows == cap {
+                self.shrink();
+            }
+        }
+    }
+
+    fn shrink(&mut self) {
+        let (r, d, ell) = (self.rows, self.d, self.ell);
+        if r <= ell {
+            return;
+        }
+        let b64: Vec<f64> = self.buf.iter().map(|&v| v as f64).collect();
+        let gram = gram_f64(r, d, &b64);
+        let eig = sym_eigen(r, &gram);
+        let delta = eig.values[ell].max(0.0);
+        // New rows: coef[i, :] = sqrt(λᵢ−δ)/sqrt(λᵢ) · Uᵢ  (i < ℓ, λᵢ > δ).
+        let mut coef: Vec<f32> = Vec::with_capacity(ell * r);
+        let mut kept = 0;
+        for i in 0..ell {
+            let lam = eig.values[i];
+            if lam <= delta || lam <= 0.0 {
+                break;
+            }
+            let s = ((lam - delta) / lam).sqrt();
+            coef.extend(
+                eig.vectors[i * r..(i + 1) * r]
+                    .iter()
+                    .map(|&u| (u * s) as f32),
+            );
+            kept += 1;
+        }
+        let mut out = vec![0.0f32; kept * d];
+        sgemm(kept, r, d, 1.0, &coef, &self.buf, 0.0, &mut out);
+        self.buf = out;
+        self.buf.reserve(2 * ell * d - self.buf.len());
+        self.rows = kept;
+        self.delta += delta;
+    }
+
+    /// The sketch of the union of the samples of `self` and `other`:
+    /// rows stacked and shrunk, `Δ = Δ₁ + Δ₂ + δ_merge`, moments added.
+    pub fn merge(&mut self, other: &FdSketch) -> Result<(), SketchError> {
+        if self.d != other.d || self.ell != other.ell {
+            return Err(SketchError::Mismatch(format!(
+                "cannot merge d={} ℓ={} with d={} ℓ={}",
+                self.d, self.ell, other.d, other.ell
+            )));
+        }
+        self.n += other.n;
+        self.sum_sq += other.sum_sq;
+        self.sum_g
+            .iter_mut()
+            .zip(&other.sum_g)
+            .for_each(|(a, b)| *a += b);
+        self.delta += other.delta;
+        self.append_rows(&other.buf[..other.rows * other.d]);
+        Ok(())
+    }
+
+    /// Exact trace of `D`: `Σ‖g‖²/n − ‖ḡ‖²`.
+    pub fn trace(&self) -> f64 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        let n = self.n as f64;
+        let mean_sq: f64 = self.sum_g.iter().map(|s| (s / n) * (s / n)).sum();
+        (self.sum_sq / n - mean_sq).max(0.0)
+    }
+
+    /// Unbiased estimate of ‖∇f‖² from the exact moments:
+    /// `(‖Σg‖² − Σ‖g‖²) / (n(n−1))`.
+    pub fn grad_norm_sq_unbiased(&self) -> f64 {
+        if self.n < 2 {
+            return f64::NAN;
+        }
+        let n = self.n as f64;
+        let s2: f64 = self.sum_g.iter().map(|s| s * s).sum();
+        (s2 - self.sum_sq) / (n * (n - 1.0))
+    }
+
+    /// Eigenvalues of `D̂ = (1/n) BᵀB − ḡḡᵀ` in descending order (at most
+    /// `rows + 1` of them; all others are 0). Every eigenvalue of the true `D`
+    /// lies in `[λᵢ(D̂), λᵢ(D̂) + Δ/n]`.
+    pub fn eigenvalues(&self) -> Vec<f64> {
+        if self.n == 0 {
+            return vec![];
+        }
+        let (r, d) = (self.rows, self.d);
+        let n = self.n as f64;
+        // Z = [B; ḡᵀ] ((r+1)×d), W = diag(1/n, …, 1/n, −1); D̂ = Zᵀ W Z.
+        let mut z: Vec<f64> = self.buf[..r * d].iter().map(|&v| v as f64).collect();
+        z.extend(self.sum_g.iter().map(|s| s / n));
+        let m = r + 1;
+        let g = gram_f64(m, d, &z);
+        // G = V Σ Vᵀ; nonzero eigenvalues of D̂ are those of S = Σ^½ Vᵀ W V Σ^½.
+        let eg = sym_eigen(m, &g);
+        let tol = eg.values.first().copied().unwrap_or(0.0).max(0.0) * 1e-13;
+        let keep: Vec<usize> = (0..m).filter(|&i| eg.values[i] > tol).collect();
+        let k = keep.len();
+        let w = |j: usize| if j < r { 1.0 / n } else { -1.0 };
+        let mut s = vec![0.0; k * k];
+        for (a, &ia) in keep.iter().enumerate() {
+            for (b, &ib) in keep.iter().enumerate().take(a + 1) {
+                let va = &eg.vectors[ia * m..(ia + 1) * m];
+                let vb = &eg.vectors[ib * m..(ib + 1) * m];
+                let dot: f64 = (0..m).map(|j| va[j] * w(j) * vb[j]).sum();
+                let v = eg.values[ia].sqrt() * dot * eg.values[ib].sqrt();
+                s[a * k + b] = v;
+                s[b * k + a] = v;
+            }
+        }
+        sym_eigen(k, &s).values
+    }
+
+    /// Serialises the sketch (little-endian, versioned, CRC-32 protected).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.d * 8 + self.rows * self.d * 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&SKETCH_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes()); // flags: rows as f32
+        out.extend_from_slice(&(self.d as u32).to_le_bytes());
+        out.extend_from_slice(&(self.ell as u32).to_le_bytes());
+        out.extend_from_slice(&(self.rows as u32).to_le_bytes());
+        out.extend_from_slice(&self.n.to_le_bytes());
+        out.extend_from_slice(&self.delta.to_le_bytes());
+        out.extend_from_slice(&self.sum_sq.to_le_bytes());
+        self.sum_g
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        self.buf[..self.rows * self.d]
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses [`FdSketch::encode`]'s output; rejects wrong magic, version,
+    /// length, checksum, shape (`expect_dim`, when given) or non-finite values.
+    pub fn decode(bytes: &[u8], expect_dim: Option<usize>) -> Result<Self, SketchError> {
+        let bad = |m: &str| SketchError::Malformed(m.to_string());
+        if bytes.len() < 48 {
+            return Err(bad("too short"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("crc"))?) {
+            return Err(bad("checksum mismatch (corrupted or truncated)"));
+        }
+        if &body[..4] != MAGIC {
+            return Err(bad("wrong magic number"));
+        }
+        let mut cur = Cursor { b: body, at: 4 };
+        let version = u16::from_le_bytes(cur.take::<2>()?);
+        if version != SKETCH_FORMAT_VERSION {
+            return Err(SketchError::Malformed(format!(
+                "unsupported version {version} (this build reads {SKETCH_FORMAT_VERSION})"
+            )));
+        }
+        let _flags = u16::from_le_bytes(cur.take::<2>()?);
+        let d = u32::from_le_bytes(cur.take::<4>()?) as usize;
+        let ell = u32::from_le_bytes(cur.take::<4>()?) as usize;
+        let rows = u32::from_le_bytes(cur.take::<4>()?) as usize;
+        if d == 0 || ell == 0 || rows >= 2 * ell {
+            return Err(SketchError::Malformed(format!(
+                "impossible shape d={d} ℓ={ell} rows={rows}"
+            )));
+        }
+        if let Some(want) = expect_dim
+            && want != d
+        {
+            return Err(SketchError::Mismatch(format!(
+                "sketch has dimension {d}, expected {want}"
+            )));
+        }
+        let need = 44usize.checked_add(
+            d.checked_mul(8 + 4 * rows)
+                .ok_or_else(|| bad("size overflow"))?,
+        );
+        if need != Some(body.len()) {
+            return Err(SketchError::Malformed(format!(
+                "length {} does not match shape d={d} rows={rows}",
+                body.len()
+            )));
+        }
+        let n = u64::from_le_bytes(cur.take::<8>()?);
+        let delta = f64::from_le_bytes(cur.take::<8>()?);
+        let sum_sq = f64::from_le_bytes(cur.take::<8>()?);
+        let mut sum_g = Vec::with_capacity(d);
+        for _ in 0..d {
+            sum_g.push(f64::from_le_bytes(cur.take::<8>()?));
+        }
+        let mut buf = Vec::with_capacity(2 * ell * d);
+        for _ in 0..rows * d {
+            buf.push(f32::from_le_bytes(cur.take::<4>()?));
+        }
+        if !delta.is_finite() || delta < 0.0 || !sum_sq.is_finite() {
+            return Err(SketchError::NonFinite("delta or Σ‖g‖²"));
+        }
+        if !sum_g.iter().all(|v| v.is_finite()) {
+            return Err(SketchError::NonFinite("Σg"));
+        }
+        if !buf.iter().all(|v| v.is_finite()) {
+            return Err(SketchError::NonFinite("rows"));
+        }
+        Ok(FdSketch {
+            d,
+            ell,
+            buf,
+            rows,
+            delta,
+            n,
+            sum_g,
+            sum_sq,
+        })
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], SketchError> {
+        let s = self
+            .b
+            .get(self.at..self.at + N)
+            .ok_or_else(|| SketchError::Malformed("truncated".into()))?;
+        self.at += N;
+        s.try_into()
+            .map_err(|_| SketchError::Malformed("truncated".into()))
+    }
+}
+
+/// Exact `D` for small `d`: accumulates `AᵀA` densely (f64). Used to
+/// validate sketches.
+#[derive(Debug, Clone)]
+pub struct ExactCovariance {
+    d: usize,
+    ata: Vec<f64>,
+    sum_g: Vec<f64>,
+    n: u64,
+}
+
+impl ExactCovariance {
+    /// An empty accumulator of dimension `d`.
+    pub fn new(d: usize) -> Self {
+        ExactCovariance {
+            d,
+            ata: vec![0.0; d * d],
+            sum_g: vec![0.0; d],
+            n: 0,
+        }
+    }
+
+    /// Adds rows.
+    pub fn insert_block(&mut self, block: &[f32]) {
+        let d = self.d;
+        let m = block.len() / d;
+        let b64: Vec<f64> = block.iter().map(|&v| v as f64).collect();
+        // AᵀA += blockᵀ block
+        #[allow(unsafe_code)]
+        // SAFETY: b64 is m×d, read transposed as d×m; ata is d×d.
+        unsafe {
+            matrixmultiply::dgemm(
+                d,
+                m,
+                d,
+                1.0,
+                b64.as_ptr(),
+                1,
+                d as isize,
+                b64.as_ptr(),
+                d as isize,
+                1,
+                1.0,
+                self.ata.as_mut_ptr(),
+                d as isize,
+                1,
+            );
+        }
+        for row in b64.chunks_exact(d) {
+            self.sum_g.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+        self.n += m as u64;
+    }
+
+    /// Eigenvalues of `D`, descending.
+    pub fn eigenvalues(&self) -> Vec<f64> {
+        let n = self.n.max(1) as f64;
+        let d = self.d;
+        let mut dm = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                dm[i * d + j] = self.ata[i * d + j] / n - (self.sum_g[i] / n) * (self.sum_g[j] / n);
+            }
+        }
+        sym_eigen(d, &dm).values
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{Rng, Stream};
+
+    /// A matrix with a decaying spectrum plus a mean offset.
+    fn structured(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed, Stream::Other(11));
+        let mut a = vec![0.0f32; n * d];
+        for i in 0..n {
+            for j in 0..d {
+                let scale = 1.0 / (1.0 + j as f64).powf(1.2);
+                a[i * d + j] = (r.normal() * scale + 0.3 * scale) as f32;
+            }
+        }
+        a
+    }
+
+    fn check_bounds(sk: &FdSketch, exact: &ExactCovariance) {
+        let n = sk.count() as f64;
+        let lo = sk.eigenvalues();
+        let ex = exact.eigenvalues();
+        let slack = 1e-6 * ex[0].abs().max(1e-12);
+        for (i, &e) in ex.iter().enumerate() {
+            let l = lo.get(i).copied().unwrap_or(0.0);
+            assert!(e + slack >= l, "λ{i}: exact {e} below sketch {l}");
+            assert!(
+                e <= l + sk.delta() / n + slack,
+                "λ{i}: exact {e} above sketch {l} + Δ/n {}",
+                sk.delta() / n
+            );
+        }
+    }
+
+    #[test]
+    fn certified_bounds_hold() {
+        for &(n, d, ell) in &[(300usize, 40usize, 8usize), (500, 60, 16), (50, 30, 40)] {
+            let a = structured(n, d, n as u64);
+            let mut sk = FdSketch::new(d, ell);
+            sk.insert_block(&a);
+            let mut ex = ExactCovariance::new(d);
+            ex.insert_block(&a);
+            check_bounds(&sk, &ex);
+            let tr: f64 = ex.eigenvalues().iter().sum();
+            assert!((tr - sk.trace()).abs() < 1e-9 * tr.max(1.0));
+        }
+    }
+
+    #[test]
+    fn merge_of_halves_agrees_with_whole_within_delta() {
+        let (n, d, ell) = (400, 50, 10);
+        let a = structured(n, d, 4);
+        let (h1, h2) = a.split_at(200 * d);
+        let mut s1 = FdSketch::new(d, ell);
+        s1.insert_block(h1);
+        let mut s2 = FdSketch::new(d, ell);
+        s2.insert_block(h2);
+        s1.merge(&s2).unwrap();
+        let mut whole = FdSketch::new(d, ell);
+        whole.insert_block(&a);
+        let mut ex = ExactCovariance::new(d);
+        ex.insert_block(&a);
+        check_bounds(&s1, &ex);
+        assert_eq!(s1.count(), whole.count());
+        assert!((s1.trace() - whole.trace()).abs() < 1e-9);
+        let (em, ew) = (s1.eigenvalues(), whole.eigenvalues());
+        let tol = (s1.delta() + whole.delta()) / n as f64 + 1e-9;
+        for i in 0..ell {
+            assert!(
+                (em[i] - ew[i]).abs() <= tol,
+                "λ{i}: merged {} whole {} tol {tol}",
+                em[i],
+                ew[i]
+            );
+        }
+    }
+
+    #[test]
+    fn exact_when_no_shrink_happens() {
+        let (n, d) = (20, 12);
+        let a = structured(n, d, 1);
+        let mut sk = FdSketch::new(d, 16);
+        sk.insert_block(&a);
+        assert_eq!(sk.delta(), 0.0);
+        let mut ex = ExactCovariance::new(d);
+        ex.insert_block(&a);
+        for (x, y) in sk.eigenvalues().iter().zip(ex.eigenvalues()) {
+            assert!((x - y).abs() < 1e-7 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn encode_decode_roundtrip_and_rejections() {
+        let a = structured(100, 20, 2);
+        let mut sk = FdSketch::new(20, 8);
+        sk.insert_block(&a);
+        let bytes = sk.encode();
+        assert_eq!(FdSketch::decode(&bytes, Some(20)).unwrap(), sk);
+        assert!(matches!(
+            FdSketch::decode(&bytes, Some(21)),
+            Err(SketchError::Mismatch(_))
+        ));
+        assert!(FdSketch::decode(&bytes[..bytes.len() - 9], None).is_err());
+        let mut flipped = bytes.clone();
+        flipped[60] ^= 0x40;
+        assert!(
+            FdSketch::decode(&flipped, None)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
+        let mut other = FdSketch::new(21, 8);
+        assert!(other.merge(&sk).is_err());
+    }
+}

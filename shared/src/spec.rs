@@ -1,0 +1,147 @@
+//! What one run is: its training and probe configuration and its seed.
+//!
+//! [`RunSpec`] travels to workers as JSON (the `spec_json` field of the
+//! wire's `RunAssignment`); [`RunFinal`] comes back the same way.
+
+use serde::{Deserialize, Serialize};
+
+/// Training configuration (the `[train]` section of a grid file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model name, e.g. `mlp:64-32-10`.
+    pub model: String,
+    /// Dataset name, e.g. `digits`.
+    pub dataset: String,
+    /// Number of passes over the training set.
+    pub epochs: u32,
+    /// Learning rate η.
+    pub lr: f64,
+    /// Mini-batch size b.
+    pub batch_size: u32,
+    /// Heavy-ball momentum (0 for plain SGD).
+    pub momentum: f64,
+    /// L2 weight decay added to the gradient.
+    pub weight_decay: f64,
+    /// Draw mini-batches with replacement (the paper's β⁻¹ = η/(2b) assumes it).
+    pub replacement: bool,
+    /// Fraction of the data held out for testing.
+    pub test_fraction: f64,
+    /// Seed of the train/test split (shared by all runs of a sweep by default).
+    pub split_seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: "mlp:64-32-10".into(),
+            dataset: "digits".into(),
+            epochs: 10,
+            lr: 0.1,
+            batch_size: 32,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            replacement: false,
+            test_fraction: 0.2,
+            split_seed: 0,
+        }
+    }
+}
+
+/// Probe configuration (the `[probe]` section): when and how `D(x)` and the
+/// trajectory are measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Sketch `D(x)` every this many epochs (and always after the last).
+    pub every_epochs: u32,
+    /// Frequent Directions rows ℓ.
+    pub sketch_rank: u32,
+    /// Number of random directions the trajectory is projected onto.
+    pub projections: u32,
+    /// Largest lag (in steps) of the trajectory statistics.
+    pub max_lag: u32,
+    /// Epochs before the trajectory is recorded.
+    pub burn_in_epochs: u32,
+    /// Seed of the projection directions (shared by all runs, so their
+    /// trajectories are comparable and mergeable).
+    pub projection_seed: u64,
+    /// Per-sample gradients are computed in blocks of this many samples.
+    pub block_size: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            every_epochs: 10,
+            sketch_rank: 64,
+            projections: 8,
+            max_lag: 64,
+            burn_in_epochs: 0,
+            projection_seed: 0,
+            block_size: 64,
+        }
+    }
+}
+
+/// One run: a cell's configuration and one seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Training configuration.
+    pub train: TrainConfig,
+    /// Probe configuration.
+    pub probe: ProbeConfig,
+    /// The run's seed (weights and data order).
+    pub seed: u64,
+}
+
+impl RunSpec {
+    /// Temperature β⁻¹ = η / (2b).
+    pub fn temperature(&self) -> f64 {
+        self.train.lr / (2.0 * self.train.batch_size as f64)
+    }
+
+    /// Epochs after which a probe runs, in order (the last epoch included).
+    pub fn probe_epochs(&self) -> Vec<u32> {
+        let every = self.probe.every_epochs.max(1);
+        let mut e: Vec<u32> = (1..=self.train.epochs).filter(|e| e % every == 0).collect();
+        if e.last() != Some(&self.train.epochs) {
+            e.push(self.train.epochs);
+        }
+        e
+    }
+}
+
+/// How a run ended, as reported by the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFinal {
+    /// SGD steps taken.
+    pub steps: u64,
+    /// Parameter dimension d.
+    pub params: usize,
+    /// Mean training loss over the last epoch's mini-batches.
+    pub train_loss: f64,
+    /// Loss on the whole training set at the end (eval mode).
+    pub final_train_loss: f64,
+    /// Accuracy on the held-out set.
+    pub test_accuracy: f64,
+    /// Loss on the held-out set.
+    pub test_loss: f64,
+    /// True when the loss became NaN or infinite.
+    pub diverged: bool,
+    /// FNV-1a hash of the final weights' bits (bit-identity checks).
+    pub weights_hash: u64,
+}
+
+/// FNV-1a over the bit patterns of `xs`.
+pub fn hash_f32(xs: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in xs {
+        for b in x.to_bits().to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+    h
+}
