@@ -1,1 +1,31 @@
-//! placeholder
+//! The gradsweep coordinator and the `gradsweep` command line.
+//!
+//! The coordinator turns a grid file into runs, leases them to workers,
+//! fences every report with the lease's epoch and a sequence number, stores
+//! everything durably in SQLite, and merges finished runs into per-cell and
+//! sweep-level statistics. Handlers are thin: they convert the wire message,
+//! call the state machine on the blocking pool, and map its error to a gRPC
+//! status in one place.
+//!
+//! # Layout
+//! * [`error`] — [`CoordinatorError`] and its mapping to `tonic::Status`.
+//! * [`store`] — the SQLite store; every transition one transaction.
+//! * [`state`] — [`Coordinator`]: the store on the blocking pool, work notification, the lease reaper.
+//! * [`convert`] — wire ↔ domain conversions.
+//! * [`service`] — the `WorkerService` and `ControlService` handlers.
+//! * [`server`] — [`serve`]: both services on a listener until shutdown.
+//! * [`client`] — connecting to a coordinator from the CLI and tests.
+//! * [`report`] — results as a table, CSV or JSON.
+
+pub mod client;
+pub mod convert;
+pub mod error;
+pub mod report;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+
+pub use error::CoordinatorError;
+pub use server::serve;
+pub use state::{Coordinator, CoordinatorConfig};

@@ -1,1 +1,129 @@
-fn main() {}
+//! `gradsweep`: the coordinator daemon and every user command.
+
+mod cli;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Distributed sweeps of SGD hyperparameters that measure the diffusion
+/// matrix D(x) and the non-equilibrium drift of the trajectories.
+#[derive(Parser, Debug)]
+#[command(name = "gradsweep", version, about)]
+struct Cli {
+    /// Coordinator address for client commands.
+    #[arg(long, global = true, env = "GRADSWEEP_COORDINATOR", default_value = "127.0.0.1:7878")]
+    coordinator: String,
+    /// Log format on stderr (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "GRADSWEEP_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the coordinator daemon.
+    Serve(cli::serve::ServeArgs),
+    /// Validate a grid file and submit it.
+    Submit {
+        /// The grid file (TOML).
+        file: PathBuf,
+        /// Create a new sweep even if the same grid was submitted before.
+        #[arg(long)]
+        new: bool,
+        /// Only validate the file; submit nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Show one sweep, or all of them.
+    Status {
+        /// Sweep identifier.
+        sweep: Option<String>,
+    },
+    /// Show a progress bar until the sweep finishes.
+    Watch {
+        /// Sweep identifier.
+        sweep: String,
+    },
+    /// Print a sweep's per-cell statistics.
+    Results {
+        /// Sweep identifier.
+        sweep: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Also write results.csv and results.json into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Cancel a sweep's unfinished runs.
+    Cancel {
+        /// Sweep identifier.
+        sweep: String,
+    },
+    /// List workers with their state, runs and last heartbeat.
+    Workers,
+    /// Ask a worker to take no new runs and exit when idle.
+    Drain {
+        /// Worker identifier.
+        worker: String,
+    },
+    /// Run a whole sweep on this machine: a coordinator on loopback, N worker
+    /// processes, progress, the table, and results.csv / results.json.
+    Local(cli::local::LocalArgs),
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    init_tracing(cli.log_format, level);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let addr = cli.coordinator;
+    match cli.command {
+        Command::Serve(args) => cli::serve::run(args).await,
+        Command::Submit { file, new, check } => cli::commands::submit(&addr, &file, new, check).await,
+        Command::Status { sweep } => cli::commands::status(&addr, sweep.as_deref()).await,
+        Command::Watch { sweep } => cli::commands::watch(&addr, &sweep).await.map(|_| ()),
+        Command::Results { sweep, format, out } => cli::commands::results(&addr, &sweep, format, out.as_deref()).await,
+        Command::Cancel { sweep } => cli::commands::cancel(&addr, &sweep).await,
+        Command::Workers => cli::commands::workers(&addr).await,
+        Command::Drain { worker } => cli::commands::drain(&addr, &worker).await,
+        Command::Local(args) => cli::local::run(args).await,
+    }
+}
+
+pub(crate) use Format as OutputFormat;

@@ -59,11 +59,7 @@ impl DatasetName {
     pub fn parse(name: &str) -> Result<Self, DataError> {
         match name {
             "digits" => Ok(DatasetName::Digits),
-            "teacher" => Ok(DatasetName::Teacher {
-                dim: 32,
-                classes: 4,
-                samples: 2000,
-            }),
+            "teacher" => Ok(DatasetName::Teacher { dim: 32, classes: 4, samples: 2000 }),
             other => {
                 let Some(rest) = other.strip_prefix("teacher:") else {
                     return Err(DataError::Unknown(other.to_string()));
@@ -75,11 +71,7 @@ impl DatasetName {
                     .map_err(|_| DataError::Unknown(other.to_string()))?;
                 match parts[..] {
                     [dim, classes, samples] if dim > 0 && classes >= 2 && samples >= 2 => {
-                        Ok(DatasetName::Teacher {
-                            dim,
-                            classes,
-                            samples,
-                        })
+                        Ok(DatasetName::Teacher { dim, classes, samples })
                     }
                     _ => Err(DataError::Unknown(other.to_string())),
                 }
@@ -90,20 +82,8 @@ impl DatasetName {
     /// The data set's shape.
     pub fn info(&self) -> DatasetInfo {
         match *self {
-            DatasetName::Digits => DatasetInfo {
-                dim: 64,
-                classes: 10,
-                samples: 1797,
-            },
-            DatasetName::Teacher {
-                dim,
-                classes,
-                samples,
-            } => DatasetInfo {
-                dim,
-                classes,
-                samples,
-            },
+            DatasetName::Digits => DatasetInfo { dim: 64, classes: 10, samples: 1797 },
+            DatasetName::Teacher { dim, classes, samples } => DatasetInfo { dim, classes, samples },
         }
     }
 }
@@ -146,12 +126,7 @@ impl Dataset {
         let mut x = Vec::new();
         let mut y = Vec::new();
         self.gather(idx, &mut x, &mut y);
-        Dataset {
-            dim: self.dim,
-            classes: self.classes,
-            x,
-            y,
-        }
+        Dataset { dim: self.dim, classes: self.classes, x, y }
     }
 }
 
@@ -166,18 +141,10 @@ pub struct Split {
 
 /// Loads `name` and splits it: a fraction `test_fraction` of the samples,
 /// chosen by a generator seeded with `split_seed`, goes to the test part.
-pub fn load_split(
-    name: &DatasetName,
-    test_fraction: f64,
-    split_seed: u64,
-) -> Result<Split, DataError> {
+pub fn load_split(name: &DatasetName, test_fraction: f64, split_seed: u64) -> Result<Split, DataError> {
     let all = match name {
         DatasetName::Digits => parse_digits_csv(DIGITS_CSV_GZ, "bundled digits.csv.gz")?,
-        DatasetName::Teacher {
-            dim,
-            classes,
-            samples,
-        } => teacher(*dim, *classes, *samples, split_seed),
+        DatasetName::Teacher { dim, classes, samples } => teacher(*dim, *classes, *samples, split_seed),
     };
     let mut rng = Rng::new(split_seed, Stream::Data);
     let mut idx: Vec<usize> = (0..all.len()).collect();
@@ -188,68 +155,38 @@ pub fn load_split(
     let mut test_idx = test_idx.to_vec();
     train_idx.sort_unstable();
     test_idx.sort_unstable();
-    Ok(Split {
-        train: all.subset(&train_idx),
-        test: all.subset(&test_idx),
-    })
+    Ok(Split { train: all.subset(&train_idx), test: all.subset(&test_idx) })
 }
 
 /// Parses gzipped CSV rows of 64 pixel values (0..16) followed by the label.
 fn parse_digits_csv(gz: &[u8], source_name: &str) -> Result<Dataset, DataError> {
-    let bad = |message: String| DataError::Malformed {
-        source_name: source_name.to_string(),
-        message,
-    };
+    let bad = |message: String| DataError::Malformed { source_name: source_name.to_string(), message };
     let mut text = String::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_string(&mut text)
-        .map_err(|e| bad(format!("cannot decompress: {e}")))?;
+    flate2::read::GzDecoder::new(gz).read_to_string(&mut text).map_err(|e| bad(format!("cannot decompress: {e}")))?;
     let mut x = Vec::new();
     let mut y = Vec::new();
-    for (lineno, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
+    for (lineno, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != 65 {
-            return Err(bad(format!(
-                "line {}: expected 65 fields, found {}",
-                lineno + 1,
-                fields.len()
-            )));
+            return Err(bad(format!("line {}: expected 65 fields, found {}", lineno + 1, fields.len())));
         }
         for (col, f) in fields[..64].iter().enumerate() {
-            let v: f32 = f.trim().parse().map_err(|_| {
-                bad(format!(
-                    "line {}, field {}: `{f}` is not a number",
-                    lineno + 1,
-                    col + 1
-                ))
-            })?;
+            let v: f32 = f
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("line {}, field {}: `{f}` is not a number", lineno + 1, col + 1)))?;
             x.push(v / 16.0);
         }
-        let label: u32 = fields[64].trim().parse().map_err(|_| {
-            bad(format!(
-                "line {}: label `{}` is not an integer",
-                lineno + 1,
-                fields[64]
-            ))
-        })?;
+        let label: u32 = fields[64]
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("line {}: label `{}` is not an integer", lineno + 1, fields[64])))?;
         if label >= 10 {
-            return Err(bad(format!(
-                "line {}: label {label} out of range 0..10",
-                lineno + 1
-            )));
+            return Err(bad(format!("line {}: label {label} out of range 0..10", lineno + 1)));
         }
         y.push(label);
     }
-    Ok(Dataset {
-        dim: 64,
-        classes: 10,
-        x,
-        y,
-    })
+    Ok(Dataset { dim: 64, classes: 10, x, y })
 }
 
 /// Gaussian inputs labelled by the argmax of a random linear teacher.
@@ -307,21 +244,14 @@ mod tests {
         enc.write_all(b"1,2,3\n").unwrap();
         let gz = enc.finish().unwrap();
         let err = parse_digits_csv(&gz, "x.csv.gz").unwrap_err().to_string();
-        assert!(
-            err.contains("x.csv.gz") && err.contains("line 1") && err.contains("65 fields"),
-            "{err}"
-        );
+        assert!(err.contains("x.csv.gz") && err.contains("line 1") && err.contains("65 fields"), "{err}");
     }
 
     #[test]
     fn names_parse() {
         assert_eq!(
             DatasetName::parse("teacher:8-3-100").unwrap().info(),
-            DatasetInfo {
-                dim: 8,
-                classes: 3,
-                samples: 100
-            }
+            DatasetInfo { dim: 8, classes: 3, samples: 100 }
         );
         assert!(DatasetName::parse("teacher:8-1-100").is_err());
         assert!(DatasetName::parse("cifar").is_err());

@@ -53,11 +53,7 @@ pub struct GridIssue {
 
 impl fmt::Display for GridIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.col, self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
     }
 }
 
@@ -84,9 +80,7 @@ pub struct GridLimits {
 
 impl Default for GridLimits {
     fn default() -> Self {
-        GridLimits {
-            max_runs: DEFAULT_MAX_RUNS,
-        }
+        GridLimits { max_runs: DEFAULT_MAX_RUNS }
     }
 }
 
@@ -106,11 +100,7 @@ pub struct Cell {
 impl Cell {
     /// The spec of this cell's run with `seed`.
     pub fn run_spec(&self, seed: u64) -> RunSpec {
-        RunSpec {
-            train: self.train.clone(),
-            probe: self.probe.clone(),
-            seed,
-        }
+        RunSpec { train: self.train.clone(), probe: self.probe.clone(), seed }
     }
 }
 
@@ -227,10 +217,7 @@ fn kind_name(k: Kind) -> String {
 fn check_value(key: &str, kind: Kind, v: &toml::Value) -> Result<serde_json::Value, String> {
     let wrong = || format!("`{key}` must be {}, found {}", kind_name(kind), describe(v));
     match kind {
-        Kind::Str => v
-            .as_str()
-            .map(|s| serde_json::Value::from(s.to_string()))
-            .ok_or_else(wrong),
+        Kind::Str => v.as_str().map(|s| serde_json::Value::from(s.to_string())).ok_or_else(wrong),
         Kind::Bool => v.as_bool().map(serde_json::Value::from).ok_or_else(wrong),
         Kind::Int(min) => {
             let i = v.as_integer().ok_or_else(wrong)?;
@@ -240,10 +227,7 @@ fn check_value(key: &str, kind: Kind, v: &toml::Value) -> Result<serde_json::Val
             Ok(serde_json::Value::from(i))
         }
         Kind::Positive | Kind::NonNegative | Kind::Fraction => {
-            let f = v
-                .as_float()
-                .or_else(|| v.as_integer().map(|i| i as f64))
-                .ok_or_else(wrong)?;
+            let f = v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).ok_or_else(wrong)?;
             let ok = f.is_finite()
                 && match kind {
                     Kind::Positive => f > 0.0,
@@ -279,12 +263,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, col) = line_col(self.text, span.start);
-        self.issues.push(GridIssue {
-            file: self.file.to_string(),
-            line,
-            col,
-            message: message.into(),
-        });
+        self.issues.push(GridIssue { file: self.file.to_string(), line, col, message: message.into() });
     }
 }
 
@@ -305,12 +284,7 @@ struct Axis {
     span: Range<usize>,
 }
 
-fn expand_axis(
-    ctx: &mut Ctx<'_>,
-    key: &str,
-    kind: Kind,
-    v: &Spanned<toml::Value>,
-) -> Option<Vec<serde_json::Value>> {
+fn expand_axis(ctx: &mut Ctx<'_>, key: &str, kind: Kind, v: &Spanned<toml::Value>) -> Option<Vec<serde_json::Value>> {
     let span = v.span();
     match v.get_ref() {
         toml::Value::Array(items) => {
@@ -331,9 +305,8 @@ fn expand_axis(
             Some(out)
         }
         toml::Value::Table(t) => {
-            let bad_form = format!(
-                "axis `{key}` must be a list, {{ log = [a, b], num = n }} or {{ lin = [a, b], num = n }}"
-            );
+            let bad_form =
+                format!("axis `{key}` must be a list, {{ log = [a, b], num = n }} or {{ lin = [a, b], num = n }}");
             let (mode, range) = match (t.get("log"), t.get("lin")) {
                 (Some(r), None) => ("log", r),
                 (None, Some(r)) => ("lin", r),
@@ -342,14 +315,8 @@ fn expand_axis(
                     return None;
                 }
             };
-            if let Some(extra) = t
-                .keys()
-                .find(|k| !["log", "lin", "num"].contains(&k.as_str()))
-            {
-                ctx.push(
-                    span,
-                    format!("unknown key `{extra}` in range of axis `{key}` ({bad_form})"),
-                );
+            if let Some(extra) = t.keys().find(|k| !["log", "lin", "num"].contains(&k.as_str())) {
+                ctx.push(span, format!("unknown key `{extra}` in range of axis `{key}` ({bad_form})"));
                 return None;
             }
             let ends: Option<Vec<f64>> = range
@@ -360,56 +327,29 @@ fn expand_axis(
                         .collect::<Option<Vec<_>>>()
                 })
                 .unwrap_or(None);
-            let Some([a, b]) = ends
-                .as_deref()
-                .map(|e| <[f64; 2]>::try_from(e).ok())
-                .unwrap_or(None)
-            else {
-                ctx.push(
-                    span,
-                    format!("`{mode}` of axis `{key}` must be a list of two numbers [a, b]"),
-                );
+            let Some([a, b]) = ends.as_deref().map(|e| <[f64; 2]>::try_from(e).ok()).unwrap_or(None) else {
+                ctx.push(span, format!("`{mode}` of axis `{key}` must be a list of two numbers [a, b]"));
                 return None;
             };
             let num = match t.get("num").and_then(|n| n.as_integer()) {
                 Some(n) if n >= 1 => n as usize,
                 _ => {
-                    ctx.push(
-                        span,
-                        format!("`num` of axis `{key}` must be an integer ≥ 1"),
-                    );
+                    ctx.push(span, format!("`num` of axis `{key}` must be an integer ≥ 1"));
                     return None;
                 }
             };
             if mode == "log" && (a <= 0.0 || b <= 0.0) {
-                ctx.push(
-                    span,
-                    format!("`log` range of axis `{key}` needs positive ends, found [{a}, {b}]"),
-                );
+                ctx.push(span, format!("`log` range of axis `{key}` needs positive ends, found [{a}, {b}]"));
                 return None;
             }
             let mut out = vec![];
             for i in 0..num {
-                let t = if num == 1 {
-                    0.0
-                } else {
-                    i as f64 / (num - 1) as f64
-                };
-                let x = if mode == "log" {
-                    (a.ln() + t * (b.ln() - a.ln())).exp()
-                } else {
-                    a + t * (b - a)
-                };
+                let t = if num == 1 { 0.0 } else { i as f64 / (num - 1) as f64 };
+                let x = if mode == "log" { (a.ln() + t * (b.ln() - a.ln())).exp() } else { a + t * (b - a) };
                 let tv = match kind {
                     Kind::Int(_) => toml::Value::Integer(x.round() as i64),
                     Kind::Str | Kind::Bool => {
-                        ctx.push(
-                            span,
-                            format!(
-                                "axis `{key}` takes {}, not a numeric range",
-                                kind_name(kind)
-                            ),
-                        );
+                        ctx.push(span, format!("axis `{key}` takes {}, not a numeric range", kind_name(kind)));
                         return None;
                     }
                     _ => toml::Value::Float(x),
@@ -417,10 +357,7 @@ fn expand_axis(
                 match check_value(key, kind, &tv) {
                     Ok(x) => {
                         if out.contains(&x) {
-                            ctx.push(
-                                span,
-                                format!("range of axis `{key}` yields the value {x} twice"),
-                            );
+                            ctx.push(span, format!("range of axis `{key}` yields the value {x} twice"));
                             return None;
                         }
                         out.push(x)
@@ -434,13 +371,7 @@ fn expand_axis(
             Some(out)
         }
         other => {
-            ctx.push(
-                span,
-                format!(
-                    "axis `{key}` must be a list or a range table, found {}",
-                    describe(other)
-                ),
-            );
+            ctx.push(span, format!("axis `{key}` must be a list or a range table, found {}", describe(other)));
             None
         }
     }
@@ -448,11 +379,7 @@ fn expand_axis(
 
 /// Parses, validates and expands a grid file. `file` names it in errors.
 pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPlan, GridError> {
-    let mut ctx = Ctx {
-        file,
-        text,
-        issues: vec![],
-    };
+    let mut ctx = Ctx { file, text, issues: vec![] };
     let raw: RawFile = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -477,16 +404,9 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
                 },
                 Some((s, _)) => ctx.push(
                     k.span(),
-                    format!(
-                        "key `{name}` belongs in [{}], not [{}]",
-                        section_name(s),
-                        section_name(section)
-                    ),
+                    format!("key `{name}` belongs in [{}], not [{}]", section_name(s), section_name(section)),
                 ),
-                None => ctx.push(
-                    k.span(),
-                    format!("unknown key `{name}` in [{}]", section_name(section)),
-                ),
+                None => ctx.push(k.span(), format!("unknown key `{name}` in [{}]", section_name(section))),
             }
         }
     }
@@ -497,10 +417,8 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
         Some(s) => match s.get_ref() {
             toml::Value::Integer(n) if *n >= 1 => (0..*n as u64).collect(),
             toml::Value::Array(a) if !a.is_empty() => {
-                let v: Option<Vec<u64>> = a
-                    .iter()
-                    .map(|x| x.as_integer().filter(|&i| i >= 0).map(|i| i as u64))
-                    .collect();
+                let v: Option<Vec<u64>> =
+                    a.iter().map(|x| x.as_integer().filter(|&i| i >= 0).map(|i| i as u64)).collect();
                 match v {
                     Some(v) => {
                         let mut sorted = v.clone();
@@ -518,10 +436,7 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
                 }
             }
             _ => {
-                ctx.push(
-                    s.span(),
-                    "`seeds` must be a non-empty list of non-negative integers or a count ≥ 1",
-                );
+                ctx.push(s.span(), "`seeds` must be a non-empty list of non-negative integers or a count ≥ 1");
                 vec![]
             }
         },
@@ -535,8 +450,7 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
     let mut axes: Vec<Axis> = vec![];
     let grid_span = raw.grid.as_ref().map(|g| g.span()).unwrap_or(0..0);
     if let Some(grid) = &raw.grid {
-        let mut entries: Vec<(&Spanned<String>, &Spanned<toml::Value>)> =
-            grid.get_ref().iter().collect();
+        let mut entries: Vec<(&Spanned<String>, &Spanned<toml::Value>)> = grid.get_ref().iter().collect();
         entries.sort_by_key(|(k, _)| k.span().start);
         for (k, v) in entries {
             let key = k.get_ref().as_str();
@@ -545,10 +459,7 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
                 continue;
             }
             let Some((_, kind)) = key_def(key) else {
-                ctx.push(
-                    k.span(),
-                    format!("unknown key `{key}` in [grid] (axes take train or probe keys)"),
-                );
+                ctx.push(k.span(), format!("unknown key `{key}` in [grid] (axes take train or probe keys)"));
                 continue;
             };
             if let Some(points) = expand_axis(&mut ctx, key, kind, v) {
@@ -575,13 +486,7 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
     let cells_count: usize = axes.iter().map(|a| a.points.len()).product();
     let runs = cells_count.saturating_mul(seeds.len());
     if runs > limits.max_runs {
-        ctx.push(
-            grid_span,
-            format!(
-                "the grid expands to {runs} runs, more than the limit of {}",
-                limits.max_runs
-            ),
-        );
+        ctx.push(grid_span, format!("the grid expands to {runs} runs, more than the limit of {}", limits.max_runs));
         return Err(GridError { issues: ctx.issues });
     }
 
@@ -610,12 +515,7 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
     if !ctx.issues.is_empty() {
         return Err(GridError { issues: ctx.issues });
     }
-    Ok(SweepPlan {
-        name,
-        seeds,
-        axes: axes.iter().flat_map(|a| a.keys.clone()).collect(),
-        cells,
-    })
+    Ok(SweepPlan { name, seeds, axes: axes.iter().flat_map(|a| a.keys.clone()).collect(), cells })
 }
 
 fn section_name(s: Section) -> &'static str {
@@ -628,15 +528,10 @@ fn section_name(s: Section) -> &'static str {
 fn expand_zip(ctx: &mut Ctx<'_>, v: &Spanned<toml::Value>, axes: &mut Vec<Axis>) {
     let span = v.span();
     let groups: Vec<&toml::Table> = match v.get_ref() {
-        toml::Value::Array(a) if a.iter().all(|x| x.is_table()) => {
-            a.iter().filter_map(|x| x.as_table()).collect()
-        }
+        toml::Value::Array(a) if a.iter().all(|x| x.is_table()) => a.iter().filter_map(|x| x.as_table()).collect(),
         toml::Value::Table(t) => vec![t],
         _ => {
-            ctx.push(
-                span,
-                "`zip` must be a table ([grid.zip]) or tables ([[grid.zip]]) of equal-length lists",
-            );
+            ctx.push(span, "`zip` must be a table ([grid.zip]) or tables ([[grid.zip]]) of equal-length lists");
             return;
         }
     };
@@ -667,32 +562,16 @@ fn expand_zip(ctx: &mut Ctx<'_>, v: &Spanned<toml::Value>, axes: &mut Vec<Axis>)
         }
         let lens: Vec<usize> = cols.iter().map(|c| c.len()).collect();
         if lens.is_empty() || lens.contains(&0) {
-            ctx.push(
-                span.clone(),
-                "a zip group needs at least one non-empty list",
-            );
+            ctx.push(span.clone(), "a zip group needs at least one non-empty list");
             return;
         }
         if lens.iter().any(|&l| l != lens[0]) {
-            let desc: Vec<String> = keys
-                .iter()
-                .zip(&lens)
-                .map(|(k, l)| format!("`{k}` has {l}"))
-                .collect();
-            ctx.push(
-                span.clone(),
-                format!("zip lists must have equal lengths: {}", desc.join(", ")),
-            );
+            let desc: Vec<String> = keys.iter().zip(&lens).map(|(k, l)| format!("`{k}` has {l}")).collect();
+            ctx.push(span.clone(), format!("zip lists must have equal lengths: {}", desc.join(", ")));
             return;
         }
-        let points = (0..lens[0])
-            .map(|i| cols.iter().map(|c| c[i].clone()).collect())
-            .collect();
-        axes.push(Axis {
-            keys,
-            points,
-            span: span.clone(),
-        });
+        let points = (0..lens[0]).map(|i| cols.iter().map(|c| c[i].clone()).collect()).collect();
+        axes.push(Axis { keys, points, span: span.clone() });
     }
 }
 
@@ -716,11 +595,7 @@ fn build_cell(
     let probe: ProbeConfig = serde_json::from_value(probe).ok()?;
     let span_of = |k: &str| values.get(k).map(|(_, s)| s.clone()).unwrap_or(0..0);
     let before = ctx.issues.len();
-    let cell_desc = if params.is_empty() {
-        String::new()
-    } else {
-        format!(" (cell {index}: {})", fmt_params(&params))
-    };
+    let cell_desc = if params.is_empty() { String::new() } else { format!(" (cell {index}: {})", fmt_params(&params)) };
 
     let ds = match DatasetName::parse(&train.dataset) {
         Ok(d) => Some(d.info()),
@@ -766,10 +641,7 @@ fn build_cell(
             if probe.projections as usize > m.param_count() {
                 ctx.push(
                     span_of("projections"),
-                    format!(
-                        "`projections` exceeds the model's {} parameters",
-                        m.param_count()
-                    ),
+                    format!("`projections` exceeds the model's {} parameters", m.param_count()),
                 );
             }
         }
@@ -783,21 +655,12 @@ fn build_cell(
             ),
         );
     }
-    (ctx.issues.len() == before).then_some(Cell {
-        index,
-        params,
-        train,
-        probe,
-    })
+    (ctx.issues.len() == before).then_some(Cell { index, params, train, probe })
 }
 
 /// `k=v, k=v` for display.
 pub fn fmt_params(params: &BTreeMap<String, serde_json::Value>) -> String {
-    params
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -840,17 +703,10 @@ batch_size = [8, 32, 128]
     #[test]
     fn fingerprint_ignores_formatting() {
         let a = parse_grid(QUICK, "a", GridLimits::default()).unwrap();
-        let reformatted = QUICK
-            .replace("epochs = 30", "epochs=30 # thirty")
-            .replace("[probe]\n", "[probe]\n# probe\n");
+        let reformatted = QUICK.replace("epochs = 30", "epochs=30 # thirty").replace("[probe]\n", "[probe]\n# probe\n");
         let b = parse_grid(&reformatted, "b", GridLimits::default()).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
-        let c = parse_grid(
-            &QUICK.replace("epochs = 30", "epochs = 31"),
-            "c",
-            GridLimits::default(),
-        )
-        .unwrap();
+        let c = parse_grid(&QUICK.replace("epochs = 30", "epochs = 31"), "c", GridLimits::default()).unwrap();
         assert_ne!(a.fingerprint(), c.fingerprint());
     }
 
@@ -878,20 +734,13 @@ batch_size = [8, 32, 128]
         let e = err(&QUICK.replace("batch_size = [8, 32, 128]", "batch_size = []"));
         assert!(e.message.contains("empty"), "{e}");
 
-        let e = err(&QUICK.replace(
-            "batch_size = [8, 32, 128]",
-            "[[grid.zip]]\nmomentum = [0.0, 0.9]\nweight_decay = [0.0]",
-        ));
+        let e =
+            err(&QUICK
+                .replace("batch_size = [8, 32, 128]", "[[grid.zip]]\nmomentum = [0.0, 0.9]\nweight_decay = [0.0]"));
         assert!(e.message.contains("equal lengths"), "{e}");
 
-        let e = parse_grid(QUICK, "g.toml", GridLimits { max_runs: 10 })
-            .unwrap_err()
-            .issues[0]
-            .clone();
-        assert!(
-            e.message.contains("24 runs, more than the limit of 10"),
-            "{e}"
-        );
+        let e = parse_grid(QUICK, "g.toml", GridLimits { max_runs: 10 }).unwrap_err().issues[0].clone();
+        assert!(e.message.contains("24 runs, more than the limit of 10"), "{e}");
 
         let e = err("[sweep\nname='x'");
         assert_eq!(e.line, 1);
@@ -900,10 +749,8 @@ batch_size = [8, 32, 128]
 
     #[test]
     fn zip_pairs_values() {
-        let t = QUICK.replace(
-            "batch_size = [8, 32, 128]",
-            "[[grid.zip]]\nmomentum = [0.0, 0.9]\nweight_decay = [0.0, 0.001]",
-        );
+        let t = QUICK
+            .replace("batch_size = [8, 32, 128]", "[[grid.zip]]\nmomentum = [0.0, 0.9]\nweight_decay = [0.0, 0.001]");
         let p = parse_grid(&t, "z", GridLimits::default()).unwrap();
         assert_eq!(p.cells.len(), 8);
         assert_eq!(p.cells[1].train.momentum, 0.9);

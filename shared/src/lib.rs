@@ -18,10 +18,12 @@
 //! * [`spec`] — the configuration of one run and its final figures.
 //! * [`grid`] — the grid file: parse, validate (file:line:col errors), expand.
 //! * [`run`] — execute one run and emit its probes and trajectory.
+//! * [`json_f64`] — NaN-safe JSON for statistics that may be undefined.
 //! * [`results`] — per-run, per-cell and sweep-level statistics.
 
 pub mod data;
 pub mod grid;
+pub mod json_f64;
 pub mod linalg;
 pub mod model;
 pub mod results;

@@ -8,20 +8,8 @@ use crate::rng::Rng;
 
 /// `c = alpha * a(m×k) · b(k×n) + beta * c(m×n)`, row-major f32.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    beta: f32,
-    c: &mut [f32],
-) {
-    assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "sgemm: slice too short"
-    );
+pub fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: slice too short");
     if m == 0 || n == 0 {
         return;
     }
@@ -44,20 +32,8 @@ pub fn sgemm(
 
 /// `c = alpha * a(m×k) · bᵀ where b is (n×k) + beta * c(m×n)`, row-major f32.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm_nt(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    beta: f32,
-    c: &mut [f32],
-) {
-    assert!(
-        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
-        "sgemm_nt: slice too short"
-    );
+pub fn sgemm_nt(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n, "sgemm_nt: slice too short");
     if m == 0 || n == 0 {
         return;
     }
@@ -78,20 +54,8 @@ pub fn sgemm_nt(
 
 /// `c = alpha * aᵀ · b + beta * c` where a is (k×m), b is (k×n), c is (m×n).
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm_tn(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    beta: f32,
-    c: &mut [f32],
-) {
-    assert!(
-        a.len() >= k * m && b.len() >= k * n && c.len() >= m * n,
-        "sgemm_tn: slice too short"
-    );
+pub fn sgemm_tn(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+    assert!(a.len() >= k * m && b.len() >= k * n && c.len() >= m * n, "sgemm_tn: slice too short");
     if m == 0 || n == 0 {
         return;
     }
@@ -176,10 +140,7 @@ pub struct SymEigen {
 pub fn sym_eigen(n: usize, a: &[f64]) -> SymEigen {
     assert_eq!(a.len(), n * n, "sym_eigen: wrong size");
     if n == 0 {
-        return SymEigen {
-            values: vec![],
-            vectors: vec![],
-        };
+        return SymEigen { values: vec![], vectors: vec![] };
     }
     // v is column-major-ish working copy: v[i][j] = a[i][j].
     let mut v: Vec<f64> = a.to_vec();
@@ -383,10 +344,7 @@ fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
 /// `k` orthonormal vectors of length `d` (rows of a k×d f32 matrix), drawn
 /// uniformly (Gaussian vectors, modified Gram–Schmidt in f64).
 pub fn random_orthonormal(k: usize, d: usize, rng: &mut Rng) -> Vec<f32> {
-    assert!(
-        k <= d,
-        "cannot draw {k} orthonormal directions in {d} dimensions"
-    );
+    assert!(k <= d, "cannot draw {k} orthonormal directions in {d} dimensions");
     let mut q: Vec<Vec<f64>> = Vec::with_capacity(k);
     while q.len() < k {
         let mut v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
@@ -426,14 +384,8 @@ mod tests {
             assert!(e.values.windows(2).all(|w| w[0] >= w[1]));
             for i in 0..n {
                 for j in 0..n {
-                    let s: f64 = (0..n)
-                        .map(|k| e.values[k] * e.vectors[k * n + i] * e.vectors[k * n + j])
-                        .sum();
-                    assert!(
-                        (s - a[i * n + j]).abs() < 1e-9,
-                        "n={n} ({i},{j}) {s} vs {}",
-                        a[i * n + j]
-                    );
+                    let s: f64 = (0..n).map(|k| e.values[k] * e.vectors[k * n + i] * e.vectors[k * n + j]).sum();
+                    assert!((s - a[i * n + j]).abs() < 1e-9, "n={n} ({i},{j}) {s} vs {}", a[i * n + j]);
                 }
             }
         }

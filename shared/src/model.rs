@@ -71,11 +71,7 @@ impl Model {
             offsets.push(p);
             p += w[0] * w[1] + w[1];
         }
-        Model {
-            widths,
-            offsets,
-            params: p,
-        }
+        Model { widths, offsets, params: p }
     }
 
     /// Number of parameters `d`.
@@ -169,29 +165,17 @@ impl Model {
     pub fn evaluate(&self, params: &[f32], x: &[f32], y: &[u32]) -> Eval {
         let b = y.len();
         if b == 0 {
-            return Eval {
-                loss: f64::NAN,
-                accuracy: f64::NAN,
-            };
+            return Eval { loss: f64::NAN, accuracy: f64::NAN };
         }
         let mut acts = self.forward(params, x, b);
         let mut logits = acts.pop().unwrap_or_default();
         let (loss, correct) = self.softmax_xent(&mut logits, y);
-        Eval {
-            loss: loss / b as f64,
-            accuracy: correct as f64 / b as f64,
-        }
+        Eval { loss: loss / b as f64, accuracy: correct as f64 / b as f64 }
     }
 
     /// Back-propagates; calls `sink(layer, input activations, errors δ)` for
     /// each layer from the top down. Returns the summed loss.
-    fn backward(
-        &self,
-        params: &[f32],
-        x: &[f32],
-        y: &[u32],
-        mut sink: impl FnMut(usize, &[f32], &[f32]),
-    ) -> f64 {
+    fn backward(&self, params: &[f32], x: &[f32], y: &[u32], mut sink: impl FnMut(usize, &[f32], &[f32])) -> f64 {
         let b = y.len();
         let mut acts = self.forward(params, x, b);
         let mut delta = acts.pop().unwrap_or_default();
@@ -223,16 +207,7 @@ impl Model {
         let loss = self.backward(params, x, y, |l, input, delta| {
             let (i, o) = (self.widths[l], self.widths[l + 1]);
             let off = self.offsets[l];
-            sgemm_tn(
-                o,
-                b,
-                i,
-                scale,
-                delta,
-                input,
-                0.0,
-                &mut grad[off..off + o * i],
-            );
+            sgemm_tn(o, b, i, scale, delta, input, 0.0, &mut grad[off..off + o * i]);
             let gb = &mut grad[off + o * i..off + o * i + o];
             gb.iter_mut().for_each(|v| *v = 0.0);
             for row in delta.chunks_exact(o) {
@@ -244,13 +219,7 @@ impl Model {
 
     /// Per-sample gradients of each sample's loss: row `s` of `out`
     /// (`b × d`, overwritten) is ∇f_s. Returns the summed loss.
-    pub fn per_sample_gradients(
-        &self,
-        params: &[f32],
-        x: &[f32],
-        y: &[u32],
-        out: &mut [f32],
-    ) -> f64 {
+    pub fn per_sample_gradients(&self, params: &[f32], x: &[f32], y: &[u32], out: &mut [f32]) -> f64 {
         let b = y.len();
         let d = self.params;
         assert_eq!(out.len(), b * d, "per_sample_gradients: out must be b×d");
@@ -272,11 +241,8 @@ impl Model {
 
     /// A one-line description: name, parameter count and layer shapes.
     pub fn describe(&self) -> String {
-        let layers: Vec<String> = self
-            .widths
-            .windows(2)
-            .map(|w| format!("linear {}x{}+{}", w[1], w[0], w[1]))
-            .collect();
+        let layers: Vec<String> =
+            self.widths.windows(2).map(|w| format!("linear {}x{}+{}", w[1], w[0], w[1])).collect();
         format!("{} params; {}", self.params, layers.join(", relu, "))
     }
 }
@@ -297,10 +263,7 @@ mod tests {
 
     #[test]
     fn parameter_counts() {
-        assert_eq!(
-            Model::parse("mlp:64-32-10").unwrap().param_count(),
-            64 * 32 + 32 + 32 * 10 + 10
-        );
+        assert_eq!(Model::parse("mlp:64-32-10").unwrap().param_count(), 64 * 32 + 32 + 32 * 10 + 10);
         assert_eq!(Model::parse("linear:49-10").unwrap().param_count(), 500);
         assert!(Model::parse("mlp:64").is_err());
         assert!(Model::parse("linear:4-5-6").is_err());
@@ -353,10 +316,7 @@ mod tests {
                 }
                 let fd = (fp - fm) / (2.0 * h as f64);
                 let an = per[s * d + j] as f64;
-                assert!(
-                    (fd - an).abs() < 2e-3 * (1.0 + an.abs()),
-                    "sample {s} param {j}: fd {fd} vs {an}"
-                );
+                assert!((fd - an).abs() < 2e-3 * (1.0 + an.abs()), "sample {s} param {j}: fd {fd} vs {an}");
                 checked += 1;
             }
         }

@@ -106,13 +106,9 @@ pub fn run_result(r: &RunData) -> RunResult {
     let probes: Vec<ProbeSummary> = r
         .probes
         .iter()
-        .map(|p| ProbeSummary {
-            meta: p.meta.clone(),
-            spectrum: SpectrumStats::from_sketch(&p.sketch),
-        })
+        .map(|p| ProbeSummary { meta: p.meta.clone(), spectrum: SpectrumStats::from_sketch(&p.sketch) })
         .collect();
-    let pooled =
-        merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| SpectrumStats::from_sketch(&s));
+    let pooled = merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| SpectrumStats::from_sketch(&s));
     RunResult {
         run_id: r.run_id.clone(),
         seed: r.seed,
@@ -139,15 +135,9 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellRes
     let mut runs: Vec<&RunData> = runs.iter().collect();
     runs.sort_by_key(|r| r.seed);
     let results: Vec<RunResult> = runs.iter().map(|r| run_result(r)).collect();
-    let finals: Vec<&SpectrumStats> = results
-        .iter()
-        .filter_map(|r| r.probes.last().map(|p| &p.spectrum))
-        .collect();
-    let merged_final = merge_sketches(
-        runs.iter()
-            .filter_map(|r| r.probes.last().map(|p| &p.sketch)),
-    )
-    .map(|s| SpectrumStats::from_sketch(&s));
+    let finals: Vec<&SpectrumStats> = results.iter().filter_map(|r| r.probes.last().map(|p| &p.spectrum)).collect();
+    let merged_final = merge_sketches(runs.iter().filter_map(|r| r.probes.last().map(|p| &p.sketch)))
+        .map(|s| SpectrumStats::from_sketch(&s));
     let lr = cell.train.lr;
     let b = cell.train.batch_size;
     CellResult {
@@ -168,11 +158,7 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellRes
         rank_fraction: Summary::of(finals.iter().map(|s| s.rank_fraction.value)),
         trace: Summary::of(finals.iter().map(|s| s.trace)),
         lambda_max: Summary::of(finals.iter().map(|s| s.lambda_max.value)),
-        area_rate: Summary::of(
-            results
-                .iter()
-                .filter_map(|r| r.drift.as_ref().map(|d| d.area_rate)),
-        ),
+        area_rate: Summary::of(results.iter().filter_map(|r| r.drift.as_ref().map(|d| d.area_rate))),
         runs: results,
     }
 }
@@ -189,12 +175,16 @@ pub struct EtaOverBRow {
     /// Cell index.
     pub cell: u32,
     /// Mean rank/d at the final probe.
+    #[serde(with = "crate::json_f64")]
     pub rank_fraction: f64,
     /// Mean tr D at the final probe.
+    #[serde(with = "crate::json_f64")]
     pub trace: f64,
     /// Mean area-enclosing rate.
+    #[serde(with = "crate::json_f64")]
     pub area_rate: f64,
     /// Mean test accuracy.
+    #[serde(with = "crate::json_f64")]
     pub test_accuracy: f64,
 }
 
@@ -230,10 +220,6 @@ pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
             test_accuracy: c.test_accuracy.mean,
         })
         .collect();
-    rows.sort_by(|a, b| {
-        a.eta_over_b
-            .total_cmp(&b.eta_over_b)
-            .then(a.cell.cmp(&b.cell))
-    });
+    rows.sort_by(|a, b| a.eta_over_b.total_cmp(&b.eta_over_b).then(a.cell.cmp(&b.cell)));
     rows
 }

@@ -62,12 +62,7 @@ impl Rng {
         let mut mix = splitmix64(&mut sm) ^ tag.wrapping_mul(0xA24B_AED4_963E_E407);
         mix = splitmix64(&mut mix) ^ sub.wrapping_mul(0x9FB2_1C65_1E98_DF25);
         let mut st = mix;
-        let s = [
-            splitmix64(&mut st),
-            splitmix64(&mut st),
-            splitmix64(&mut st),
-            splitmix64(&mut st),
-        ];
+        let s = [splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st)];
         Rng { s }
     }
 
@@ -124,9 +119,7 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4)
-            .map(|_| Rng::new(7, Stream::Init).next_u64())
-            .collect();
+        let a: Vec<u64> = (0..4).map(|_| Rng::new(7, Stream::Init).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
         let mut x = Rng::new(7, Stream::DataOrder(0));
         let mut y = Rng::new(7, Stream::DataOrder(1));

@@ -3,10 +3,13 @@
 //!
 //! [`execute`] is synchronous and pure: it draws every random number from
 //! generators derived from the run's seed, so the same [`RunSpec`] gives
-//! bit-identical results anywhere. The sink returns
-//! [`std::ops::ControlFlow::Break`] to stop the run early (cancellation).
+//! bit-identical results anywhere. The run stops early, with
+//! [`RunError::Stopped`], when the `stop` flag is raised (checked every SGD
+//! step and every probe block) or the sink returns
+//! [`std::ops::ControlFlow::Break`].
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,8 +57,10 @@ pub struct ProbeMeta {
     /// SGD steps completed.
     pub step: u64,
     /// Loss over the training set (eval mode).
+    #[serde(with = "crate::json_f64")]
     pub train_loss: f64,
     /// Accuracy over the training set.
+    #[serde(with = "crate::json_f64")]
     pub train_accuracy: f64,
 }
 
@@ -73,16 +78,10 @@ impl ProbeRecord {
     /// Parses [`ProbeRecord::encode`]'s output; `expect_dim` checks the sketch dimension.
     pub fn decode(bytes: &[u8], expect_dim: Option<usize>) -> Result<Self, SketchError> {
         let bad = |m: String| SketchError::Malformed(m);
-        let len = bytes
-            .get(..4)
-            .ok_or_else(|| bad("probe record too short".into()))?;
-        let len =
-            u32::from_le_bytes(len.try_into().map_err(|_| bad("probe header".into()))?) as usize;
-        let header = bytes
-            .get(4..4 + len)
-            .ok_or_else(|| bad("probe header truncated".into()))?;
-        let meta: ProbeMeta =
-            serde_json::from_slice(header).map_err(|e| bad(format!("probe header: {e}")))?;
+        let len = bytes.get(..4).ok_or_else(|| bad("probe record too short".into()))?;
+        let len = u32::from_le_bytes(len.try_into().map_err(|_| bad("probe header".into()))?) as usize;
+        let header = bytes.get(4..4 + len).ok_or_else(|| bad("probe header truncated".into()))?;
+        let meta: ProbeMeta = serde_json::from_slice(header).map_err(|e| bad(format!("probe header: {e}")))?;
         let sketch = FdSketch::decode(&bytes[4 + len..], expect_dim)?;
         Ok(ProbeRecord { meta, sketch })
     }
@@ -114,20 +113,14 @@ pub fn param_count(spec: &RunSpec) -> Result<usize, RunError> {
 /// Runs `spec` to the end, handing events to `sink`.
 pub fn execute(
     spec: &RunSpec,
+    stop: &AtomicBool,
     sink: &mut dyn FnMut(RunEvent) -> ControlFlow<()>,
 ) -> Result<RunFinal, RunError> {
     let t = &spec.train;
     let model = Model::parse(&t.model)?;
-    let split = load_split(
-        &DatasetName::parse(&t.dataset)?,
-        t.test_fraction,
-        t.split_seed,
-    )?;
+    let split = load_split(&DatasetName::parse(&t.dataset)?, t.test_fraction, t.split_seed)?;
     if model.input_dim() != split.train.dim || model.classes() != split.train.classes {
-        return Err(RunError::Spec(format!(
-            "model `{}` does not fit dataset `{}`",
-            t.model, t.dataset
-        )));
+        return Err(RunError::Spec(format!("model `{}` does not fit dataset `{}`", t.model, t.dataset)));
     }
     let n = split.train.len();
     let b = t.batch_size as usize;
@@ -136,11 +129,7 @@ pub fn execute(
     }
     let d = model.param_count();
     let k = (spec.probe.projections as usize).min(d);
-    let dirs = random_orthonormal(
-        k,
-        d,
-        &mut Rng::new(spec.probe.projection_seed, Stream::Projection),
-    );
+    let dirs = random_orthonormal(k, d, &mut Rng::new(spec.probe.projection_seed, Stream::Projection));
     let mut recorder = TrajectoryRecorder::new(k, default_lags(spec.probe.max_lag as usize));
     let probe_epochs = spec.probe_epochs();
 
@@ -149,10 +138,7 @@ pub fn execute(
     let mut grad = vec![0.0f32; d];
     let steps_per_epoch = (n / b).max(1);
     let total_steps = steps_per_epoch as u64 * t.epochs as u64;
-    let (mut xb, mut yb) = (
-        Vec::with_capacity(b * split.train.dim),
-        Vec::with_capacity(b),
-    );
+    let (mut xb, mut yb) = (Vec::with_capacity(b * split.train.dim), Vec::with_capacity(b));
     let mut step = 0u64;
     let mut diverged = false;
     let mut last_epoch_loss = f64::NAN;
@@ -161,9 +147,7 @@ pub fn execute(
     'epochs: for epoch in 0..t.epochs {
         let mut rng = Rng::new(spec.seed, Stream::DataOrder(epoch as u64));
         let order: Vec<usize> = if t.replacement {
-            (0..steps_per_epoch * b)
-                .map(|_| rng.below(n as u64) as usize)
-                .collect()
+            (0..steps_per_epoch * b).map(|_| rng.below(n as u64) as usize).collect()
         } else {
             let mut o: Vec<usize> = (0..n).collect();
             rng.shuffle(&mut o);
@@ -171,9 +155,10 @@ pub fn execute(
         };
         let mut loss_sum = 0.0;
         for s in 0..steps_per_epoch {
-            split
-                .train
-                .gather(&order[s * b..(s + 1) * b], &mut xb, &mut yb);
+            if stop.load(Ordering::Relaxed) {
+                return Err(RunError::Stopped);
+            }
+            split.train.gather(&order[s * b..(s + 1) * b], &mut xb, &mut yb);
             let loss = model.batch_gradient(&params, &xb, &yb, &mut grad);
             if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
                 diverged = true;
@@ -188,35 +173,23 @@ pub fn execute(
             step += 1;
             if epoch >= spec.probe.burn_in_epochs {
                 for (i, pr) in proj.iter_mut().enumerate() {
-                    *pr = dirs[i * d..(i + 1) * d]
-                        .iter()
-                        .zip(&params)
-                        .map(|(&a, &x)| a as f64 * x as f64)
-                        .sum();
+                    *pr = dirs[i * d..(i + 1) * d].iter().zip(&params).map(|(&a, &x)| a as f64 * x as f64).sum();
+                }
+                if proj.iter().any(|p| !p.is_finite()) {
+                    diverged = true;
+                    break 'epochs;
                 }
                 recorder.push(&proj);
             }
         }
         last_epoch_loss = loss_sum / steps_per_epoch as f64;
-        if sink(RunEvent::Progress {
-            step,
-            total_steps,
-            train_loss: last_epoch_loss,
-        })
-        .is_break()
-        {
+        if sink(RunEvent::Progress { step, total_steps, train_loss: last_epoch_loss }).is_break() {
             return Err(RunError::Stopped);
         }
         if let Some(index) = probe_epochs.iter().position(|&e| e == epoch + 1) {
-            let record = probe(
-                &model,
-                &params,
-                &split.train,
-                spec,
-                index as u32,
-                epoch + 1,
-                step,
-            );
+            let Some(record) = probe(&model, &params, &split.train, spec, index as u32, epoch + 1, step, stop) else {
+                return Err(RunError::Stopped);
+            };
             if !record.meta.train_loss.is_finite() {
                 diverged = true;
                 break;
@@ -244,7 +217,8 @@ pub fn execute(
 }
 
 /// Per-sample gradients over the whole training set at `params` (eval
-/// mode), in blocks, into a fresh sketch.
+/// mode), in blocks, into a fresh sketch. `None` if `stop` was raised.
+#[allow(clippy::too_many_arguments)]
 pub fn probe(
     model: &Model,
     params: &[f32],
@@ -253,7 +227,8 @@ pub fn probe(
     index: u32,
     epoch: u32,
     step: u64,
-) -> ProbeRecord {
+    stop: &AtomicBool,
+) -> Option<ProbeRecord> {
     let d = model.param_count();
     let block = (spec.probe.block_size as usize).max(1);
     let mut sketch = FdSketch::new(d, spec.probe.sketch_rank as usize);
@@ -263,6 +238,9 @@ pub fn probe(
     let mut correct = 0.0;
     let idx: Vec<usize> = (0..train.len()).collect();
     for chunk in idx.chunks(block) {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
         train.gather(chunk, &mut xb, &mut yb);
         let m = chunk.len();
         loss += model.per_sample_gradients(params, &xb, &yb, &mut out[..m * d]);
@@ -270,16 +248,10 @@ pub fn probe(
         sketch.insert_block(&out[..m * d]);
     }
     let nf = train.len() as f64;
-    ProbeRecord {
-        meta: ProbeMeta {
-            index,
-            epoch,
-            step,
-            train_loss: loss / nf,
-            train_accuracy: correct / nf,
-        },
+    Some(ProbeRecord {
+        meta: ProbeMeta { index, epoch, step, train_loss: loss / nf, train_accuracy: correct / nf },
         sketch,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -289,17 +261,8 @@ mod tests {
 
     fn small() -> RunSpec {
         RunSpec {
-            train: TrainConfig {
-                epochs: 3,
-                batch_size: 64,
-                lr: 0.1,
-                ..TrainConfig::default()
-            },
-            probe: ProbeConfig {
-                every_epochs: 2,
-                sketch_rank: 16,
-                ..ProbeConfig::default()
-            },
+            train: TrainConfig { epochs: 3, batch_size: 64, lr: 0.1, ..TrainConfig::default() },
+            probe: ProbeConfig { every_epochs: 2, sketch_rank: 16, ..ProbeConfig::default() },
             seed: 5,
         }
     }
@@ -307,7 +270,7 @@ mod tests {
     fn collect(spec: &RunSpec) -> (RunFinal, Vec<ProbeRecord>, Option<TrajectorySums>) {
         let mut probes = vec![];
         let mut traj = None;
-        let fin = execute(spec, &mut |e| {
+        let fin = execute(spec, &AtomicBool::new(false), &mut |e| {
             match e {
                 RunEvent::Probe(p) => probes.push(p),
                 RunEvent::Trajectory(t) => traj = Some(t),
@@ -341,6 +304,13 @@ mod tests {
         let bytes = p[0].encode();
         assert_eq!(ProbeRecord::decode(&bytes, Some(2410)).unwrap(), p[0]);
         assert!(ProbeRecord::decode(&bytes[..10], None).is_err());
+    }
+
+    #[test]
+    fn stop_flag_stops() {
+        let stop = AtomicBool::new(true);
+        let r = execute(&small(), &stop, &mut |_| ControlFlow::Continue(()));
+        assert!(matches!(r, Err(RunError::Stopped)));
     }
 
     #[test]

@@ -99,11 +99,7 @@ impl FdSketch {
 
     /// Adds samples: `block` holds `m` rows of length `d`, row-major.
     pub fn insert_block(&mut self, block: &[f32]) {
-        assert_eq!(
-            block.len() % self.d,
-            0,
-            "insert_block: not a whole number of rows"
-        );
+        assert_eq!(block.len() % self.d, 0, "insert_block: not a whole number of rows");
         for row in block.chunks_exact(self.d) {
             let mut sq = 0.0f64;
             for (s, &v) in self.sum_g.iter_mut().zip(row) {
@@ -148,11 +144,7 @@ impl FdSketch {
                 break;
             }
             let s = ((lam - delta) / lam).sqrt();
-            coef.extend(
-                eig.vectors[i * r..(i + 1) * r]
-                    .iter()
-                    .map(|&u| (u * s) as f32),
-            );
+            coef.extend(eig.vectors[i * r..(i + 1) * r].iter().map(|&u| (u * s) as f32));
             kept += 1;
         }
         let mut out = vec![0.0f32; kept * d];
@@ -174,10 +166,7 @@ impl FdSketch {
         }
         self.n += other.n;
         self.sum_sq += other.sum_sq;
-        self.sum_g
-            .iter_mut()
-            .zip(&other.sum_g)
-            .for_each(|(a, b)| *a += b);
+        self.sum_g.iter_mut().zip(&other.sum_g).for_each(|(a, b)| *a += b);
         self.delta += other.delta;
         self.append_rows(&other.buf[..other.rows * other.d]);
         Ok(())
@@ -250,12 +239,8 @@ impl FdSketch {
         out.extend_from_slice(&self.n.to_le_bytes());
         out.extend_from_slice(&self.delta.to_le_bytes());
         out.extend_from_slice(&self.sum_sq.to_le_bytes());
-        self.sum_g
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-        self.buf[..self.rows * self.d]
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        self.sum_g.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        self.buf[..self.rows * self.d].iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -287,21 +272,14 @@ impl FdSketch {
         let ell = u32::from_le_bytes(cur.take::<4>()?) as usize;
         let rows = u32::from_le_bytes(cur.take::<4>()?) as usize;
         if d == 0 || ell == 0 || rows >= 2 * ell {
-            return Err(SketchError::Malformed(format!(
-                "impossible shape d={d} ℓ={ell} rows={rows}"
-            )));
+            return Err(SketchError::Malformed(format!("impossible shape d={d} ℓ={ell} rows={rows}")));
         }
         if let Some(want) = expect_dim
             && want != d
         {
-            return Err(SketchError::Mismatch(format!(
-                "sketch has dimension {d}, expected {want}"
-            )));
+            return Err(SketchError::Mismatch(format!("sketch has dimension {d}, expected {want}")));
         }
-        let need = 44usize.checked_add(
-            d.checked_mul(8 + 4 * rows)
-                .ok_or_else(|| bad("size overflow"))?,
-        );
+        let need = 44usize.checked_add(d.checked_mul(8 + 4 * rows).ok_or_else(|| bad("size overflow"))?);
         if need != Some(body.len()) {
             return Err(SketchError::Malformed(format!(
                 "length {} does not match shape d={d} rows={rows}",
@@ -328,16 +306,7 @@ impl FdSketch {
         if !buf.iter().all(|v| v.is_finite()) {
             return Err(SketchError::NonFinite("rows"));
         }
-        Ok(FdSketch {
-            d,
-            ell,
-            buf,
-            rows,
-            delta,
-            n,
-            sum_g,
-            sum_sq,
-        })
+        Ok(FdSketch { d, ell, buf, rows, delta, n, sum_g, sum_sq })
     }
 }
 
@@ -348,13 +317,9 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], SketchError> {
-        let s = self
-            .b
-            .get(self.at..self.at + N)
-            .ok_or_else(|| SketchError::Malformed("truncated".into()))?;
+        let s = self.b.get(self.at..self.at + N).ok_or_else(|| SketchError::Malformed("truncated".into()))?;
         self.at += N;
-        s.try_into()
-            .map_err(|_| SketchError::Malformed("truncated".into()))
+        s.try_into().map_err(|_| SketchError::Malformed("truncated".into()))
     }
 }
 
@@ -371,12 +336,7 @@ pub struct ExactCovariance {
 impl ExactCovariance {
     /// An empty accumulator of dimension `d`.
     pub fn new(d: usize) -> Self {
-        ExactCovariance {
-            d,
-            ata: vec![0.0; d * d],
-            sum_g: vec![0.0; d],
-            n: 0,
-        }
+        ExactCovariance { d, ata: vec![0.0; d * d], sum_g: vec![0.0; d], n: 0 }
     }
 
     /// Adds rows.
@@ -451,11 +411,7 @@ mod tests {
         for (i, &e) in ex.iter().enumerate() {
             let l = lo.get(i).copied().unwrap_or(0.0);
             assert!(e + slack >= l, "λ{i}: exact {e} below sketch {l}");
-            assert!(
-                e <= l + sk.delta() / n + slack,
-                "λ{i}: exact {e} above sketch {l} + Δ/n {}",
-                sk.delta() / n
-            );
+            assert!(e <= l + sk.delta() / n + slack, "λ{i}: exact {e} above sketch {l} + Δ/n {}", sk.delta() / n);
         }
     }
 
@@ -493,12 +449,7 @@ mod tests {
         let (em, ew) = (s1.eigenvalues(), whole.eigenvalues());
         let tol = (s1.delta() + whole.delta()) / n as f64 + 1e-9;
         for i in 0..ell {
-            assert!(
-                (em[i] - ew[i]).abs() <= tol,
-                "λ{i}: merged {} whole {} tol {tol}",
-                em[i],
-                ew[i]
-            );
+            assert!((em[i] - ew[i]).abs() <= tol, "λ{i}: merged {} whole {} tol {tol}", em[i], ew[i]);
         }
     }
 
@@ -523,19 +474,11 @@ mod tests {
         sk.insert_block(&a);
         let bytes = sk.encode();
         assert_eq!(FdSketch::decode(&bytes, Some(20)).unwrap(), sk);
-        assert!(matches!(
-            FdSketch::decode(&bytes, Some(21)),
-            Err(SketchError::Mismatch(_))
-        ));
+        assert!(matches!(FdSketch::decode(&bytes, Some(21)), Err(SketchError::Mismatch(_))));
         assert!(FdSketch::decode(&bytes[..bytes.len() - 9], None).is_err());
         let mut flipped = bytes.clone();
         flipped[60] ^= 0x40;
-        assert!(
-            FdSketch::decode(&flipped, None)
-                .unwrap_err()
-                .to_string()
-                .contains("checksum")
-        );
+        assert!(FdSketch::decode(&flipped, None).unwrap_err().to_string().contains("checksum"));
         let mut other = FdSketch::new(21, 8);
         assert!(other.merge(&sk).is_err());
     }

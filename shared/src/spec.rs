@@ -121,12 +121,16 @@ pub struct RunFinal {
     /// Parameter dimension d.
     pub params: usize,
     /// Mean training loss over the last epoch's mini-batches.
+    #[serde(with = "crate::json_f64")]
     pub train_loss: f64,
     /// Loss on the whole training set at the end (eval mode).
+    #[serde(with = "crate::json_f64")]
     pub final_train_loss: f64,
     /// Accuracy on the held-out set.
+    #[serde(with = "crate::json_f64")]
     pub test_accuracy: f64,
     /// Loss on the held-out set.
+    #[serde(with = "crate::json_f64")]
     pub test_loss: f64,
     /// True when the loss became NaN or infinite.
     pub diverged: bool,

@@ -50,6 +50,7 @@ pub struct SpectrumStats {
     /// `rank / d`.
     pub rank_fraction: Bracket,
     /// ‖∇f‖², unbiased estimate from exact moments.
+    #[serde(with = "crate::json_f64")]
     pub grad_norm_sq: f64,
 }
 
@@ -69,16 +70,8 @@ impl SpectrumStats {
         let tau_hi = lmax_hi * d as f64 * EPS_F32;
         let estimate = eig.iter().filter(|&&l| l > tau).count();
         let lo = eig.iter().filter(|&&l| l > tau_hi).count();
-        let hi = if e > tau {
-            d
-        } else {
-            eig.iter().filter(|&&l| l + e > tau).count()
-        };
-        let rank = Bracket {
-            value: estimate as f64,
-            lo: lo as f64,
-            hi: hi as f64,
-        };
+        let hi = if e > tau { d } else { eig.iter().filter(|&&l| l + e > tau).count() };
+        let rank = Bracket { value: estimate as f64, lo: lo as f64, hi: hi as f64 };
         let frac = |x: f64| x / d as f64;
         SpectrumStats {
             n,
@@ -86,22 +79,10 @@ impl SpectrumStats {
             ell: sk.ell(),
             eig_error: e,
             trace: sk.trace(),
-            lambda_max: Bracket {
-                value: lmax,
-                lo: lmax,
-                hi: lmax_hi,
-            },
-            top_eigenvalues: eig
-                .iter()
-                .take(TOP_EIGENVALUES)
-                .map(|&l| l.max(0.0))
-                .collect(),
+            lambda_max: Bracket { value: lmax, lo: lmax, hi: lmax_hi },
+            top_eigenvalues: eig.iter().take(TOP_EIGENVALUES).map(|&l| l.max(0.0)).collect(),
             rank_threshold: tau,
-            rank_fraction: Bracket {
-                value: frac(rank.value),
-                lo: frac(rank.lo),
-                hi: frac(rank.hi),
-            },
+            rank_fraction: Bracket { value: frac(rank.value), lo: frac(rank.lo), hi: frac(rank.hi) },
             rank,
             grad_norm_sq: sk.grad_norm_sq_unbiased(),
         }
@@ -115,10 +96,13 @@ pub struct Summary {
     /// Number of finite values.
     pub count: usize,
     /// Mean.
+    #[serde(with = "crate::json_f64")]
     pub mean: f64,
     /// Sample standard deviation (n − 1).
+    #[serde(with = "crate::json_f64")]
     pub std: f64,
     /// Half-width of the 95 % confidence interval of the mean.
+    #[serde(with = "crate::json_f64")]
     pub ci95: f64,
 }
 
@@ -128,39 +112,23 @@ impl Summary {
         let v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
         let count = v.len();
         if count == 0 {
-            return Summary {
-                count,
-                mean: f64::NAN,
-                std: f64::NAN,
-                ci95: f64::NAN,
-            };
+            return Summary { count, mean: f64::NAN, std: f64::NAN, ci95: f64::NAN };
         }
         let mean = v.iter().sum::<f64>() / count as f64;
         if count == 1 {
-            return Summary {
-                count,
-                mean,
-                std: f64::NAN,
-                ci95: f64::NAN,
-            };
+            return Summary { count, mean, std: f64::NAN, ci95: f64::NAN };
         }
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (count - 1) as f64;
         let std = var.sqrt();
-        Summary {
-            count,
-            mean,
-            std,
-            ci95: student_t95(count - 1) * std / (count as f64).sqrt(),
-        }
+        Summary { count, mean, std, ci95: student_t95(count - 1) * std / (count as f64).sqrt() }
     }
 }
 
 /// Two-sided 95 % quantile of Student's t with `dof` degrees of freedom.
 fn student_t95(dof: usize) -> f64 {
     const TABLE: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
     match dof {
         0 => f64::NAN,

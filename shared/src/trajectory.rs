@@ -90,8 +90,7 @@ impl TrajectorySums {
         let mut c = vec![0.0; k * k];
         for a in 0..k {
             for b in 0..k {
-                c[a * k + b] = self.cross[l][a * k + b] / n
-                    - (self.sum_lead[l][a] / n) * (self.sum_lag[l][b] / n);
+                c[a * k + b] = self.cross[l][a * k + b] / n - (self.sum_lead[l][a] / n) * (self.sum_lag[l][b] / n);
             }
         }
         c
@@ -120,12 +119,8 @@ impl TrajectorySums {
 
     /// Least-squares slope of log MSD against log τ (1: Brownian).
     pub fn msd_exponent(&self) -> f64 {
-        let pts: Vec<(f64, f64)> = self
-            .msd_curve()
-            .into_iter()
-            .filter(|(_, m)| *m > 0.0)
-            .map(|(t, m)| ((t as f64).ln(), m.ln()))
-            .collect();
+        let pts: Vec<(f64, f64)> =
+            self.msd_curve().into_iter().filter(|(_, m)| *m > 0.0).map(|(t, m)| ((t as f64).ln(), m.ln())).collect();
         if pts.len() < 2 {
             return f64::NAN;
         }
@@ -149,10 +144,7 @@ pub struct TrajectoryRecorder {
 impl TrajectoryRecorder {
     /// A recorder of `k` coordinates at `lags`.
     pub fn new(k: usize, lags: Vec<usize>) -> Self {
-        TrajectoryRecorder {
-            sums: TrajectorySums::new(k, lags),
-            history: Default::default(),
-        }
+        TrajectoryRecorder { sums: TrajectorySums::new(k, lags), history: Default::default() }
     }
 
     /// Records the next point.
@@ -201,12 +193,15 @@ pub struct DriftStats {
     /// Points recorded.
     pub points: u64,
     /// Area-enclosing rate per step of the pair of the first two directions.
+    #[serde(with = "crate::json_f64")]
     pub area_rate: f64,
     /// Largest |area rate| over all pairs, with its sign.
+    #[serde(with = "crate::json_f64")]
     pub max_area_rate: f64,
     /// The pair `(i, j)` of `max_area_rate`.
     pub max_area_pair: (usize, usize),
     /// Fitted exponent of MSD(τ) ∝ τ^c.
+    #[serde(with = "crate::json_f64")]
     pub msd_exponent: f64,
     /// (lag, MSD) points.
     pub msd: Vec<(usize, f64)>,
@@ -226,11 +221,7 @@ impl DriftStats {
         }
         DriftStats {
             points: s.points,
-            area_rate: if s.k >= 2 {
-                s.area_rate(0, 1)
-            } else {
-                f64::NAN
-            },
+            area_rate: if s.k >= 2 { s.area_rate(0, 1) } else { f64::NAN },
             max_area_rate: best.0,
             max_area_pair: best.1,
             msd_exponent: s.msd_exponent(),
@@ -266,9 +257,7 @@ mod tests {
 
     #[test]
     fn merge_of_windows_equals_sums_over_pairs_inside_windows() {
-        let pts: Vec<[f64; 2]> = (0..100)
-            .map(|t| [(t as f64 * 0.3).sin(), (t as f64 * 0.7).cos()])
-            .collect();
+        let pts: Vec<[f64; 2]> = (0..100).map(|t| [(t as f64 * 0.3).sin(), (t as f64 * 0.7).cos()]).collect();
         let mut a = TrajectoryRecorder::new(2, vec![1, 2]);
         let mut b = TrajectoryRecorder::new(2, vec![1, 2]);
         pts[..50].iter().for_each(|p| a.push(p));

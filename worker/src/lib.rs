@@ -1,1 +1,26 @@
-//! placeholder
+//! The gradsweep worker: pulls runs from a coordinator, executes them on the
+//! science core, and streams the results back.
+//!
+//! A worker registers (with the protocol version), heartbeats on its own
+//! task so compute can never starve it, long-polls for runs while it has
+//! free slots, and executes each run on tokio's blocking pool. Results flow
+//! from the compute thread through a bounded channel to a reporter that
+//! numbers every message, keeps it until the coordinator acknowledges it,
+//! and re-sends after reconnecting with backoff. A lease the coordinator says
+//! is lost stops its run without side effects. On SIGTERM the worker stops
+//! its runs and hands their leases back; asked to drain, it finishes its
+//! runs, takes no new ones, and exits.
+//!
+//! # Layout
+//! * [`config`] — [`WorkerConfig`].
+//! * [`convert`] — run events → wire reports (chunked blobs), the only wire↔domain code here.
+//! * [`runner`] — one run: compute thread + acknowledged, re-sendable report stream.
+//! * [`worker`] — registration, heartbeats, acquisition, drain and shutdown.
+
+pub mod config;
+pub mod convert;
+pub mod runner;
+pub mod worker;
+
+pub use config::WorkerConfig;
+pub use worker::{Shutdown, run_worker};

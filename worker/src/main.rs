@@ -1,1 +1,57 @@
-fn main() {}
+//! `gradsweep-worker`: executes runs for a gradsweep coordinator.
+
+use clap::{Parser, ValueEnum};
+use gradsweep_worker::{Shutdown, WorkerConfig, run_worker};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Pulls runs from a gradsweep coordinator, executes them, streams results back.
+#[derive(Parser, Debug)]
+#[command(name = "gradsweep-worker", version, about)]
+struct Args {
+    /// Coordinator address (host:port or URL).
+    #[arg(long, env = "GRADSWEEP_COORDINATOR", default_value = "127.0.0.1:7878")]
+    coordinator: String,
+    /// Runs executed at once; each takes one core.
+    #[arg(long, env = "GRADSWEEP_SLOTS", default_value_t = 1)]
+    slots: u32,
+    /// Name shown by `gradsweep workers` (default: host-pid).
+    #[arg(long, env = "GRADSWEEP_WORKER_NAME")]
+    name: Option<String>,
+    /// Log format on stderr (filter with RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GRADSWEEP_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let mut cfg = WorkerConfig::new(args.coordinator, args.slots);
+    if let Some(n) = args.name {
+        cfg.name = n;
+    }
+    let (tx, rx) = tokio::sync::watch::channel(Shutdown::None);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        let _ = tx.send(Shutdown::Terminate);
+    });
+    run_worker(cfg, rx).await?;
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! `gradsweep local`: a whole sweep on one machine.
+//!
+//! Starts a coordinator on a loopback port with its database in the output
+//! folder, launches N `gradsweep-worker` processes, submits the grid, shows
+//! progress, prints the per-cell table, writes `results.csv` and
+//! `results.json`, then drains the workers and stops. Re-running the same
+//! command on the same output folder resumes an interrupted sweep.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use gradsweep_coordinator::client::{connect_control, fetch_results};
+use gradsweep_coordinator::{CoordinatorConfig, report, serve};
+use gradsweep_proto::v1 as pb;
+use tokio::process::{Child, Command};
+
+use super::commands::{read_grid, require_complete, watch_with, write_result_files};
+use crate::OutputFormat;
+
+/// Options of `gradsweep local`.
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// The grid file (TOML).
+    pub file: PathBuf,
+    /// Number of worker processes (default: one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Concurrent runs per worker.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Output folder (default: gradsweep-out/<sweep name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The worker binary (default: gradsweep-worker next to this program).
+    #[arg(long, env = "GRADSWEEP_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+    /// How the table is printed.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+fn worker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let me = std::env::current_exe().context("cannot locate this program")?;
+    let candidate = me.with_file_name("gradsweep-worker");
+    if candidate.exists() {
+        return Ok(candidate);
+    }
+    bail!(
+        "gradsweep-worker not found at {}; build it (cargo build --release --workspace) or pass --worker-bin",
+        candidate.display()
+    )
+}
+
+/// Runs the sweep.
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    let (text, file_name, plan) = read_grid(&args.file)?;
+    let worker_bin = worker_binary(args.worker_bin.as_deref())?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("gradsweep-out").join(&plan.name));
+    let logs = out.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let workers =
+        args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+
+    let mut config = CoordinatorConfig::new(out.join("state.db"));
+    config.lease_ttl = Duration::from_secs(6);
+    config.heartbeat_interval = Duration::from_secs(1);
+    config.grid_limits.max_runs = usize::MAX;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port")?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let result = drive(&args, &addr, &text, &file_name, &out, &logs, &worker_bin, workers).await;
+
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("coordinator: {e}"),
+        Err(e) => eprintln!("coordinator task: {e}"),
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    args: &LocalArgs,
+    addr: &str,
+    text: &str,
+    file_name: &str,
+    out: &Path,
+    logs: &Path,
+    worker_bin: &Path,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let mut client = connect_control(addr).await?;
+    let sub = client
+        .submit(pb::SubmitRequest { grid_toml: text.to_string(), file_name: file_name.to_string(), force_new: false })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    eprintln!(
+        "sweep {}{}: {} cells, {} runs, {} workers; state in {}",
+        sub.sweep_id,
+        if sub.existing { " (resumed)" } else { "" },
+        sub.cells,
+        sub.runs,
+        workers,
+        out.join("state.db").display()
+    );
+
+    let tag = format!("local-{}", std::process::id());
+    let mut children: Vec<Child> = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let log = std::fs::File::create(logs.join(format!("worker-{i}.log"))).context("cannot create worker log")?;
+        let child = Command::new(worker_bin)
+            .arg("--coordinator")
+            .arg(addr)
+            .arg("--slots")
+            .arg(args.slots.to_string())
+            .arg("--name")
+            .arg(format!("{tag}-{i}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", worker_bin.display()))?;
+        children.push(child);
+    }
+
+    let watched = tokio::select! {
+        r = watch_with(&mut client, &sub.sweep_id, || {
+            let alive = children.iter_mut().map(|c| c.try_wait()).filter(|w| matches!(w, Ok(None))).count();
+            if alive == 0 {
+                bail!("all workers exited before the sweep finished; see {}", logs.display());
+            }
+            Ok(())
+        }) => r,
+        _ = super::serve::shutdown_signal() => Err(anyhow::anyhow!(
+            "interrupted; run the same command again to resume from {}", out.join("state.db").display()
+        )),
+    };
+
+    stop_workers(&mut client, &tag, &mut children).await;
+    let status = watched?;
+
+    let (cells, summary) = fetch_results(&mut client, &sub.sweep_id).await?;
+    match args.format {
+        OutputFormat::Table => {
+            print!("{}", report::table(&cells));
+            println!();
+            print!("{}", report::eta_table(&summary));
+        }
+        OutputFormat::Csv => print!("{}", report::csv(&cells)),
+        OutputFormat::Json => println!("{}", report::json(&cells, &summary)),
+    }
+    write_result_files(out, &cells, &summary)?;
+    eprintln!("wrote {0}/results.csv and {0}/results.json", out.display());
+    require_complete(&status)
+}
+
+/// Drains our workers through the coordinator, waits for them to exit, and
+/// kills any that do not within 10 s.
+async fn stop_workers(
+    client: &mut gradsweep_proto::v1::control_service_client::ControlServiceClient<tonic::transport::Channel>,
+    tag: &str,
+    children: &mut [Child],
+) {
+    if let Ok(ws) = client.list_workers(pb::ListWorkersRequest {}).await {
+        for w in ws.into_inner().workers.into_iter().filter(|w| w.name.starts_with(tag) && w.state != "left") {
+            let _ = client.drain(pb::DrainRequest { worker_id: w.worker_id }).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for c in children.iter_mut() {
+        match tokio::time::timeout_at(deadline, c.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+        }
+    }
+}

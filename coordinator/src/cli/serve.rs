@@ -1,0 +1,76 @@
+//! `gradsweep serve`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use gradsweep_coordinator::{CoordinatorConfig, serve};
+
+/// Options of the coordinator daemon.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "GRADSWEEP_LISTEN", default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    /// SQLite database file (created if missing; reopen it to resume).
+    #[arg(long, env = "GRADSWEEP_DB", default_value = "gradsweep.db")]
+    pub db: PathBuf,
+    /// Lease time-to-live in milliseconds.
+    #[arg(long, env = "GRADSWEEP_LEASE_TTL_MS", default_value_t = 15_000)]
+    pub lease_ttl_ms: u64,
+    /// Heartbeat interval asked of workers, in milliseconds.
+    #[arg(long, env = "GRADSWEEP_HEARTBEAT_MS", default_value_t = 3_000)]
+    pub heartbeat_ms: u64,
+    /// Largest number of runs one grid may expand to.
+    #[arg(long, env = "GRADSWEEP_MAX_RUNS", default_value_t = gradsweep_shared::grid::DEFAULT_MAX_RUNS)]
+    pub max_runs: usize,
+    /// A run whose lease lapses this many times is failed.
+    #[arg(long, default_value_t = 10)]
+    pub max_attempts: u32,
+    /// Write the bound port to this file once listening.
+    #[arg(long)]
+    pub port_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The library configuration.
+    pub fn config(&self) -> CoordinatorConfig {
+        let mut c = CoordinatorConfig::new(&self.db);
+        c.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
+        c.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
+        c.max_attempts = self.max_attempts;
+        c.grid_limits.max_runs = self.max_runs;
+        c
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let port = listener.local_addr()?.port();
+    if let Some(f) = &args.port_file {
+        std::fs::write(f, port.to_string()).with_context(|| format!("cannot write port file {}", f.display()))?;
+    }
+    serve(args.config(), listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,199 @@
+//! gRPC handlers: validate, call the [`Coordinator`], map the error. No
+//! state lives here.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use gradsweep_proto::v1 as pb;
+use gradsweep_proto::v1::control_service_server::ControlService;
+use gradsweep_proto::v1::worker_service_server::WorkerService;
+use gradsweep_shared::results::{SweepSummary, eta_over_b_table};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::error::CoordinatorError;
+use crate::state::Coordinator;
+
+/// Longest an `Acquire` call is held open.
+const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(20);
+
+/// The worker-facing service.
+#[derive(Clone)]
+pub struct WorkerApi {
+    /// Shared state.
+    pub state: Coordinator,
+}
+
+/// The user-facing service.
+#[derive(Clone)]
+pub struct ControlApi {
+    /// Shared state.
+    pub state: Coordinator,
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        if r.protocol_version != gradsweep_proto::PROTOCOL_VERSION {
+            tracing::warn!(worker = %r.name, version = r.protocol_version, "worker refused: protocol mismatch");
+            return Err(CoordinatorError::ProtocolMismatch {
+                worker: r.protocol_version,
+                coordinator: gradsweep_proto::PROTOCOL_VERSION,
+            }
+            .into());
+        }
+        let slots = r.slots.max(1);
+        let id = self.state.with_store(move |s| s.register_worker(&r.name, &r.hostname, slots, r.pid)).await?;
+        let cfg = self.state.config();
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id: id,
+            lease_ttl_ms: cfg.lease_ttl.as_millis() as u64,
+            heartbeat_interval_ms: cfg.heartbeat_interval.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let runs = convert::leases_from_wire(&r.runs);
+        let answer = self.state.with_store(move |s| s.heartbeat(&r.worker_id, &runs)).await?;
+        Ok(Response::new(match answer {
+            None => pb::HeartbeatResponse { lost: vec![], drain: false, unknown_worker: true },
+            Some((lost, drain)) => {
+                pb::HeartbeatResponse { lost: convert::leases_to_wire(lost), drain, unknown_worker: false }
+            }
+        }))
+    }
+
+    async fn acquire(&self, req: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+        let r = req.into_inner();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_ACQUIRE_WAIT);
+        loop {
+            let worker = r.worker_id.clone();
+            if let Some(lease) = self.state.with_store(move |s| s.acquire(&worker)).await? {
+                return Ok(Response::new(pb::AcquireResponse { run: Some(convert::lease_to_wire(lease)) }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(pb::AcquireResponse { run: None }));
+            }
+            // Re-check at least every second: a run may be requeued by a
+            // reaper tick that raced with this wait.
+            self.state.wait_for_work((deadline - now).min(Duration::from_secs(1))).await;
+        }
+    }
+
+    async fn report(&self, req: Request<Streaming<pb::ReportRequest>>) -> Result<Response<pb::ReportResponse>, Status> {
+        let mut stream = req.into_inner();
+        let mut applied = 0;
+        while let Some(msg) = stream.next().await {
+            let report = convert::report_from_wire(msg?)?;
+            applied = self.state.with_store(move |s| s.apply_report(&report)).await?;
+        }
+        Ok(Response::new(pb::ReportResponse { applied_seq: applied }))
+    }
+
+    async fn finish(&self, req: Request<pb::FinishRequest>) -> Result<Response<pb::FinishResponse>, Status> {
+        let r = req.into_inner();
+        let outcome = convert::outcome_from_wire(&r)?;
+        self.state.with_store(move |s| s.finish(&r.worker_id, &r.run_id, r.epoch, r.last_seq, &outcome)).await?;
+        Ok(Response::new(pb::FinishResponse {}))
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = req.into_inner();
+        let runs = convert::leases_from_wire(&r.runs);
+        self.state.with_store(move |s| s.release(&r.worker_id, &runs, r.leaving, &r.reason)).await?;
+        self.state.notify_work();
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+}
+
+type ResultsStream = Pin<Box<dyn Stream<Item = Result<pb::ResultsChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlService for ControlApi {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let r = req.into_inner();
+        let limits = self.state.config().grid_limits;
+        let file = if r.file_name.is_empty() { "<grid>".to_string() } else { r.file_name.clone() };
+        let s = self.state.with_store(move |s| s.submit(&r.grid_toml, &file, r.force_new, limits)).await?;
+        self.state.notify_work();
+        Ok(Response::new(pb::SubmitResponse {
+            sweep_id: s.sweep_id,
+            existing: s.existing,
+            cells: s.cells,
+            runs: s.runs,
+        }))
+    }
+
+    async fn list_sweeps(
+        &self,
+        _req: Request<pb::ListSweepsRequest>,
+    ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        let rows = self.state.with_store(|s| s.sweeps()).await?;
+        Ok(Response::new(pb::ListSweepsResponse { sweeps: rows.iter().map(convert::sweep_to_wire).collect() }))
+    }
+
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::SweepStatus>, Status> {
+        let id = req.into_inner().sweep_id;
+        let row = self.state.with_store(move |s| s.sweep(&id)).await?;
+        Ok(Response::new(convert::sweep_to_wire(&row)))
+    }
+
+    type ResultsStream = ResultsStream;
+
+    async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<Self::ResultsStream>, Status> {
+        let id = req.into_inner().sweep_id;
+        let (row, cells) = self
+            .state
+            .with_store(move |s| {
+                let row = s.sweep(&id)?;
+                let cells = s.cell_results(&id)?;
+                Ok((row, cells))
+            })
+            .await?;
+        let summary = SweepSummary {
+            sweep_id: row.id.clone(),
+            name: row.name.clone(),
+            cells: cells.len(),
+            runs_total: row.total() as usize,
+            runs_done: cells.iter().map(|c| c.seeds_done).sum(),
+            by_eta_over_b: eta_over_b_table(&cells),
+        };
+        let to_json = |v: serde_json::Result<String>| v.map_err(|e| Status::internal(e.to_string()));
+        let mut items = Vec::with_capacity(cells.len() + 1);
+        for c in &cells {
+            items.push(
+                to_json(serde_json::to_string(c))
+                    .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::CellJson(j)) }),
+            );
+        }
+        items.push(
+            to_json(serde_json::to_string(&summary))
+                .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::SummaryJson(j)) }),
+        );
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        let id = req.into_inner().sweep_id;
+        let n = self.state.with_store(move |s| s.cancel(&id)).await?;
+        Ok(Response::new(pb::CancelResponse { runs_cancelled: n }))
+    }
+
+    async fn list_workers(
+        &self,
+        _req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let rows = self.state.with_store(|s| s.workers()).await?;
+        Ok(Response::new(pb::ListWorkersResponse { workers: rows.into_iter().map(convert::worker_to_wire).collect() }))
+    }
+
+    async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainResponse>, Status> {
+        let id = req.into_inner().worker_id;
+        self.state.with_store(move |s| s.drain(&id)).await?;
+        Ok(Response::new(pb::DrainResponse {}))
+    }
+}

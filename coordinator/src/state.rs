@@ -1,0 +1,133 @@
+//! The coordinator's state machine over the [`Store`].
+//!
+//! [`Coordinator`] owns the store behind a mutex and runs every store call on
+//! tokio's blocking pool, so SQLite I/O and result merging never stall the
+//! async workers. It wakes long-polling `Acquire` calls when runs become
+//! available and runs the lease reaper.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gradsweep_shared::grid::GridLimits;
+use tokio::sync::Notify;
+
+use crate::error::{CoordinatorError, Result};
+use crate::store::{LeasePolicy, Store};
+
+/// Settings of a coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// SQLite file.
+    pub db_path: PathBuf,
+    /// A lease lapses this long after the last heartbeat or report.
+    pub lease_ttl: Duration,
+    /// How often workers should heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A run whose lease lapsed this many times is failed.
+    pub max_attempts: u32,
+    /// Largest grid accepted.
+    pub grid_limits: GridLimits,
+}
+
+impl CoordinatorConfig {
+    /// Defaults for a database at `db_path`: 15 s leases, 3 s heartbeats.
+    pub fn new(db_path: impl Into<PathBuf>) -> Self {
+        CoordinatorConfig {
+            db_path: db_path.into(),
+            lease_ttl: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(3),
+            max_attempts: 10,
+            grid_limits: GridLimits::default(),
+        }
+    }
+
+    /// Checks the settings are coherent.
+    pub fn validate(&self) -> Result<()> {
+        if self.heartbeat_interval.is_zero() || self.lease_ttl < self.heartbeat_interval * 2 {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "lease TTL ({:?}) must be at least twice the heartbeat interval ({:?})",
+                self.lease_ttl, self.heartbeat_interval
+            )));
+        }
+        if self.max_attempts == 0 {
+            return Err(CoordinatorError::InvalidArgument("max attempts must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Shared handle to the coordinator's state.
+#[derive(Clone)]
+pub struct Coordinator {
+    store: Arc<Mutex<Store>>,
+    work_available: Arc<Notify>,
+    config: Arc<CoordinatorConfig>,
+}
+
+impl Coordinator {
+    /// Opens the database and reconciles: outstanding leases get a fresh TTL
+    /// so their workers can reconnect.
+    pub fn open(config: CoordinatorConfig) -> Result<Self> {
+        config.validate()?;
+        let policy = LeasePolicy { ttl_ms: config.lease_ttl.as_millis() as i64, max_attempts: config.max_attempts };
+        let mut store = Store::open(&config.db_path, policy)?;
+        let resumed = store.grant_restart_grace()?;
+        tracing::info!(db = %config.db_path.display(), leases_resumed = resumed, "coordinator state opened");
+        Ok(Coordinator {
+            store: Arc::new(Mutex::new(store)),
+            work_available: Arc::new(Notify::new()),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// Runs `f` on the store, on the blocking pool.
+    pub async fn with_store<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().map_err(|_| CoordinatorError::Internal("store mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("store task failed: {e}")))?
+    }
+
+    /// Wakes every waiting `Acquire`.
+    pub fn notify_work(&self) {
+        self.work_available.notify_waiters();
+    }
+
+    /// Waits until work may be available or `timeout` passes.
+    pub async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.work_available.notified()).await;
+    }
+
+    /// Expires lapsed leases every quarter TTL until `shutdown` resolves.
+    pub async fn run_reaper(self, shutdown: impl std::future::Future<Output = ()>) {
+        let period = (self.config.lease_ttl / 4).max(Duration::from_millis(50));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {
+                    match self.with_store(|s| s.expire_leases()).await {
+                        Ok(requeued) if !requeued.is_empty() => self.notify_work(),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "lease reaper failed"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Worker settings.
+
+use std::time::Duration;
+
+/// Settings of a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Coordinator URL, e.g. `http://10.0.0.5:7878`.
+    pub coordinator: String,
+    /// Runs executed at once (each takes one core).
+    pub slots: u32,
+    /// Name shown by `gradsweep workers`.
+    pub name: String,
+    /// How long one `Acquire` call may wait for work.
+    pub acquire_wait: Duration,
+    /// First retry delay after a failed call; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults for a coordinator address and slot count.
+    pub fn new(coordinator: impl Into<String>, slots: u32) -> Self {
+        let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "worker".into());
+        WorkerConfig {
+            coordinator: coordinator.into(),
+            slots: slots.max(1),
+            name: format!("{host}-{}", std::process::id()),
+            acquire_wait: Duration::from_secs(10),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Exponential backoff between retries.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// From the config's bounds.
+    pub fn new(cfg: &WorkerConfig) -> Self {
+        Backoff { next: cfg.min_backoff, min: cfg.min_backoff, max: cfg.max_backoff }
+    }
+
+    /// The delay to wait now; the next one is twice as long.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// Back to the shortest delay after a success.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}

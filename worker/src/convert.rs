@@ -1,0 +1,47 @@
+//! Run events to wire reports — the worker's one wire↔domain module.
+
+use gradsweep_proto::MAX_CHUNK_BYTES;
+use gradsweep_proto::v1 as pb;
+use gradsweep_proto::v1::report_request::Body;
+use gradsweep_shared::run::RunEvent;
+
+fn chunks(index: u32, bytes: &[u8], wrap: fn(pb::BlobChunk) -> Body) -> Vec<Body> {
+    let parts: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(MAX_CHUNK_BYTES).collect() };
+    let count = parts.len() as u32;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| wrap(pb::BlobChunk { index, chunk_index: i as u32, chunk_count: count, data: data.to_vec() }))
+        .collect()
+}
+
+/// The report bodies for one event, each under the message size limit.
+pub fn event_bodies(event: RunEvent) -> Vec<Body> {
+    match event {
+        RunEvent::Progress { step, total_steps, train_loss } => {
+            vec![Body::Progress(pb::Progress { step, total_steps, train_loss })]
+        }
+        RunEvent::Probe(p) => chunks(p.meta.index, &p.encode(), Body::Probe),
+        RunEvent::Trajectory(t) => chunks(0, &serde_json::to_vec(&t).unwrap_or_default(), Body::Trajectory),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_blobs_are_split_under_the_limit() {
+        let bytes = vec![7u8; MAX_CHUNK_BYTES * 2 + 5];
+        let parts = chunks(3, &bytes, Body::Probe);
+        assert_eq!(parts.len(), 3);
+        let mut joined = vec![];
+        for (i, p) in parts.iter().enumerate() {
+            let Body::Probe(c) = p else { panic!("wrong body") };
+            assert_eq!((c.index, c.chunk_index, c.chunk_count), (3, i as u32, 3));
+            assert!(c.data.len() <= MAX_CHUNK_BYTES);
+            joined.extend_from_slice(&c.data);
+        }
+        assert_eq!(joined, bytes);
+    }
+}

@@ -1,0 +1,236 @@
+//! One run on a worker: the compute thread and its acknowledged report stream.
+//!
+//! The compute thread (tokio's blocking pool) turns run events into report
+//! bodies and pushes them into a bounded channel, so a slow coordinator
+//! slows the computation instead of growing memory. The reporter numbers
+//! each body (`seq` from 1), keeps it until acknowledged, and sends what is
+//! pending as one client stream per batch. A failed stream is retried with
+//! backoff, re-sending everything unacknowledged; the coordinator applies
+//! each sequence number once. When the compute ends, `Finish` names the
+//! last sequence number.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use gradsweep_proto::v1 as pb;
+use gradsweep_proto::v1::report_request::Body;
+use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
+use gradsweep_shared::run::{RunError, execute};
+use gradsweep_shared::spec::RunSpec;
+use tokio::sync::mpsc;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::config::{Backoff, WorkerConfig};
+use crate::convert::event_bodies;
+
+/// How a run ended on this worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Finished and acknowledged (completed, diverged or failed).
+    Finished,
+    /// The coordinator says the lease is gone; nothing more was sent.
+    Lost,
+    /// Stopped on request (shutdown); the lease is to be handed back.
+    Stopped,
+}
+
+/// Everything one run needs.
+pub struct RunContext {
+    /// Settings.
+    pub cfg: WorkerConfig,
+    /// Client (a lazily reconnecting channel).
+    pub client: WorkerServiceClient<Channel>,
+    /// This worker's id.
+    pub worker_id: String,
+    /// The assignment.
+    pub run: pb::RunAssignment,
+    /// Raised to stop the run (shutdown or lost lease).
+    pub stop: Arc<AtomicBool>,
+    /// Raised when the lease is known lost.
+    pub lost: Arc<AtomicBool>,
+}
+
+enum SendError {
+    Lost(String),
+    Rejected(String),
+    Stopped,
+}
+
+impl RunContext {
+    fn classify(&self, status: &tonic::Status) -> Option<SendError> {
+        match status.code() {
+            Code::FailedPrecondition | Code::NotFound => Some(SendError::Lost(status.message().to_string())),
+            Code::InvalidArgument => Some(SendError::Rejected(status.message().to_string())),
+            _ => None, // transient: retry
+        }
+    }
+
+    /// Sends `pending` until acknowledged; drops what was acknowledged.
+    async fn flush(&self, pending: &mut VecDeque<pb::ReportRequest>, backoff: &mut Backoff) -> Result<(), SendError> {
+        while !pending.is_empty() {
+            if self.lost.load(Ordering::Relaxed) {
+                return Err(SendError::Lost("lease lost".into()));
+            }
+            let batch: Vec<pb::ReportRequest> = pending.iter().cloned().collect();
+            let mut client = self.client.clone();
+            match client.report(tokio_stream::iter(batch)).await {
+                Ok(resp) => {
+                    let applied = resp.into_inner().applied_seq;
+                    pending.retain(|m| m.seq > applied);
+                    backoff.reset();
+                }
+                Err(status) => {
+                    if let Some(e) = self.classify(&status) {
+                        return Err(e);
+                    }
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Err(SendError::Stopped);
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(run_id = %self.run.run_id, code = ?status.code(), error = %status.message(), retry_in_ms = delay.as_millis() as u64, "report failed; will re-send");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, req: pb::FinishRequest, backoff: &mut Backoff) -> RunEnd {
+        loop {
+            let mut client = self.client.clone();
+            match client.finish(req.clone()).await {
+                Ok(_) => return RunEnd::Finished,
+                Err(status) => match self.classify(&status) {
+                    Some(SendError::Lost(m)) => {
+                        tracing::warn!(run_id = %req.run_id, reason = %m, "finish refused: lease lost");
+                        return RunEnd::Lost;
+                    }
+                    Some(_) => {
+                        tracing::error!(run_id = %req.run_id, error = %status.message(), "finish rejected");
+                        return RunEnd::Lost;
+                    }
+                    None if status.code() == Code::OutOfRange => {
+                        tracing::error!(run_id = %req.run_id, error = %status.message(), "finish refused: reports missing");
+                        return RunEnd::Lost;
+                    }
+                    None => {
+                        if self.stop.load(Ordering::Relaxed) {
+                            return RunEnd::Stopped;
+                        }
+                        let delay = backoff.next_delay();
+                        tracing::warn!(run_id = %req.run_id, error = %status.message(), retry_in_ms = delay.as_millis() as u64, "finish failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                },
+            }
+        }
+    }
+
+    fn finish_request(
+        &self,
+        last_seq: u64,
+        outcome: pb::RunOutcome,
+        error: String,
+        final_json: String,
+    ) -> pb::FinishRequest {
+        pb::FinishRequest {
+            worker_id: self.worker_id.clone(),
+            run_id: self.run.run_id.clone(),
+            epoch: self.run.epoch,
+            last_seq,
+            outcome: outcome as i32,
+            error,
+            final_json,
+        }
+    }
+
+    /// Executes the run to its end.
+    pub async fn execute(self) -> RunEnd {
+        let run_id = self.run.run_id.clone();
+        let mut backoff = Backoff::new(&self.cfg);
+        let spec: RunSpec = match serde_json::from_str(&self.run.spec_json) {
+            Ok(s) => s,
+            Err(e) => {
+                let req =
+                    self.finish_request(0, pb::RunOutcome::Failed, format!("unreadable run spec: {e}"), String::new());
+                return self.finish(req, &mut backoff).await;
+            }
+        };
+        tracing::info!(run_id = %run_id, epoch = self.run.epoch, lr = spec.train.lr, batch_size = spec.train.batch_size, seed = spec.seed, "run started");
+        let (tx, mut rx) = mpsc::channel::<Body>(8);
+        let stop = self.stop.clone();
+        let compute = tokio::task::spawn_blocking(move || {
+            execute(&spec, &stop, &mut |event| {
+                for body in event_bodies(event) {
+                    if tx.blocking_send(body).is_err() {
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            })
+        });
+
+        let mut pending: VecDeque<pb::ReportRequest> = VecDeque::new();
+        let mut next_seq = 1u64;
+        let mut failure: Option<SendError> = None;
+        loop {
+            let Some(first) = rx.recv().await else { break };
+            let mut bodies = vec![first];
+            while let Ok(b) = rx.try_recv() {
+                bodies.push(b);
+            }
+            for body in bodies {
+                pending.push_back(pb::ReportRequest {
+                    worker_id: self.worker_id.clone(),
+                    run_id: run_id.clone(),
+                    epoch: self.run.epoch,
+                    seq: next_seq,
+                    body: Some(body),
+                });
+                next_seq += 1;
+            }
+            if let Err(e) = self.flush(&mut pending, &mut backoff).await {
+                failure = Some(e);
+                break;
+            }
+        }
+        if let Some(f) = failure {
+            self.stop.store(true, Ordering::Relaxed);
+            drop(rx);
+            let _ = compute.await;
+            return match f {
+                SendError::Lost(m) => {
+                    tracing::warn!(run_id = %run_id, reason = %m, "lease lost; run dropped");
+                    RunEnd::Lost
+                }
+                SendError::Stopped => RunEnd::Stopped,
+                SendError::Rejected(m) => {
+                    tracing::error!(run_id = %run_id, error = %m, "coordinator rejected a report");
+                    let req =
+                        self.finish_request(0, pb::RunOutcome::Failed, format!("report rejected: {m}"), String::new());
+                    self.finish(req, &mut backoff).await
+                }
+            };
+        }
+        let last_seq = next_seq - 1;
+        let req = match compute.await {
+            Ok(Ok(fin)) => {
+                let outcome = if fin.diverged { pb::RunOutcome::Diverged } else { pb::RunOutcome::Completed };
+                let json = serde_json::to_string(&fin).unwrap_or_default();
+                tracing::info!(run_id = %run_id, test_accuracy = fin.test_accuracy, diverged = fin.diverged, "run computed");
+                self.finish_request(last_seq, outcome, String::new(), json)
+            }
+            Ok(Err(RunError::Stopped)) => {
+                return if self.lost.load(Ordering::Relaxed) { RunEnd::Lost } else { RunEnd::Stopped };
+            }
+            Ok(Err(e)) => self.finish_request(last_seq, pb::RunOutcome::Failed, e.to_string(), String::new()),
+            Err(e) => {
+                self.finish_request(last_seq, pb::RunOutcome::Failed, format!("compute panicked: {e}"), String::new())
+            }
+        };
+        self.finish(req, &mut backoff).await
+    }
+}

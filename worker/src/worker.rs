@@ -1,0 +1,293 @@
+//! The worker's lifecycle: register, heartbeat, acquire, drain, shut down.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gradsweep_proto::v1 as pb;
+use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
+use gradsweep_proto::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{Backoff, WorkerConfig};
+use crate::runner::{RunContext, RunEnd};
+
+/// Errors that end a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The coordinator address is invalid.
+    #[error("invalid coordinator address `{0}`: {1}")]
+    Address(String, String),
+    /// The coordinator refused this worker for good (e.g. protocol version).
+    #[error("coordinator refused registration: {0}")]
+    Refused(String),
+}
+
+/// Why the worker should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Keep going.
+    None,
+    /// Stop now: stop runs, hand leases back (SIGTERM / SIGINT).
+    Terminate,
+}
+
+struct ActiveRun {
+    epoch: u64,
+    stop: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
+}
+
+struct Shared {
+    cfg: WorkerConfig,
+    client: WorkerServiceClient<Channel>,
+    worker_id: Mutex<String>,
+    runs: Mutex<HashMap<String, ActiveRun>>,
+    draining: AtomicBool,
+    drain_requested: Notify,
+    heartbeat_ms: AtomicU64,
+}
+
+impl Shared {
+    fn worker_id(&self) -> String {
+        self.worker_id.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    fn leases(&self) -> Vec<pb::RunLease> {
+        self.runs
+            .lock()
+            .map(|m| m.iter().map(|(id, r)| pb::RunLease { run_id: id.clone(), epoch: r.epoch }).collect())
+            .unwrap_or_default()
+    }
+
+    /// Registers, retrying transient failures until `shutdown` says stop.
+    async fn register(&self, shutdown: &mut watch::Receiver<Shutdown>) -> Result<Option<String>, WorkerError> {
+        let mut backoff = Backoff::new(&self.cfg);
+        let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        loop {
+            let req = pb::RegisterRequest {
+                protocol_version: PROTOCOL_VERSION,
+                name: self.cfg.name.clone(),
+                hostname: host.clone(),
+                slots: self.cfg.slots,
+                pid: std::process::id(),
+                build_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            match self.client.clone().register(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if let Ok(mut g) = self.worker_id.lock() {
+                        g.clone_from(&r.worker_id);
+                    }
+                    self.heartbeat_ms.store(r.heartbeat_interval_ms.clamp(100, 60_000), Ordering::Relaxed);
+                    tracing::info!(worker_id = %r.worker_id, slots = self.cfg.slots, coordinator = %self.cfg.coordinator, "registered");
+                    return Ok(Some(r.worker_id));
+                }
+                Err(s) if s.code() == Code::FailedPrecondition => {
+                    return Err(WorkerError::Refused(s.message().to_string()));
+                }
+                Err(s) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = delay.as_millis() as u64, "cannot register; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Connects lazily: the channel reconnects by itself when the coordinator
+/// comes back.
+fn client(cfg: &WorkerConfig) -> Result<WorkerServiceClient<Channel>, WorkerError> {
+    let url =
+        if cfg.coordinator.contains("://") { cfg.coordinator.clone() } else { format!("http://{}", cfg.coordinator) };
+    let ep = Endpoint::from_shared(url.clone())
+        .map_err(|e| WorkerError::Address(url.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    Ok(WorkerServiceClient::new(ep.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Runs a worker until it is drained by the coordinator or `shutdown`
+/// becomes [`Shutdown::Terminate`].
+pub async fn run_worker(cfg: WorkerConfig, mut shutdown: watch::Receiver<Shutdown>) -> Result<(), WorkerError> {
+    let shared = Arc::new(Shared {
+        client: client(&cfg)?,
+        cfg,
+        worker_id: Mutex::new(String::new()),
+        runs: Mutex::new(HashMap::new()),
+        draining: AtomicBool::new(false),
+        drain_requested: Notify::new(),
+        heartbeat_ms: AtomicU64::new(1000),
+    });
+    let Some(_) = shared.register(&mut shutdown).await? else { return Ok(()) };
+    let (hb_stop_tx, hb_stop_rx) = watch::channel(false);
+    let hb = tokio::spawn(heartbeat_loop(shared.clone(), hb_stop_rx));
+
+    let slots = Arc::new(Semaphore::new(shared.cfg.slots as usize));
+    let mut tasks: JoinSet<(String, u64, RunEnd)> = JoinSet::new();
+    let mut backoff = Backoff::new(&shared.cfg);
+    let terminated = loop {
+        if *shutdown.borrow() == Shutdown::Terminate {
+            break true;
+        }
+        if shared.draining.load(Ordering::Relaxed) {
+            break false;
+        }
+        // Reap finished runs.
+        while let Some(done) = tasks.try_join_next() {
+            log_end(done);
+        }
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break false },
+            _ = shutdown.changed() => continue,
+            _ = shared.drain_requested.notified() => continue,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => { log_end(done); continue; }
+        };
+        let req =
+            pb::AcquireRequest { worker_id: shared.worker_id(), wait_ms: shared.cfg.acquire_wait.as_millis() as u32 };
+        let mut c = shared.client.clone();
+        let answer = tokio::select! {
+            a = c.acquire(req) => a,
+            _ = shutdown.changed() => continue,
+            _ = shared.drain_requested.notified() => continue,
+        };
+        match answer {
+            Ok(r) => {
+                backoff.reset();
+                let Some(run) = r.into_inner().run else { continue };
+                let stop = Arc::new(AtomicBool::new(false));
+                let lost = Arc::new(AtomicBool::new(false));
+                if let Ok(mut m) = shared.runs.lock() {
+                    m.insert(
+                        run.run_id.clone(),
+                        ActiveRun { epoch: run.epoch, stop: stop.clone(), lost: lost.clone() },
+                    );
+                }
+                let ctx = RunContext {
+                    cfg: shared.cfg.clone(),
+                    client: shared.client.clone(),
+                    worker_id: shared.worker_id(),
+                    run,
+                    stop,
+                    lost,
+                };
+                let shared2 = shared.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let (id, epoch) = (ctx.run.run_id.clone(), ctx.run.epoch);
+                    let end = ctx.execute().await;
+                    if end != RunEnd::Stopped
+                        && let Ok(mut m) = shared2.runs.lock()
+                    {
+                        m.remove(&id);
+                    }
+                    (id, epoch, end)
+                });
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                tracing::warn!("coordinator does not know this worker; registering again");
+                if shared.register(&mut shutdown).await?.is_none() {
+                    break true;
+                }
+            }
+            Err(s) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in_ms = delay.as_millis() as u64, "acquire failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    };
+
+    if terminated {
+        tracing::info!("terminating: stopping runs and handing leases back");
+        if let Ok(m) = shared.runs.lock() {
+            m.values().for_each(|r| r.stop.store(true, Ordering::Relaxed));
+        }
+    } else {
+        tracing::info!(runs = tasks.len(), "draining: finishing current runs");
+    }
+    while let Some(done) = tasks.join_next().await {
+        log_end(done);
+    }
+    // Leases of stopped runs go back to the queue; the worker leaves.
+    let leases = shared.leases();
+    let req = pb::ReleaseRequest {
+        worker_id: shared.worker_id(),
+        runs: leases,
+        reason: if terminated { "worker terminated".into() } else { "worker drained".into() },
+        leaving: true,
+    };
+    match tokio::time::timeout(Duration::from_secs(5), shared.client.clone().release(req)).await {
+        Ok(Ok(_)) => tracing::info!("leases handed back; worker leaving"),
+        Ok(Err(s)) => tracing::warn!(error = %s.message(), "could not hand leases back; they will lapse"),
+        Err(_) => tracing::warn!("coordinator did not answer; leases will lapse"),
+    }
+    let _ = hb_stop_tx.send(true);
+    let _ = hb.await;
+    Ok(())
+}
+
+fn log_end(done: Result<(String, u64, RunEnd), tokio::task::JoinError>) {
+    match done {
+        Ok((run_id, epoch, end)) => tracing::info!(run_id = %run_id, epoch, end = ?end, "run ended"),
+        Err(e) => tracing::error!(error = %e, "run task failed"),
+    }
+}
+
+/// Heartbeats on their own task, so compute never starves them.
+/// The interval is the one the coordinator asked for at registration.
+async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let interval = Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed));
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let req = pb::HeartbeatRequest { worker_id: shared.worker_id(), runs: shared.leases() };
+        match tokio::time::timeout(interval * 3, shared.client.clone().heartbeat(req)).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                if r.unknown_worker {
+                    tracing::warn!("coordinator forgot this worker; its runs are lost");
+                    if let Ok(m) = shared.runs.lock() {
+                        m.values().for_each(|a| {
+                            a.lost.store(true, Ordering::Relaxed);
+                            a.stop.store(true, Ordering::Relaxed);
+                        });
+                    }
+                }
+                for l in r.lost {
+                    if let Ok(m) = shared.runs.lock()
+                        && let Some(a) = m.get(&l.run_id)
+                        && a.epoch == l.epoch
+                    {
+                        tracing::warn!(run_id = %l.run_id, epoch = l.epoch, "lease lost; stopping run");
+                        a.lost.store(true, Ordering::Relaxed);
+                        a.stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                if r.drain && !shared.draining.swap(true, Ordering::Relaxed) {
+                    tracing::info!("coordinator asked this worker to drain");
+                    shared.drain_requested.notify_one();
+                }
+            }
+            Ok(Err(s)) => tracing::warn!(code = ?s.code(), error = %s.message(), "heartbeat failed"),
+            Err(_) => tracing::warn!("heartbeat timed out"),
+        }
+    }
+}
