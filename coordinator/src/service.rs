@@ -60,8 +60,8 @@ impl WorkerService for WorkerApi {
         let answer = self.state.with_store(move |s| s.heartbeat(&r.worker_id, &runs)).await?;
         Ok(Response::new(match answer {
             None => pb::HeartbeatResponse { lost: vec![], drain: false, unknown_worker: true },
-            Some((lost, drain)) => {
-                pb::HeartbeatResponse { lost: convert::leases_to_wire(lost), drain, unknown_worker: false }
+            Some(a) => {
+                pb::HeartbeatResponse { lost: convert::leases_to_wire(a.lost), drain: a.drain, unknown_worker: false }
             }
         }))
     }

@@ -185,6 +185,18 @@ pub struct WorkerRow {
     pub last_heartbeat_ms: i64,
 }
 
+/// A lease named by run and epoch.
+pub type LeaseRef = (String, u64);
+
+/// The coordinator's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatAnswer {
+    /// Leases the worker named but no longer holds.
+    pub lost: Vec<LeaseRef>,
+    /// The worker is asked to drain.
+    pub drain: bool,
+}
+
 /// Timing and limits of leases.
 #[derive(Debug, Clone, Copy)]
 pub struct LeasePolicy {
@@ -517,9 +529,9 @@ impl Store {
         Ok(id)
     }
 
-    /// Records a heartbeat; extends the leases the worker still holds and
-    /// returns (leases it lost, drain requested). `None` for an unknown worker.
-    pub fn heartbeat(&mut self, worker_id: &str, runs: &[(String, u64)]) -> Result<Option<(Vec<(String, u64)>, bool)>> {
+    /// Records a heartbeat and extends the leases the worker still holds.
+    /// `None` for an unknown worker.
+    pub fn heartbeat(&mut self, worker_id: &str, runs: &[LeaseRef]) -> Result<Option<HeartbeatAnswer>> {
         let now = now_ms();
         let ttl = self.policy.ttl_ms;
         let tx = self.tx()?;
@@ -542,7 +554,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(Some((lost, state == "draining")))
+        Ok(Some(HeartbeatAnswer { lost, drain: state == "draining" }))
     }
 
     /// Grants the oldest queued run of an active sweep to the worker.

@@ -154,19 +154,28 @@ pub fn write_result_files(
     Ok(())
 }
 
+/// Prints results on stdout in `format`.
+pub fn print_results(
+    format: OutputFormat,
+    cells: &[gradsweep_shared::results::CellResult],
+    summary: &gradsweep_shared::results::SweepSummary,
+) {
+    match format {
+        OutputFormat::Table => {
+            print!("{}", report::table(cells));
+            println!();
+            print!("{}", report::eta_table(summary));
+        }
+        OutputFormat::Csv => print!("{}", report::csv(cells)),
+        OutputFormat::Json => println!("{}", report::json(cells, summary)),
+    }
+}
+
 /// `gradsweep results`.
 pub async fn results(addr: &str, sweep: &str, format: OutputFormat, out: Option<&Path>) -> anyhow::Result<()> {
     let mut client = connect_control(addr).await?;
     let (cells, summary) = fetch_results(&mut client, sweep).await?;
-    match format {
-        OutputFormat::Table => {
-            print!("{}", report::table(&cells));
-            println!();
-            print!("{}", report::eta_table(&summary));
-        }
-        OutputFormat::Csv => print!("{}", report::csv(&cells)),
-        OutputFormat::Json => println!("{}", report::json(&cells, &summary)),
-    }
+    print_results(format, &cells, &summary);
     if let Some(dir) = out {
         write_result_files(dir, &cells, &summary)?;
         eprintln!("wrote {0}/results.csv and {0}/results.json", dir.display());

@@ -13,11 +13,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use gradsweep_coordinator::client::{connect_control, fetch_results};
-use gradsweep_coordinator::{CoordinatorConfig, report, serve};
+use gradsweep_coordinator::{CoordinatorConfig, serve};
 use gradsweep_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
-use super::commands::{read_grid, require_complete, watch_with, write_result_files};
+use super::commands::{print_results, read_grid, require_complete, watch_with, write_result_files};
 use crate::OutputFormat;
 
 /// Options of `gradsweep local`.
@@ -153,15 +153,7 @@ async fn drive(
     let status = watched?;
 
     let (cells, summary) = fetch_results(&mut client, &sub.sweep_id).await?;
-    match args.format {
-        OutputFormat::Table => {
-            print!("{}", report::table(&cells));
-            println!();
-            print!("{}", report::eta_table(&summary));
-        }
-        OutputFormat::Csv => print!("{}", report::csv(&cells)),
-        OutputFormat::Json => println!("{}", report::json(&cells, &summary)),
-    }
+    print_results(args.format, &cells, &summary);
     write_result_files(out, &cells, &summary)?;
     eprintln!("wrote {0}/results.csv and {0}/results.json", out.display());
     require_complete(&status)

@@ -1,0 +1,187 @@
+//! End-to-end: the README's commands, real processes, real gRPC.
+
+use std::time::Duration;
+
+use gradsweep_coordinator::client::{connect_control, fetch_results};
+use gradsweep_tests::{CoordinatorProc, WorkerProc, cli, grids, verify_against_offline};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Acceptance 1: the quickstart on the bundled default prints the table and
+/// writes both result files.
+#[test]
+fn quickstart_local_prints_table_and_writes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("qs");
+    let grid = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.toml");
+    let o = cli(&["local", grid, "--workers", "2", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "local failed:\n{}", stderr(&o));
+    let table = stdout(&o);
+    for col in ["lr", "η/b", "seeds", "train loss", "test acc", "rank/d", "tr D", "λ_max", "area rate"] {
+        assert!(table.contains(col), "table lacks column {col}:\n{table}");
+    }
+    assert_eq!(table.lines().filter(|l| l.contains(" 2/2 ")).count(), 12, "12 cells with both seeds:\n{table}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 13, "header + 12 cells");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["cells"].as_array().unwrap().len(), 12);
+    assert_eq!(json["summary"]["runs_done"], 24);
+    let cell = &json["cells"][0];
+    assert_eq!(cell["d"], 2410);
+    let frac = cell["rank_fraction"]["mean"].as_f64().unwrap();
+    assert!(frac > 0.0 && frac < 0.5, "rank/d {frac}");
+}
+
+/// Acceptance 2: serve, two workers, submit, watch, results — as the README
+/// documents them; every run is reported once and matches an offline run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_process_serve_submit_watch_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordinatorProc::start(&dir.path().join("state.db"), 0, &[], dir.path());
+    let addr = format!("127.0.0.1:{}", coord.port);
+    let _w1 = WorkerProc::start(&coord.url(), "w-a", 1, dir.path());
+    let _w2 = WorkerProc::start(&coord.url(), "w-b", 1, dir.path());
+    let grid = grids::tiny("multi", 4);
+    let file = dir.path().join("grid.toml");
+    std::fs::write(&file, &grid).unwrap();
+
+    let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sweep = stdout(&o).trim().to_string();
+    assert!(sweep.starts_with("multi-"), "{sweep}");
+
+    let o = cli(&["--coordinator", &addr, "watch", &sweep]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("8/8 runs done"), "{}", stderr(&o));
+
+    let o = cli(&["--coordinator", &addr, "status", &sweep]);
+    assert!(stdout(&o).contains("completed"), "{}", stdout(&o));
+
+    let o = cli(&["--coordinator", &addr, "workers"]);
+    let workers = stdout(&o);
+    assert!(workers.contains("w-a") && workers.contains("w-b"), "{workers}");
+
+    let out = dir.path().join("res");
+    let o = cli(&["--coordinator", &addr, "results", &sweep, "--format", "csv", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 5);
+    assert!(out.join("results.json").exists());
+
+    // Submitting the same grid again returns the same sweep; --new makes another.
+    let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+    assert!(stdout(&o).starts_with(&format!("{sweep} (existing")), "{}", stdout(&o));
+    let o = cli(&["--coordinator", &addr, "submit", "--new", file.to_str().unwrap()]);
+    let second = stdout(&o).trim().to_string();
+    assert_ne!(second, sweep);
+    let o = cli(&["--coordinator", &addr, "cancel", &second]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let mut client = connect_control(&addr).await.unwrap();
+    let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();
+    assert_eq!(verify_against_offline(&grid, &cells), 8);
+}
+
+/// Acceptance 3: a worker SIGKILLed mid-sweep; the sweep completes and each
+/// run appears exactly once, identical to an undisturbed run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_sigkill_mid_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordinatorProc::start(
+        &dir.path().join("state.db"),
+        0,
+        &["--lease-ttl-ms", "1500", "--heartbeat-ms", "300"],
+        dir.path(),
+    );
+    let addr = format!("127.0.0.1:{}", coord.port);
+    let mut victim = WorkerProc::start(&coord.url(), "victim", 1, dir.path());
+    let grid = grids::tiny("kill-worker", 12);
+    let mut client = connect_control(&addr).await.unwrap();
+    let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
+
+    // Kill the victim while it holds a run that has made progress.
+    gradsweep_tests::wait_until(Duration::from_secs(60), "the victim to hold a started run", || {
+        let mut c = client.clone();
+        async move {
+            let ws = c.list_workers(gradsweep_proto::v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+            ws.iter().any(|w| w.name == "victim" && !w.runs.is_empty())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    victim.kill9();
+    let _survivor = WorkerProc::start(&coord.url(), "survivor", 2, dir.path());
+
+    gradsweep_tests::wait_until(Duration::from_secs(120), "the sweep to complete", || {
+        let mut c = client.clone();
+        let id = sweep.clone();
+        async move {
+            let s = c.status(gradsweep_proto::v1::StatusRequest { sweep_id: id }).await.unwrap().into_inner();
+            s.runs_completed == s.runs_total
+        }
+    })
+    .await;
+    assert!(coord.log().contains("lease lapsed; run requeued"), "the kill must have interrupted a run");
+    let (cells, summary) = fetch_results(&mut client, &sweep).await.unwrap();
+    assert_eq!(summary.runs_done, 8);
+    assert_eq!(verify_against_offline(&grid, &cells), 8);
+}
+
+/// Acceptance 4: the coordinator SIGKILLed mid-sweep and restarted on the
+/// same database; workers reconnect, the sweep completes, nothing lost or
+/// merged twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_sigkill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coord = CoordinatorProc::start(
+        &dir.path().join("state.db"),
+        0,
+        &["--lease-ttl-ms", "2000", "--heartbeat-ms", "300"],
+        dir.path(),
+    );
+    let addr = format!("127.0.0.1:{}", coord.port);
+    let _w1 = WorkerProc::start(&coord.url(), "w1", 1, dir.path());
+    let _w2 = WorkerProc::start(&coord.url(), "w2", 1, dir.path());
+    let grid = grids::tiny("kill-coordinator", 12);
+    let sweep = {
+        let mut client = connect_control(&addr).await.unwrap();
+        let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
+        gradsweep_tests::wait_until(Duration::from_secs(60), "two runs done", || {
+            let mut c = client.clone();
+            let id = sweep.clone();
+            async move {
+                let s = c.status(gradsweep_proto::v1::StatusRequest { sweep_id: id }).await.unwrap().into_inner();
+                s.runs_completed >= 2 && s.runs_running > 0
+            }
+        })
+        .await;
+        sweep
+    };
+    coord.kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // workers keep computing, reports fail and wait
+    coord.restart();
+    assert_eq!(format!("127.0.0.1:{}", coord.port), addr);
+
+    let mut client = connect_control(&addr).await.unwrap();
+    gradsweep_tests::wait_until(Duration::from_secs(120), "the sweep to complete after restart", || {
+        let mut c = client.clone();
+        let id = sweep.clone();
+        async move {
+            let s = c.status(gradsweep_proto::v1::StatusRequest { sweep_id: id }).await.unwrap().into_inner();
+            s.runs_completed == s.runs_total
+        }
+    })
+    .await;
+    let log = coord.log();
+    let resumed = log.rsplit("leases_resumed=").next().and_then(|t| t.split_whitespace().next()).unwrap_or("0");
+    assert_ne!(resumed, "0", "the restart must have found leases in flight:\n{log}");
+    let (cells, summary) = fetch_results(&mut client, &sweep).await.unwrap();
+    assert_eq!(summary.runs_done, 8);
+    assert_eq!(verify_against_offline(&grid, &cells), 8);
+}
