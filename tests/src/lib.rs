@@ -312,3 +312,28 @@ pub fn verify_against_offline(grid: &str, cells: &[gradsweep_shared::results::Ce
     }
     checked
 }
+
+/// Waits until every run of `sweep` completed.
+pub async fn wait_sweep_completed(client: &ControlServiceClient<Channel>, sweep: &str, timeout: Duration) {
+    wait_until(timeout, &format!("sweep {sweep} to complete"), || {
+        let mut c = client.clone();
+        let id = sweep.to_string();
+        async move {
+            let s = c.status(pb::StatusRequest { sweep_id: id }).await.expect("status").into_inner();
+            s.runs_completed == s.runs_total
+        }
+    })
+    .await;
+}
+
+/// Waits until the worker named `name` holds at least one run.
+pub async fn wait_worker_holds_run(client: &ControlServiceClient<Channel>, name: &str, timeout: Duration) {
+    wait_until(timeout, &format!("worker {name} to hold a run"), || {
+        let mut c = client.clone();
+        async move {
+            let ws = c.list_workers(pb::ListWorkersRequest {}).await.expect("workers").into_inner().workers;
+            ws.iter().any(|w| w.name == name && !w.runs.is_empty())
+        }
+    })
+    .await;
+}

@@ -106,27 +106,12 @@ async fn worker_sigkill_mid_sweep() {
     let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
 
     // Kill the victim while it holds a run that has made progress.
-    gradsweep_tests::wait_until(Duration::from_secs(60), "the victim to hold a started run", || {
-        let mut c = client.clone();
-        async move {
-            let ws = c.list_workers(gradsweep_proto::v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
-            ws.iter().any(|w| w.name == "victim" && !w.runs.is_empty())
-        }
-    })
-    .await;
+    gradsweep_tests::wait_worker_holds_run(&client, "victim", Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     victim.kill9();
     let _survivor = WorkerProc::start(&coord.url(), "survivor", 2, dir.path());
 
-    gradsweep_tests::wait_until(Duration::from_secs(120), "the sweep to complete", || {
-        let mut c = client.clone();
-        let id = sweep.clone();
-        async move {
-            let s = c.status(gradsweep_proto::v1::StatusRequest { sweep_id: id }).await.unwrap().into_inner();
-            s.runs_completed == s.runs_total
-        }
-    })
-    .await;
+    gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(120)).await;
     assert!(coord.log().contains("lease lapsed; run requeued"), "the kill must have interrupted a run");
     let (cells, summary) = fetch_results(&mut client, &sweep).await.unwrap();
     assert_eq!(summary.runs_done, 8);
@@ -169,19 +154,53 @@ async fn coordinator_sigkill_and_restart() {
     assert_eq!(format!("127.0.0.1:{}", coord.port), addr);
 
     let mut client = connect_control(&addr).await.unwrap();
-    gradsweep_tests::wait_until(Duration::from_secs(120), "the sweep to complete after restart", || {
-        let mut c = client.clone();
-        let id = sweep.clone();
-        async move {
-            let s = c.status(gradsweep_proto::v1::StatusRequest { sweep_id: id }).await.unwrap().into_inner();
-            s.runs_completed == s.runs_total
-        }
-    })
-    .await;
+    gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(120)).await;
     let log = coord.log();
     let resumed = log.rsplit("leases_resumed=").next().and_then(|t| t.split_whitespace().next()).unwrap_or("0");
     assert_ne!(resumed, "0", "the restart must have found leases in flight:\n{log}");
     let (cells, summary) = fetch_results(&mut client, &sweep).await.unwrap();
     assert_eq!(summary.runs_done, 8);
+    assert_eq!(verify_against_offline(&grid, &cells), 8);
+}
+
+/// SIGTERM: the worker stops its run and hands the lease back at once (the
+/// 60 s TTL would otherwise hold the run). Drain: a worker finishes its run,
+/// takes no new one and exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_leases_back_and_drain_exits_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordinatorProc::start(
+        &dir.path().join("state.db"),
+        0,
+        &["--lease-ttl-ms", "60000", "--heartbeat-ms", "300"],
+        dir.path(),
+    );
+    let addr = format!("127.0.0.1:{}", coord.port);
+    let mut client = connect_control(&addr).await.unwrap();
+    let mut term = WorkerProc::start(&coord.url(), "term", 1, dir.path());
+    let grid = grids::tiny("sigterm", 12);
+    let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
+    gradsweep_tests::wait_worker_holds_run(&client, "term", Duration::from_secs(60)).await;
+    term.signal(libc::SIGTERM);
+    let status = term.child.wait().unwrap();
+    assert!(status.success(), "worker exits cleanly on SIGTERM: {status:?}");
+    assert!(coord.log().contains("lease released"), "{}", coord.log());
+
+    // A drained worker finishes what it holds and exits; another completes the sweep.
+    let mut drained = WorkerProc::start(&coord.url(), "drained", 1, dir.path());
+    gradsweep_tests::wait_worker_holds_run(&client, "drained", Duration::from_secs(60)).await;
+    let ws = client.list_workers(gradsweep_proto::v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    let id = ws.iter().find(|w| w.name == "drained").unwrap().worker_id.clone();
+    let o = cli(&["--coordinator", &addr, "drain", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status = drained.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let _rest = WorkerProc::start(&coord.url(), "rest", 2, dir.path());
+    gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(120)).await;
+    let log = coord.log();
+    assert!(!log.contains("lease lapsed"), "no lease had to lapse:\n{log}");
+    let o = cli(&["--coordinator", &addr, "workers"]);
+    assert!(stdout(&o).lines().filter(|l| l.contains(" left ")).count() >= 2, "{}", stdout(&o));
+    let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();
     assert_eq!(verify_against_offline(&grid, &cells), 8);
 }

@@ -1,0 +1,260 @@
+//! Fencing and idempotence, driven through the worker RPCs directly
+//! (acceptance 5), and cell merges checked against an offline merge
+//! (acceptance 7).
+
+use std::ops::ControlFlow;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use gradsweep_coordinator::store::{LeasePolicy, Store};
+use gradsweep_proto::v1 as pb;
+use gradsweep_proto::v1::report_request::Body;
+use gradsweep_shared::run::{RunEvent, execute};
+use gradsweep_shared::spec::{RunFinal, RunSpec};
+use gradsweep_shared::stats::SpectrumStats;
+use gradsweep_tests::{InProcess, fast_config, submit};
+use gradsweep_worker::convert::event_bodies;
+use tonic::Code;
+
+const ONE_RUN: &str = r#"
+[sweep]
+name = "fence"
+seeds = [3]
+[train]
+model = "mlp:64-8-10"
+dataset = "digits"
+epochs = 2
+batch_size = 64
+[probe]
+every_epochs = 1
+sketch_rank = 8
+projections = 3
+max_lag = 4
+"#;
+
+/// Computes a run offline and returns its report bodies and final figures.
+fn bodies_of(spec_json: &str) -> (Vec<Body>, RunFinal) {
+    let spec: RunSpec = serde_json::from_str(spec_json).unwrap();
+    let mut bodies = vec![];
+    let fin = execute(&spec, &AtomicBool::new(false), &mut |e: RunEvent| {
+        bodies.extend(event_bodies(e));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    (bodies, fin)
+}
+
+fn msg(worker: &str, run: &pb::RunAssignment, epoch: u64, seq: u64, body: Body) -> pb::ReportRequest {
+    pb::ReportRequest { worker_id: worker.into(), run_id: run.run_id.clone(), epoch, seq, body: Some(body) }
+}
+
+async fn register(
+    c: &mut pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> String {
+    c.register(pb::RegisterRequest {
+        protocol_version: gradsweep_proto::PROTOCOL_VERSION,
+        name: name.into(),
+        hostname: "test".into(),
+        slots: 1,
+        pid: 1,
+        build_version: "test".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .worker_id
+}
+
+fn open_store(db: &std::path::Path) -> Store {
+    Store::open(db, LeasePolicy { ttl_ms: 1500, max_attempts: 10 }).unwrap()
+}
+
+fn finish(worker: &str, run: &pb::RunAssignment, epoch: u64, last_seq: u64, fin: &RunFinal) -> pb::FinishRequest {
+    pb::FinishRequest {
+        worker_id: worker.into(),
+        run_id: run.run_id.clone(),
+        epoch,
+        last_seq,
+        outcome: pb::RunOutcome::Completed as i32,
+        error: String::new(),
+        final_json: serde_json::to_string(fin).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_epoch_is_refused_and_duplicates_merge_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let server = InProcess::start(fast_config(&db)).await;
+    let mut control = server.control().await;
+    let mut wc = server.worker_client().await;
+    let a = register(&mut wc, "a").await;
+    let b = register(&mut wc, "b").await;
+    let sweep = submit(&mut control, ONE_RUN).await.sweep_id;
+
+    let run =
+        wc.acquire(pb::AcquireRequest { worker_id: a.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
+    assert_eq!(run.epoch, 1);
+    let (bodies, fin) = bodies_of(&run.spec_json);
+    assert!(bodies.len() >= 4, "progress, probes and the trajectory");
+
+    // Seq 1 applied; re-sent seq 1 acknowledged without being applied again.
+    let ack = wc.report(tokio_stream::iter(vec![msg(&a, &run, 1, 1, bodies[0].clone())])).await.unwrap();
+    assert_eq!(ack.into_inner().applied_seq, 1);
+    let ack = wc.report(tokio_stream::iter(vec![msg(&a, &run, 1, 1, bodies[0].clone())])).await.unwrap();
+    assert_eq!(ack.into_inner().applied_seq, 1);
+    // A gap is refused.
+    let err = wc.report(tokio_stream::iter(vec![msg(&a, &run, 1, 3, bodies[2].clone())])).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("leased".into(), 1, 1));
+
+    // A stops heartbeating; its lease lapses and B gets the run at epoch 2.
+    let run_b =
+        wc.acquire(pb::AcquireRequest { worker_id: b.clone(), wait_ms: 5000 }).await.unwrap().into_inner().run.unwrap();
+    assert_eq!((run_b.run_id.as_str(), run_b.epoch), (run.run_id.as_str(), 2));
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("leased".into(), 2, 0));
+
+    // A's late messages carry epoch 1: refused, nothing changes.
+    let err = wc.report(tokio_stream::iter(vec![msg(&a, &run, 1, 2, bodies[1].clone())])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let err = wc.finish(finish(&a, &run, 1, bodies.len() as u64, &fin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // Even A with the current epoch number is not the holder.
+    let err = wc.report(tokio_stream::iter(vec![msg(&a, &run, 2, 1, bodies[0].clone())])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("leased".into(), 2, 0));
+    let hb = wc
+        .heartbeat(pb::HeartbeatRequest {
+            worker_id: a.clone(),
+            runs: vec![pb::RunLease { run_id: run.run_id.clone(), epoch: 1 }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.lost.len(), 1, "A is told its lease is gone");
+
+    // B sends everything twice: within one stream and again in a second stream.
+    let all: Vec<pb::ReportRequest> =
+        bodies.iter().enumerate().map(|(i, bd)| msg(&b, &run_b, 2, i as u64 + 1, bd.clone())).collect();
+    let doubled: Vec<pb::ReportRequest> = all.iter().flat_map(|m| [m.clone(), m.clone()]).collect();
+    let ack = wc.report(tokio_stream::iter(doubled)).await.unwrap().into_inner();
+    assert_eq!(ack.applied_seq, all.len() as u64);
+    let ack = wc.report(tokio_stream::iter(all.clone())).await.unwrap().into_inner();
+    assert_eq!(ack.applied_seq, all.len() as u64);
+    wc.finish(finish(&b, &run_b, 2, all.len() as u64, &fin)).await.unwrap();
+    // A finish retried after a lost answer is harmless.
+    wc.finish(finish(&b, &run_b, 2, all.len() as u64, &fin)).await.unwrap();
+
+    let (cells, _) = gradsweep_coordinator::client::fetch_results(&mut control, &sweep).await.unwrap();
+    assert_eq!(gradsweep_tests::verify_against_offline(ONE_RUN, &cells), 1);
+    assert_eq!(cells[0].runs[0].probes.len(), 2, "each probe stored once");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_payloads_are_rejected_without_changing_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let server = InProcess::start(fast_config(&db)).await;
+    let mut control = server.control().await;
+    let mut wc = server.worker_client().await;
+
+    let err = wc
+        .register(pb::RegisterRequest { protocol_version: 99, name: "old".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("protocol version"), "{}", err.message());
+
+    let w = register(&mut wc, "w").await;
+    submit(&mut control, ONE_RUN).await;
+    let run =
+        wc.acquire(pb::AcquireRequest { worker_id: w.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
+
+    // A sketch of the wrong dimension (from another model).
+    let mut other: RunSpec = serde_json::from_str(&run.spec_json).unwrap();
+    other.train.model = "mlp:64-9-10".into();
+    let (wrong, _) = bodies_of(&serde_json::to_string(&other).unwrap());
+    let wrong_probe = wrong.into_iter().find(|b| matches!(b, Body::Probe(_))).unwrap();
+    let err = wc.report(tokio_stream::iter(vec![msg(&w, &run, 1, 1, wrong_probe)])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("dimension"), "{}", err.message());
+
+    // Corrupted bytes, an impossible chunk header, an unknown run, no body.
+    let (bodies, fin) = bodies_of(&run.spec_json);
+    let Some(Body::Probe(mut p)) = bodies.iter().find(|b| matches!(b, Body::Probe(_))).cloned() else { panic!() };
+    let n = p.data.len();
+    p.data[n / 2] ^= 0xff;
+    let err = wc.report(tokio_stream::iter(vec![msg(&w, &run, 1, 1, Body::Probe(p.clone()))])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("checksum"), "{}", err.message());
+    p.chunk_index = 5;
+    p.chunk_count = 2;
+    let err = wc.report(tokio_stream::iter(vec![msg(&w, &run, 1, 1, Body::Probe(p))])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut unknown = msg(&w, &run, 1, 1, bodies[0].clone());
+    unknown.run_id = "no-such-run".into();
+    assert_eq!(wc.report(tokio_stream::iter(vec![unknown])).await.unwrap_err().code(), Code::NotFound);
+    let mut empty = msg(&w, &run, 1, 1, bodies[0].clone());
+    empty.body = None;
+    assert_eq!(wc.report(tokio_stream::iter(vec![empty])).await.unwrap_err().code(), Code::InvalidArgument);
+    // Finishing before all probes arrived is refused.
+    let err = wc.finish(finish(&w, &run, 1, 0, &fin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("leased".into(), 1, 0), "nothing was applied");
+
+    // The honest reports still go through afterwards.
+    let all: Vec<pb::ReportRequest> =
+        bodies.iter().enumerate().map(|(i, bd)| msg(&w, &run, 1, i as u64 + 1, bd.clone())).collect();
+    wc.report(tokio_stream::iter(all.clone())).await.unwrap();
+    wc.finish(finish(&w, &run, 1, all.len() as u64, &fin)).await.unwrap();
+    server.stop().await;
+}
+
+/// Acceptance 7: the coordinator's cell statistics equal an offline merge of
+/// its runs' sketches (in-process coordinator and workers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_statistics_equal_offline_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcess::start(fast_config(&dir.path().join("state.db"))).await;
+    let mut control = server.control().await;
+    let grid = gradsweep_tests::grids::tiny("merge", 4);
+    let sweep = submit(&mut control, &grid).await.sweep_id;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(gradsweep_worker::Shutdown::None);
+    let mut workers = vec![];
+    for i in 0..2 {
+        let mut cfg = gradsweep_worker::WorkerConfig::new(server.url.clone(), 1);
+        cfg.name = format!("inproc-{i}");
+        workers.push(tokio::spawn(gradsweep_worker::run_worker(cfg, stop_rx.clone())));
+    }
+    gradsweep_tests::wait_sweep_completed(&control, &sweep, Duration::from_secs(120)).await;
+    let _ = stop_tx.send(gradsweep_worker::Shutdown::Terminate);
+    for w in workers {
+        w.await.unwrap().unwrap();
+    }
+    let (cells, _) = gradsweep_coordinator::client::fetch_results(&mut control, &sweep).await.unwrap();
+    let plan = gradsweep_shared::parse_grid(&grid, "g", Default::default()).unwrap();
+    for (cell, got) in plan.cells.iter().zip(&cells) {
+        let mut merged: Option<gradsweep_shared::FdSketch> = None;
+        for &seed in &plan.seeds {
+            let mut last = None;
+            execute(&cell.run_spec(seed), &AtomicBool::new(false), &mut |e| {
+                if let RunEvent::Probe(p) = e {
+                    last = Some(p.sketch);
+                }
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            let s = last.unwrap();
+            match merged.as_mut() {
+                None => merged = Some(s),
+                Some(m) => m.merge(&s).unwrap(),
+            }
+        }
+        let want = SpectrumStats::from_sketch(&merged.unwrap());
+        assert_eq!(got.merged_final.as_ref(), Some(&want), "cell {}", cell.index);
+    }
+    server.stop().await;
+}

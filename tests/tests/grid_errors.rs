@@ -1,0 +1,130 @@
+//! Acceptance 6: every grid error names file:line:col and the rule, the CLI
+//! exits non-zero, and no sweep is stored — checked through the real CLI
+//! against a real coordinator, and through the Submit RPC directly.
+
+use gradsweep_proto::v1 as pb;
+use gradsweep_tests::{CoordinatorProc, InProcess, cli, fast_config};
+
+const BASE: &str = r#"[sweep]
+name = "bad"
+seeds = [0, 1]
+[train]
+model = "mlp:64-32-10"
+dataset = "digits"
+epochs = 3
+[probe]
+every_epochs = 1
+[grid]
+lr = { log = [0.02, 0.2], num = 4 }
+batch_size = [8, 32, 128]
+"#;
+
+/// (name, edit of BASE, expected line:col, words the message must contain)
+fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    vec![
+        (
+            "unknown key",
+            BASE.replace("epochs = 3", "epochs = 3\nlearning_rate = 0.1"),
+            "8:1",
+            "unknown key `learning_rate`",
+        ),
+        (
+            "unknown section key",
+            BASE.replace("seeds = [0, 1]", "seeds = [0, 1]\ncolor = 1"),
+            "4:1",
+            "unknown field `color`",
+        ),
+        ("wrong type", BASE.replace("epochs = 3", "epochs = \"three\""), "7:10", "`epochs` must be an integer"),
+        (
+            "lr not positive",
+            BASE.replace("lr = { log = [0.02, 0.2], num = 4 }", "lr = [0.1, 0.0]"),
+            "11:6",
+            "`lr` must be a number > 0",
+        ),
+        (
+            "log range not positive",
+            BASE.replace("log = [0.02, 0.2]", "log = [-0.02, 0.2]"),
+            "11:6",
+            "needs positive ends",
+        ),
+        (
+            "batch size below 1",
+            BASE.replace("batch_size = [8, 32, 128]", "batch_size = [0, 8]"),
+            "12:14",
+            "`batch_size` must be ≥ 1",
+        ),
+        (
+            "batch size above data",
+            BASE.replace("batch_size = [8, 32, 128]", "batch_size = [8, 4096]"),
+            "12:14",
+            "larger than the training set",
+        ),
+        (
+            "empty axis",
+            BASE.replace("batch_size = [8, 32, 128]", "batch_size = []"),
+            "12:14",
+            "axis `batch_size` is empty",
+        ),
+        (
+            "zip lengths",
+            BASE.replace("batch_size = [8, 32, 128]", "[[grid.zip]]\nbatch_size = [8, 32]\nmomentum = [0.0, 0.5, 0.9]"),
+            "12:1",
+            "zip lists must have equal lengths",
+        ),
+        ("syntax", BASE.replace("[probe]", "[probe"), "8:7", ""),
+        ("model does not fit data", BASE.replace("mlp:64-32-10", "mlp:49-32-10"), "5:9", "takes 49 inputs"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grid_errors_name_place_and_rule_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordinatorProc::start(&dir.path().join("state.db"), 0, &["--max-runs", "20"], dir.path());
+    let addr = format!("127.0.0.1:{}", coord.port);
+    for (name, text, at, words) in cases() {
+        let file = dir.path().join(format!("{}.toml", name.replace(' ', "-")));
+        std::fs::write(&file, &text).unwrap();
+        let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{name}: submit must fail");
+        let place = format!("{}:{at}:", file.display());
+        assert!(err.contains(&place), "{name}: expected {place} in:\n{err}");
+        assert!(err.contains(words), "{name}: expected `{words}` in:\n{err}");
+    }
+    // The cap is the coordinator's (--max-runs 20; the grid has 24 runs).
+    let file = dir.path().join("big.toml");
+    std::fs::write(&file, BASE).unwrap();
+    let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("{}:10:1:", file.display())) && err.contains("24 runs, more than the limit of 20"),
+        "{err}"
+    );
+
+    let o = cli(&["--coordinator", &addr, "status"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "no sweeps");
+}
+
+/// The coordinator validates on its own too (a client cannot bypass it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_rpc_rejects_invalid_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcess::start(fast_config(&dir.path().join("state.db"))).await;
+    let mut control = server.control().await;
+    for (name, text, at, words) in cases() {
+        let err = control
+            .submit(pb::SubmitRequest { grid_toml: text, file_name: "sent.toml".into(), force_new: false })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}");
+        assert!(
+            err.message().contains(&format!("sent.toml:{at}:")) && err.message().contains(words),
+            "{name}: {}",
+            err.message()
+        );
+    }
+    let sweeps = control.list_sweeps(pb::ListSweepsRequest {}).await.unwrap().into_inner().sweeps;
+    assert!(sweeps.is_empty());
+    server.stop().await;
+}
