@@ -82,6 +82,8 @@ enum Command {
         /// Worker identifier.
         worker: String,
     },
+    /// List the named models with their parameter counts and layer shapes.
+    Models,
     /// Run a whole sweep on this machine: a coordinator on loopback, N worker
     /// processes, progress, the table, and results.csv / results.json.
     Local(cli::local::LocalArgs),
@@ -123,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workers => cli::commands::workers(&addr).await,
         Command::Drain { worker } => cli::commands::drain(&addr, &worker).await,
         Command::Local(args) => cli::local::run(args).await,
+        Command::Models => cli::commands::models(),
     }
 }
 

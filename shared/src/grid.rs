@@ -176,6 +176,10 @@ enum Kind {
     /// Float in [0, 1).
     Fraction,
     Bool,
+    /// A list of non-negative integers.
+    IntList,
+    /// One of the given strings.
+    Choice(&'static [&'static str]),
 }
 
 const KEYS: &[(&str, Section, Kind)] = &[
@@ -189,6 +193,15 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("replacement", Section::Train, Kind::Bool),
     ("test_fraction", Section::Train, Kind::Fraction),
     ("split_seed", Section::Train, Kind::Int(0)),
+    ("data_dir", Section::Train, Kind::Str),
+    ("classes", Section::Train, Kind::IntList),
+    ("downsample", Section::Train, Kind::Int(1)),
+    ("normalize", Section::Train, Kind::Bool),
+    ("nesterov", Section::Train, Kind::Bool),
+    ("lr_schedule", Section::Train, Kind::Choice(&["constant", "step", "multistep", "cosine"])),
+    ("lr_step_epochs", Section::Train, Kind::Int(1)),
+    ("lr_milestones", Section::Train, Kind::IntList),
+    ("lr_gamma", Section::Train, Kind::Positive),
     ("every_epochs", Section::Probe, Kind::Int(1)),
     ("sketch_rank", Section::Probe, Kind::Int(1)),
     ("projections", Section::Probe, Kind::Int(2)),
@@ -210,6 +223,8 @@ fn kind_name(k: Kind) -> String {
         Kind::NonNegative => "a number ≥ 0".into(),
         Kind::Fraction => "a number in [0, 1)".into(),
         Kind::Bool => "true or false".into(),
+        Kind::IntList => "a list of non-negative integers".into(),
+        Kind::Choice(c) => format!("one of {}", c.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -219,6 +234,15 @@ fn check_value(key: &str, kind: Kind, v: &toml::Value) -> Result<serde_json::Val
     match kind {
         Kind::Str => v.as_str().map(|s| serde_json::Value::from(s.to_string())).ok_or_else(wrong),
         Kind::Bool => v.as_bool().map(serde_json::Value::from).ok_or_else(wrong),
+        Kind::IntList => {
+            let items = v.as_array().ok_or_else(wrong)?;
+            let ints: Option<Vec<i64>> = items.iter().map(|x| x.as_integer().filter(|&i| i >= 0)).collect();
+            ints.map(serde_json::Value::from).ok_or_else(wrong)
+        }
+        Kind::Choice(options) => match v.as_str() {
+            Some(x) if options.contains(&x) => Ok(serde_json::Value::from(x)),
+            _ => Err(wrong()),
+        },
         Kind::Int(min) => {
             let i = v.as_integer().ok_or_else(wrong)?;
             if i < min {
@@ -348,7 +372,7 @@ fn expand_axis(ctx: &mut Ctx<'_>, key: &str, kind: Kind, v: &Spanned<toml::Value
                 let x = if mode == "log" { (a.ln() + t * (b.ln() - a.ln())).exp() } else { a + t * (b - a) };
                 let tv = match kind {
                     Kind::Int(_) => toml::Value::Integer(x.round() as i64),
-                    Kind::Str | Kind::Bool => {
+                    Kind::Str | Kind::Bool | Kind::IntList | Kind::Choice(_) => {
                         ctx.push(span, format!("axis `{key}` takes {}, not a numeric range", kind_name(kind)));
                         return None;
                     }
@@ -597,8 +621,19 @@ fn build_cell(
     let before = ctx.issues.len();
     let cell_desc = if params.is_empty() { String::new() } else { format!(" (cell {index}: {})", fmt_params(&params)) };
 
+    let opts = train.data_options();
     let ds = match DatasetName::parse(&train.dataset) {
-        Ok(d) => Some(d.info()),
+        Ok(d) => {
+            let official = d.has_official_split();
+            match opts.apply_to_info(d.info()) {
+                Ok(info) => Some((info, official)),
+                Err(e) => {
+                    let key = if e.contains("class") { "classes" } else { "downsample" };
+                    ctx.push(span_of(key), format!("dataset `{}`: {e}{cell_desc}", train.dataset));
+                    None
+                }
+            }
+        }
         Err(e) => {
             ctx.push(span_of("dataset"), format!("{e}{cell_desc}"));
             None
@@ -611,40 +646,47 @@ fn build_cell(
             None
         }
     };
-    if let Some(info) = ds {
-        let n_test = ((info.samples as f64) * train.test_fraction).round() as usize;
-        let n_train = info.samples - n_test.min(info.samples - 1);
-        if train.batch_size as usize > n_train {
-            ctx.push(
-                span_of("batch_size"),
-                format!(
-                    "`batch_size` {} is larger than the training set ({n_train} samples of `{}`){cell_desc}",
-                    train.batch_size, train.dataset
-                ),
-            );
+    // Shapes of file-less data sets are only known to the worker (csv).
+    if let Some((info, official)) = ds.filter(|(i, _)| i.classes > 0) {
+        if let Some(samples) = info.train_samples {
+            let n_train = if official {
+                samples
+            } else {
+                samples - (((samples as f64) * train.test_fraction).round() as usize).min(samples - 1)
+            };
+            if train.batch_size as usize > n_train {
+                ctx.push(
+                    span_of("batch_size"),
+                    format!(
+                        "`batch_size` {} is larger than the training set ({n_train} samples of `{}`){cell_desc}",
+                        train.batch_size, train.dataset
+                    ),
+                );
+            }
         }
         if let Some(m) = &model {
-            if m.input_dim() != info.dim || m.classes() != info.classes {
+            let image_model = m.input_shape().h * m.input_shape().w > 1;
+            let fits = if image_model { m.input_shape() == info.shape } else { m.input_dim() == info.shape.size() };
+            if !fits || m.classes() != info.classes {
                 ctx.push(
                     span_of("model"),
                     format!(
-                        "model `{}` takes {} inputs and {} classes but dataset `{}` has {} features and {} classes{cell_desc}",
+                        "model `{}` takes input {} and {} classes but dataset `{}` gives {} and {} classes{cell_desc}",
                         train.model,
-                        m.input_dim(),
+                        m.input_shape(),
                         m.classes(),
                         train.dataset,
-                        info.dim,
+                        info.shape,
                         info.classes
                     ),
                 );
             }
-            if probe.projections as usize > m.param_count() {
-                ctx.push(
-                    span_of("projections"),
-                    format!("`projections` exceeds the model's {} parameters", m.param_count()),
-                );
-            }
         }
+    }
+    if let Some(m) = &model
+        && probe.projections as usize > m.param_count()
+    {
+        ctx.push(span_of("projections"), format!("`projections` exceeds the model's {} parameters", m.param_count()));
     }
     if probe.burn_in_epochs >= train.epochs {
         ctx.push(

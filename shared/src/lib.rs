@@ -11,7 +11,8 @@
 //! * [`rng`] — seeded, splittable random streams (xoshiro256++).
 //! * [`linalg`] — matrix products and the symmetric eigensolver.
 //! * [`data`] — the bundled digits and the synthetic teacher set; train/test split.
-//! * [`model`] — dense ReLU networks with batch and per-sample gradients.
+//! * [`nn`] — layers (linear, conv, pooling, BatchNorm, dropout, activations) with per-sample gradients.
+//! * [`model`] — networks by name (the paper's four and generic MLPs) with batch and per-sample gradients.
 //! * [`sketch`] — the Frequent Directions sketch with its Δ certificate, and the exact path.
 //! * [`stats`] — spectral statistics of `D` with certified brackets; seed summaries.
 //! * [`trajectory`] — projected trajectories: lagged covariances, area-enclosing rates, MSD.
@@ -26,6 +27,7 @@ pub mod grid;
 pub mod json_f64;
 pub mod linalg;
 pub mod model;
+pub mod nn;
 pub mod results;
 pub mod rng;
 pub mod run;

@@ -118,7 +118,7 @@ pub fn execute(
 ) -> Result<RunFinal, RunError> {
     let t = &spec.train;
     let model = Model::parse(&t.model)?;
-    let split = load_split(&DatasetName::parse(&t.dataset)?, t.test_fraction, t.split_seed)?;
+    let split = load_split(&DatasetName::parse(&t.dataset)?, &t.data_options())?;
     if model.input_dim() != split.train.dim || model.classes() != split.train.classes {
         return Err(RunError::Spec(format!("model `{}` does not fit dataset `{}`", t.model, t.dataset)));
     }
@@ -134,6 +134,7 @@ pub fn execute(
     let probe_epochs = spec.probe_epochs();
 
     let mut params = model.init(spec.seed);
+    let mut buffers = model.init_buffers();
     let mut velocity = vec![0.0f32; d];
     let mut grad = vec![0.0f32; d];
     let steps_per_epoch = (n / b).max(1);
@@ -159,17 +160,22 @@ pub fn execute(
                 return Err(RunError::Stopped);
             }
             split.train.gather(&order[s * b..(s + 1) * b], &mut xb, &mut yb);
-            let loss = model.batch_gradient(&params, &xb, &yb, &mut grad);
+            let mut dropout = Rng::new(spec.seed, Stream::Dropout(step));
+            let loss = model.batch_gradient(&params, &mut buffers, &xb, &yb, &mut grad, &mut dropout);
             if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
                 diverged = true;
                 break 'epochs;
             }
-            loss_sum += loss;
-            let (lr, mu, wd) = (t.lr as f32, t.momentum as f32, t.weight_decay as f32);
+            let lr = t.lr_at(epoch, step, total_steps) as f32;
+            let (mu, wd) = (t.momentum as f32, t.weight_decay as f32);
+            let mut sq = 0.0f64;
             for ((p, v), g) in params.iter_mut().zip(velocity.iter_mut()).zip(&grad) {
-                *v = mu * *v + *g + wd * *p;
-                *p -= lr * *v;
+                sq += (*p as f64) * (*p as f64);
+                let g = *g + wd * *p; // the loss's (λ/2)‖x‖² term
+                *v = mu * *v + g;
+                *p -= lr * if t.nesterov { g + mu * *v } else { *v };
             }
+            loss_sum += loss + 0.5 * t.weight_decay * sq;
             step += 1;
             if epoch >= spec.probe.burn_in_epochs {
                 for (i, pr) in proj.iter_mut().enumerate() {
@@ -187,7 +193,9 @@ pub fn execute(
             return Err(RunError::Stopped);
         }
         if let Some(index) = probe_epochs.iter().position(|&e| e == epoch + 1) {
-            let Some(record) = probe(&model, &params, &split.train, spec, index as u32, epoch + 1, step, stop) else {
+            let Some(record) =
+                probe(&model, &params, &buffers, &split.train, spec, index as u32, epoch + 1, step, stop)
+            else {
                 return Err(RunError::Stopped);
             };
             if !record.meta.train_loss.is_finite() {
@@ -202,8 +210,8 @@ pub fn execute(
     if sink(RunEvent::Trajectory(recorder.into_sums())).is_break() {
         return Err(RunError::Stopped);
     }
-    let train_eval = model.evaluate(&params, &split.train.x, &split.train.y);
-    let test_eval = model.evaluate(&params, &split.test.x, &split.test.y);
+    let train_eval = model.evaluate(&params, &buffers, &split.train.x, &split.train.y);
+    let test_eval = model.evaluate(&params, &buffers, &split.test.x, &split.test.y);
     Ok(RunFinal {
         steps: step,
         params: d,
@@ -212,7 +220,7 @@ pub fn execute(
         test_accuracy: test_eval.accuracy,
         test_loss: test_eval.loss,
         diverged: diverged || !train_eval.loss.is_finite(),
-        weights_hash: hash_f32(&params),
+        weights_hash: hash_f32(&params) ^ hash_f32(&buffers).rotate_left(1),
     })
 }
 
@@ -222,6 +230,7 @@ pub fn execute(
 pub fn probe(
     model: &Model,
     params: &[f32],
+    buffers: &[f32],
     train: &crate::data::Dataset,
     spec: &RunSpec,
     index: u32,
@@ -230,6 +239,7 @@ pub fn probe(
     stop: &AtomicBool,
 ) -> Option<ProbeRecord> {
     let d = model.param_count();
+    let wd = spec.train.weight_decay as f32;
     let block = (spec.probe.block_size as usize).max(1);
     let mut sketch = FdSketch::new(d, spec.probe.sketch_rank as usize);
     let mut out = vec![0.0f32; block * d];
@@ -243,11 +253,18 @@ pub fn probe(
         }
         train.gather(chunk, &mut xb, &mut yb);
         let m = chunk.len();
-        loss += model.per_sample_gradients(params, &xb, &yb, &mut out[..m * d]);
-        correct += model.evaluate(params, &xb, &yb).accuracy * m as f64;
+        loss += model.per_sample_gradients(params, buffers, &xb, &yb, &mut out[..m * d]);
+        if wd != 0.0 {
+            for row in out[..m * d].chunks_exact_mut(d) {
+                row.iter_mut().zip(params).for_each(|(g, &x)| *g += wd * x);
+            }
+        }
+        correct += model.evaluate(params, buffers, &xb, &yb).accuracy * m as f64;
         sketch.insert_block(&out[..m * d]);
     }
     let nf = train.len() as f64;
+    // Each sample's loss includes the weight-decay term (λ/2)‖x‖².
+    loss += nf * 0.5 * spec.train.weight_decay * params.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
     Some(ProbeRecord {
         meta: ProbeMeta { index, epoch, step, train_loss: loss / nf, train_accuracy: correct / nf },
         sketch,

@@ -21,7 +21,7 @@ pub struct TrainConfig {
     pub batch_size: u32,
     /// Heavy-ball momentum (0 for plain SGD).
     pub momentum: f64,
-    /// L2 weight decay added to the gradient.
+    /// Weight decay λ: the loss gains (λ/2)‖x‖², its gradient λx.
     pub weight_decay: f64,
     /// Draw mini-batches with replacement (the paper's β⁻¹ = η/(2b) assumes it).
     pub replacement: bool,
@@ -29,6 +29,56 @@ pub struct TrainConfig {
     pub test_fraction: f64,
     /// Seed of the train/test split (shared by all runs of a sweep by default).
     pub split_seed: u64,
+    /// Folder of file-based data sets, as seen by the worker (`GRADSWEEP_DATA_DIR` when empty).
+    pub data_dir: String,
+    /// Keep only these classes, relabelled 0..k in the order given (empty: all).
+    pub classes: Vec<u32>,
+    /// Average-pool factor for images (4 turns MNIST's 28×28 into the paper's 7×7).
+    pub downsample: u32,
+    /// Normalise each input channel with the training set's mean and deviation.
+    pub normalize: bool,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Learning-rate schedule: `constant`, `step`, `multistep` or `cosine`.
+    pub lr_schedule: String,
+    /// `step`: multiply the rate by `lr_gamma` every this many epochs.
+    pub lr_step_epochs: u32,
+    /// `multistep`: multiply the rate by `lr_gamma` at each of these epochs.
+    pub lr_milestones: Vec<u32>,
+    /// Factor of `step` and `multistep`.
+    pub lr_gamma: f64,
+}
+
+impl TrainConfig {
+    /// The data options of this configuration; `data_dir` falls back to
+    /// `GRADSWEEP_DATA_DIR`, then `data`.
+    pub fn data_options(&self) -> crate::data::DataOptions {
+        let data_dir = if self.data_dir.is_empty() {
+            std::env::var("GRADSWEEP_DATA_DIR").unwrap_or_else(|_| "data".into())
+        } else {
+            self.data_dir.clone()
+        };
+        crate::data::DataOptions {
+            data_dir,
+            classes: self.classes.clone(),
+            downsample: self.downsample.max(1),
+            normalize: self.normalize,
+            test_fraction: self.test_fraction,
+            split_seed: self.split_seed,
+        }
+    }
+
+    /// Learning rate at `step` of `total` steps (`epoch` is the current epoch, from 0).
+    pub fn lr_at(&self, epoch: u32, step: u64, total: u64) -> f64 {
+        match self.lr_schedule.as_str() {
+            "step" => self.lr * self.lr_gamma.powi((epoch / self.lr_step_epochs.max(1)) as i32),
+            "multistep" => {
+                self.lr * self.lr_gamma.powi(self.lr_milestones.iter().filter(|&&m| epoch >= m).count() as i32)
+            }
+            "cosine" => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
+            _ => self.lr,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -44,6 +94,15 @@ impl Default for TrainConfig {
             replacement: false,
             test_fraction: 0.2,
             split_seed: 0,
+            data_dir: String::new(),
+            classes: vec![],
+            downsample: 1,
+            normalize: false,
+            nesterov: false,
+            lr_schedule: "constant".into(),
+            lr_step_epochs: 10,
+            lr_milestones: vec![],
+            lr_gamma: 0.1,
         }
     }
 }

@@ -72,7 +72,12 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "zip lists must have equal lengths",
         ),
         ("syntax", BASE.replace("[probe]", "[probe"), "8:7", ""),
-        ("model does not fit data", BASE.replace("mlp:64-32-10", "mlp:49-32-10"), "5:9", "takes 49 inputs"),
+        (
+            "model does not fit data",
+            BASE.replace("mlp:64-32-10", "mlp:49-32-10"),
+            "5:9",
+            "takes input 49 and 10 classes",
+        ),
     ]
 }
 

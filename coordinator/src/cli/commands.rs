@@ -232,3 +232,14 @@ pub fn require_complete(s: &pb::SweepStatus) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `gradsweep models`: one model per line, starting with its name.
+pub fn models() -> anyhow::Result<()> {
+    use gradsweep_shared::model::{Model, NAMED_MODELS};
+    for name in NAMED_MODELS.iter().copied().chain(["linear:49-10", "mlp:64-32-10", "mlp:64-32-10+bn"]) {
+        let m = Model::parse(name)?;
+        println!("{name}  {}", m.describe());
+    }
+    println!("(linear:IN-OUT and mlp:W0-W1-...-Wk[+bn] take any widths)");
+    Ok(())
+}
