@@ -74,6 +74,70 @@ pub fn sgemm_tn(m: usize, k: usize, n: usize, alpha: f32, a: &[f32], b: &[f32], 
     );
 }
 
+/// A strided view of a matrix inside a slice: element (i, j) is at
+/// `offset + i * row_stride + j * col_stride`.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    /// Index of element (0, 0).
+    pub offset: usize,
+    /// Step between rows.
+    pub row_stride: usize,
+    /// Step between columns.
+    pub col_stride: usize,
+}
+
+impl View {
+    /// A contiguous row-major matrix with `cols` columns starting at `offset`.
+    pub fn rows(offset: usize, cols: usize) -> Self {
+        View { offset, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose of `self`.
+    pub fn t(self) -> Self {
+        View { offset: self.offset, row_stride: self.col_stride, col_stride: self.row_stride }
+    }
+
+    fn last(&self, rows: usize, cols: usize) -> usize {
+        self.offset + (rows.max(1) - 1) * self.row_stride + (cols.max(1) - 1) * self.col_stride
+    }
+}
+
+/// `c = alpha * a · b + beta * c` on strided views (`a` is m×k, `b` k×n,
+/// `c` m×n); panics if a view reaches outside its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_view(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    va: View,
+    b: &[f32],
+    vb: View,
+    beta: f32,
+    c: &mut [f32],
+    vc: View,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || (va.last(m, k) < a.len() && vb.last(k, n) < b.len()), "sgemm_view: input view out of bounds");
+    assert!(vc.last(m, n) < c.len() && vc.col_stride == 1, "sgemm_view: output view out of bounds or not row-major");
+    gemm_raw(
+        m,
+        k,
+        n,
+        alpha,
+        a[va.offset..].as_ptr(),
+        (va.row_stride as isize, va.col_stride as isize),
+        b[vb.offset..].as_ptr(),
+        (vb.row_stride as isize, vb.col_stride as isize),
+        beta,
+        c[vc.offset..].as_mut_ptr(),
+        vc.row_stride as isize,
+    );
+}
+
 #[allow(unsafe_code, clippy::too_many_arguments)]
 fn gemm_raw(
     m: usize,

@@ -18,7 +18,7 @@
 //! per-sample gradients) and each layer either accumulates its parameter
 //! gradient over the batch or writes one row segment per sample.
 
-use crate::linalg::{sgemm, sgemm_nt, sgemm_tn};
+use crate::linalg::{View, sgemm, sgemm_nt, sgemm_tn, sgemm_view};
 use crate::rng::Rng;
 
 /// Train or evaluation behaviour of BatchNorm and Dropout.
@@ -245,19 +245,35 @@ impl Layer {
                 y
             }
             LayerKind::Conv2d { out, k, stride, pad } => {
+                // One product over the whole batch: cols is K × (b·L), with
+                // sample s in columns s·L..(s+1)·L; Y' = W · cols is out × (b·L).
                 let kk = self.input.c * k * k;
                 let l = self.output.h * self.output.w;
+                let bl = b * l;
                 let (w, bias) = p.split_at(kk * out);
-                let mut cols = vec![0.0f32; b * kk * l];
+                let mut cols = vec![0.0f32; kk * bl];
+                for s in 0..b {
+                    im2col(
+                        &x[s * isz..(s + 1) * isz],
+                        self.input,
+                        *k,
+                        *stride,
+                        *pad,
+                        self.output,
+                        &mut cols,
+                        bl,
+                        s * l,
+                    );
+                }
+                let mut yt = vec![0.0f32; out * bl];
+                sgemm(*out, kk, bl, 1.0, w, &cols, 0.0, &mut yt);
                 let mut y = vec![0.0f32; b * osz];
                 for s in 0..b {
-                    let col = &mut cols[s * kk * l..(s + 1) * kk * l];
-                    im2col(&x[s * isz..(s + 1) * isz], self.input, *k, *stride, *pad, self.output, col);
-                    let ys = &mut y[s * osz..(s + 1) * osz];
-                    for (o, row) in ys.chunks_exact_mut(l).enumerate() {
-                        row.iter_mut().for_each(|v| *v = bias[o]);
+                    for o in 0..*out {
+                        let src = &yt[o * bl + s * l..o * bl + (s + 1) * l];
+                        let dst = &mut y[s * osz + o * l..s * osz + (o + 1) * l];
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d = v + bias[o]);
                     }
-                    sgemm(*out, kk, l, 1.0, w, col, 1.0, ys);
                 }
                 cache.aux = cols;
                 y
@@ -420,31 +436,63 @@ impl Layer {
             LayerKind::Conv2d { out, k, stride, pad } => {
                 let kk = self.input.c * k * k;
                 let l = self.output.h * self.output.w;
+                let bl = b * l;
                 let w = &p[..kk * out];
-                let mut grad = grad;
-                let mut dx = if need_dx { vec![0.0f32; b * isz] } else { Vec::new() };
-                let mut dcol = vec![0.0f32; kk * l];
+                let cols = &cache.aux;
+                // dY' (out × b·L) from dy (b × out × L).
+                let mut dyt = vec![0.0f32; out * bl];
                 for s in 0..b {
-                    let col = &cache.aux[s * kk * l..(s + 1) * kk * l];
-                    let dys = &dy[s * osz..(s + 1) * osz];
-                    if let Some(g) = grad.as_deref_mut() {
-                        let (gw, gb) = g.split_at_mut(kk * out);
-                        sgemm_nt(*out, l, kk, 1.0, dys, col, 1.0, gw);
-                        for (o, row) in dys.chunks_exact(l).enumerate() {
-                            gb[o] += row.iter().sum::<f32>();
+                    for o in 0..*out {
+                        dyt[o * bl + s * l..o * bl + (s + 1) * l]
+                            .copy_from_slice(&dy[s * osz + o * l..s * osz + (o + 1) * l]);
+                    }
+                }
+                if let Some(g) = grad {
+                    let (gw, gb) = g.split_at_mut(kk * out);
+                    sgemm_nt(*out, bl, kk, 1.0, &dyt, cols, 1.0, gw);
+                    for (o, row) in dyt.chunks_exact(bl).enumerate() {
+                        gb[o] += row.iter().sum::<f32>();
+                    }
+                }
+                if let Some(ps) = ps.as_deref_mut() {
+                    for s in 0..b {
+                        let at = s * ps.d + self.offset;
+                        // row_w (out × K) = dY'[:, sL..] (out × L) · cols[:, sL..]ᵀ (L × K)
+                        sgemm_view(
+                            *out,
+                            l,
+                            kk,
+                            1.0,
+                            &dyt,
+                            View { offset: s * l, row_stride: bl, col_stride: 1 },
+                            cols,
+                            View { offset: s * l, row_stride: 1, col_stride: bl },
+                            0.0,
+                            ps.out,
+                            View::rows(at, kk),
+                        );
+                        for o in 0..*out {
+                            ps.out[at + kk * out + o] = dyt[o * bl + s * l..o * bl + (s + 1) * l].iter().sum();
                         }
                     }
-                    if let Some(ps) = ps.as_deref_mut() {
-                        let row = &mut ps.out[s * ps.d + self.offset..s * ps.d + self.offset + self.params];
-                        let (rw, rb) = row.split_at_mut(kk * out);
-                        sgemm_nt(*out, l, kk, 1.0, dys, col, 0.0, rw);
-                        for (o, r) in dys.chunks_exact(l).enumerate() {
-                            rb[o] = r.iter().sum();
-                        }
-                    }
-                    if need_dx {
-                        sgemm_tn(kk, *out, l, 1.0, w, dys, 0.0, &mut dcol);
-                        col2im(&dcol, self.input, *k, *stride, *pad, self.output, &mut dx[s * isz..(s + 1) * isz]);
+                }
+                let mut dx = Vec::new();
+                if need_dx {
+                    dx = vec![0.0f32; b * isz];
+                    let mut dcols = vec![0.0f32; kk * bl];
+                    sgemm_tn(kk, *out, bl, 1.0, w, &dyt, 0.0, &mut dcols);
+                    for s in 0..b {
+                        col2im(
+                            &dcols,
+                            self.input,
+                            *k,
+                            *stride,
+                            *pad,
+                            self.output,
+                            &mut dx[s * isz..(s + 1) * isz],
+                            bl,
+                            s * l,
+                        );
                     }
                 }
                 dx
@@ -548,13 +596,27 @@ impl Layer {
     }
 }
 
-fn im2col(x: &[f32], input: Shape, k: usize, stride: usize, pad: usize, output: Shape, col: &mut [f32]) {
+/// Writes sample `x`'s patches into columns `at..at+L` of the `K × stride`
+/// row-major matrix `col`.
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    x: &[f32],
+    input: Shape,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    output: Shape,
+    col: &mut [f32],
+    ld: usize,
+    at: usize,
+) {
     let (ih, iw) = (input.h as isize, input.w as isize);
     let l = output.h * output.w;
     for c in 0..input.c {
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * l..((c * k + ky) * k + kx + 1) * l];
+                let r = (c * k + ky) * k + kx;
+                let row = &mut col[r * ld + at..r * ld + at + l];
                 for oy in 0..output.h {
                     let y = (oy * stride + ky) as isize - pad as isize;
                     let dst = &mut row[oy * output.w..(oy + 1) * output.w];
@@ -573,13 +635,26 @@ fn im2col(x: &[f32], input: Shape, k: usize, stride: usize, pad: usize, output: 
     }
 }
 
-fn col2im(col: &[f32], input: Shape, k: usize, stride: usize, pad: usize, output: Shape, dx: &mut [f32]) {
+/// Adds columns `at..at+L` of the `K × ld` matrix `col` back into image `dx`.
+#[allow(clippy::too_many_arguments)]
+fn col2im(
+    col: &[f32],
+    input: Shape,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    output: Shape,
+    dx: &mut [f32],
+    ld: usize,
+    at: usize,
+) {
     let (ih, iw) = (input.h as isize, input.w as isize);
     let l = output.h * output.w;
     for c in 0..input.c {
         for ky in 0..k {
             for kx in 0..k {
-                let row = &col[((c * k + ky) * k + kx) * l..((c * k + ky) * k + kx + 1) * l];
+                let r = (c * k + ky) * k + kx;
+                let row = &col[r * ld + at..r * ld + at + l];
                 for oy in 0..output.h {
                     let y = (oy * stride + ky) as isize - pad as isize;
                     if y < 0 || y >= ih {
