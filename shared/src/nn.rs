@@ -596,7 +596,16 @@ impl Layer {
     }
 }
 
-/// Writes sample `x`'s patches into columns `at..at+L` of the `K × stride`
+/// The output columns `ox` whose input column `ox·stride + kx − pad` lies
+/// inside `0..iw`, as a range.
+fn valid_cols(ow: usize, iw: usize, stride: usize, kx: usize, pad: usize) -> std::ops::Range<usize> {
+    // ox·stride + kx ≥ pad  and  ox·stride + kx − pad ≤ iw − 1
+    let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(stride) };
+    let hi = if iw + pad > kx { ((iw + pad - kx - 1) / stride + 1).min(ow) } else { 0 };
+    lo.min(hi)..hi
+}
+
+/// Writes sample `x`'s patches into columns `at..at+L` of the `K × ld`
 /// row-major matrix `col`.
 #[allow(clippy::too_many_arguments)]
 fn im2col(
@@ -610,24 +619,31 @@ fn im2col(
     ld: usize,
     at: usize,
 ) {
-    let (ih, iw) = (input.h as isize, input.w as isize);
     let l = output.h * output.w;
     for c in 0..input.c {
+        let plane = &x[c * input.h * input.w..(c + 1) * input.h * input.w];
         for ky in 0..k {
             for kx in 0..k {
                 let r = (c * k + ky) * k + kx;
                 let row = &mut col[r * ld + at..r * ld + at + l];
+                let cols = valid_cols(output.w, input.w, stride, kx, pad);
                 for oy in 0..output.h {
-                    let y = (oy * stride + ky) as isize - pad as isize;
                     let dst = &mut row[oy * output.w..(oy + 1) * output.w];
-                    if y < 0 || y >= ih {
-                        dst.iter_mut().for_each(|v| *v = 0.0);
+                    let y = (oy * stride + ky) as isize - pad as isize;
+                    if y < 0 || y >= input.h as isize {
+                        dst.fill(0.0);
                         continue;
                     }
-                    let src = &x[c * input.h * input.w + y as usize * input.w..][..input.w];
-                    for (ox, v) in dst.iter_mut().enumerate() {
-                        let xx = (ox * stride + kx) as isize - pad as isize;
-                        *v = if xx < 0 || xx >= iw { 0.0 } else { src[xx as usize] };
+                    let src = &plane[y as usize * input.w..(y as usize + 1) * input.w];
+                    dst[..cols.start].fill(0.0);
+                    dst[cols.end..].fill(0.0);
+                    let first = cols.start * stride + kx - pad;
+                    if stride == 1 {
+                        dst[cols.clone()].copy_from_slice(&src[first..first + cols.len()]);
+                    } else {
+                        for (i, v) in dst[cols.clone()].iter_mut().enumerate() {
+                            *v = src[first + i * stride];
+                        }
                     }
                 }
             }
@@ -648,27 +664,85 @@ fn col2im(
     ld: usize,
     at: usize,
 ) {
-    let (ih, iw) = (input.h as isize, input.w as isize);
     let l = output.h * output.w;
     for c in 0..input.c {
+        let plane = &mut dx[c * input.h * input.w..(c + 1) * input.h * input.w];
         for ky in 0..k {
             for kx in 0..k {
                 let r = (c * k + ky) * k + kx;
                 let row = &col[r * ld + at..r * ld + at + l];
+                let cols = valid_cols(output.w, input.w, stride, kx, pad);
+                if cols.is_empty() {
+                    continue;
+                }
+                let first = cols.start * stride + kx - pad;
                 for oy in 0..output.h {
                     let y = (oy * stride + ky) as isize - pad as isize;
-                    if y < 0 || y >= ih {
+                    if y < 0 || y >= input.h as isize {
                         continue;
                     }
-                    let base = c * input.h * input.w + y as usize * input.w;
-                    for ox in 0..output.w {
-                        let xx = (ox * stride + kx) as isize - pad as isize;
-                        if xx >= 0 && xx < iw {
-                            dx[base + xx as usize] += row[oy * output.w + ox];
+                    let src = &row[oy * output.w + cols.start..oy * output.w + cols.end];
+                    let dst = &mut plane[y as usize * input.w..(y as usize + 1) * input.w];
+                    if stride == 1 {
+                        dst[first..first + src.len()].iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (i, v) in src.iter().enumerate() {
+                            dst[first + i * stride] += v;
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct definition, for comparison.
+    fn naive_im2col(x: &[f32], input: Shape, k: usize, stride: usize, pad: usize, output: Shape) -> Vec<f32> {
+        let l = output.h * output.w;
+        let mut col = vec![0.0; input.c * k * k * l];
+        for c in 0..input.c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    for oy in 0..output.h {
+                        for ox in 0..output.w {
+                            let y = (oy * stride + ky) as isize - pad as isize;
+                            let xx = (ox * stride + kx) as isize - pad as isize;
+                            if y >= 0 && xx >= 0 && (y as usize) < input.h && (xx as usize) < input.w {
+                                col[((c * k + ky) * k + kx) * l + oy * output.w + ox] =
+                                    x[c * input.h * input.w + y as usize * input.w + xx as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_matches_definition_and_col2im_is_its_adjoint() {
+        for &(c, h, w, k, stride, pad) in
+            &[(2, 6, 7, 3, 1, 1), (1, 8, 8, 5, 1, 0), (3, 7, 6, 3, 2, 1), (2, 5, 5, 2, 2, 1), (1, 4, 4, 1, 1, 0)]
+        {
+            let input = Shape { c, h, w };
+            let layer = Layer::new(LayerKind::Conv2d { out: 1, k, stride, pad }, input, 0, 0).unwrap();
+            let output = layer.output;
+            let x: Vec<f32> = (0..input.size()).map(|i| (i as f32 * 0.37).sin()).collect();
+            let l = output.h * output.w;
+            let mut col = vec![7.0; c * k * k * l];
+            im2col(&x, input, k, stride, pad, output, &mut col, l, 0);
+            assert_eq!(col, naive_im2col(&x, input, k, stride, pad, output), "{c}x{h}x{w} k{k} s{stride} p{pad}");
+            // ⟨im2col(x), z⟩ = ⟨x, col2im(z)⟩
+            let z: Vec<f32> = (0..col.len()).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut back = vec![0.0; input.size()];
+            col2im(&z, input, k, stride, pad, output, &mut back, l, 0);
+            let lhs: f64 = col.iter().zip(&z).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            assert!((lhs - rhs).abs() < 1e-3, "{lhs} vs {rhs}");
         }
     }
 }
