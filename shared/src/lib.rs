@@ -20,8 +20,10 @@
 //! * [`grid`] — the grid file: parse, validate (file:line:col errors), expand.
 //! * [`run`] — execute one run and emit its probes and trajectory.
 //! * [`json_f64`] — NaN-safe JSON for statistics that may be undefined.
+//! * [`controls`] — OU and double-well processes with known drift, validating the statistics.
 //! * [`results`] — per-run, per-cell and sweep-level statistics.
 
+pub mod controls;
 pub mod data;
 pub mod grid;
 pub mod json_f64;

@@ -52,6 +52,83 @@ pub struct SpectrumStats {
     /// ‖∇f‖², unbiased estimate from exact moments.
     #[serde(with = "crate::json_f64")]
     pub grad_norm_sq: f64,
+    /// Numerical rank at thresholds relative to λ_max (`[rel, …]`).
+    pub ranks_relative: Vec<(f64, Bracket)>,
+    /// Stable rank tr D / λ_max.
+    pub stable_rank: Bracket,
+    /// Isotropy ratio λ_max · d / tr D (1 for isotropic noise).
+    pub isotropy: Bracket,
+    /// Effective rank (Roy & Vetterli 2007) of D's eigenvalues: exp of the
+    /// entropy of λᵢ / Σλ. The trace the sketch does not resolve,
+    /// tr D − Σλ̂ᵢ, is spread evenly over the other d − r directions.
+    #[serde(with = "crate::json_f64")]
+    pub effective_rank: f64,
+    /// Fraction of tr D carried by the sketched eigenvalues Σλ̂ᵢ / tr D.
+    #[serde(with = "crate::json_f64")]
+    pub resolved_trace_fraction: f64,
+    /// Fewest eigenvalues holding 90 % of tr D.
+    pub energy_rank_90: Bracket,
+    /// Fewest eigenvalues holding 99 % of tr D.
+    pub energy_rank_99: Bracket,
+    /// Gradient noise scale B_simple = tr D / ‖∇f‖² (McCandlish et al. 2018).
+    #[serde(with = "crate::json_f64")]
+    pub noise_scale: f64,
+}
+
+/// Thresholds, relative to λ_max, at which ranks are also reported.
+pub const RELATIVE_RANK_THRESHOLDS: [f64; 3] = [1e-2, 1e-3, 1e-4];
+
+/// Rank bracket at threshold τ(λ) where λ is λ_max's value: uses λ's lower
+/// and upper ends for the threshold's ends (see the module doc).
+fn rank_bracket(eig: &[f64], e: f64, d: usize, tau_lo: f64, tau_hi: f64, tau: f64) -> Bracket {
+    let estimate = eig.iter().filter(|&&l| l > tau).count();
+    let lo = eig.iter().filter(|&&l| l > tau_hi).count();
+    let hi = if e > tau_lo { d } else { eig.iter().filter(|&&l| l + e > tau_lo).count() };
+    Bracket { value: estimate as f64, lo: lo as f64, hi: hi as f64 }
+}
+
+/// Fewest eigenvalues holding `frac` of `trace`: the lower end uses the
+/// upper bounds λ̂ᵢ + e (at most d of them), the upper end the lower bounds
+/// λ̂ᵢ (or d when they never reach it).
+fn energy_rank(eig: &[f64], e: f64, d: usize, trace: f64, frac: f64) -> Bracket {
+    let target = frac * trace;
+    let first = |bonus: f64| {
+        let mut acc = 0.0;
+        for (i, &l) in eig.iter().enumerate() {
+            acc += l.max(0.0) + bonus;
+            if acc >= target {
+                return Some(i + 1);
+            }
+        }
+        None
+    };
+    let hi = first(0.0).unwrap_or(d);
+    let lo = first(e).unwrap_or_else(|| {
+        // The other d − r eigenvalues are each at most e.
+        let rest = (target - eig.iter().map(|l| l.max(0.0) + e).sum::<f64>()).max(0.0);
+        (eig.len() + (rest / e.max(f64::MIN_POSITIVE)).ceil() as usize).min(d)
+    });
+    Bracket { value: hi as f64, lo: lo.min(hi) as f64, hi: hi as f64 }
+}
+
+fn effective_rank(eig: &[f64], d: usize, trace: f64) -> f64 {
+    if trace <= 0.0 {
+        return f64::NAN;
+    }
+    let pos: Vec<f64> = eig.iter().map(|l| l.max(0.0)).filter(|&l| l > 0.0).collect();
+    let resolved: f64 = pos.iter().sum();
+    let rest = (trace - resolved).max(0.0);
+    let others = d.saturating_sub(pos.len());
+    let mut h = 0.0;
+    for l in &pos {
+        let p = l / trace;
+        h -= p * p.ln();
+    }
+    if rest > 0.0 && others > 0 {
+        let p = rest / trace / others as f64;
+        h -= others as f64 * p * p.ln();
+    }
+    h.exp()
 }
 
 /// How many leading eigenvalues [`SpectrumStats`] keeps.
@@ -68,23 +145,39 @@ impl SpectrumStats {
         let lmax_hi = lmax + e;
         let tau = lmax * d as f64 * EPS_F32;
         let tau_hi = lmax_hi * d as f64 * EPS_F32;
-        let estimate = eig.iter().filter(|&&l| l > tau).count();
-        let lo = eig.iter().filter(|&&l| l > tau_hi).count();
-        let hi = if e > tau { d } else { eig.iter().filter(|&&l| l + e > tau).count() };
-        let rank = Bracket { value: estimate as f64, lo: lo as f64, hi: hi as f64 };
+        let rank = rank_bracket(&eig, e, d, tau, tau_hi, tau);
         let frac = |x: f64| x / d as f64;
+        let trace = sk.trace();
+        let grad_norm_sq = sk.grad_norm_sq_unbiased();
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let resolved: f64 = eig.iter().map(|l| l.max(0.0)).sum();
         SpectrumStats {
             n,
             d,
             ell: sk.ell(),
             eig_error: e,
-            trace: sk.trace(),
+            trace,
             lambda_max: Bracket { value: lmax, lo: lmax, hi: lmax_hi },
             top_eigenvalues: eig.iter().take(TOP_EIGENVALUES).map(|&l| l.max(0.0)).collect(),
             rank_threshold: tau,
             rank_fraction: Bracket { value: frac(rank.value), lo: frac(rank.lo), hi: frac(rank.hi) },
             rank,
-            grad_norm_sq: sk.grad_norm_sq_unbiased(),
+            grad_norm_sq,
+            ranks_relative: RELATIVE_RANK_THRESHOLDS
+                .iter()
+                .map(|&r| (r, rank_bracket(&eig, e, d, r * lmax, r * lmax_hi, r * lmax)))
+                .collect(),
+            stable_rank: Bracket { value: ratio(trace, lmax), lo: ratio(trace, lmax_hi), hi: ratio(trace, lmax) },
+            isotropy: Bracket {
+                value: ratio(lmax * d as f64, trace),
+                lo: ratio(lmax * d as f64, trace),
+                hi: ratio(lmax_hi * d as f64, trace),
+            },
+            effective_rank: effective_rank(&eig, d, trace),
+            resolved_trace_fraction: ratio(resolved, trace),
+            energy_rank_90: energy_rank(&eig, e, d, trace, 0.90),
+            energy_rank_99: energy_rank(&eig, e, d, trace, 0.99),
+            noise_scale: ratio(trace, grad_norm_sq),
         }
     }
 }
@@ -166,6 +259,52 @@ mod tests {
         assert_eq!(s.rank.value, 3.0);
         assert_eq!((s.rank.lo, s.rank.hi), (3.0, 3.0));
         assert!((s.rank_fraction.value - 0.15).abs() < 1e-12);
+        // Exact sketch: brackets collapse; derived statistics follow from the spectrum.
+        let l: Vec<f64> = s.top_eigenvalues.clone();
+        assert!((s.stable_rank.value - s.trace / l[0]).abs() < 1e-9 * s.stable_rank.value);
+        assert_eq!(s.stable_rank.lo, s.stable_rank.hi);
+        assert!((s.isotropy.value - l[0] * 20.0 / s.trace).abs() < 1e-9);
+        assert!((s.resolved_trace_fraction - 1.0).abs() < 1e-9);
+        let p: Vec<f64> = l.iter().filter(|&&x| x > 0.0).map(|x| x / s.trace).collect();
+        let h: f64 = -p.iter().map(|x| x * x.ln()).sum::<f64>();
+        assert!((s.effective_rank - h.exp()).abs() < 1e-9);
+        assert!(s.effective_rank > 1.0 && s.effective_rank < 3.0);
+        assert_eq!(s.energy_rank_99.lo, s.energy_rank_99.hi);
+        assert!(s.energy_rank_90.value <= 3.0 && s.energy_rank_90.value >= 1.0);
+        assert_eq!(s.ranks_relative.len(), 3);
+        assert!(s.noise_scale > 0.0);
+    }
+
+    #[test]
+    fn isotropic_noise_has_isotropy_one_and_full_effective_rank() {
+        // Rows ±e_j: D = I/d·(stuff) up to sampling; use exact construction.
+        let d = 8;
+        let mut rows = Vec::new();
+        for j in 0..d {
+            for sign in [1.0f32, -1.0] {
+                let mut r = vec![0.0f32; d];
+                r[j] = sign;
+                rows.extend(r);
+            }
+        }
+        let mut sk = FdSketch::new(d, 16);
+        sk.insert_block(&rows);
+        let s = SpectrumStats::from_sketch(&sk);
+        assert!((s.isotropy.value - 1.0).abs() < 1e-9, "{}", s.isotropy.value);
+        assert!((s.effective_rank - d as f64).abs() < 1e-9);
+        assert_eq!(s.rank.value, d as f64);
+        assert_eq!(s.energy_rank_90.value, 8.0);
+    }
+
+    #[test]
+    fn energy_rank_brackets_with_unresolved_trace() {
+        // Sketch eigenvalues 5, 3 with e = 1 in d = 10, trace 12:
+        // 90 % = 10.8: the lower bounds never reach it (hi = d); with +e each,
+        // 6 + 4 = 10, then one more direction of at most 1 → lo = 3.
+        let b = energy_rank(&[5.0, 3.0], 1.0, 10, 12.0, 0.9);
+        assert_eq!((b.lo, b.hi), (3.0, 10.0));
+        let exact = energy_rank(&[5.0, 3.0, 2.0], 0.0, 10, 10.0, 0.5);
+        assert_eq!((exact.lo, exact.hi), (1.0, 1.0));
     }
 
     #[test]
