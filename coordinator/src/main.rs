@@ -84,6 +84,9 @@ enum Command {
     },
     /// List the named models with their parameter counts and layer shapes.
     Models,
+    /// Statistics of NPY data produced by any framework.
+    #[command(subcommand)]
+    Analyze(cli::analyze::AnalyzeCommand),
     /// Run a whole sweep on this machine: a coordinator on loopback, N worker
     /// processes, progress, the table, and results.csv / results.json.
     Local(cli::local::LocalArgs),
@@ -126,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drain { worker } => cli::commands::drain(&addr, &worker).await,
         Command::Local(args) => cli::local::run(args).await,
         Command::Models => cli::commands::models(),
+        Command::Analyze(cmd) => cli::analyze::run(cmd),
     }
 }
 

@@ -20,9 +20,12 @@
 //! * [`grid`] — the grid file: parse, validate (file:line:col errors), expand.
 //! * [`run`] — execute one run and emit its probes and trajectory.
 //! * [`json_f64`] — NaN-safe JSON for statistics that may be undefined.
+//! * [`analyze`] — statistics of gradients and trajectories from any framework (NPY input).
 //! * [`controls`] — OU and double-well processes with known drift, validating the statistics.
+//! * [`npy`] — NumPy `.npy` arrays (read and write).
 //! * [`results`] — per-run, per-cell and sweep-level statistics.
 
+pub mod analyze;
 pub mod controls;
 pub mod data;
 pub mod grid;
@@ -30,6 +33,7 @@ pub mod json_f64;
 pub mod linalg;
 pub mod model;
 pub mod nn;
+pub mod npy;
 pub mod results;
 pub mod rng;
 pub mod run;

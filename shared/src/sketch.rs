@@ -371,6 +371,33 @@ impl ExactCovariance {
         self.n += m as u64;
     }
 
+    /// Dimension.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Number of rows.
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
+    /// Unbiased ‖∇f‖²: `(‖Σg‖² − Σ‖g‖²) / (n(n−1))`.
+    pub fn grad_norm_sq_unbiased(&self) -> f64 {
+        if self.n < 2 {
+            return f64::NAN;
+        }
+        let n = self.n as f64;
+        let s2: f64 = self.sum_g.iter().map(|s| s * s).sum();
+        let sum_sq: f64 = (0..self.d).map(|i| self.ata[i * self.d + i]).sum();
+        (s2 - sum_sq) / (n * (n - 1.0))
+    }
+
+    /// Exact trace of `D`.
+    pub fn trace(&self) -> f64 {
+        let n = self.n.max(1) as f64;
+        (0..self.d).map(|i| self.ata[i * self.d + i] / n - (self.sum_g[i] / n).powi(2)).sum::<f64>().max(0.0)
+    }
+
     /// Eigenvalues of `D`, descending.
     pub fn eigenvalues(&self) -> Vec<f64> {
         let n = self.n.max(1) as f64;

@@ -137,24 +137,28 @@ pub const TOP_EIGENVALUES: usize = 16;
 impl SpectrumStats {
     /// Statistics of the sketch.
     pub fn from_sketch(sk: &FdSketch) -> Self {
-        let d = sk.dim();
         let n = sk.count();
         let e = if n == 0 { 0.0 } else { sk.delta() / n as f64 };
-        let eig = sk.eigenvalues();
+        Self::from_parts(&sk.eigenvalues(), e, sk.dim(), n, sk.ell(), sk.trace(), sk.grad_norm_sq_unbiased())
+    }
+
+    /// Statistics from eigenvalue lower bounds `eig` (descending) with
+    /// uncertainty `e` each, for dimension `d`, `n` samples, sketch size
+    /// `ell` (0 for the exact path), the exact trace and ‖∇f‖².
+    pub fn from_parts(eig: &[f64], e: f64, d: usize, n: u64, ell: usize, trace: f64, grad_norm_sq: f64) -> Self {
+        let eig = eig.to_vec();
         let lmax = eig.first().copied().unwrap_or(0.0).max(0.0);
         let lmax_hi = lmax + e;
         let tau = lmax * d as f64 * EPS_F32;
         let tau_hi = lmax_hi * d as f64 * EPS_F32;
         let rank = rank_bracket(&eig, e, d, tau, tau_hi, tau);
         let frac = |x: f64| x / d as f64;
-        let trace = sk.trace();
-        let grad_norm_sq = sk.grad_norm_sq_unbiased();
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         let resolved: f64 = eig.iter().map(|l| l.max(0.0)).sum();
         SpectrumStats {
             n,
             d,
-            ell: sk.ell(),
+            ell,
             eig_error: e,
             trace,
             lambda_max: Bracket { value: lmax, lo: lmax, hi: lmax_hi },

@@ -4,6 +4,7 @@
 //! stdout (logs go to stderr through `tracing`).
 #![allow(clippy::print_stdout)]
 
+pub mod analyze;
 pub mod commands;
 pub mod local;
 pub mod serve;

@@ -1,0 +1,165 @@
+//! `gradsweep analyze`: spectra of per-sample gradients and drift of
+//! trajectories stored as NumPy `.npy` files by any framework.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use gradsweep_shared::analyze::{GradsOptions, TrajectoryOptions, analyze_grads, analyze_trajectory};
+use gradsweep_shared::npy;
+
+/// What to analyse.
+#[derive(Subcommand, Debug)]
+pub enum AnalyzeCommand {
+    /// Spectrum of D for an n×d matrix of per-sample gradients (f32 or f64).
+    Grads(GradsArgs),
+    /// Drift statistics of a T×d (weights) or T×k (projections) trajectory.
+    Trajectory(TrajectoryArgs),
+}
+
+/// Output format.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum Format {
+    /// Human-readable.
+    Table,
+    /// Machine-readable.
+    Json,
+}
+
+/// Options of `analyze grads`.
+#[derive(Args, Debug)]
+pub struct GradsArgs {
+    /// The `.npy` file (rows are samples).
+    pub file: PathBuf,
+    /// Frequent Directions rows ℓ when d is too large for the exact path.
+    #[arg(long, default_value_t = 256)]
+    pub sketch_rank: usize,
+    /// Compute D densely (exactly) when d is at most this.
+    #[arg(long, default_value_t = 4096)]
+    pub exact_max_dim: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Options of `analyze trajectory`.
+#[derive(Args, Debug)]
+pub struct TrajectoryArgs {
+    /// The `.npy` file (rows are time points).
+    pub file: PathBuf,
+    /// Random directions to project on when there are more columns.
+    #[arg(long, default_value_t = 8)]
+    pub projections: usize,
+    /// Seed of the projection directions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Largest lag of the MSD curve.
+    #[arg(long, default_value_t = 64)]
+    pub max_lag: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+fn fmt(x: f64) -> String {
+    if x.is_finite() { format!("{x:.6e}") } else { "-".into() }
+}
+
+/// Runs the subcommand.
+pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
+    match cmd {
+        AnalyzeCommand::Grads(a) => {
+            let m = npy::read(&a.file)?;
+            let r = analyze_grads(&m, GradsOptions { sketch_rank: a.sketch_rank, exact_max_dim: a.exact_max_dim });
+            match a.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?),
+                Format::Table => {
+                    let s = &r.spectrum;
+                    println!(
+                        "{}: {} samples × d = {} ({}, eigenvalue error ≤ {})",
+                        a.file.display(),
+                        s.n,
+                        s.d,
+                        r.method,
+                        fmt(s.eig_error)
+                    );
+                    println!("tr D                 {}", fmt(s.trace));
+                    println!(
+                        "λ_max                {} [{}, {}]",
+                        fmt(s.lambda_max.value),
+                        fmt(s.lambda_max.lo),
+                        fmt(s.lambda_max.hi)
+                    );
+                    println!(
+                        "rank (λ_max·d·ε_f32) {} [{}, {}]  rank/d {:.5}",
+                        s.rank.value, s.rank.lo, s.rank.hi, s.rank_fraction.value
+                    );
+                    for (rel, b) in &s.ranks_relative {
+                        println!("rank (λ_max·{rel:e})   {} [{}, {}]", b.value, b.lo, b.hi);
+                    }
+                    println!("stable rank          {}", fmt(s.stable_rank.value));
+                    println!("effective rank       {}", fmt(s.effective_rank));
+                    println!(
+                        "energy rank r90/r99  {} [{}, {}] / {} [{}, {}]",
+                        s.energy_rank_90.value,
+                        s.energy_rank_90.lo,
+                        s.energy_rank_90.hi,
+                        s.energy_rank_99.value,
+                        s.energy_rank_99.lo,
+                        s.energy_rank_99.hi
+                    );
+                    println!("isotropy λ_max·d/tr  {}", fmt(s.isotropy.value));
+                    println!(
+                        "‖∇f‖² (unbiased)     {}   noise scale B_simple {}",
+                        fmt(s.grad_norm_sq),
+                        fmt(s.noise_scale)
+                    );
+                    let top: Vec<String> = s.top_eigenvalues.iter().take(8).map(|&l| fmt(l)).collect();
+                    println!("top eigenvalues      {}", top.join(" "));
+                }
+            }
+        }
+        AnalyzeCommand::Trajectory(a) => {
+            let m = npy::read(&a.file)?;
+            anyhow::ensure!(
+                m.rows >= 3 && m.cols >= 2,
+                "{}: need at least 3 rows and 2 columns, got {}×{}",
+                a.file.display(),
+                m.rows,
+                m.cols
+            );
+            let r = analyze_trajectory(
+                &m,
+                TrajectoryOptions { projections: a.projections, seed: a.seed, max_lag: a.max_lag, batches: 10 },
+            );
+            match a.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?),
+                Format::Table => {
+                    println!(
+                        "{}: {} points × {} columns ({} coordinates{})",
+                        a.file.display(),
+                        r.points,
+                        r.columns,
+                        r.coordinates,
+                        if r.projected { ", random projections" } else { "" }
+                    );
+                    println!(
+                        "area rate (0,1) per step {}  (batch means {} ± {})",
+                        fmt(r.drift.area_rate),
+                        fmt(r.area_rate.mean),
+                        fmt(r.area_rate.ci95)
+                    );
+                    println!(
+                        "largest |area rate|      {} on pair {:?}",
+                        fmt(r.drift.max_area_rate),
+                        r.drift.max_area_pair
+                    );
+                    println!("MSD exponent             {}", fmt(r.drift.msd_exponent));
+                    let msd: Vec<String> = r.drift.msd.iter().map(|(t, m)| format!("{t}:{}", fmt(*m))).collect();
+                    println!("MSD(τ)                   {}", msd.join(" "));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Issue 4, acceptance 5: `gradsweep analyze` on NPY files laid out as
+//! numpy writes them (written here without Python), and clear errors for
+//! malformed ones.
+
+use gradsweep_shared::npy;
+use gradsweep_tests::cli;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = cli(args);
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn analyze_grads_and_trajectory_from_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    // Gradients of rank 2 in d = 10 (plus a mean), as f32.
+    let (n, d) = (200, 10);
+    let data: Vec<f64> = (0..n)
+        .flat_map(|i| {
+            let (a, b) = (((i * 37) % 17) as f64 - 8.0, ((i * 11) % 13) as f64 - 6.0);
+            (0..d).map(move |j| a * (j as f64 + 1.0) + b * if j % 2 == 0 { 1.0 } else { -1.0 } + 0.5)
+        })
+        .collect();
+    let g = dir.path().join("grads.npy");
+    std::fs::write(&g, npy::write(n, d, &data, true)).unwrap();
+    let (ok, out, err) = run(&["analyze", "grads", g.to_str().unwrap(), "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["method"], "exact");
+    assert_eq!(v["spectrum"]["rank"]["value"], 2.0);
+    assert_eq!(v["spectrum"]["n"], 200);
+    let (ok, out, _) = run(&["analyze", "grads", g.to_str().unwrap(), "--exact-max-dim", "4", "--sketch-rank", "4"]);
+    assert!(ok && out.contains("sketch") && out.contains("rank"), "{out}");
+
+    // A rotating trajectory in 2 of 30 columns, as f64.
+    let t = 5000;
+    let traj: Vec<f64> = (0..t)
+        .flat_map(|i| {
+            let a = 0.05 * i as f64;
+            (0..30).map(move |j| match j {
+                0 => a.cos(),
+                1 => a.sin(),
+                _ => 0.0,
+            })
+        })
+        .collect();
+    let p = dir.path().join("traj.npy");
+    std::fs::write(&p, npy::write(t, 30, &traj, false)).unwrap();
+    let (ok, out, err) =
+        run(&["analyze", "trajectory", p.to_str().unwrap(), "--format", "json", "--projections", "30"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rate = v["drift"]["area_rate"].as_f64().unwrap();
+    assert!((rate - 0.5 * 0.05f64.sin()).abs() < 1e-3, "{rate}");
+    let (ok, out, _) = run(&["analyze", "trajectory", p.to_str().unwrap()]);
+    assert!(ok && out.contains("random projections") && out.contains("MSD"), "{out}");
+}
+
+#[test]
+fn malformed_npy_files_are_rejected_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = npy::write(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], false);
+    let header_swap = |from: &str, to: &str| {
+        let hl = u16::from_le_bytes([good[8], good[9]]) as usize;
+        let h = std::str::from_utf8(&good[10..10 + hl]).unwrap().replace(from, to);
+        let mut b = good[..10].to_vec();
+        b.extend(h.bytes());
+        b.extend(&good[10 + hl..]);
+        b
+    };
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 5);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad-header.npy", b"not numpy at all".to_vec(), "bad magic"),
+        ("dtype.npy", header_swap("<f8", "<i8"), "dtype <i8 is not supported"),
+        ("rank.npy", header_swap("(3, 2)", "(6,)  "), "need a 2-d array"),
+        ("truncated.npy", truncated, "truncated data"),
+        ("nan.npy", npy::write(3, 2, &[1.0, 2.0, f64::NAN, 4.0, 5.0, 6.0], false), "non-finite value"),
+    ];
+    for (name, bytes, words) in cases {
+        let f = dir.path().join(name);
+        std::fs::write(&f, bytes).unwrap();
+        for kind in ["grads", "trajectory"] {
+            let (ok, _, err) = run(&["analyze", kind, f.to_str().unwrap()]);
+            assert!(!ok, "{name} {kind} must fail");
+            assert!(err.contains(name) && err.contains(words), "{name} {kind}: {err}");
+        }
+    }
+}
