@@ -69,10 +69,15 @@ fn pm(s: Summary) -> String {
     }
 }
 
+/// Exact spectra at the last probe of each run (probe option `exact`).
+fn exact(c: &CellResult) -> impl Iterator<Item = &gradsweep_shared::stats::SpectrumStats> {
+    c.runs.iter().filter_map(|r| r.probes.last().and_then(|p| p.meta.exact.as_ref()))
+}
+
 /// The per-cell table, aligned for a terminal. ± is the 95 % interval across
 /// seeds; the rank bracket is certified by the sketches' Δ.
 pub fn table(cells: &[CellResult]) -> String {
-    let header = [
+    let mut header = vec![
         "cell",
         "lr",
         "b",
@@ -88,10 +93,26 @@ pub fn table(cells: &[CellResult]) -> String {
         "λ_max",
         "area rate",
     ];
+    // Exact spectra (probe option `exact`) get their own columns.
+    let with_exact = cells.iter().any(|c| exact(c).next().is_some());
+    if with_exact {
+        header.extend(["exact rank", "exact λ_max"]);
+    }
+    // Axes other than lr and batch size, so that cells stay distinguishable.
+    let other = |c: &CellResult| {
+        let mut p = c.params.clone();
+        p.remove("lr");
+        p.remove("batch_size");
+        gradsweep_shared::grid::fmt_params(&p)
+    };
+    let with_axes = cells.iter().any(|c| !other(c).is_empty());
+    if with_axes {
+        header.push("axes");
+    }
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for c in cells {
         let r = row(c);
-        rows.push(vec![
+        let mut line = vec![
             r.cell.to_string(),
             num(r.lr),
             r.batch.to_string(),
@@ -106,7 +127,15 @@ pub fn table(cells: &[CellResult]) -> String {
             pm(r.trace),
             pm(r.lambda_max),
             pm(r.area_rate),
-        ]);
+        ];
+        if with_exact {
+            line.push(pm(Summary::of(exact(c).map(|s| s.rank.value))));
+            line.push(pm(Summary::of(exact(c).map(|s| s.lambda_max.value))));
+        }
+        if with_axes {
+            line.push(other(c));
+        }
+        rows.push(line);
     }
     let widths: Vec<usize> =
         (0..header.len()).map(|j| rows.iter().map(|r| r[j].chars().count()).max().unwrap_or(0)).collect();

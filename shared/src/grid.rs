@@ -209,6 +209,7 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("burn_in_epochs", Section::Probe, Kind::Int(0)),
     ("projection_seed", Section::Probe, Kind::Int(0)),
     ("block_size", Section::Probe, Kind::Int(1)),
+    ("exact", Section::Probe, Kind::Bool),
 ];
 
 fn key_def(name: &str) -> Option<(Section, Kind)> {
@@ -682,6 +683,20 @@ fn build_cell(
                 );
             }
         }
+    }
+    if let Some(m) = &model
+        && probe.exact
+        && m.param_count() > crate::spec::EXACT_MAX_DIM
+    {
+        ctx.push(
+            span_of("exact"),
+            format!(
+                "`exact` needs d ≤ {}, but `{}` has {} parameters{cell_desc}",
+                crate::spec::EXACT_MAX_DIM,
+                train.model,
+                m.param_count()
+            ),
+        );
     }
     if let Some(m) = &model
         && probe.projections as usize > m.param_count()

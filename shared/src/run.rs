@@ -62,6 +62,9 @@ pub struct ProbeMeta {
     /// Accuracy over the training set.
     #[serde(with = "crate::json_f64")]
     pub train_accuracy: f64,
+    /// The exact spectrum of D at this probe (probe option `exact`).
+    #[serde(default)]
+    pub exact: Option<crate::stats::SpectrumStats>,
 }
 
 impl ProbeRecord {
@@ -242,6 +245,8 @@ pub fn probe(
     let wd = spec.train.weight_decay as f32;
     let block = (spec.probe.block_size as usize).max(1);
     let mut sketch = FdSketch::new(d, spec.probe.sketch_rank as usize);
+    let mut exact =
+        (spec.probe.exact && d <= crate::spec::EXACT_MAX_DIM).then(|| crate::sketch::ExactCovariance::new(d));
     let mut out = vec![0.0f32; block * d];
     let (mut xb, mut yb) = (Vec::new(), Vec::new());
     let mut loss = 0.0;
@@ -261,12 +266,26 @@ pub fn probe(
         }
         correct += model.evaluate(params, buffers, &xb, &yb).accuracy * m as f64;
         sketch.insert_block(&out[..m * d]);
+        if let Some(ex) = exact.as_mut() {
+            ex.insert_block(&out[..m * d]);
+        }
     }
     let nf = train.len() as f64;
     // Each sample's loss includes the weight-decay term (λ/2)‖x‖².
     loss += nf * 0.5 * spec.train.weight_decay * params.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+    let exact = exact.map(|ex| {
+        crate::stats::SpectrumStats::from_parts(
+            &ex.eigenvalues(),
+            0.0,
+            d,
+            ex.count(),
+            0,
+            ex.trace(),
+            ex.grad_norm_sq_unbiased(),
+        )
+    });
     Some(ProbeRecord {
-        meta: ProbeMeta { index, epoch, step, train_loss: loss / nf, train_accuracy: correct / nf },
+        meta: ProbeMeta { index, epoch, step, train_loss: loss / nf, train_accuracy: correct / nf, exact },
         sketch,
     })
 }
@@ -321,6 +340,25 @@ mod tests {
         let bytes = p[0].encode();
         assert_eq!(ProbeRecord::decode(&bytes, Some(2410)).unwrap(), p[0]);
         assert!(ProbeRecord::decode(&bytes[..10], None).is_err());
+    }
+
+    #[test]
+    fn exact_probe_brackets_agree_with_the_sketch() {
+        let mut s = small();
+        s.train.model = "mlp:64-8-10".into();
+        s.probe.exact = true;
+        let (_, probes, _) = collect(&s);
+        for p in &probes {
+            let ex = p.meta.exact.as_ref().expect("exact spectrum");
+            let sk = crate::stats::SpectrumStats::from_sketch(&p.sketch);
+            assert!((ex.trace - sk.trace).abs() < 1e-6 * ex.trace);
+            assert!(ex.rank.value >= sk.rank.lo && ex.rank.value <= sk.rank.hi, "{:?} vs {:?}", ex.rank, sk.rank);
+            for (i, &e) in ex.top_eigenvalues.iter().enumerate() {
+                let l = sk.top_eigenvalues.get(i).copied().unwrap_or(0.0);
+                let slack = 1e-6 * e.abs().max(1e-9);
+                assert!(e >= l - slack && e <= l + sk.eig_error + slack, "λ{i}: {e} vs [{l}, {}]", l + sk.eig_error);
+            }
+        }
     }
 
     #[test]

@@ -127,7 +127,14 @@ pub struct ProbeConfig {
     pub projection_seed: u64,
     /// Per-sample gradients are computed in blocks of this many samples.
     pub block_size: u32,
+    /// Also compute D exactly (dense d×d, symmetric eigendecomposition) at
+    /// each probe, next to the sketch; for d up to [`EXACT_MAX_DIM`].
+    pub exact: bool,
 }
+
+/// Largest d for which `exact = true` is accepted (a d×d f64 matrix and an
+/// O(d³) eigendecomposition per probe).
+pub const EXACT_MAX_DIM: usize = 4096;
 
 impl Default for ProbeConfig {
     fn default() -> Self {
@@ -139,6 +146,7 @@ impl Default for ProbeConfig {
             burn_in_epochs: 0,
             projection_seed: 0,
             block_size: 64,
+            exact: false,
         }
     }
 }
