@@ -103,7 +103,7 @@ pub enum RunEvent {
         train_loss: f64,
     },
     /// A probe finished.
-    Probe(ProbeRecord),
+    Probe(Box<ProbeRecord>),
     /// The trajectory sums (sent once, at the end).
     Trajectory(TrajectorySums),
 }
@@ -205,7 +205,7 @@ pub fn execute(
                 diverged = true;
                 break;
             }
-            if sink(RunEvent::Probe(record)).is_break() {
+            if sink(RunEvent::Probe(Box::new(record))).is_break() {
                 return Err(RunError::Stopped);
             }
         }
@@ -308,7 +308,7 @@ mod tests {
         let mut traj = None;
         let fin = execute(spec, &AtomicBool::new(false), &mut |e| {
             match e {
-                RunEvent::Probe(p) => probes.push(p),
+                RunEvent::Probe(p) => probes.push(*p),
                 RunEvent::Trajectory(t) => traj = Some(t),
                 RunEvent::Progress { .. } => {}
             }

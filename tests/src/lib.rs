@@ -298,7 +298,7 @@ pub fn verify_against_offline(grid: &str, cells: &[gradsweep_shared::results::Ce
             let mut trajectory = None;
             let fin = execute(&spec, &AtomicBool::new(false), &mut |e| {
                 match e {
-                    RunEvent::Probe(p) => probes.push(p),
+                    RunEvent::Probe(p) => probes.push(*p),
                     RunEvent::Trajectory(t) => trajectory = Some(t),
                     RunEvent::Progress { .. } => {}
                 }
