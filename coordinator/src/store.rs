@@ -607,7 +607,8 @@ impl Store {
     }
 
     /// Returns leases to the queue (epoch fencing makes any late message
-    /// from them stale); `leaving` forgets the worker.
+    /// from them stale); `leaving` returns all the worker's leases and
+    /// forgets the worker.
     pub fn release(&mut self, worker_id: &str, runs: &[(String, u64)], leaving: bool, reason: &str) -> Result<()> {
         let tx = self.tx()?;
         for (run_id, epoch) in runs {
@@ -622,6 +623,20 @@ impl Store {
             }
         }
         if leaving {
+            // A leaving worker gives back every lease it holds, including any
+            // whose grant it never saw (an Acquire answer lost to shutdown).
+            let held: Vec<String> = tx
+                .prepare("SELECT id FROM runs WHERE worker_id = ?1 AND state = ?2")?
+                .query_map(params![worker_id, LEASED], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for run_id in held {
+                tx.execute(
+                    "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, applied_seq = 0, step = 0, updated_ms = ?2 WHERE id = ?3",
+                    params![QUEUED, now_ms(), run_id],
+                )?;
+                clear_partials(&tx, &run_id)?;
+                tracing::info!(run_id = %run_id, worker_id, reason, "lease released");
+            }
             tx.execute("UPDATE workers SET state = 'left' WHERE id = ?1", [worker_id])?;
         }
         tx.commit()?;

@@ -17,6 +17,7 @@ use gradsweep_shared::linalg::sgemm;
 use gradsweep_shared::model::Model;
 use gradsweep_shared::nn::LayerKind;
 use gradsweep_shared::rng::{Rng, Stream};
+use gradsweep_shared::sketch::{ExactCovariance, FdSketch};
 
 const BATCH: usize = 128;
 const MLP: &str = "mlp:784-256-128-10";
@@ -150,9 +151,46 @@ fn summary() {
     }
 }
 
+/// Frequent Directions on per-sample-gradient-sized rows: the block update
+/// (append + shrinks), a merge of two full sketches, and the exact path's
+/// accumulate step.
+fn sketch_summary(reference: f64) {
+    let (d, ell, block) = (13_338, 64, 256);
+    let mut r = Rng::new(3, Stream::Other(4));
+    let rows: Vec<f32> = (0..block * d).map(|_| r.normal() as f32).collect();
+    let mut sk = FdSketch::new(d, ell);
+    sk.insert_block(&rows);
+    let t = time(Duration::from_secs(2), || {
+        sk.insert_block(black_box(&rows));
+    });
+    // Each shrink (every ℓ rows) costs the 2ℓ×d×2ℓ Gram plus the ℓ×2ℓ×d rotation.
+    let shrinks = block as f64 / ell as f64;
+    let flops = shrinks * (2.0 * (2 * ell * 2 * ell * d) as f64 + 2.0 * (ell * 2 * ell * d) as f64);
+    println!(
+        "FD update d={d} ℓ={ell}: {:>8.0} rows/s  {:>6.2} GFLOP/s ({:>5.1} % of sgemm)",
+        block as f64 / t,
+        flops / t / 1e9,
+        100.0 * flops / t / reference
+    );
+    let other = sk.clone();
+    let t = time(Duration::from_secs(1), || {
+        let mut m = sk.clone();
+        m.merge(black_box(&other)).unwrap();
+        black_box(m);
+    });
+    println!("FD merge of two ℓ={ell} sketches, d={d}: {:.2} ms", t * 1e3);
+    let small_d = 917;
+    let rows_small: Vec<f32> = (0..block * small_d).map(|_| r.normal() as f32).collect();
+    let mut ex = ExactCovariance::new(small_d);
+    let t = time(Duration::from_secs(1), || ex.insert_block(black_box(&rows_small)));
+    let flops = 2.0 * (block * small_d * small_d) as f64;
+    println!("exact accumulate d={small_d}: {:>8.0} rows/s  {:>6.2} GFLOP/s (f64)", block as f64 / t, flops / t / 1e9);
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(3));
     benches(&mut c);
     c.final_summary();
     summary();
+    sketch_summary(sgemm_rate(BATCH, 784, 256));
 }

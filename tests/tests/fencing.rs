@@ -258,3 +258,30 @@ async fn cell_statistics_equal_offline_merge() {
     }
     server.stop().await;
 }
+
+/// A worker that leaves hands back every lease it holds, even one whose
+/// grant it never saw (an Acquire answer lost to its shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_worker_returns_unlisted_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let mut cfg = fast_config(&db);
+    cfg.lease_ttl = Duration::from_secs(60);
+    let server = InProcess::start(cfg).await;
+    let mut control = server.control().await;
+    let mut wc = server.worker_client().await;
+    let w = register(&mut wc, "w").await;
+    submit(&mut control, ONE_RUN).await;
+    let run =
+        wc.acquire(pb::AcquireRequest { worker_id: w.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap().0, "leased");
+    wc.release(pb::ReleaseRequest { worker_id: w.clone(), runs: vec![], reason: "shutdown".into(), leaving: true })
+        .await
+        .unwrap();
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("queued".into(), 1, 0));
+    // Its late report is refused.
+    let (bodies, _) = bodies_of(&run.spec_json);
+    let err = wc.report(tokio_stream::iter(vec![msg(&w, &run, 1, 1, bodies[0].clone())])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    server.stop().await;
+}
