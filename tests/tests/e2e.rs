@@ -204,3 +204,51 @@ async fn sigterm_hands_leases_back_and_drain_exits_when_idle() {
     let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();
     assert_eq!(verify_against_offline(&grid, &cells), 8);
 }
+
+/// `gradsweep local` interrupted (SIGINT) mid-sweep and run again on the same
+/// output folder resumes the sweep and completes it, every run once and
+/// identical to an undisturbed run — as the README promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_interrupted_and_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = grids::tiny("resume", 12);
+    let file = dir.path().join("grid.toml");
+    std::fs::write(&file, &grid).unwrap();
+    let out = dir.path().join("out");
+    let args = ["local", file.to_str().unwrap(), "--workers", "2", "--out", out.to_str().unwrap()];
+    let first = std::process::Command::new(gradsweep_tests::bin("gradsweep"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once some run has finished and others are under way.
+    let db = out.join("state.db");
+    gradsweep_tests::wait_until(Duration::from_secs(60), "a first run to complete", || {
+        let db = db.clone();
+        async move {
+            db.exists()
+                && gradsweep_coordinator::store::Store::open(
+                    &db,
+                    gradsweep_coordinator::store::LeasePolicy { ttl_ms: 6000, max_attempts: 10 },
+                )
+                .and_then(|s| s.sweeps())
+                .map(|s| s.first().is_some_and(|r| r.count("completed") >= 1))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    gradsweep_tests::signal(first.id(), libc::SIGINT);
+    let o = first.wait_with_output().unwrap();
+    assert!(!o.status.success(), "an interrupted run exits non-zero");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("run the same command again to resume"));
+    assert!(!out.join("results.json").exists(), "no results file from the interrupted run");
+
+    let o = cli(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(resumed)"), "{}", stderr(&o));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let cells: Vec<gradsweep_shared::results::CellResult> = serde_json::from_value(json["cells"].clone()).unwrap();
+    assert_eq!(verify_against_offline(&grid, &cells), 8);
+}
