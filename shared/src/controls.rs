@@ -75,6 +75,31 @@ fn cholesky_2d(d: M2) -> M2 {
     [[l00, 0.0], [l10, l11]]
 }
 
+/// Runs `step` from `x` for `burn_in` steps, then records `batches` batches
+/// of `steps_per_batch` points (lag-1 sums per batch).
+fn record_batches(
+    mut x: [f64; 2],
+    rng: &mut Rng,
+    step: impl Fn(&mut [f64; 2], &mut Rng),
+    burn_in: usize,
+    batches: usize,
+    steps_per_batch: usize,
+) -> Vec<TrajectorySums> {
+    for _ in 0..burn_in {
+        step(&mut x, rng);
+    }
+    (0..batches)
+        .map(|_| {
+            let mut rec = TrajectoryRecorder::new(2, vec![1]);
+            for _ in 0..steps_per_batch {
+                step(&mut x, rng);
+                rec.push(&x);
+            }
+            rec.into_sums()
+        })
+        .collect()
+}
+
 /// Simulates the OU process for `batches × steps_per_batch` steps of size
 /// `dt` after `burn_in` steps, recording lag-1 sums per batch.
 #[allow(clippy::too_many_arguments)]
@@ -91,7 +116,7 @@ pub fn simulate_ou(
     let l = cholesky_2d(d);
     let noise = (2.0 * t * dt).sqrt();
     let mut rng = Rng::new(seed, Stream::Other(0x0u64));
-    let mut x = [0.0f64; 2];
+    let x = [0.0f64; 2];
     let step = |x: &mut [f64; 2], rng: &mut Rng| {
         let (z0, z1) = (rng.normal(), rng.normal());
         let dx0 = -(f[0][0] * x[0] + f[0][1] * x[1]) * dt + noise * l[0][0] * z0;
@@ -99,19 +124,7 @@ pub fn simulate_ou(
         x[0] += dx0;
         x[1] += dx1;
     };
-    for _ in 0..burn_in {
-        step(&mut x, &mut rng);
-    }
-    (0..batches)
-        .map(|_| {
-            let mut rec = TrajectoryRecorder::new(2, vec![1]);
-            for _ in 0..steps_per_batch {
-                step(&mut x, &mut rng);
-                rec.push(&x);
-            }
-            rec.into_sums()
-        })
-        .collect()
+    record_batches(x, &mut rng, step, burn_in, batches, steps_per_batch)
 }
 
 /// Simulates Example 19 with rotational strength `lambda`.
@@ -125,7 +138,7 @@ pub fn simulate_double_well(
 ) -> Vec<TrajectorySums> {
     let mut rng = Rng::new(seed, Stream::Other(0x19));
     let noise = (2.0 * dt).sqrt();
-    let mut x = [1.0f64, 0.0];
+    let x = [1.0f64, 0.0];
     let step = |x: &mut [f64; 2], rng: &mut Rng| {
         let (a, b) = (x[0], x[1]);
         let phi = (a * a - 1.0).powi(2) / 4.0 + b * b / 2.0;
@@ -135,19 +148,7 @@ pub fn simulate_double_well(
         x[0] += drift[0] * dt + noise * rng.normal();
         x[1] += drift[1] * dt + noise * rng.normal();
     };
-    for _ in 0..burn_in {
-        step(&mut x, &mut rng);
-    }
-    (0..batches)
-        .map(|_| {
-            let mut rec = TrajectoryRecorder::new(2, vec![1]);
-            for _ in 0..steps_per_batch {
-                step(&mut x, &mut rng);
-                rec.push(&x);
-            }
-            rec.into_sums()
-        })
-        .collect()
+    record_batches(x, &mut rng, step, burn_in, batches, steps_per_batch)
 }
 
 /// Area rate of the pair (0, 1) per unit time (`dt` per step): the mean of
