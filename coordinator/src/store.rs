@@ -507,11 +507,6 @@ impl Store {
             .collect())
     }
 
-    /// The stored results of every finished run of a cell, for merging.
-    pub fn cell_runs(&self, sweep_id: &str, cell: u32) -> Result<Vec<RunData>> {
-        load_cell_runs(&self.conn, sweep_id, cell)
-    }
-
     // ------------------------------------------------------------ workers
 
     /// Registers a worker.
