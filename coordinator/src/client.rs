@@ -1,17 +1,17 @@
 //! Client helpers for talking to a coordinator (CLI and tests).
 
 use gradsweep_proto::MAX_MESSAGE_BYTES;
+use gradsweep_proto::transport::{AuthChannel, ClientSecurity, TransportError};
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::control_service_client::ControlServiceClient;
 use gradsweep_shared::results::{CellResult, SweepSummary};
-use tonic::transport::{Channel, Endpoint};
 
 /// Errors talking to a coordinator.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The address is not a valid URL.
-    #[error("invalid coordinator address `{0}`: {1}")]
-    Address(String, String),
+    /// The address, TLS or token settings are unusable.
+    #[error(transparent)]
+    Settings(#[from] TransportError),
     /// No connection could be made.
     #[error("cannot reach the coordinator at {0}: {1}")]
     Connect(String, String),
@@ -23,26 +23,55 @@ pub enum ClientError {
     Decode(String),
 }
 
-/// Normalises `host:port` into `http://host:port`.
-pub fn normalize_url(addr: &str) -> String {
-    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+/// A control client whose calls carry the token when one is configured.
+pub type ControlClient = ControlServiceClient<AuthChannel>;
+
+/// Where a coordinator is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// `host:port` or URL.
+    pub addr: String,
+    /// TLS and token.
+    pub security: ClientSecurity,
 }
 
-/// Connects the control client.
-pub async fn connect_control(addr: &str) -> Result<ControlServiceClient<Channel>, ClientError> {
-    let url = normalize_url(addr);
-    let ep = Endpoint::from_shared(url.clone())
-        .map_err(|e| ClientError::Address(addr.to_string(), e.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    let ch = ep.connect().await.map_err(|e| ClientError::Connect(url, e.to_string()))?;
-    Ok(ControlServiceClient::new(ch)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+impl Remote {
+    /// Plain connection settings (loopback, no TLS, no token).
+    pub fn plain(addr: impl Into<String>) -> Remote {
+        Remote { addr: addr.into(), security: ClientSecurity::default() }
+    }
+
+    /// Connects the control client.
+    pub async fn connect(&self) -> Result<ControlClient, ClientError> {
+        let ep = self.security.endpoint(&self.addr)?;
+        let url = self.security.url(&self.addr);
+        let ch = ep.connect().await.map_err(|e| ClientError::Connect(url, error_chain(&e)))?;
+        Ok(ControlServiceClient::new(self.security.authorize(ch))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+}
+
+/// An error with its sources, so "transport error" says what went wrong.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Connects a control client without TLS or token.
+pub async fn connect_control(addr: &str) -> Result<ControlClient, ClientError> {
+    Remote::plain(addr).connect().await
 }
 
 /// Fetches the per-cell results and the summary of a sweep.
 pub async fn fetch_results(
-    client: &mut ControlServiceClient<Channel>,
+    client: &mut ControlClient,
     sweep_id: &str,
 ) -> Result<(Vec<CellResult>, SweepSummary), ClientError> {
     let mut stream = client.results(pb::ResultsRequest { sweep_id: sweep_id.to_string() }).await?.into_inner();

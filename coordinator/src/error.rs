@@ -56,6 +56,9 @@ pub enum CoordinatorError {
         /// What is wrong.
         message: String,
     },
+    /// A call without the shared token, or with a wrong one.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
     /// SQLite failed.
     #[error("storage error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -74,6 +77,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::NotFound { .. } => Code::NotFound,
             CoordinatorError::StaleEpoch { .. } | CoordinatorError::ProtocolMismatch { .. } => Code::FailedPrecondition,
             CoordinatorError::OutOfOrder { .. } => Code::OutOfRange,
+            CoordinatorError::Unauthenticated(_) => Code::Unauthenticated,
             CoordinatorError::Database { .. } | CoordinatorError::Sqlite(_) | CoordinatorError::Internal(_) => {
                 Code::Internal
             }

@@ -13,13 +13,15 @@
 //! * [`state`] — [`Coordinator`]: the store on the blocking pool, work notification, the lease reaper.
 //! * [`convert`] — wire ↔ domain conversions.
 //! * [`service`] — the `WorkerService` and `ControlService` handlers.
-//! * [`server`] — [`serve`]: both services on a listener until shutdown.
+//! * [`server`] — [`serve`]: both services, health and reflection on a listener until shutdown; token and TLS.
+//! * [`metrics`] — the Prometheus metrics the coordinator serves.
 //! * [`client`] — connecting to a coordinator from the CLI and tests.
 //! * [`report`] — results as a table, CSV or JSON.
 
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod metrics;
 pub mod report;
 pub mod server;
 pub mod service;
@@ -27,5 +29,5 @@ pub mod state;
 pub mod store;
 
 pub use error::CoordinatorError;
-pub use server::serve;
-pub use state::{Coordinator, CoordinatorConfig};
+pub use server::{serve, serve_with_metrics};
+pub use state::{Coordinator, CoordinatorConfig, ServerSecurity, TlsIdentity};

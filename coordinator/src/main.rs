@@ -5,6 +5,8 @@ mod cli;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use gradsweep_coordinator::client::Remote;
+use gradsweep_proto::transport::ClientSecurity;
 
 /// Distributed sweeps of SGD hyperparameters that measure the diffusion
 /// matrix D(x) and the non-equilibrium drift of the trajectories.
@@ -17,6 +19,16 @@ struct Cli {
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "GRADSWEEP_LOG_FORMAT")]
     log_format: LogFormat,
+    /// File holding the shared token (else $GRADSWEEP_TOKEN). `serve`
+    /// requires it on every call; client commands send it.
+    #[arg(long, global = true, env = "GRADSWEEP_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Client commands: connect with TLS, trusting this CA (PEM).
+    #[arg(long, global = true, env = "GRADSWEEP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client commands: the name to verify in the coordinator's certificate.
+    #[arg(long, global = true, env = "GRADSWEEP_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,16 +129,24 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let addr = cli.coordinator;
+    let remote = || -> anyhow::Result<Remote> {
+        Ok(Remote {
+            addr: cli.coordinator.clone(),
+            security: ClientSecurity::load(cli.token_file.as_deref(), cli.tls_ca.as_deref(), cli.tls_domain.clone())?,
+        })
+    };
+    let addr = &remote;
     match cli.command {
-        Command::Serve(args) => cli::serve::run(args).await,
-        Command::Submit { file, new, check } => cli::commands::submit(&addr, &file, new, check).await,
-        Command::Status { sweep } => cli::commands::status(&addr, sweep.as_deref()).await,
-        Command::Watch { sweep } => cli::commands::watch(&addr, &sweep).await.map(|_| ()),
-        Command::Results { sweep, format, out } => cli::commands::results(&addr, &sweep, format, out.as_deref()).await,
-        Command::Cancel { sweep } => cli::commands::cancel(&addr, &sweep).await,
-        Command::Workers => cli::commands::workers(&addr).await,
-        Command::Drain { worker } => cli::commands::drain(&addr, &worker).await,
+        Command::Serve(args) => cli::serve::run(args, cli.token_file.as_deref()).await,
+        Command::Submit { file, new, check } => cli::commands::submit(&addr()?, &file, new, check).await,
+        Command::Status { sweep } => cli::commands::status(&addr()?, sweep.as_deref()).await,
+        Command::Watch { sweep } => cli::commands::watch(&addr()?, &sweep).await.map(|_| ()),
+        Command::Results { sweep, format, out } => {
+            cli::commands::results(&addr()?, &sweep, format, out.as_deref()).await
+        }
+        Command::Cancel { sweep } => cli::commands::cancel(&addr()?, &sweep).await,
+        Command::Workers => cli::commands::workers(&addr()?).await,
+        Command::Drain { worker } => cli::commands::drain(&addr()?, &worker).await,
         Command::Local(args) => cli::local::run(args).await,
         Command::Models => cli::commands::models(),
         Command::Analyze(cmd) => cli::analyze::run(cmd),

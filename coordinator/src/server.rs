@@ -1,14 +1,24 @@
-//! Serving the coordinator: both gRPC services and the lease reaper on one
-//! listener until a shutdown future resolves.
+//! Serving the coordinator: both gRPC services, the gRPC health service and
+//! server reflection on one listener, an optional Prometheus endpoint on
+//! another, and the lease reaper, until a shutdown future resolves.
+//!
+//! Security is decided here, once: the token check wraps both services, TLS
+//! wraps the listener, and a non-loopback listener without a token is refused
+//! unless the operator opted out explicitly.
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use gradsweep_proto::MAX_MESSAGE_BYTES;
+use gradsweep_proto::transport::{TOKEN_HEADER, Token};
 use gradsweep_proto::v1::control_service_server::ControlServiceServer;
 use gradsweep_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
 
+use crate::error::CoordinatorError;
 use crate::service::{ControlApi, WorkerApi};
 use crate::state::{Coordinator, CoordinatorConfig};
 
@@ -17,39 +27,144 @@ use crate::state::{Coordinator, CoordinatorConfig};
 pub enum ServeError {
     /// Opening the state failed.
     #[error(transparent)]
-    State(#[from] crate::error::CoordinatorError),
+    State(#[from] CoordinatorError),
+    /// Listening off loopback without a token.
+    #[error(
+        "refusing to listen on {0} without a token: anyone who can reach this address could submit, cancel and \
+         read sweeps. Give a token (--token-file or $GRADSWEEP_TOKEN), listen on 127.0.0.1, or pass \
+         --insecure-no-auth if the network is private"
+    )]
+    NoToken(SocketAddr),
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A listener failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains in-flight
+/// Checks the shared token on each call; a no-op without a token.
+#[derive(Clone)]
+pub struct TokenCheck(Option<Token>);
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(token) = &self.0 else { return Ok(req) };
+        match req.metadata().get(TOKEN_HEADER) {
+            Some(v) if token.matches_header(v.as_bytes()) => Ok(req),
+            Some(_) => Err(CoordinatorError::Unauthenticated("wrong token").into()),
+            None => Err(CoordinatorError::Unauthenticated("this coordinator requires a token (--token-file)").into()),
+        }
+    }
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves, then drains in-flight
 /// calls and returns. Tests pass a listener bound to port 0.
 pub async fn serve(
     config: CoordinatorConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`serve`], plus Prometheus metrics on `metrics` when given.
+pub async fn serve_with_metrics(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    let security = config.security.clone();
+    if !addr.ip().is_loopback() && security.token.is_none() && !security.allow_unauthenticated {
+        return Err(ServeError::NoToken(addr));
+    }
+    if !addr.ip().is_loopback() && security.token.is_none() {
+        tracing::warn!(%addr, "listening off loopback without a token (--insecure-no-auth)");
+    }
     let state = Coordinator::open(config)?;
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "coordinator listening");
-    let (stop_reaper, reaper_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reaper = tokio::spawn(state.clone().run_reaper(async move {
-        let _ = reaper_stopped.await;
-    }));
-    let worker = WorkerServiceServer::new(WorkerApi { state: state.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let control = ControlServiceServer::new(ControlApi { state: state.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let result = tonic::transport::Server::builder()
+    tracing::info!(
+        %addr,
+        tls = security.tls.is_some(),
+        token = security.token.is_some(),
+        metrics = ?metrics.as_ref().and_then(|l| l.local_addr().ok()),
+        "coordinator listening"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let reaper = tokio::spawn(state.clone().run_reaper(stopped()));
+    let metrics_task = metrics.map(|l| {
+        let st = state.clone();
+        tokio::spawn(gradsweep_proto::metrics::serve_metrics(
+            l,
+            move || {
+                let st = st.clone();
+                async move {
+                    st.render_metrics().await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "cannot read counts for metrics");
+                        String::new()
+                    })
+                }
+            },
+            stopped(),
+        ))
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
+    health_reporter.set_serving::<ControlServiceServer<ControlApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gradsweep_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Internal(format!("reflection: {e}")))?;
+
+    let check = TokenCheck(security.token.clone());
+    let worker = InterceptedService::new(
+        WorkerServiceServer::new(WorkerApi { state: state.clone() })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        check.clone(),
+    );
+    let control = InterceptedService::new(
+        ControlServiceServer::new(ControlApi { state: state.clone() })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        check,
+    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)))?;
+    }
+    let reporter = health_reporter.clone();
+    let result = builder
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(worker)
         .add_service(control)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            reporter.set_not_serving::<WorkerServiceServer<WorkerApi>>().await;
+            reporter.set_not_serving::<ControlServiceServer<ControlApi>>().await;
+        })
         .await;
-    let _ = stop_reaper.send(());
+    let _ = stop_tx.send(true);
     let _ = reaper.await;
+    if let Some(t) = metrics_task {
+        match t.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "metrics endpoint failed"),
+            Err(e) => tracing::error!(error = %e, "metrics task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!("coordinator stopped");
     Ok(result?)
 }

@@ -88,8 +88,13 @@ impl WorkerService for WorkerApi {
         let mut stream = req.into_inner();
         let mut applied = 0;
         while let Some(msg) = stream.next().await {
-            let report = convert::report_from_wire(msg?)?;
+            let msg = msg?;
+            let bytes = prost::Message::encoded_len(&msg) as u64;
+            let report = convert::report_from_wire(msg)?;
             applied = self.state.with_store(move |s| s.apply_report(&report)).await?;
+            let m = self.state.metrics();
+            m.report_bytes.add(bytes);
+            m.reports.inc();
         }
         Ok(Response::new(pb::ReportResponse { applied_seq: applied }))
     }
@@ -97,7 +102,13 @@ impl WorkerService for WorkerApi {
     async fn finish(&self, req: Request<pb::FinishRequest>) -> Result<Response<pb::FinishResponse>, Status> {
         let r = req.into_inner();
         let outcome = convert::outcome_from_wire(&r)?;
-        self.state.with_store(move |s| s.finish(&r.worker_id, &r.run_id, r.epoch, r.last_seq, &outcome)).await?;
+        let started = std::time::Instant::now();
+        let merged =
+            self.state.with_store(move |s| s.finish(&r.worker_id, &r.run_id, r.epoch, r.last_seq, &outcome)).await?;
+        let m = self.state.metrics();
+        m.merge_seconds.observe(started.elapsed().as_secs_f64());
+        m.sketch_merges.add(merged as u64);
+        m.runs_finished.inc();
         Ok(Response::new(pb::FinishResponse {}))
     }
 

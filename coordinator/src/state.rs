@@ -9,10 +9,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gradsweep_proto::transport::Token;
 use gradsweep_shared::grid::GridLimits;
 use tokio::sync::Notify;
 
 use crate::error::{CoordinatorError, Result};
+use crate::metrics::CoordinatorMetrics;
 use crate::store::{LeasePolicy, Store};
 
 /// Settings of a coordinator.
@@ -28,6 +30,35 @@ pub struct CoordinatorConfig {
     pub max_attempts: u32,
     /// Largest grid accepted.
     pub grid_limits: GridLimits,
+    /// Token and TLS.
+    pub security: ServerSecurity,
+}
+
+/// Who may call the coordinator, and over what.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSecurity {
+    /// Required (as `authorization: Bearer <token>`) on every gRPC call of
+    /// both services when set. Health and reflection stay open.
+    pub token: Option<Token>,
+    /// Serve TLS with this certificate chain and key.
+    pub tls: Option<TlsIdentity>,
+    /// Allow listening on a non-loopback address without a token.
+    pub allow_unauthenticated: bool,
+}
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").field("cert_pem_bytes", &self.cert_pem.len()).finish_non_exhaustive()
+    }
 }
 
 impl CoordinatorConfig {
@@ -39,6 +70,7 @@ impl CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(3),
             max_attempts: 10,
             grid_limits: GridLimits::default(),
+            security: ServerSecurity::default(),
         }
     }
 
@@ -63,6 +95,7 @@ pub struct Coordinator {
     store: Arc<Mutex<Store>>,
     work_available: Arc<Notify>,
     config: Arc<CoordinatorConfig>,
+    metrics: Arc<CoordinatorMetrics>,
 }
 
 impl Coordinator {
@@ -78,12 +111,24 @@ impl Coordinator {
             store: Arc::new(Mutex::new(store)),
             work_available: Arc::new(Notify::new()),
             config: Arc::new(config),
+            metrics: Arc::new(CoordinatorMetrics::default()),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config
+    }
+
+    /// The metrics this coordinator updates.
+    pub fn metrics(&self) -> &CoordinatorMetrics {
+        &self.metrics
+    }
+
+    /// The Prometheus exposition: counters plus the store's current counts.
+    pub async fn render_metrics(&self) -> Result<String> {
+        let counts = self.with_store(|s| s.counts()).await?;
+        Ok(self.metrics.render(&counts))
     }
 
     /// Runs `f` on the store, on the blocking pool.
@@ -122,7 +167,10 @@ impl Coordinator {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {
                     match self.with_store(|s| s.expire_leases()).await {
-                        Ok(requeued) if !requeued.is_empty() => self.notify_work(),
+                        Ok(requeued) if !requeued.is_empty() => {
+                            self.metrics.lease_expiries.add(requeued.len() as u64);
+                            self.notify_work();
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::error!(error = %e, "lease reaper failed"),
                     }

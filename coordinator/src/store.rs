@@ -34,6 +34,15 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Numbers of runs and workers per state.
+#[derive(Debug, Clone, Default)]
+pub struct StateCounts {
+    /// (run state, count).
+    pub runs: Vec<(String, u64)>,
+    /// (worker state, count).
+    pub workers: Vec<(String, u64)>,
+}
+
 /// Run states as stored.
 pub mod run_state {
     /// Waiting for a worker.
@@ -638,6 +647,21 @@ impl Store {
         Ok(())
     }
 
+    /// How many runs and workers are in each state (for metrics).
+    pub fn counts(&self) -> Result<StateCounts> {
+        let group = |sql: &str| -> Result<Vec<(String, u64)>> {
+            let mut stmt = self.conn.prepare(sql)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        };
+        Ok(StateCounts {
+            runs: group("SELECT state, count(*) FROM runs GROUP BY state")?,
+            workers: group("SELECT state, count(*) FROM workers GROUP BY state")?,
+        })
+    }
+
     /// Workers, with the runs they hold.
     pub fn workers(&self) -> Result<Vec<WorkerRow>> {
         let mut stmt = self.conn.prepare(
@@ -720,7 +744,8 @@ impl Store {
     /// Ends a run. Completed runs must have had every report up to
     /// `last_seq` applied and all their probes and trajectory stored; the
     /// cell's merged statistics are recomputed in the same transaction.
-    /// Repeating a finish that already took effect is a no-op.
+    /// Repeating a finish that already took effect is a no-op. Returns how
+    /// many runs' sketches the cell merge combined (0 when none ran).
     pub fn finish(
         &mut self,
         worker_id: &str,
@@ -728,7 +753,7 @@ impl Store {
         epoch: u64,
         last_seq: u64,
         outcome: &Outcome,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let tx = self.tx()?;
         let done: Option<(String, i64, Option<String>)> = tx
             .query_row("SELECT state, epoch, worker_id FROM runs WHERE id = ?1", [run_id], |r| {
@@ -739,7 +764,7 @@ impl Store {
             && [COMPLETED, DIVERGED, FAILED].contains(&state.as_str())
             && *e as u64 == epoch
         {
-            return Ok(()); // a retried finish whose answer was lost
+            return Ok(0); // a retried finish whose answer was lost
         }
         let (applied, _) = Self::check_lease(&tx, worker_id, run_id, epoch)?;
         let (sweep_id, cell, spec_json): (String, u32, String) =
@@ -784,9 +809,7 @@ impl Store {
             params![state, fin_json, error, now_ms(), run_id],
         )?;
         tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
-        if state != FAILED {
-            merge_cell(&tx, &sweep_id, cell)?;
-        }
+        let merged = if state != FAILED { merge_cell(&tx, &sweep_id, cell)? } else { 0 };
         let open: i64 = tx.query_row(
             "SELECT count(*) FROM runs WHERE sweep_id = ?1 AND state IN (?2, ?3)",
             params![sweep_id, QUEUED, LEASED],
@@ -797,7 +820,7 @@ impl Store {
         }
         tx.commit()?;
         tracing::info!(run_id, epoch, worker_id, state, "run finished");
-        Ok(())
+        Ok(merged)
     }
 
     /// Requeues runs whose lease lapsed (or fails them after too many
@@ -969,7 +992,9 @@ fn load_cell_runs(conn: &Connection, sweep_id: &str, cell: u32) -> Result<Vec<Ru
     Ok(out)
 }
 
-fn merge_cell(tx: &rusqlite::Transaction<'_>, sweep_id: &str, cell: u32) -> Result<()> {
+/// Recomputes a cell's merged statistics; returns how many runs' sketches
+/// were merged.
+fn merge_cell(tx: &rusqlite::Transaction<'_>, sweep_id: &str, cell: u32) -> Result<usize> {
     let plan_json: String = tx.query_row("SELECT plan_json FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))?;
     let plan: SweepPlan = serde_json::from_str(&plan_json).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
     let c = plan
@@ -984,5 +1009,5 @@ fn merge_cell(tx: &rusqlite::Transaction<'_>, sweep_id: &str, cell: u32) -> Resu
         "INSERT OR REPLACE INTO cells (sweep_id, cell, runs_merged, result_json) VALUES (?1, ?2, ?3, ?4)",
         params![sweep_id, cell, runs.len() as i64, json],
     )?;
-    Ok(())
+    Ok(runs.len())
 }

@@ -2,12 +2,17 @@
 //!
 //! This crate holds the protobuf messages and the tonic client and server
 //! stubs generated from `proto/gradsweep.proto` at build time (by protox, so
-//! no system `protoc` is needed). It contains no logic: the coordinator and
-//! the worker each convert between these messages and the domain types of
+//! no system `protoc` is needed), plus the rest of what the binaries speak to
+//! the outside: how a client reaches a coordinator (TLS, the shared token) and
+//! the Prometheus endpoint. It holds no domain logic: the coordinator and the
+//! worker each convert between these messages and the domain types of
 //! `gradsweep-shared` in one module of their own.
 //!
 //! # Layout
 //! * [`v1`] — generated code for package `gradsweep.v1`.
+//! * [`transport`] — how clients reach a coordinator: address, TLS, token.
+//! * [`metrics`] — Prometheus metric primitives, text exposition and the `/metrics` endpoint.
+//! * [`FILE_DESCRIPTOR_SET`] — the encoded schema, served by gRPC reflection.
 //! * [`PROTOCOL_VERSION`] — checked at worker registration.
 //! * [`MAX_MESSAGE_BYTES`] — the size limit both sides enforce.
 
@@ -16,6 +21,12 @@
 pub mod v1 {
     tonic::include_proto!("gradsweep.v1");
 }
+
+pub mod metrics;
+pub mod transport;
+
+/// The encoded `FileDescriptorSet` of `gradsweep.proto`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gradsweep_descriptor.bin"));
 
 /// Protocol version; a worker whose version differs is refused at registration.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -10,14 +10,16 @@
 //! * [`InProcess`] — a coordinator served in this process on port 0.
 //! * [`grids`] — small, fast grid files.
 //! * [`wait_until`] — polling with a deadline.
+//! * [`cli`] / [`cli_env`] — run the `gradsweep` CLI.
+//! * [`http_get`] / [`metric`] — scrape a `/metrics` endpoint and read a sample.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gradsweep_coordinator::CoordinatorConfig;
+use gradsweep_coordinator::client::{ControlClient, connect_control};
 use gradsweep_proto::v1 as pb;
-use gradsweep_proto::v1::control_service_client::ControlServiceClient;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tonic::transport::Channel;
 
@@ -64,15 +66,22 @@ pub struct CoordinatorProc {
     /// Database file.
     pub db: PathBuf,
     args: Vec<String>,
+    host: String,
     log: PathBuf,
 }
 
 impl CoordinatorProc {
-    /// Starts a coordinator on `port` (0 picks one) with the database `db`.
+    /// Starts a coordinator on 127.0.0.1:`port` (0 picks one) with the database `db`.
     pub fn start(db: &Path, port: u16, extra: &[&str], log_dir: &Path) -> Self {
+        Self::start_on("127.0.0.1", db, port, extra, log_dir)
+    }
+
+    /// Starts a coordinator listening on `host` (e.g. `0.0.0.0`, still
+    /// reached through 127.0.0.1 by the tests).
+    pub fn start_on(host: &str, db: &Path, port: u16, extra: &[&str], log_dir: &Path) -> Self {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let log = log_dir.join("coordinator.log");
-        let mut me = CoordinatorProc { child: None, port, db: db.to_path_buf(), args, log };
+        let mut me = CoordinatorProc { child: None, port, db: db.to_path_buf(), args, host: host.into(), log };
         me.spawn();
         me
     }
@@ -84,7 +93,7 @@ impl CoordinatorProc {
         let child = Command::new(bin("gradsweep"))
             .arg("serve")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.host, self.port))
             .arg("--db")
             .arg(&self.db)
             .arg("--port-file")
@@ -96,17 +105,12 @@ impl CoordinatorProc {
             .spawn()
             .expect("start coordinator");
         self.child = Some(child);
-        let start = Instant::now();
-        loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file)
-                && let Ok(p) = p.trim().parse()
-            {
-                self.port = p;
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "coordinator did not start; see {}", self.log.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.port = read_port_file(&port_file, &format!("coordinator (log: {})", self.log.display()));
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("coordinator running")
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -139,6 +143,43 @@ impl Drop for CoordinatorProc {
     }
 }
 
+/// Waits up to 20 s for a port file written by a starting process.
+pub fn read_port_file(path: &Path, who: &str) -> u16 {
+    let start = Instant::now();
+    loop {
+        if let Ok(p) = std::fs::read_to_string(path)
+            && let Ok(p) = p.trim().parse()
+        {
+            return p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{who} did not write {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` over plain HTTP/1.1 on 127.0.0.1:`port`; returns (status
+/// line, headers, body).
+pub fn http_get(port: u16, path: &str) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("send request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response has a header");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_lowercase(), body.to_string())
+}
+
+/// The value of the sample `name_and_labels` (e.g. `x{state="a"}`) in a
+/// Prometheus text exposition.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A `gradsweep-worker` child process.
 pub struct WorkerProc {
     /// The child.
@@ -150,9 +191,15 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts a worker against `url`; its log goes to `log_dir/<name>.log`.
     pub fn start(url: &str, name: &str, slots: u32, log_dir: &Path) -> Self {
+        Self::start_with(url, name, slots, &[], log_dir)
+    }
+
+    /// [`WorkerProc::start`] with extra command-line arguments.
+    pub fn start_with(url: &str, name: &str, slots: u32, extra: &[&str], log_dir: &Path) -> Self {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("worker log");
         let child = Command::new(bin("gradsweep-worker"))
             .args(["--coordinator", url, "--name", name, "--slots", &slots.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -181,7 +228,17 @@ impl Drop for WorkerProc {
 
 /// Runs the `gradsweep` CLI and returns its output.
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(bin("gradsweep")).args(args).stdin(Stdio::null()).output().expect("run gradsweep")
+    cli_env(args, &[])
+}
+
+/// Runs the `gradsweep` CLI with extra environment variables.
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin("gradsweep"));
+    c.args(args).stdin(Stdio::null()).env_remove("GRADSWEEP_TOKEN");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run gradsweep")
 }
 
 /// A coordinator served inside the test process on port 0.
@@ -214,8 +271,8 @@ impl InProcess {
     }
 
     /// A control client.
-    pub async fn control(&self) -> ControlServiceClient<Channel> {
-        ControlServiceClient::connect(self.url.clone()).await.expect("connect control client")
+    pub async fn control(&self) -> ControlClient {
+        connect_control(&self.url).await.expect("connect control client")
     }
 
     /// Stops the server and waits for it.
@@ -238,7 +295,7 @@ pub fn fast_config(db: &Path) -> CoordinatorConfig {
 }
 
 /// Submits a grid through the control API.
-pub async fn submit(client: &mut ControlServiceClient<Channel>, toml: &str) -> pb::SubmitResponse {
+pub async fn submit(client: &mut ControlClient, toml: &str) -> pb::SubmitResponse {
     client
         .submit(pb::SubmitRequest { grid_toml: toml.into(), file_name: "test.toml".into(), force_new: false })
         .await
@@ -314,7 +371,7 @@ pub fn verify_against_offline(grid: &str, cells: &[gradsweep_shared::results::Ce
 }
 
 /// Waits until every run of `sweep` completed.
-pub async fn wait_sweep_completed(client: &ControlServiceClient<Channel>, sweep: &str, timeout: Duration) {
+pub async fn wait_sweep_completed(client: &ControlClient, sweep: &str, timeout: Duration) {
     wait_until(timeout, &format!("sweep {sweep} to complete"), || {
         let mut c = client.clone();
         let id = sweep.to_string();
@@ -327,7 +384,7 @@ pub async fn wait_sweep_completed(client: &ControlServiceClient<Channel>, sweep:
 }
 
 /// Waits until the worker named `name` holds at least one run.
-pub async fn wait_worker_holds_run(client: &ControlServiceClient<Channel>, name: &str, timeout: Duration) {
+pub async fn wait_worker_holds_run(client: &ControlClient, name: &str, timeout: Duration) {
     wait_until(timeout, &format!("worker {name} to hold a run"), || {
         let mut c = client.clone();
         async move {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use gradsweep_proto::transport::ClientSecurity;
+
 /// Settings of a worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -17,6 +19,8 @@ pub struct WorkerConfig {
     pub min_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// TLS and token used to reach the coordinator.
+    pub security: ClientSecurity,
 }
 
 impl WorkerConfig {
@@ -30,6 +34,7 @@ impl WorkerConfig {
             acquire_wait: Duration::from_secs(10),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(3),
+            security: ClientSecurity::default(),
         }
     }
 }

@@ -16,11 +16,13 @@
 //! * [`convert`] — run events → wire reports (chunked blobs), the only wire↔domain code here.
 //! * [`runner`] — one run: compute thread + acknowledged, re-sendable report stream.
 //! * [`worker`] — registration, heartbeats, acquisition, drain and shutdown.
+//! * [`metrics`] — Prometheus metrics (throughput, probe time, runs), served on `--metrics-listen`.
 
 pub mod config;
 pub mod convert;
+pub mod metrics;
 pub mod runner;
 pub mod worker;
 
 pub use config::WorkerConfig;
-pub use worker::{Shutdown, run_worker};
+pub use worker::{Shutdown, run_worker, run_worker_with_metrics};

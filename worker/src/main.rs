@@ -1,7 +1,10 @@
 //! `gradsweep-worker`: executes runs for a gradsweep coordinator.
 
+use std::path::PathBuf;
+
 use clap::{Parser, ValueEnum};
-use gradsweep_worker::{Shutdown, WorkerConfig, run_worker};
+use gradsweep_proto::transport::ClientSecurity;
+use gradsweep_worker::{Shutdown, WorkerConfig, run_worker_with_metrics};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Pulls runs from a gradsweep coordinator, executes them, streams results back.
@@ -17,6 +20,21 @@ struct Args {
     /// Name shown by `gradsweep workers` (default: host-pid).
     #[arg(long, env = "GRADSWEEP_WORKER_NAME")]
     name: Option<String>,
+    /// File holding the shared token (else $GRADSWEEP_TOKEN).
+    #[arg(long, env = "GRADSWEEP_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Connect with TLS, trusting this CA certificate (PEM).
+    #[arg(long, env = "GRADSWEEP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Name to verify in the coordinator's certificate (default: its host).
+    #[arg(long, env = "GRADSWEEP_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and /healthz on this address.
+    #[arg(long, env = "GRADSWEEP_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Write the bound metrics port to this file once listening.
+    #[arg(long, requires = "metrics_listen")]
+    metrics_port_file: Option<PathBuf>,
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GRADSWEEP_LOG_FORMAT")]
     log_format: LogFormat,
@@ -42,6 +60,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = args.name {
         cfg.name = n;
     }
+    cfg.security = ClientSecurity::load(args.token_file.as_deref(), args.tls_ca.as_deref(), args.tls_domain)?;
+    let metrics = match &args.metrics_listen {
+        Some(a) => Some(gradsweep_proto::metrics::bind(a, args.metrics_port_file.as_deref()).await?),
+        None => None,
+    };
     let (tx, rx) = tokio::sync::watch::channel(Shutdown::None);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -52,6 +75,6 @@ async fn main() -> anyhow::Result<()> {
         }
         let _ = tx.send(Shutdown::Terminate);
     });
-    run_worker(cfg, rx).await?;
+    run_worker_with_metrics(cfg, metrics, rx).await?;
     Ok(())
 }

@@ -14,17 +14,18 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use gradsweep_proto::transport::AuthChannel;
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
-use gradsweep_shared::run::{RunError, execute};
+use gradsweep_shared::run::{RunError, RunEvent, execute};
 use gradsweep_shared::spec::RunSpec;
 use tokio::sync::mpsc;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::config::{Backoff, WorkerConfig};
 use crate::convert::event_bodies;
+use crate::metrics::WorkerMetrics;
 
 /// How a run ended on this worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +43,7 @@ pub struct RunContext {
     /// Settings.
     pub cfg: WorkerConfig,
     /// Client (a lazily reconnecting channel).
-    pub client: WorkerServiceClient<Channel>,
+    pub client: WorkerServiceClient<AuthChannel>,
     /// This worker's id.
     pub worker_id: String,
     /// The assignment.
@@ -51,6 +52,8 @@ pub struct RunContext {
     pub stop: Arc<AtomicBool>,
     /// Raised when the lease is known lost.
     pub lost: Arc<AtomicBool>,
+    /// Where throughput and probe times are recorded.
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 enum SendError {
@@ -79,7 +82,9 @@ impl RunContext {
             match client.report(tokio_stream::iter(batch)).await {
                 Ok(resp) => {
                     let applied = resp.into_inner().applied_seq;
+                    let before = pending.len();
                     pending.retain(|m| m.seq > applied);
+                    self.metrics.reports_acked.add((before - pending.len()) as u64);
                     backoff.reset();
                 }
                 Err(status) => {
@@ -162,8 +167,28 @@ impl RunContext {
         tracing::info!(run_id = %run_id, epoch = self.run.epoch, lr = spec.train.lr, batch_size = spec.train.batch_size, seed = spec.seed, "run started");
         let (tx, mut rx) = mpsc::channel::<Body>(8);
         let stop = self.stop.clone();
+        let metrics = self.metrics.clone();
+        let batch = spec.train.batch_size as u64;
         let compute = tokio::task::spawn_blocking(move || {
+            let (mut last_step, mut last_at) = (0u64, std::time::Instant::now());
             execute(&spec, &stop, &mut |event| {
+                match &event {
+                    RunEvent::Progress { step, .. } => {
+                        let (steps, secs) = (step - last_step, last_at.elapsed().as_secs_f64());
+                        metrics.steps.add(steps);
+                        metrics.samples.add(steps * batch);
+                        if secs > 0.0 {
+                            metrics.epoch_samples_per_second.set((steps * batch) as f64 / secs);
+                        }
+                        (last_step, last_at) = (*step, std::time::Instant::now());
+                    }
+                    // The probe runs right after its epoch's progress event.
+                    RunEvent::Probe(_) => {
+                        metrics.probe_seconds.observe(last_at.elapsed().as_secs_f64());
+                        last_at = std::time::Instant::now();
+                    }
+                    RunEvent::Trajectory(_) => {}
+                }
                 for body in event_bodies(event) {
                     if tx.blocking_send(body).is_err() {
                         return ControlFlow::Break(());

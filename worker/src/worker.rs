@@ -5,23 +5,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gradsweep_proto::transport::AuthChannel;
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use gradsweep_proto::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{Backoff, WorkerConfig};
+use crate::metrics::WorkerMetrics;
 use crate::runner::{RunContext, RunEnd};
 
 /// Errors that end a worker.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// The coordinator address is invalid.
-    #[error("invalid coordinator address `{0}`: {1}")]
-    Address(String, String),
+    /// The address, TLS or token settings are unusable.
+    #[error(transparent)]
+    Transport(#[from] gradsweep_proto::transport::TransportError),
     /// The coordinator refused this worker for good (e.g. protocol version).
     #[error("coordinator refused registration: {0}")]
     Refused(String),
@@ -44,7 +45,7 @@ struct ActiveRun {
 
 struct Shared {
     cfg: WorkerConfig,
-    client: WorkerServiceClient<Channel>,
+    client: WorkerServiceClient<AuthChannel>,
     worker_id: Mutex<String>,
     runs: Mutex<HashMap<String, ActiveRun>>,
     draining: AtomicBool,
@@ -87,7 +88,7 @@ impl Shared {
                     tracing::info!(worker_id = %r.worker_id, slots = self.cfg.slots, coordinator = %self.cfg.coordinator, "registered");
                     return Ok(Some(r.worker_id));
                 }
-                Err(s) if s.code() == Code::FailedPrecondition => {
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::Unauthenticated) => {
                     return Err(WorkerError::Refused(s.message().to_string()));
                 }
                 Err(s) => {
@@ -104,24 +105,55 @@ impl Shared {
 }
 
 /// Connects lazily: the channel reconnects by itself when the coordinator
-/// comes back.
-fn client(cfg: &WorkerConfig) -> Result<WorkerServiceClient<Channel>, WorkerError> {
-    let url =
-        if cfg.coordinator.contains("://") { cfg.coordinator.clone() } else { format!("http://{}", cfg.coordinator) };
-    let ep = Endpoint::from_shared(url.clone())
-        .map_err(|e| WorkerError::Address(url.clone(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_keepalive(Some(Duration::from_secs(10)))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10));
-    Ok(WorkerServiceClient::new(ep.connect_lazy())
+/// comes back. TLS and the token come from the config's security settings.
+fn client(cfg: &WorkerConfig) -> Result<WorkerServiceClient<AuthChannel>, WorkerError> {
+    let ep = cfg.security.endpoint(&cfg.coordinator)?.connect_timeout(Duration::from_secs(3));
+    Ok(WorkerServiceClient::new(cfg.security.authorize(ep.connect_lazy()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Runs a worker until it is drained by the coordinator or `shutdown`
 /// becomes [`Shutdown::Terminate`].
-pub async fn run_worker(cfg: WorkerConfig, mut shutdown: watch::Receiver<Shutdown>) -> Result<(), WorkerError> {
+pub async fn run_worker(cfg: WorkerConfig, shutdown: watch::Receiver<Shutdown>) -> Result<(), WorkerError> {
+    run_worker_with_metrics(cfg, None, shutdown).await
+}
+
+/// [`run_worker`], plus Prometheus metrics served on `metrics` when given.
+pub async fn run_worker_with_metrics(
+    cfg: WorkerConfig,
+    metrics: Option<tokio::net::TcpListener>,
+    mut shutdown: watch::Receiver<Shutdown>,
+) -> Result<(), WorkerError> {
+    let registry = Arc::new(WorkerMetrics::default());
+    let (metrics_stop, metrics_stopped) = watch::channel(false);
+    let metrics_task = metrics.map(|l| {
+        let (m, slots) = (registry.clone(), cfg.slots);
+        let mut stopped = metrics_stopped.clone();
+        tokio::spawn(gradsweep_proto::metrics::serve_metrics(
+            l,
+            move || {
+                let m = m.clone();
+                async move { m.render(slots) }
+            },
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let result = work(cfg, registry, &mut shutdown).await;
+    let _ = metrics_stop.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    result
+}
+
+async fn work(
+    cfg: WorkerConfig,
+    metrics: Arc<WorkerMetrics>,
+    shutdown: &mut watch::Receiver<Shutdown>,
+) -> Result<(), WorkerError> {
     let shared = Arc::new(Shared {
         client: client(&cfg)?,
         cfg,
@@ -131,7 +163,7 @@ pub async fn run_worker(cfg: WorkerConfig, mut shutdown: watch::Receiver<Shutdow
         drain_requested: Notify::new(),
         heartbeat_ms: AtomicU64::new(1000),
     });
-    let Some(_) = shared.register(&mut shutdown).await? else { return Ok(()) };
+    let Some(_) = shared.register(shutdown).await? else { return Ok(()) };
     let (hb_stop_tx, hb_stop_rx) = watch::channel(false);
     let hb = tokio::spawn(heartbeat_loop(shared.clone(), hb_stop_rx));
 
@@ -182,12 +214,22 @@ pub async fn run_worker(cfg: WorkerConfig, mut shutdown: watch::Receiver<Shutdow
                     run,
                     stop,
                     lost,
+                    metrics: metrics.clone(),
                 };
                 let shared2 = shared.clone();
+                let m = metrics.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
                     let (id, epoch) = (ctx.run.run_id.clone(), ctx.run.epoch);
+                    m.runs_started.inc();
+                    m.active_runs.add(1.0);
                     let end = ctx.execute().await;
+                    m.active_runs.add(-1.0);
+                    match end {
+                        RunEnd::Finished => m.runs_finished.inc(),
+                        RunEnd::Lost => m.runs_lost.inc(),
+                        RunEnd::Stopped => {}
+                    }
                     if end != RunEnd::Stopped
                         && let Ok(mut m) = shared2.runs.lock()
                     {
@@ -198,7 +240,7 @@ pub async fn run_worker(cfg: WorkerConfig, mut shutdown: watch::Receiver<Shutdow
             }
             Err(s) if s.code() == Code::NotFound => {
                 tracing::warn!("coordinator does not know this worker; registering again");
-                if shared.register(&mut shutdown).await?.is_none() {
+                if shared.register(shutdown).await?.is_none() {
                     break true;
                 }
             }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gradsweep_coordinator::client::{connect_control, fetch_results};
+use gradsweep_coordinator::client::{Remote, fetch_results};
 use gradsweep_coordinator::report;
 use gradsweep_proto::v1 as pb;
 use gradsweep_shared::grid::{GridLimits, parse_grid};
@@ -22,13 +22,13 @@ pub fn read_grid(file: &Path) -> anyhow::Result<(String, String, gradsweep_share
 }
 
 /// `gradsweep submit`.
-pub async fn submit(addr: &str, file: &Path, new: bool, check: bool) -> anyhow::Result<()> {
+pub async fn submit(remote: &Remote, file: &Path, new: bool, check: bool) -> anyhow::Result<()> {
     let (text, name, plan) = read_grid(file)?;
     if check {
         println!("{name}: valid: {} cells × {} seeds = {} runs", plan.cells.len(), plan.seeds.len(), plan.run_count());
         return Ok(());
     }
-    let mut client = connect_control(addr).await?;
+    let mut client = remote.connect().await?;
     let r = client
         .submit(pb::SubmitRequest { grid_toml: text, file_name: name, force_new: new })
         .await
@@ -64,8 +64,8 @@ fn status_line(s: &pb::SweepStatus) -> String {
 }
 
 /// `gradsweep status`.
-pub async fn status(addr: &str, sweep: Option<&str>) -> anyhow::Result<()> {
-    let mut client = connect_control(addr).await?;
+pub async fn status(remote: &Remote, sweep: Option<&str>) -> anyhow::Result<()> {
+    let mut client = remote.connect().await?;
     let rows = match sweep {
         Some(id) => {
             vec![client.status(pb::StatusRequest { sweep_id: id.into() }).await.map_err(status_err)?.into_inner()]
@@ -87,15 +87,15 @@ fn finished(s: &pb::SweepStatus) -> bool {
 
 /// Polls the sweep's status, drawing a progress bar on stderr, until no run
 /// is queued or running. Returns the final status.
-pub async fn watch(addr: &str, sweep: &str) -> anyhow::Result<pb::SweepStatus> {
-    let mut client = connect_control(addr).await?;
+pub async fn watch(remote: &Remote, sweep: &str) -> anyhow::Result<pb::SweepStatus> {
+    let mut client = remote.connect().await?;
     watch_with(&mut client, sweep, || Ok(())).await
 }
 
 /// [`watch`] on an open client, calling `check` each poll (to notice that
 /// local workers died).
 pub async fn watch_with(
-    client: &mut gradsweep_proto::v1::control_service_client::ControlServiceClient<tonic::transport::Channel>,
+    client: &mut gradsweep_coordinator::client::ControlClient,
     sweep: &str,
     mut check: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<pb::SweepStatus> {
@@ -172,8 +172,8 @@ pub fn print_results(
 }
 
 /// `gradsweep results`.
-pub async fn results(addr: &str, sweep: &str, format: OutputFormat, out: Option<&Path>) -> anyhow::Result<()> {
-    let mut client = connect_control(addr).await?;
+pub async fn results(remote: &Remote, sweep: &str, format: OutputFormat, out: Option<&Path>) -> anyhow::Result<()> {
+    let mut client = remote.connect().await?;
     let (cells, summary) = fetch_results(&mut client, sweep).await?;
     print_results(format, &cells, &summary);
     if let Some(dir) = out {
@@ -184,16 +184,16 @@ pub async fn results(addr: &str, sweep: &str, format: OutputFormat, out: Option<
 }
 
 /// `gradsweep cancel`.
-pub async fn cancel(addr: &str, sweep: &str) -> anyhow::Result<()> {
-    let mut client = connect_control(addr).await?;
+pub async fn cancel(remote: &Remote, sweep: &str) -> anyhow::Result<()> {
+    let mut client = remote.connect().await?;
     let r = client.cancel(pb::CancelRequest { sweep_id: sweep.into() }).await.map_err(status_err)?.into_inner();
     println!("{sweep}: {} runs cancelled", r.runs_cancelled);
     Ok(())
 }
 
 /// `gradsweep workers`.
-pub async fn workers(addr: &str) -> anyhow::Result<()> {
-    let mut client = connect_control(addr).await?;
+pub async fn workers(remote: &Remote) -> anyhow::Result<()> {
+    let mut client = remote.connect().await?;
     let ws = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_err)?.into_inner().workers;
     if ws.is_empty() {
         println!("no workers");
@@ -218,8 +218,8 @@ pub async fn workers(addr: &str) -> anyhow::Result<()> {
 }
 
 /// `gradsweep drain`.
-pub async fn drain(addr: &str, worker: &str) -> anyhow::Result<()> {
-    let mut client = connect_control(addr).await?;
+pub async fn drain(remote: &Remote, worker: &str) -> anyhow::Result<()> {
+    let mut client = remote.connect().await?;
     client.drain(pb::DrainRequest { worker_id: worker.into() }).await.map_err(status_err)?;
     println!("{worker}: draining (finishes its runs, takes no new ones, then exits)");
     Ok(())

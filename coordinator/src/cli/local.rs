@@ -161,11 +161,7 @@ async fn drive(
 
 /// Drains our workers through the coordinator, waits for them to exit, and
 /// kills any that do not within 10 s.
-async fn stop_workers(
-    client: &mut gradsweep_proto::v1::control_service_client::ControlServiceClient<tonic::transport::Channel>,
-    tag: &str,
-    children: &mut [Child],
-) {
+async fn stop_workers(client: &mut gradsweep_coordinator::client::ControlClient, tag: &str, children: &mut [Child]) {
     if let Ok(ws) = client.list_workers(pb::ListWorkersRequest {}).await {
         for w in ws.into_inner().workers.into_iter().filter(|w| w.name.starts_with(tag) && w.state != "left") {
             let _ = client.drain(pb::DrainRequest { worker_id: w.worker_id }).await;

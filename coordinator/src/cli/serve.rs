@@ -1,11 +1,12 @@
 //! `gradsweep serve`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use gradsweep_coordinator::{CoordinatorConfig, serve};
+use gradsweep_coordinator::{CoordinatorConfig, TlsIdentity, serve_with_metrics};
+use gradsweep_proto::transport::Token;
 
 /// Options of the coordinator daemon.
 #[derive(Args, Debug)]
@@ -31,22 +32,47 @@ pub struct ServeArgs {
     /// Write the bound port to this file once listening.
     #[arg(long)]
     pub port_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "GRADSWEEP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "GRADSWEEP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow a non-loopback --listen without a token (a private network only).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Serve Prometheus metrics (GET /metrics) and /healthz on this address.
+    #[arg(long, env = "GRADSWEEP_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Write the bound metrics port to this file once listening.
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_port_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
-    /// The library configuration.
-    pub fn config(&self) -> CoordinatorConfig {
+    /// The library configuration, with the token (from `token_file` or
+    /// `$GRADSWEEP_TOKEN`) and TLS files read.
+    pub fn config(&self, token_file: Option<&Path>) -> anyhow::Result<CoordinatorConfig> {
         let mut c = CoordinatorConfig::new(&self.db);
         c.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
         c.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
         c.max_attempts = self.max_attempts;
         c.grid_limits.max_runs = self.max_runs;
-        c
+        c.security.token = Token::load(token_file)?;
+        c.security.allow_unauthenticated = self.insecure_no_auth;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let read = |p: &Path, what: &str| {
+                std::fs::read(p).with_context(|| format!("cannot read TLS {what} `{}`", p.display()))
+            };
+            c.security.tls = Some(TlsIdentity { cert_pem: read(cert, "certificate")?, key_pem: read(key, "key")? });
+        }
+        Ok(c)
     }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServeArgs, token_file: Option<&Path>) -> anyhow::Result<()> {
+    let config = args.config(token_file)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -54,7 +80,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(f) = &args.port_file {
         std::fs::write(f, port.to_string()).with_context(|| format!("cannot write port file {}", f.display()))?;
     }
-    serve(args.config(), listener, shutdown_signal()).await?;
+    let metrics = match &args.metrics_listen {
+        Some(a) => Some(gradsweep_proto::metrics::bind(a, args.metrics_port_file.as_deref()).await?),
+        None => None,
+    };
+    serve_with_metrics(config, listener, metrics, shutdown_signal()).await?;
     Ok(())
 }
 

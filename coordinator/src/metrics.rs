@@ -1,0 +1,103 @@
+//! The coordinator's Prometheus metrics. Counters are bumped by the handlers
+//! and the reaper; run and worker counts per state are read from the store at
+//! each scrape, so they are never out of step with the database.
+
+use std::time::Instant;
+
+use gradsweep_proto::metrics::{Counter, Exposition, Histogram, Kind, LATENCY_BUCKETS};
+
+use crate::store::StateCounts;
+use crate::store::run_state::{CANCELLED, COMPLETED, DIVERGED, FAILED, LEASED, QUEUED};
+
+/// Counters and histograms updated as the coordinator works.
+#[derive(Debug)]
+pub struct CoordinatorMetrics {
+    /// Leases that lapsed and were requeued or failed by the reaper.
+    pub lease_expiries: Counter,
+    /// Encoded bytes of report messages received.
+    pub report_bytes: Counter,
+    /// Report messages applied (duplicates included, rejections not).
+    pub reports: Counter,
+    /// Run sketches combined by cell merges.
+    pub sketch_merges: Counter,
+    /// Runs finished (any outcome).
+    pub runs_finished: Counter,
+    /// Time to finish a run, including its cell's merge.
+    pub merge_seconds: Histogram,
+    started: Instant,
+}
+
+impl Default for CoordinatorMetrics {
+    fn default() -> Self {
+        CoordinatorMetrics {
+            lease_expiries: Counter::default(),
+            report_bytes: Counter::default(),
+            reports: Counter::default(),
+            sketch_merges: Counter::default(),
+            runs_finished: Counter::default(),
+            merge_seconds: Histogram::new(LATENCY_BUCKETS),
+            started: Instant::now(),
+        }
+    }
+}
+
+const RUN_STATES: [&str; 6] = [QUEUED, LEASED, COMPLETED, DIVERGED, FAILED, CANCELLED];
+const WORKER_STATES: [&str; 4] = ["active", "draining", "lost", "left"];
+
+/// Every known state with its count (0 when absent), then any unknown ones.
+fn by_state(known: &[&str], counts: &[(String, u64)]) -> Vec<(String, f64)> {
+    let mut rows: Vec<(String, f64)> = known
+        .iter()
+        .map(|k| (k.to_string(), counts.iter().find(|(s, _)| s == k).map_or(0.0, |(_, n)| *n as f64)))
+        .collect();
+    rows.extend(counts.iter().filter(|(s, _)| !known.contains(&s.as_str())).map(|(s, n)| (s.clone(), *n as f64)));
+    rows
+}
+
+impl CoordinatorMetrics {
+    /// The text exposition, with the store's counts.
+    pub fn render(&self, counts: &StateCounts) -> String {
+        let queued = counts.runs.iter().filter(|(s, _)| s == QUEUED || s == LEASED).map(|(_, n)| *n).sum::<u64>();
+        let mut e = Exposition::default();
+        e.family("gradsweep_runs", "Runs by state.", Kind::Gauge, "state", &by_state(&RUN_STATES, &counts.runs))
+            .single(
+                "gradsweep_pending_runs",
+                "Runs queued or leased: the work an autoscaler should size workers for.",
+                Kind::Gauge,
+                queued as f64,
+            )
+            .family(
+                "gradsweep_workers",
+                "Registered workers by state.",
+                Kind::Gauge,
+                "state",
+                &by_state(&WORKER_STATES, &counts.workers),
+            )
+            .histogram(
+                "gradsweep_merge_seconds",
+                "Time to finish a run, including its cell merge.",
+                &self.merge_seconds,
+            )
+            .single(
+                "gradsweep_uptime_seconds",
+                "Seconds since this coordinator process opened its state.",
+                Kind::Gauge,
+                self.started.elapsed().as_secs_f64(),
+            );
+        let counters = [
+            (
+                "gradsweep_lease_expiries_total",
+                "Leases that lapsed and whose runs were requeued.",
+                &self.lease_expiries,
+            ),
+            ("gradsweep_report_bytes_total", "Encoded bytes of report messages received.", &self.report_bytes),
+            ("gradsweep_reports_total", "Report messages accepted (re-sent duplicates included).", &self.reports),
+            ("gradsweep_sketch_merges_total", "Run sketches combined by cell merges.", &self.sketch_merges),
+            ("gradsweep_runs_finished_total", "Finish calls accepted (retries included).", &self.runs_finished),
+        ];
+        for (name, help, c) in counters {
+            e.single(name, help, Kind::Counter, c.get() as f64);
+        }
+        e.finish()
+    }
+}
