@@ -252,3 +252,22 @@ async fn local_interrupted_and_rerun_resumes() {
     let cells: Vec<gradsweep_shared::results::CellResult> = serde_json::from_value(json["cells"].clone()).unwrap();
     assert_eq!(verify_against_offline(&grid, &cells), 8);
 }
+
+/// `--idle-exit-secs`: a worker with nothing to do leaves by itself (batch
+/// allocations are freed when the grid is done) and is shown as left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_worker_leaves_after_its_idle_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordinatorProc::start(&dir.path().join("state.db"), 0, &[], dir.path());
+    let started = std::time::Instant::now();
+    let mut w = WorkerProc::start_with(&coord.url(), "idler", 1, &["--idle-exit-secs", "1"], dir.path());
+    let status = tokio::task::spawn_blocking(move || w.child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "an idle exit is a clean exit");
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited for its idle limit");
+    let log = std::fs::read_to_string(dir.path().join("idler.log")).unwrap();
+    assert!(log.contains("idle for the configured time; leaving"), "{log}");
+    let mut client = connect_control(&format!("127.0.0.1:{}", coord.port)).await.unwrap();
+    let ws = client.list_workers(gradsweep_proto::v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    assert_eq!(ws.len(), 1);
+    assert_eq!(ws[0].state, "left");
+}

@@ -21,6 +21,9 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
     /// TLS and token used to reach the coordinator.
     pub security: ClientSecurity,
+    /// Leave after holding no run for this long (work finished, or the
+    /// coordinator unreachable); `None` waits for work forever.
+    pub idle_exit: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -35,6 +38,7 @@ impl WorkerConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(3),
             security: ClientSecurity::default(),
+            idle_exit: None,
         }
     }
 }

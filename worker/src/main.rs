@@ -35,6 +35,10 @@ struct Args {
     /// Write the bound metrics port to this file once listening.
     #[arg(long, requires = "metrics_listen")]
     metrics_port_file: Option<PathBuf>,
+    /// Exit after holding no run for this many seconds (frees a batch
+    /// allocation once the grid is done); 0 waits for work forever.
+    #[arg(long, env = "GRADSWEEP_IDLE_EXIT_SECS", default_value_t = 0)]
+    idle_exit_secs: u64,
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GRADSWEEP_LOG_FORMAT")]
     log_format: LogFormat,
@@ -60,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = args.name {
         cfg.name = n;
     }
+    cfg.idle_exit = (args.idle_exit_secs > 0).then(|| std::time::Duration::from_secs(args.idle_exit_secs));
     cfg.security = ClientSecurity::load(args.token_file.as_deref(), args.tls_ca.as_deref(), args.tls_domain)?;
     let metrics = match &args.metrics_listen {
         Some(a) => Some(gradsweep_proto::metrics::bind(a, args.metrics_port_file.as_deref()).await?),

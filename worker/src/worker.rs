@@ -170,7 +170,16 @@ async fn work(
     let slots = Arc::new(Semaphore::new(shared.cfg.slots as usize));
     let mut tasks: JoinSet<(String, u64, RunEnd)> = JoinSet::new();
     let mut backoff = Backoff::new(&shared.cfg);
+    // Since when this worker has held no run (for --idle-exit-secs).
+    let mut idle_since = Some(tokio::time::Instant::now());
     let terminated = loop {
+        if let (Some(limit), Some(since)) = (shared.cfg.idle_exit, idle_since)
+            && tasks.is_empty()
+            && since.elapsed() >= limit
+        {
+            tracing::info!(idle_secs = since.elapsed().as_secs(), "idle for the configured time; leaving");
+            break false;
+        }
         if *shutdown.borrow() == Shutdown::Terminate {
             break true;
         }
@@ -180,6 +189,9 @@ async fn work(
         // Reap finished runs.
         while let Some(done) = tasks.try_join_next() {
             log_end(done);
+        }
+        if tasks.is_empty() {
+            idle_since.get_or_insert_with(tokio::time::Instant::now);
         }
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break false },
@@ -198,7 +210,13 @@ async fn work(
         match answer {
             Ok(r) => {
                 backoff.reset();
-                let Some(run) = r.into_inner().run else { continue };
+                let Some(run) = r.into_inner().run else {
+                    if tasks.is_empty() {
+                        idle_since.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    continue;
+                };
+                idle_since = None;
                 let stop = Arc::new(AtomicBool::new(false));
                 let lost = Arc::new(AtomicBool::new(false));
                 if let Ok(mut m) = shared.runs.lock() {
