@@ -35,6 +35,7 @@ pub fn report_from_wire(r: pb::ReportRequest) -> Result<Report> {
         }
         Some(Body::Probe(c)) => chunk(BlobKind::Probe, c),
         Some(Body::Trajectory(c)) => chunk(BlobKind::Trajectory, c),
+        Some(Body::Checkpoint(c)) => chunk(BlobKind::Checkpoint, c),
         None => return Err(bad(format!("run `{}`: report {} has no body", r.run_id, r.seq))),
     };
     Ok(Report { worker_id: r.worker_id, run_id: r.run_id, epoch: r.epoch, seq: r.seq, body })
@@ -68,7 +69,25 @@ pub fn leases_to_wire(runs: Vec<(String, u64)>) -> Vec<pb::RunLease> {
 
 /// A granted run to the wire.
 pub fn lease_to_wire(l: Lease) -> pb::RunAssignment {
-    pb::RunAssignment { run_id: l.run_id, epoch: l.epoch, sweep_id: l.sweep_id, spec_json: l.spec_json }
+    pb::RunAssignment {
+        run_id: l.run_id,
+        epoch: l.epoch,
+        sweep_id: l.sweep_id,
+        spec_json: l.spec_json,
+        resume_seq: l.resume_seq,
+    }
+}
+
+/// A stored checkpoint as wire chunks, each under the message size limit.
+pub fn checkpoint_chunks(data: &[u8]) -> Vec<pb::CheckpointChunk> {
+    let parts: Vec<&[u8]> =
+        if data.is_empty() { vec![&[][..]] } else { data.chunks(gradsweep_proto::MAX_CHUNK_BYTES).collect() };
+    let count = parts.len() as u32;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| pb::CheckpointChunk { chunk_index: i as u32, chunk_count: count, data: d.to_vec() })
+        .collect()
 }
 
 /// A sweep's status to the wire.

@@ -112,6 +112,18 @@ impl WorkerService for WorkerApi {
         Ok(Response::new(pb::FinishResponse {}))
     }
 
+    type FetchCheckpointStream = CheckpointStream;
+
+    async fn fetch_checkpoint(
+        &self,
+        req: Request<pb::FetchCheckpointRequest>,
+    ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
+        let r = req.into_inner();
+        let data = self.state.with_store(move |s| s.checkpoint_for_lease(&r.worker_id, &r.run_id, r.epoch)).await?;
+        let chunks = convert::checkpoint_chunks(&data);
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = req.into_inner();
         let runs = convert::leases_from_wire(&r.runs);
@@ -120,6 +132,8 @@ impl WorkerService for WorkerApi {
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 }
+
+type CheckpointStream = Pin<Box<dyn Stream<Item = Result<pb::CheckpointChunk, Status>> + Send>>;
 
 type ResultsStream = Pin<Box<dyn Stream<Item = Result<pb::ResultsChunk, Status>> + Send>>;
 

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use gradsweep_shared::checkpoint::Checkpoint;
 use gradsweep_shared::grid::{GridLimits, SweepPlan, parse_grid};
 use gradsweep_shared::results::{CellResult, RunData, cell_result};
 use gradsweep_shared::run::ProbeRecord;
@@ -25,7 +26,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::error::{CoordinatorError, Result};
 
 /// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// SQLite `application_id` marking a gradsweep database ("GSWP").
 const APPLICATION_ID: i64 = 0x4753_5750;
 
@@ -71,6 +72,8 @@ pub struct Lease {
     pub sweep_id: String,
     /// The run spec as JSON.
     pub spec_json: String,
+    /// 0, or the sequence number of the checkpoint to resume from.
+    pub resume_seq: u64,
 }
 
 /// Which result a blob chunk belongs to.
@@ -80,6 +83,8 @@ pub enum BlobKind {
     Probe,
     /// The run's [`TrajectorySums`] (JSON).
     Trajectory,
+    /// The run's [`Checkpoint`] at a segment boundary.
+    Checkpoint,
 }
 
 /// One piece of a serialised result.
@@ -272,6 +277,10 @@ CREATE INDEX runs_queue ON runs(state, queue_order);
 CREATE INDEX runs_sweep ON runs(sweep_id, cell);
 CREATE TABLE probes (run_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, idx));
 CREATE TABLE trajectories (run_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE checkpoints (
+    run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, step INTEGER NOT NULL, probes_done INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
 CREATE TABLE chunks (
     run_id TEXT NOT NULL, kind INTEGER NOT NULL, idx INTEGER NOT NULL, chunk INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (run_id, kind, idx, chunk)
@@ -317,7 +326,24 @@ impl Store {
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))?
             .parse()
             .map_err(|_| CoordinatorError::Internal("unreadable schema_version".into()))?;
-        if version != SCHEMA_VERSION {
+        if version > SCHEMA_VERSION {
+            return Err(CoordinatorError::Database {
+                path: String::new(),
+                message: format!(
+                    "schema version {version} was written by a newer gradsweep; this build reads up to version \
+                     {SCHEMA_VERSION}. Use the newer build, or another database file"
+                ),
+            });
+        }
+        if version == 1 {
+            // Version 2 added checkpoints; nothing else changed.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE; CREATE TABLE checkpoints (run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, \
+                 step INTEGER NOT NULL, probes_done INTEGER NOT NULL, data BLOB NOT NULL); \
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;",
+            )?;
+            tracing::info!("database upgraded from schema version 1 to 2");
+        } else if version != SCHEMA_VERSION {
             return Err(CoordinatorError::Database {
                 path: String::new(),
                 message: format!("schema version {version}, this build reads version {SCHEMA_VERSION}"),
@@ -583,19 +609,21 @@ impl Store {
             .optional()?;
         let Some((run_id, sweep_id, epoch, spec_json)) = next else { return Ok(None) };
         let epoch = epoch + 1;
+        // Rewinds to the last checkpoint (a no-op for a run requeued that way).
+        requeue(&tx, &run_id)?;
+        let resume_seq = checkpoint_position(&tx, &run_id)?.map_or(0, |c| c.0);
         tx.execute(
-            "UPDATE runs SET state = ?1, epoch = ?2, worker_id = ?3, lease_expires_ms = ?4, applied_seq = 0, \
-             attempts = attempts + 1, step = 0, updated_ms = ?5 WHERE id = ?6",
+            "UPDATE runs SET state = ?1, epoch = ?2, worker_id = ?3, lease_expires_ms = ?4, \
+             attempts = attempts + 1, updated_ms = ?5 WHERE id = ?6",
             params![LEASED, epoch, worker_id, now + ttl, now, run_id],
         )?;
-        clear_partials(&tx, &run_id)?;
         tx.execute(
             "UPDATE workers SET last_heartbeat_ms = ?1, state = 'active' WHERE id = ?2 AND state = 'lost'",
             params![now, worker_id],
         )?;
         tx.commit()?;
-        tracing::info!(run_id = %run_id, epoch, worker_id, "run leased");
-        Ok(Some(Lease { run_id, epoch: epoch as u64, sweep_id, spec_json }))
+        tracing::info!(run_id = %run_id, epoch, worker_id, resume_seq, "run leased");
+        Ok(Some(Lease { run_id, epoch: epoch as u64, sweep_id, spec_json, resume_seq }))
     }
 
     /// Marks a worker as draining: it gets no new runs.
@@ -616,13 +644,13 @@ impl Store {
     pub fn release(&mut self, worker_id: &str, runs: &[(String, u64)], leaving: bool, reason: &str) -> Result<()> {
         let tx = self.tx()?;
         for (run_id, epoch) in runs {
-            let n = tx.execute(
-                "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, applied_seq = 0, step = 0, updated_ms = ?2 \
-                 WHERE id = ?3 AND epoch = ?4 AND worker_id = ?5 AND state = ?6",
-                params![QUEUED, now_ms(), run_id, *epoch as i64, worker_id, LEASED],
+            let holds: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
+                params![run_id, *epoch as i64, worker_id, LEASED],
+                |r| r.get(0),
             )?;
-            if n > 0 {
-                clear_partials(&tx, run_id)?;
+            if holds {
+                requeue(&tx, run_id)?;
                 tracing::info!(run_id = %run_id, epoch, worker_id, reason, "lease released");
             }
         }
@@ -634,11 +662,7 @@ impl Store {
                 .query_map(params![worker_id, LEASED], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for run_id in held {
-                tx.execute(
-                    "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, applied_seq = 0, step = 0, updated_ms = ?2 WHERE id = ?3",
-                    params![QUEUED, now_ms(), run_id],
-                )?;
-                clear_partials(&tx, &run_id)?;
+                requeue(&tx, &run_id)?;
                 tracing::info!(run_id = %run_id, worker_id, reason, "lease released");
             }
             tx.execute("UPDATE workers SET state = 'left' WHERE id = ?1", [worker_id])?;
@@ -731,7 +755,7 @@ impl Store {
                     params![*step as i64, *total_steps as i64, train_loss, r.run_id],
                 )?;
             }
-            ReportBody::Chunk(c) => apply_chunk(&tx, &r.run_id, d as usize, c)?,
+            ReportBody::Chunk(c) => apply_chunk(&tx, &r.run_id, r.seq, d as usize, c)?,
         }
         tx.execute(
             "UPDATE runs SET applied_seq = ?1, lease_expires_ms = ?2, updated_ms = ?3 WHERE id = ?4",
@@ -843,11 +867,7 @@ impl Store {
                 )?;
                 tracing::warn!(run_id = %run_id, attempts, "run failed: too many lapsed leases");
             } else {
-                tx.execute(
-                    "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, applied_seq = 0, step = 0, updated_ms = ?2 WHERE id = ?3",
-                    params![QUEUED, now, run_id],
-                )?;
-                clear_partials(&tx, &run_id)?;
+                requeue(&tx, &run_id)?;
                 tracing::warn!(run_id = %run_id, worker_id = ?worker, "lease lapsed; run requeued");
                 requeued.push(run_id);
             }
@@ -866,6 +886,21 @@ impl Store {
         Ok(requeued)
     }
 
+    /// The checkpoint a granted run resumes from, for the lease holder only.
+    pub fn checkpoint_for_lease(&mut self, worker_id: &str, run_id: &str, epoch: u64) -> Result<Vec<u8>> {
+        let tx = self.tx()?;
+        Self::check_lease(&tx, worker_id, run_id, epoch)?;
+        let data: Option<Vec<u8>> =
+            tx.query_row("SELECT data FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
+        data.ok_or_else(|| CoordinatorError::NotFound { kind: "checkpoint of run", id: run_id.into() })
+    }
+
+    /// The last stored checkpoint of a run (kept after it finishes), for
+    /// tests and tools.
+    pub fn last_checkpoint(&self, run_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.conn.query_row("SELECT data FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?)
+    }
+
     /// A run's current lease state, for tests and tools: (state, epoch, applied_seq).
     pub fn run_state(&self, run_id: &str) -> Result<(String, u64, u64)> {
         self.conn
@@ -877,14 +912,33 @@ impl Store {
     }
 }
 
-fn clear_partials(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<()> {
+/// The run's last checkpoint: (report seq, step, probes done), if any.
+fn checkpoint_position(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<Option<(u64, u64, u32)>> {
+    Ok(tx
+        .query_row("SELECT seq, step, probes_done FROM checkpoints WHERE run_id = ?1", [run_id], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?))
+        })
+        .optional()?)
+}
+
+/// Puts a run back in the queue, rewound to its last checkpoint: the
+/// reports after it (partial blobs, later probes, the trajectory) are
+/// discarded, the ones up to it are kept. Without a checkpoint the run
+/// starts over.
+fn requeue(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<()> {
+    let (seq, step, probes) = checkpoint_position(tx, run_id)?.unwrap_or((0, 0, 0));
+    tx.execute(
+        "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, applied_seq = ?2, step = ?3, \
+         updated_ms = ?4 WHERE id = ?5",
+        params![QUEUED, seq as i64, step as i64, now_ms(), run_id],
+    )?;
     tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
-    tx.execute("DELETE FROM probes WHERE run_id = ?1", [run_id])?;
+    tx.execute("DELETE FROM probes WHERE run_id = ?1 AND idx >= ?2", params![run_id, probes])?;
     tx.execute("DELETE FROM trajectories WHERE run_id = ?1", [run_id])?;
     Ok(())
 }
 
-fn apply_chunk(tx: &rusqlite::Transaction<'_>, run_id: &str, d: usize, c: &Chunk) -> Result<()> {
+fn apply_chunk(tx: &rusqlite::Transaction<'_>, run_id: &str, seq: u64, d: usize, c: &Chunk) -> Result<()> {
     let bad = |m: String| CoordinatorError::InvalidArgument(format!("run `{run_id}`: {m}"));
     if c.chunk_count == 0 || c.chunk_index >= c.chunk_count {
         return Err(bad(format!("chunk {} of {} is impossible", c.chunk_index, c.chunk_count)));
@@ -895,6 +949,7 @@ fn apply_chunk(tx: &rusqlite::Transaction<'_>, run_id: &str, d: usize, c: &Chunk
     let kind = match c.kind {
         BlobKind::Probe => 0,
         BlobKind::Trajectory => 1,
+        BlobKind::Checkpoint => 2,
     };
     tx.execute(
         "INSERT OR REPLACE INTO chunks (run_id, kind, idx, chunk, data) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -931,6 +986,29 @@ fn apply_chunk(tx: &rusqlite::Transaction<'_>, run_id: &str, d: usize, c: &Chunk
             let sums: TrajectorySums = serde_json::from_slice(&blob).map_err(|e| bad(format!("trajectory: {e}")))?;
             validate_trajectory(&sums).map_err(|m| bad(format!("trajectory: {m}")))?;
             tx.execute("INSERT OR REPLACE INTO trajectories (run_id, data) VALUES (?1, ?2)", params![run_id, blob])?;
+        }
+        BlobKind::Checkpoint => {
+            let spec_json: String = tx.query_row("SELECT spec_json FROM runs WHERE id = ?1", [run_id], |r| r.get(0))?;
+            let spec: RunSpec =
+                serde_json::from_str(&spec_json).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+            let ck = Checkpoint::decode(&blob, &spec, d).map_err(|e| bad(format!("checkpoint: {e}")))?;
+            let h = &ck.header;
+            let prev: Option<i64> =
+                tx.query_row("SELECT step FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
+            if prev.is_some_and(|p| p as u64 >= h.step) {
+                return Err(bad(format!("checkpoint at step {} is not after the stored one", h.step)));
+            }
+            let probes: i64 = tx.query_row("SELECT count(*) FROM probes WHERE run_id = ?1", [run_id], |r| r.get(0))?;
+            if probes as u32 != h.probes_done {
+                return Err(bad(format!(
+                    "checkpoint at step {} counts {} probes, {probes} were reported",
+                    h.step, h.probes_done
+                )));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO checkpoints (run_id, seq, step, probes_done, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run_id, seq as i64, h.step as i64, h.probes_done, blob],
+            )?;
         }
     }
     tx.execute("DELETE FROM chunks WHERE run_id = ?1 AND kind = ?2 AND idx = ?3", params![run_id, kind, c.index])?;

@@ -29,7 +29,7 @@ pub mod transport;
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gradsweep_descriptor.bin"));
 
 /// Protocol version; a worker whose version differs is refused at registration.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// No gRPC message in either direction may exceed this size (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -202,6 +202,8 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("lr_step_epochs", Section::Train, Kind::Int(1)),
     ("lr_milestones", Section::Train, Kind::IntList),
     ("lr_gamma", Section::Train, Kind::Positive),
+    ("checkpoint_every_epochs", Section::Train, Kind::Int(0)),
+    ("checkpoint_every_steps", Section::Train, Kind::Int(0)),
     ("every_epochs", Section::Probe, Kind::Int(1)),
     ("sketch_rank", Section::Probe, Kind::Int(1)),
     ("projections", Section::Probe, Kind::Int(2)),

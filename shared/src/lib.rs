@@ -18,7 +18,8 @@
 //! * [`trajectory`] — projected trajectories: lagged covariances, area-enclosing rates, MSD.
 //! * [`spec`] — the configuration of one run and its final figures.
 //! * [`grid`] — the grid file: parse, validate (file:line:col errors), expand.
-//! * [`run`] — execute one run and emit its probes and trajectory.
+//! * [`run`] — execute one run (from the start or a checkpoint) and emit its probes, trajectory and checkpoints.
+//! * [`checkpoint`] — run state at a segment boundary: encoding, validation, bit-identical resume.
 //! * [`json_f64`] — NaN-safe JSON for statistics that may be undefined.
 //! * [`analyze`] — statistics of gradients and trajectories from any framework (NPY input).
 //! * [`controls`] — OU and double-well processes with known drift, validating the statistics.
@@ -26,6 +27,7 @@
 //! * [`results`] — per-run, per-cell and sweep-level statistics.
 
 pub mod analyze;
+pub mod checkpoint;
 pub mod controls;
 pub mod data;
 pub mod grid;

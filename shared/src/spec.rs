@@ -47,6 +47,13 @@ pub struct TrainConfig {
     pub lr_milestones: Vec<u32>,
     /// Factor of `step` and `multistep`.
     pub lr_gamma: f64,
+    /// A segment ends (and the run is checkpointed) every this many epochs
+    /// (0: not at epoch ends). Never changes a run's results.
+    #[serde(default = "one")]
+    pub checkpoint_every_epochs: u32,
+    /// ... and every this many SGD steps (0: not by steps).
+    #[serde(default)]
+    pub checkpoint_every_steps: u64,
 }
 
 impl TrainConfig {
@@ -81,6 +88,10 @@ impl TrainConfig {
     }
 }
 
+fn one() -> u32 {
+    1
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -103,6 +114,8 @@ impl Default for TrainConfig {
             lr_step_epochs: 10,
             lr_milestones: vec![],
             lr_gamma: 0.1,
+            checkpoint_every_epochs: 1,
+            checkpoint_every_steps: 0,
         }
     }
 }

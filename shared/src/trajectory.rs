@@ -134,8 +134,8 @@ impl TrajectorySums {
 }
 
 /// Feeds points one at a time into [`TrajectorySums`], keeping the last
-/// `max lag` points.
-#[derive(Debug, Clone)]
+/// `max lag` points. Serialisable, so a checkpoint can carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrajectoryRecorder {
     sums: TrajectorySums,
     history: std::collections::VecDeque<Vec<f64>>,
@@ -174,6 +174,22 @@ impl TrajectoryRecorder {
         if self.history.len() > max_lag {
             self.history.pop_front();
         }
+    }
+
+    /// Whether every sum and remembered point is finite and the window is
+    /// consistent with the lags (checked when a checkpoint is read).
+    pub fn is_finite(&self) -> bool {
+        let s = &self.sums;
+        let fin = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        let nl = s.lags.len();
+        s.count.len() == nl
+            && s.msd.len() == nl
+            && s.cross.iter().all(|c| c.len() == s.k * s.k && fin(c))
+            && s.sum_lead.iter().chain(&s.sum_lag).all(|c| c.len() == s.k && fin(c))
+            && s.cross.len() == nl
+            && fin(&s.msd)
+            && self.history.iter().all(|p| p.len() == s.k && fin(p))
+            && self.history.len() <= s.lags.iter().copied().max().unwrap_or(1)
     }
 
     /// The sums so far.

@@ -357,13 +357,48 @@ pub fn verify_against_offline(grid: &str, cells: &[gradsweep_shared::results::Ce
                 match e {
                     RunEvent::Probe(p) => probes.push(*p),
                     RunEvent::Trajectory(t) => trajectory = Some(t),
-                    RunEvent::Progress { .. } => {}
+                    RunEvent::Progress { .. } | RunEvent::Checkpoint(_) => {}
                 }
                 ControlFlow::Continue(())
             })
             .expect("offline run");
             let want = run_result(&RunData { run_id: r.run_id.clone(), seed, fin, probes, trajectory });
             assert_eq!(r, &want, "run {} differs from an undisturbed offline run", r.run_id);
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// Checks that the last checkpoint stored for every run of `sweep` in the
+/// database `db` is byte-identical to the last checkpoint of an undisturbed
+/// offline run (whatever interrupted it, the run passed through the same
+/// states). Returns the number of runs checked.
+pub fn verify_checkpoints_against_offline(db: &Path, grid: &str, sweep: &str) -> usize {
+    use gradsweep_shared::run::{RunEvent, execute};
+    use std::ops::ControlFlow;
+    use std::sync::atomic::AtomicBool;
+
+    let store = gradsweep_coordinator::store::Store::open(
+        db,
+        gradsweep_coordinator::store::LeasePolicy { ttl_ms: 15_000, max_attempts: 10 },
+    )
+    .expect("open the database");
+    let plan = gradsweep_shared::parse_grid(grid, "grid", Default::default()).expect("grid parses");
+    let mut checked = 0;
+    for cell in &plan.cells {
+        for &seed in &plan.seeds {
+            let run_id = format!("{sweep}/c{}/s{seed}", cell.index);
+            let mut last = None;
+            execute(&cell.run_spec(seed), &AtomicBool::new(false), &mut |e| {
+                if let RunEvent::Checkpoint(c) = e {
+                    last = Some(c.encode());
+                }
+                ControlFlow::Continue(())
+            })
+            .expect("offline run");
+            let stored = store.last_checkpoint(&run_id).expect("read checkpoint");
+            assert!(stored == last, "run {run_id}: stored checkpoint differs from the undisturbed run's");
             checked += 1;
         }
     }

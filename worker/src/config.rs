@@ -21,6 +21,9 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
     /// TLS and token used to reach the coordinator.
     pub security: ClientSecurity,
+    /// On drain or SIGTERM, how long runs may continue to reach their next
+    /// checkpoint before they are stopped.
+    pub handback_grace: Duration,
     /// Leave after holding no run for this long (work finished, or the
     /// coordinator unreachable); `None` waits for work forever.
     pub idle_exit: Option<Duration>,
@@ -39,6 +42,7 @@ impl WorkerConfig {
             max_backoff: Duration::from_secs(3),
             security: ClientSecurity::default(),
             idle_exit: None,
+            handback_grace: Duration::from_secs(20),
         }
     }
 }

@@ -39,6 +39,10 @@ struct Args {
     /// allocation once the grid is done); 0 waits for work forever.
     #[arg(long, env = "GRADSWEEP_IDLE_EXIT_SECS", default_value_t = 0)]
     idle_exit_secs: u64,
+    /// On drain or SIGTERM, seconds a run may continue to reach its next
+    /// checkpoint before it is stopped (keep below the cluster's kill grace).
+    #[arg(long, env = "GRADSWEEP_HANDBACK_GRACE_SECS", default_value_t = 20)]
+    handback_grace_secs: u64,
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GRADSWEEP_LOG_FORMAT")]
     log_format: LogFormat,
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = args.name {
         cfg.name = n;
     }
+    cfg.handback_grace = std::time::Duration::from_secs(args.handback_grace_secs);
     cfg.idle_exit = (args.idle_exit_secs > 0).then(|| std::time::Duration::from_secs(args.idle_exit_secs));
     cfg.security = ClientSecurity::load(args.token_file.as_deref(), args.tls_ca.as_deref(), args.tls_domain)?;
     let metrics = match &args.metrics_listen {

@@ -23,6 +23,8 @@ pub struct WorkerMetrics {
     pub runs_started: Counter,
     /// Runs finished and acknowledged.
     pub runs_finished: Counter,
+    /// Runs resumed from a checkpoint.
+    pub runs_resumed: Counter,
     /// Runs whose lease was lost.
     pub runs_lost: Counter,
     /// Runs executing now.
@@ -41,6 +43,7 @@ impl Default for WorkerMetrics {
             probe_seconds: Histogram::new(PROBE_BUCKETS),
             runs_started: Counter::default(),
             runs_finished: Counter::default(),
+            runs_resumed: Counter::default(),
             runs_lost: Counter::default(),
             active_runs: Gauge::default(),
             reports_acked: Counter::default(),
@@ -59,6 +62,7 @@ impl WorkerMetrics {
             ("gradsweep_worker_runs_started_total", "Runs started.", &self.runs_started),
             ("gradsweep_worker_runs_finished_total", "Runs finished and acknowledged.", &self.runs_finished),
             ("gradsweep_worker_runs_lost_total", "Runs whose lease was lost.", &self.runs_lost),
+            ("gradsweep_worker_runs_resumed_total", "Runs resumed from a checkpoint.", &self.runs_resumed),
             (
                 "gradsweep_worker_reports_acked_total",
                 "Report messages acknowledged by the coordinator.",

@@ -18,7 +18,8 @@ use gradsweep_proto::transport::AuthChannel;
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
-use gradsweep_shared::run::{RunError, RunEvent, execute};
+use gradsweep_shared::checkpoint::Checkpoint;
+use gradsweep_shared::run::{RunError, RunEvent, execute_from, param_count};
 use gradsweep_shared::spec::RunSpec;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -52,8 +53,16 @@ pub struct RunContext {
     pub stop: Arc<AtomicBool>,
     /// Raised when the lease is known lost.
     pub lost: Arc<AtomicBool>,
+    /// Raised to hand the run back at its next checkpoint (drain, SIGTERM).
+    pub handback: Arc<AtomicBool>,
     /// Where throughput and probe times are recorded.
     pub metrics: Arc<WorkerMetrics>,
+}
+
+enum FetchEnd {
+    Lost(String),
+    Failed(String),
+    Stopped,
 }
 
 enum SendError {
@@ -134,6 +143,52 @@ impl RunContext {
         }
     }
 
+    /// Fetches the checkpoint the run resumes from, retrying transient
+    /// failures. `Err` carries the end to report (lost lease, or a failure).
+    async fn fetch_checkpoint(&self, spec: &RunSpec, backoff: &mut Backoff) -> Result<Checkpoint, FetchEnd> {
+        let req = pb::FetchCheckpointRequest {
+            worker_id: self.worker_id.clone(),
+            run_id: self.run.run_id.clone(),
+            epoch: self.run.epoch,
+        };
+        loop {
+            let got = async {
+                let mut stream = self.client.clone().fetch_checkpoint(req.clone()).await?.into_inner();
+                let mut data = vec![];
+                let mut expected = 0u32;
+                while let Some(c) = stream.message().await? {
+                    if c.chunk_index != expected {
+                        return Err(tonic::Status::data_loss(format!(
+                            "checkpoint chunk {} arrived, expected {expected}",
+                            c.chunk_index
+                        )));
+                    }
+                    expected += 1;
+                    data.extend_from_slice(&c.data);
+                }
+                Ok(data)
+            }
+            .await;
+            match got {
+                Ok(bytes) => {
+                    let d = param_count(spec).map_err(|e| FetchEnd::Failed(e.to_string()))?;
+                    return Checkpoint::decode(&bytes, spec, d)
+                        .map_err(|e| FetchEnd::Failed(format!("cannot resume from the stored checkpoint: {e}")));
+                }
+                Err(status) => match self.classify(&status) {
+                    Some(SendError::Lost(m)) => return Err(FetchEnd::Lost(m)),
+                    Some(_) => return Err(FetchEnd::Failed(status.message().to_string())),
+                    None if self.stop.load(Ordering::Relaxed) => return Err(FetchEnd::Stopped),
+                    None => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(run_id = %self.run.run_id, error = %status.message(), retry_in_ms = delay.as_millis() as u64, "fetching the checkpoint failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                },
+            }
+        }
+    }
+
     fn finish_request(
         &self,
         last_seq: u64,
@@ -164,14 +219,43 @@ impl RunContext {
                 return self.finish(req, &mut backoff).await;
             }
         };
-        tracing::info!(run_id = %run_id, epoch = self.run.epoch, lr = spec.train.lr, batch_size = spec.train.batch_size, seed = spec.seed, "run started");
+        let resume = if self.run.resume_seq > 0 {
+            match self.fetch_checkpoint(&spec, &mut backoff).await {
+                Ok(c) => Some(c),
+                Err(FetchEnd::Lost(m)) => {
+                    tracing::warn!(run_id = %run_id, reason = %m, "lease lost before resuming");
+                    return RunEnd::Lost;
+                }
+                Err(FetchEnd::Stopped) => return RunEnd::Stopped,
+                Err(FetchEnd::Failed(m)) => {
+                    let req = self.finish_request(self.run.resume_seq, pb::RunOutcome::Failed, m, String::new());
+                    return self.finish(req, &mut backoff).await;
+                }
+            }
+        } else {
+            None
+        };
+        tracing::info!(
+            run_id = %run_id,
+            epoch = self.run.epoch,
+            lr = spec.train.lr,
+            batch_size = spec.train.batch_size,
+            seed = spec.seed,
+            resume_step = resume.as_ref().map(|c| c.header.step),
+            "run started"
+        );
+        if resume.is_some() {
+            self.metrics.runs_resumed.inc();
+        }
         let (tx, mut rx) = mpsc::channel::<Body>(8);
         let stop = self.stop.clone();
+        let handback = self.handback.clone();
         let metrics = self.metrics.clone();
         let batch = spec.train.batch_size as u64;
         let compute = tokio::task::spawn_blocking(move || {
             let (mut last_step, mut last_at) = (0u64, std::time::Instant::now());
-            execute(&spec, &stop, &mut |event| {
+            execute_from(&spec, resume, &stop, &mut |event| {
+                let boundary = matches!(event, RunEvent::Checkpoint(_));
                 match &event {
                     RunEvent::Progress { step, .. } => {
                         let (steps, secs) = (step - last_step, last_at.elapsed().as_secs_f64());
@@ -187,19 +271,24 @@ impl RunContext {
                         metrics.probe_seconds.observe(last_at.elapsed().as_secs_f64());
                         last_at = std::time::Instant::now();
                     }
-                    RunEvent::Trajectory(_) => {}
+                    RunEvent::Trajectory(_) | RunEvent::Checkpoint(_) => {}
                 }
                 for body in event_bodies(event) {
                     if tx.blocking_send(body).is_err() {
                         return ControlFlow::Break(());
                     }
                 }
+                // Handing back: stop right after a checkpoint; the reporter
+                // still delivers it (and everything before it).
+                if boundary && handback.load(Ordering::Relaxed) {
+                    return ControlFlow::Break(());
+                }
                 ControlFlow::Continue(())
             })
         });
 
         let mut pending: VecDeque<pb::ReportRequest> = VecDeque::new();
-        let mut next_seq = 1u64;
+        let mut next_seq = self.run.resume_seq + 1;
         let mut failure: Option<SendError> = None;
         loop {
             let Some(first) = rx.recv().await else { break };

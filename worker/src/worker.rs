@@ -41,6 +41,7 @@ struct ActiveRun {
     epoch: u64,
     stop: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
+    handback: Arc<AtomicBool>,
 }
 
 struct Shared {
@@ -219,10 +220,16 @@ async fn work(
                 idle_since = None;
                 let stop = Arc::new(AtomicBool::new(false));
                 let lost = Arc::new(AtomicBool::new(false));
+                let handback = Arc::new(AtomicBool::new(false));
                 if let Ok(mut m) = shared.runs.lock() {
                     m.insert(
                         run.run_id.clone(),
-                        ActiveRun { epoch: run.epoch, stop: stop.clone(), lost: lost.clone() },
+                        ActiveRun {
+                            epoch: run.epoch,
+                            stop: stop.clone(),
+                            lost: lost.clone(),
+                            handback: handback.clone(),
+                        },
                     );
                 }
                 let ctx = RunContext {
@@ -232,6 +239,7 @@ async fn work(
                     run,
                     stop,
                     lost,
+                    handback,
                     metrics: metrics.clone(),
                 };
                 let shared2 = shared.clone();
@@ -273,16 +281,37 @@ async fn work(
         }
     };
 
-    if terminated {
-        tracing::info!("terminating: stopping runs and handing leases back");
-        if let Ok(m) = shared.runs.lock() {
-            m.values().for_each(|r| r.stop.store(true, Ordering::Relaxed));
-        }
-    } else {
-        tracing::info!(runs = tasks.len(), "draining: finishing current runs");
+    // Drain and SIGTERM alike: each run stops right after its next
+    // checkpoint is acknowledged, so its successor resumes from there. Runs
+    // that reach no checkpoint within the grace period are stopped (they
+    // resume from their last checkpoint, or from the start).
+    let grace = shared.cfg.handback_grace;
+    tracing::info!(
+        runs = tasks.len(),
+        grace_ms = grace.as_millis() as u64,
+        why = if terminated { "terminated" } else { "drained" },
+        "handing runs back at their next checkpoint"
+    );
+    if let Ok(m) = shared.runs.lock() {
+        m.values().for_each(|r| r.handback.store(true, Ordering::Relaxed));
     }
-    while let Some(done) = tasks.join_next().await {
-        log_end(done);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    let mut stopped = false;
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(d) => log_end(d),
+                None => break,
+            },
+            _ = &mut deadline, if !stopped => {
+                stopped = true;
+                tracing::warn!(runs = tasks.len(), "no checkpoint within the grace period; stopping runs now");
+                if let Ok(m) = shared.runs.lock() {
+                    m.values().for_each(|r| r.stop.store(true, Ordering::Relaxed));
+                }
+            }
+        }
     }
     // Leases of stopped runs go back to the queue; the worker leaves.
     let leases = shared.leases();
