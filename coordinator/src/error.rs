@@ -82,8 +82,13 @@ impl From<CoordinatorError> for Status {
                 Code::Internal
             }
         };
-        if code == Code::Internal {
-            tracing::error!(error = %e, "internal error");
+        match code {
+            Code::Internal => tracing::error!(error = %e, "internal error"),
+            // Refusals protect the state; operators should see them.
+            Code::FailedPrecondition | Code::InvalidArgument | Code::OutOfRange | Code::Unauthenticated => {
+                tracing::warn!(code = ?code, error = %e, "request refused")
+            }
+            _ => {}
         }
         Status::new(code, e.to_string())
     }

@@ -12,6 +12,8 @@
 //! * [`wait_until`] — polling with a deadline.
 //! * [`cli`] / [`cli_env`] — run the `gradsweep` CLI.
 //! * [`http_get`] / [`metric`] — scrape a `/metrics` endpoint and read a sample.
+//! * [`Proxy`] — a TCP proxy whose connections a test can cut.
+//! * [`offline_runs`] / [`audit`] / [`verify_against_offline`] — undisturbed runs as the oracle.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -226,6 +228,54 @@ impl Drop for WorkerProc {
     }
 }
 
+/// A TCP proxy on 127.0.0.1:0 in front of a local port, whose connections
+/// the test can cut at any moment (the network-fault injector).
+pub struct Proxy {
+    /// The port clients connect to.
+    pub port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards 127.0.0.1:`port` (chosen) to 127.0.0.1:`upstream`.
+    pub async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let list = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                let mut l = list.lock().unwrap();
+                l.retain(|t| !t.is_finished());
+                l.push(task);
+            }
+        });
+        Proxy { port, conns, accept }
+    }
+
+    /// Drops every open connection (both directions close at once).
+    /// Returns how many were cut.
+    pub fn cut(&self) -> usize {
+        let mut l = self.conns.lock().unwrap();
+        let n = l.iter().filter(|t| !t.is_finished()).count();
+        l.drain(..).for_each(|t| t.abort());
+        n
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
 /// Runs the `gradsweep` CLI and returns its output.
 pub fn cli(args: &[&str]) -> Output {
     cli_env(args, &[])
@@ -308,17 +358,24 @@ pub mod grids {
     /// A tiny sweep: 2 lr × 2 batch sizes × 2 seeds of a 64-16-10 net on
     /// digits; `epochs` sets its length.
     pub fn tiny(name: &str, epochs: u32) -> String {
+        mlp(name, "[0, 1]", epochs, "", 2)
+    }
+
+    /// A 64-16-10 net on digits over lr ∈ {0.05, 0.1} × batch ∈ {16, 64}:
+    /// `seeds` (TOML), `epochs`, extra `[train]` lines, probes every `probe_every` epochs.
+    pub fn mlp(name: &str, seeds: &str, epochs: u32, train_extra: &str, probe_every: u32) -> String {
         format!(
             r#"
 [sweep]
 name = "{name}"
-seeds = [0, 1]
+seeds = {seeds}
 [train]
 model = "mlp:64-16-10"
 dataset = "digits"
 epochs = {epochs}
+{train_extra}
 [probe]
-every_epochs = 2
+every_epochs = {probe_every}
 sketch_rank = 16
 projections = 4
 max_lag = 8
@@ -330,40 +387,138 @@ batch_size = [16, 64]
     }
 }
 
-/// Re-executes every run of `grid` offline with the science core and checks
-/// that the coordinator's results hold each run exactly once, bit-identical:
-/// same final figures (including the weights' hash), the same number of
-/// probes with identical spectra, the same trajectory statistics. Returns
-/// the number of runs checked.
-pub fn verify_against_offline(grid: &str, cells: &[gradsweep_shared::results::CellResult]) -> usize {
+/// What an undisturbed run produces: its result (as the coordinator would
+/// report it) and its last checkpoint.
+pub struct Offline {
+    /// The run's result, with `run_id` as the coordinator names it.
+    pub result: gradsweep_shared::results::RunResult,
+    /// The encoding of its last checkpoint (none for runs too short to have one).
+    pub last_checkpoint: Option<Vec<u8>>,
+}
+
+/// Executes every run of `grid` offline, undisturbed, on all cores; keyed by
+/// (cell, seed). `sweep` names the runs as the coordinator does.
+pub fn offline_runs(grid: &str, sweep: &str) -> std::collections::BTreeMap<(u32, u64), Offline> {
     use gradsweep_shared::results::{RunData, run_result};
     use gradsweep_shared::run::{RunEvent, execute};
     use std::ops::ControlFlow;
     use std::sync::atomic::AtomicBool;
 
     let plan = gradsweep_shared::parse_grid(grid, "grid", Default::default()).expect("grid parses");
+    let jobs: Vec<(&gradsweep_shared::grid::Cell, u64)> =
+        plan.cells.iter().flat_map(|c| plan.seeds.iter().map(move |&s| (c, s))).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = std::sync::Mutex::new(std::collections::BTreeMap::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(cell, seed)) = jobs.get(i) else { return };
+                    let (mut probes, mut trajectory, mut last) = (vec![], None, None);
+                    let fin = execute(&cell.run_spec(seed), &AtomicBool::new(false), &mut |e| {
+                        match e {
+                            RunEvent::Probe(p) => probes.push(*p),
+                            RunEvent::Trajectory(t) => trajectory = Some(t),
+                            RunEvent::Checkpoint(c) => last = Some(c.encode()),
+                            RunEvent::Progress { .. } => {}
+                        }
+                        ControlFlow::Continue(())
+                    })
+                    .expect("offline run");
+                    let run_id = format!("{sweep}/c{}/s{seed}", cell.index);
+                    let result = run_result(&RunData { run_id, seed, fin, probes, trajectory });
+                    out.lock().unwrap().insert((cell.index, seed), Offline { result, last_checkpoint: last });
+                }
+            });
+        }
+    });
+    out.into_inner().unwrap()
+}
+
+/// Bit-for-bit equality of two run results, where a statistic that is
+/// undefined (NaN) in both counts as equal (`==` on f64 would say no). The
+/// JSON form keeps every finite f64 exactly (`float_roundtrip`).
+pub fn same(a: &gradsweep_shared::results::RunResult, b: &gradsweep_shared::results::RunResult) -> bool {
+    serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
+}
+
+/// How a sweep's results compare with undisturbed offline runs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Runs the grid defines.
+    pub runs: usize,
+    /// Runs missing from the results.
+    pub lost: usize,
+    /// Extra copies of a run in the results (a run merged twice).
+    pub duplicated: usize,
+    /// Runs present whose result differs from the undisturbed run's.
+    pub mismatched: usize,
+    /// Runs whose stored last checkpoint differs (only when a database is given).
+    pub checkpoint_mismatched: usize,
+}
+
+/// Compares the coordinator's cells (and, with `db`, its stored last
+/// checkpoints) with undisturbed offline runs, counting instead of failing.
+pub fn audit(grid: &str, sweep: &str, cells: &[gradsweep_shared::results::CellResult], db: Option<&Path>) -> Audit {
+    let offline = offline_runs(grid, sweep);
+    let mut a = Audit { runs: offline.len(), ..Audit::default() };
+    let mut seen: std::collections::BTreeMap<(u32, u64), usize> = Default::default();
+    for c in cells {
+        for r in &c.runs {
+            *seen.entry((c.index, r.seed)).or_default() += 1;
+            match offline.get(&(c.index, r.seed)) {
+                Some(o) if same(&o.result, r) => {}
+                Some(o) => {
+                    a.mismatched += 1;
+                    eprintln!(
+                        "run {} differs from the undisturbed run:\n  got  {r:?}\n  want {:?}",
+                        r.run_id, o.result
+                    );
+                }
+                None => a.mismatched += 1,
+            }
+        }
+    }
+    a.lost = offline.keys().filter(|k| !seen.contains_key(k)).count();
+    a.duplicated = seen.values().map(|n| n - 1).sum();
+    if let Some(db) = db {
+        let store = gradsweep_coordinator::store::Store::open(
+            db,
+            gradsweep_coordinator::store::LeasePolicy { ttl_ms: 15_000, max_attempts: 10 },
+        )
+        .expect("open the database");
+        for (k, o) in &offline {
+            let stored = store.last_checkpoint(&o.result.run_id).expect("read checkpoint");
+            if stored != o.last_checkpoint {
+                a.checkpoint_mismatched += 1;
+                eprintln!("checkpoint of {:?} differs", k);
+            }
+        }
+    }
+    a
+}
+
+/// Re-executes every run of `grid` offline with the science core and checks
+/// that the coordinator's results hold each run exactly once, bit-identical:
+/// same final figures (including the weights' hash), the same number of
+/// probes with identical spectra, the same trajectory statistics. Returns
+/// the number of runs checked.
+pub fn verify_against_offline(grid: &str, cells: &[gradsweep_shared::results::CellResult]) -> usize {
+    let plan = gradsweep_shared::parse_grid(grid, "grid", Default::default()).expect("grid parses");
     assert_eq!(cells.len(), plan.cells.len(), "every cell is reported");
+    let sweep = cells.iter().flat_map(|c| &c.runs).next().map(|r| r.run_id.split('/').next().unwrap().to_string());
+    let offline = offline_runs(grid, sweep.as_deref().unwrap_or(""));
     let mut checked = 0;
     for (cell, got) in plan.cells.iter().zip(cells) {
         assert_eq!(got.index, cell.index);
         assert_eq!(got.seeds_done, plan.seeds.len(), "cell {}: every seed done once", cell.index);
         let seeds: Vec<u64> = got.runs.iter().map(|r| r.seed).collect();
         assert_eq!(seeds, plan.seeds, "cell {}: each seed exactly once, in order", cell.index);
-        for (r, &seed) in got.runs.iter().zip(&plan.seeds) {
-            let spec = cell.run_spec(seed);
-            let mut probes = vec![];
-            let mut trajectory = None;
-            let fin = execute(&spec, &AtomicBool::new(false), &mut |e| {
-                match e {
-                    RunEvent::Probe(p) => probes.push(*p),
-                    RunEvent::Trajectory(t) => trajectory = Some(t),
-                    RunEvent::Progress { .. } | RunEvent::Checkpoint(_) => {}
-                }
-                ControlFlow::Continue(())
-            })
-            .expect("offline run");
-            let want = run_result(&RunData { run_id: r.run_id.clone(), seed, fin, probes, trajectory });
-            assert_eq!(r, &want, "run {} differs from an undisturbed offline run", r.run_id);
+        for r in &got.runs {
+            let want = &offline[&(cell.index, r.seed)].result;
+            assert!(same(r, want), "run {} differs from an undisturbed offline run:\n{r:?}\n{want:?}", r.run_id);
             checked += 1;
         }
     }
@@ -372,37 +527,11 @@ pub fn verify_against_offline(grid: &str, cells: &[gradsweep_shared::results::Ce
 
 /// Checks that the last checkpoint stored for every run of `sweep` in the
 /// database `db` is byte-identical to the last checkpoint of an undisturbed
-/// offline run (whatever interrupted it, the run passed through the same
-/// states). Returns the number of runs checked.
+/// offline run. Returns the number of runs checked.
 pub fn verify_checkpoints_against_offline(db: &Path, grid: &str, sweep: &str) -> usize {
-    use gradsweep_shared::run::{RunEvent, execute};
-    use std::ops::ControlFlow;
-    use std::sync::atomic::AtomicBool;
-
-    let store = gradsweep_coordinator::store::Store::open(
-        db,
-        gradsweep_coordinator::store::LeasePolicy { ttl_ms: 15_000, max_attempts: 10 },
-    )
-    .expect("open the database");
-    let plan = gradsweep_shared::parse_grid(grid, "grid", Default::default()).expect("grid parses");
-    let mut checked = 0;
-    for cell in &plan.cells {
-        for &seed in &plan.seeds {
-            let run_id = format!("{sweep}/c{}/s{seed}", cell.index);
-            let mut last = None;
-            execute(&cell.run_spec(seed), &AtomicBool::new(false), &mut |e| {
-                if let RunEvent::Checkpoint(c) = e {
-                    last = Some(c.encode());
-                }
-                ControlFlow::Continue(())
-            })
-            .expect("offline run");
-            let stored = store.last_checkpoint(&run_id).expect("read checkpoint");
-            assert!(stored == last, "run {run_id}: stored checkpoint differs from the undisturbed run's");
-            checked += 1;
-        }
-    }
-    checked
+    let a = audit(grid, sweep, &[], Some(db));
+    assert_eq!(a.checkpoint_mismatched, 0, "stored checkpoints differ from the undisturbed runs'");
+    a.runs
 }
 
 /// Waits until every run of `sweep` completed.

@@ -285,3 +285,116 @@ async fn leaving_worker_returns_unlisted_leases() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     server.stop().await;
 }
+
+/// Issue 5, acceptance 4: NaN and Inf in a sketch, an oversized message, a
+/// replayed chunk, a checkpoint of another run, a truncated or corrupted or
+/// non-finite checkpoint — each refused with a clear error, nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_sizes_replays_and_checkpoints_are_refused() {
+    use gradsweep_shared::checkpoint::Checkpoint;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let server = InProcess::start(fast_config(&db)).await;
+    let mut control = server.control().await;
+    let mut wc = server.worker_client().await;
+    let w = register(&mut wc, "w").await;
+    let sweep = submit(&mut control, ONE_RUN).await.sweep_id;
+    let run =
+        wc.acquire(pb::AcquireRequest { worker_id: w.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
+    let (bodies, fin) = bodies_of(&run.spec_json);
+    let applied = |db: &std::path::Path| open_store(db).run_state(&run.run_id).unwrap().2;
+    let send = |seq: u64, body: Body| {
+        let mut c = wc.clone();
+        let m = msg(&w, &run, 1, seq, body);
+        async move { c.report(tokio_stream::iter(vec![m])).await }
+    };
+    // A probe blob is [u32 header length][header][sketch]; the sketch's
+    // CRC covers the sketch alone.
+    let reseal = |mut bytes: Vec<u8>| {
+        let start = 4 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let n = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[start..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    };
+
+    // NaN and Inf inside a well-formed, correctly checksummed sketch.
+    let Some(Body::Probe(probe)) = bodies.iter().find(|b| matches!(b, Body::Probe(_))).cloned() else { panic!() };
+    assert_eq!(probe.chunk_count, 1);
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut p = probe.clone();
+        let n = p.data.len();
+        p.data[n - 8..n - 4].copy_from_slice(&bad.to_le_bytes());
+        p.data = reseal(p.data);
+        let err = send(1, Body::Probe(p)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("non-finite"), "{}", err.message());
+    }
+    // An oversized message never reaches the state machine.
+    let mut huge = probe.clone();
+    huge.data = vec![0u8; gradsweep_proto::MAX_MESSAGE_BYTES + 1024];
+    let err = send(1, Body::Probe(huge)).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted | Code::Internal),
+        "{:?} {}",
+        err.code(),
+        err.message()
+    );
+    assert_eq!(applied(&db), 0, "nothing was applied");
+
+    // Honest reports up to the first probe, then that probe replayed under a new seq.
+    let first_probe = bodies.iter().position(|b| matches!(b, Body::Probe(_))).unwrap();
+    for (i, b) in bodies[..=first_probe].iter().enumerate() {
+        send(i as u64 + 1, b.clone()).await.unwrap();
+    }
+    let at = first_probe as u64 + 1;
+    let err = send(at + 1, bodies[first_probe].clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("already stored"), "{}", err.message());
+    assert_eq!(applied(&db), at);
+
+    // Honest reports up to the checkpoint; then hostile checkpoints in its place.
+    let ck = bodies.iter().position(|b| matches!(b, Body::Checkpoint(_))).unwrap();
+    for (i, b) in bodies.iter().enumerate().take(ck).skip(first_probe + 1) {
+        send(i as u64 + 1, b.clone()).await.unwrap();
+    }
+    let seq = ck as u64 + 1;
+    let Body::Checkpoint(honest) = bodies[ck].clone() else { panic!() };
+    let mut other: RunSpec = serde_json::from_str(&run.spec_json).unwrap();
+    other.seed += 1;
+    let (other_bodies, _) = bodies_of(&serde_json::to_string(&other).unwrap());
+    let Some(Body::Checkpoint(foreign)) = other_bodies.into_iter().find(|b| matches!(b, Body::Checkpoint(_))) else {
+        panic!()
+    };
+    let err = send(seq, Body::Checkpoint(foreign)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("does not belong to this run"), "{}", err.message());
+    let mut truncated = honest.clone();
+    truncated.data.truncate(truncated.data.len() - 100);
+    let err = send(seq, Body::Checkpoint(truncated)).await.unwrap_err();
+    assert!(err.message().contains("checksum"), "{}", err.message());
+    let mut corrupted = honest.clone();
+    corrupted.data[40] ^= 0x10;
+    let err = send(seq, Body::Checkpoint(corrupted)).await.unwrap_err();
+    assert!(err.message().contains("checksum"), "{}", err.message());
+    let spec: RunSpec = serde_json::from_str(&run.spec_json).unwrap();
+    let d = gradsweep_shared::run::param_count(&spec).unwrap();
+    let mut nan = Checkpoint::decode(&honest.data, &spec, d).unwrap();
+    nan.params[3] = f32::NAN;
+    let mut nan_chunk = honest.clone();
+    nan_chunk.data = nan.encode();
+    let err = send(seq, Body::Checkpoint(nan_chunk)).await.unwrap_err();
+    assert!(err.message().contains("non-finite"), "{}", err.message());
+    assert_eq!(applied(&db), seq - 1, "no hostile checkpoint was applied");
+    assert!(open_store(&db).last_checkpoint(&run.run_id).unwrap().is_none(), "and none was stored");
+
+    // The honest rest goes through, and the run matches the oracle.
+    for (i, b) in bodies.iter().enumerate().skip(ck) {
+        send(i as u64 + 1, b.clone()).await.unwrap();
+    }
+    wc.finish(finish(&w, &run, 1, bodies.len() as u64, &fin)).await.unwrap();
+    let (cells, _) = gradsweep_coordinator::client::fetch_results(&mut control, &sweep).await.unwrap();
+    assert_eq!(gradsweep_tests::verify_against_offline(ONE_RUN, &cells), 1);
+    server.stop().await;
+}
