@@ -56,6 +56,10 @@ pub enum CoordinatorError {
         /// What is wrong.
         message: String,
     },
+    /// The coordinator stopped accepting work after its storage filled up
+    /// (or failed); nothing was written. Restart it once there is room.
+    #[error("coordinator stopped accepting work: {0}")]
+    Halted(String),
     /// A call without the shared token, or with a wrong one.
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
@@ -65,6 +69,18 @@ pub enum CoordinatorError {
     /// An internal invariant broke or a blocking task panicked.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl CoordinatorError {
+    /// Whether this is the storage refusing to grow (SQLite's "database or
+    /// disk is full") or failing to write: the cases that halt the coordinator.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            CoordinatorError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+        )
+    }
 }
 
 /// Result alias for the coordinator.
@@ -78,6 +94,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::StaleEpoch { .. } | CoordinatorError::ProtocolMismatch { .. } => Code::FailedPrecondition,
             CoordinatorError::OutOfOrder { .. } => Code::OutOfRange,
             CoordinatorError::Unauthenticated(_) => Code::Unauthenticated,
+            CoordinatorError::Halted(_) => Code::Unavailable,
             CoordinatorError::Database { .. } | CoordinatorError::Sqlite(_) | CoordinatorError::Internal(_) => {
                 Code::Internal
             }

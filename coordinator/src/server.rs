@@ -144,6 +144,15 @@ pub async fn serve_with_metrics(
         builder =
             builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)))?;
     }
+    // A storage failure halts the coordinator: health says NOT_SERVING.
+    let mut halted = state.halted();
+    let halt_reporter = health_reporter.clone();
+    let halt_watch = tokio::spawn(async move {
+        if halted.wait_for(|h| h.is_some()).await.is_ok() {
+            halt_reporter.set_not_serving::<WorkerServiceServer<WorkerApi>>().await;
+            halt_reporter.set_not_serving::<ControlServiceServer<ControlApi>>().await;
+        }
+    });
     let reporter = health_reporter.clone();
     let result = builder
         .add_service(health_service)
@@ -157,6 +166,7 @@ pub async fn serve_with_metrics(
         })
         .await;
     let _ = stop_tx.send(true);
+    halt_watch.abort();
     let _ = reaper.await;
     if let Some(t) = metrics_task {
         match t.await {

@@ -157,13 +157,13 @@ impl ControlService for ControlApi {
         &self,
         _req: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
-        let rows = self.state.with_store(|s| s.sweeps()).await?;
+        let rows = self.state.read_store(|s| s.sweeps()).await?;
         Ok(Response::new(pb::ListSweepsResponse { sweeps: rows.iter().map(convert::sweep_to_wire).collect() }))
     }
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::SweepStatus>, Status> {
         let id = req.into_inner().sweep_id;
-        let row = self.state.with_store(move |s| s.sweep(&id)).await?;
+        let row = self.state.read_store(move |s| s.sweep(&id)).await?;
         Ok(Response::new(convert::sweep_to_wire(&row)))
     }
 
@@ -173,7 +173,7 @@ impl ControlService for ControlApi {
         let id = req.into_inner().sweep_id;
         let (row, cells) = self
             .state
-            .with_store(move |s| {
+            .read_store(move |s| {
                 let row = s.sweep(&id)?;
                 let cells = s.cell_results(&id)?;
                 Ok((row, cells))
@@ -212,7 +212,7 @@ impl ControlService for ControlApi {
         &self,
         _req: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let rows = self.state.with_store(|s| s.workers()).await?;
+        let rows = self.state.read_store(|s| s.workers()).await?;
         Ok(Response::new(pb::ListWorkersResponse { workers: rows.into_iter().map(convert::worker_to_wire).collect() }))
     }
 

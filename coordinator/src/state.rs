@@ -32,6 +32,9 @@ pub struct CoordinatorConfig {
     pub grid_limits: GridLimits,
     /// Token and TLS.
     pub security: ServerSecurity,
+    /// Largest size the database may grow to (SQLite `max_page_count`); at
+    /// the cap the coordinator stops accepting work, as on a full disk.
+    pub max_db_bytes: Option<u64>,
 }
 
 /// Who may call the coordinator, and over what.
@@ -71,6 +74,7 @@ impl CoordinatorConfig {
             max_attempts: 10,
             grid_limits: GridLimits::default(),
             security: ServerSecurity::default(),
+            max_db_bytes: None,
         }
     }
 
@@ -96,6 +100,8 @@ pub struct Coordinator {
     work_available: Arc<Notify>,
     config: Arc<CoordinatorConfig>,
     metrics: Arc<CoordinatorMetrics>,
+    /// Why the coordinator stopped accepting work (storage full or failing).
+    halted: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl Coordinator {
@@ -105,6 +111,9 @@ impl Coordinator {
         config.validate()?;
         let policy = LeasePolicy { ttl_ms: config.lease_ttl.as_millis() as i64, max_attempts: config.max_attempts };
         let mut store = Store::open(&config.db_path, policy)?;
+        if let Some(bytes) = config.max_db_bytes {
+            store.limit_size(bytes)?;
+        }
         let resumed = store.grant_restart_grace()?;
         tracing::info!(db = %config.db_path.display(), leases_resumed = resumed, "coordinator state opened");
         Ok(Coordinator {
@@ -112,6 +121,7 @@ impl Coordinator {
             work_available: Arc::new(Notify::new()),
             config: Arc::new(config),
             metrics: Arc::new(CoordinatorMetrics::default()),
+            halted: Arc::new(tokio::sync::watch::channel(None).0),
         })
     }
 
@@ -127,12 +137,46 @@ impl Coordinator {
 
     /// The Prometheus exposition: counters plus the store's current counts.
     pub async fn render_metrics(&self) -> Result<String> {
-        let counts = self.with_store(|s| s.counts()).await?;
+        let counts = self.read_store(|s| s.counts()).await?;
         Ok(self.metrics.render(&counts))
     }
 
-    /// Runs `f` on the store, on the blocking pool.
+    /// Why the coordinator stopped accepting work, as it changes.
+    pub fn halted(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.halted.subscribe()
+    }
+
+    /// Runs `f` (which may write) on the store, on the blocking pool. Once
+    /// the storage has failed, nothing more is attempted: every call is
+    /// refused with the reason, and the state on disk stays as it was at
+    /// the last committed transaction.
     pub async fn with_store<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
+    {
+        if let Some(why) = self.halted.borrow().clone() {
+            return Err(CoordinatorError::Halted(why));
+        }
+        let r = self.read_store(f).await;
+        if let Err(e) = &r
+            && e.is_storage_failure()
+        {
+            let why = format!(
+                "the database {} cannot grow ({e}); free space (or raise --max-db-mib) and restart `gradsweep serve` \
+                 on the same file: every acknowledged result is kept",
+                self.config.db_path.display()
+            );
+            tracing::error!(reason = %why, "storage failure: no longer accepting work");
+            self.halted.send_replace(Some(why.clone()));
+            return Err(CoordinatorError::Halted(why));
+        }
+        r
+    }
+
+    /// Runs a read-only `f` on the store; allowed after a storage failure,
+    /// so status and results stay available.
+    pub async fn read_store<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
@@ -166,6 +210,9 @@ impl Coordinator {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {
+                    if self.halted.borrow().is_some() {
+                        continue;
+                    }
                     match self.with_store(|s| s.expire_leases()).await {
                         Ok(requeued) if !requeued.is_empty() => {
                             self.metrics.lease_expiries.add(requeued.len() as u64);

@@ -299,6 +299,14 @@ impl Store {
         let db_err = |message: String| CoordinatorError::Database { path: path.display().to_string(), message };
         let conn = Connection::open(path).map_err(|e| db_err(format!("cannot open: {e}")))?;
         Self::init(conn, policy).map_err(|e| match e {
+            CoordinatorError::Sqlite(rusqlite::Error::SqliteFailure(f, m))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) =>
+            {
+                db_err(format!(
+                    "the file is corrupted or not a database ({}); restore it from a backup or start a new file",
+                    m.unwrap_or_else(|| f.to_string())
+                ))
+            }
             CoordinatorError::Sqlite(s) => db_err(s.to_string()),
             CoordinatorError::Database { message, .. } => db_err(message),
             other => other,
@@ -349,11 +357,29 @@ impl Store {
                 message: format!("schema version {version}, this build reads version {SCHEMA_VERSION}"),
             });
         }
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(CoordinatorError::Database {
+                path: String::new(),
+                message: format!(
+                    "the file is corrupted (integrity check: {check}); restore it from a backup or start a new file"
+                ),
+            });
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let store = Store { conn, policy };
         Ok(store)
+    }
+
+    /// Caps the database at about `bytes` (SQLite `max_page_count`); a write
+    /// past the cap fails like a full disk, and its transaction rolls back.
+    pub fn limit_size(&mut self, bytes: u64) -> Result<()> {
+        let page: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages = (bytes / page.max(1) as u64).max(1);
+        let _: i64 = self.conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| r.get(0))?;
+        Ok(())
     }
 
     /// After a restart: give every outstanding lease a fresh TTL so workers

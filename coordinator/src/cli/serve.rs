@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Write the bound port to this file once listening.
     #[arg(long)]
     pub port_file: Option<PathBuf>,
+    /// Cap the database at this many MiB: past it the coordinator stops
+    /// accepting work (as on a full disk) and says why; nothing is lost.
+    #[arg(long, env = "GRADSWEEP_MAX_DB_MIB")]
+    pub max_db_mib: Option<u64>,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "GRADSWEEP_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -58,6 +62,7 @@ impl ServeArgs {
         c.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
         c.max_attempts = self.max_attempts;
         c.grid_limits.max_runs = self.max_runs;
+        c.max_db_bytes = self.max_db_mib.map(|m| m * 1024 * 1024);
         c.security.token = Token::load(token_file)?;
         c.security.allow_unauthenticated = self.insecure_no_auth;
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
