@@ -20,6 +20,12 @@ struct Row {
     trace: Summary,
     lambda_max: Summary,
     area_rate: Summary,
+    /// β⁻¹ = η/(2b).
+    temperature: f64,
+    /// β⁻¹·tr D/d: the mean diffusion per coordinate at that temperature.
+    temp_trace_per_d: Summary,
+    /// Top-k eigenspace overlap between the last two probes.
+    overlap: Summary,
 }
 
 fn row(c: &CellResult) -> Row {
@@ -48,6 +54,9 @@ fn row(c: &CellResult) -> Row {
         trace: c.trace,
         lambda_max: c.lambda_max,
         area_rate: c.area_rate,
+        temperature: c.temperature,
+        temp_trace_per_d: if c.d > 0 { c.trace.scaled(c.temperature / c.d as f64) } else { Summary::empty() },
+        overlap: c.eigenspace_overlap,
     }
 }
 
@@ -91,7 +100,10 @@ pub fn table(cells: &[CellResult]) -> String {
         "rank/d",
         "tr D",
         "λ_max",
+        "β⁻¹",
+        "β⁻¹·trD/d",
         "area rate",
+        "eig overlap",
     ];
     // Exact spectra (probe option `exact`) get their own columns.
     let with_exact = cells.iter().any(|c| exact(c).next().is_some());
@@ -126,7 +138,10 @@ pub fn table(cells: &[CellResult]) -> String {
             pm(r.rank_fraction),
             pm(r.trace),
             pm(r.lambda_max),
+            num(r.temperature),
+            pm(r.temp_trace_per_d),
             pm(r.area_rate),
+            pm(r.overlap),
         ];
         if with_exact {
             line.push(pm(Summary::of(exact(c).map(|s| s.rank.value))));
@@ -178,14 +193,16 @@ pub fn eta_table(summary: &SweepSummary) -> String {
 pub fn csv(cells: &[CellResult]) -> String {
     let mut out = String::from(
         "cell,lr,batch_size,eta_over_b,seeds_done,seeds_total,train_loss,train_loss_ci95,test_accuracy,test_accuracy_ci95,d,\
-         rank,rank_ci95,rank_lo,rank_hi,rank_fraction,trace,trace_ci95,lambda_max,lambda_max_ci95,area_rate,area_rate_ci95,params\n",
+         rank,rank_ci95,rank_lo,rank_hi,rank_fraction,trace,trace_ci95,lambda_max,lambda_max_ci95,temperature,\
+         temperature_trace_per_d,temperature_trace_per_d_ci95,area_rate,area_rate_ci95,eigenspace_overlap,\
+         eigenspace_overlap_ci95,params\n",
     );
     let f = |x: f64| if x.is_finite() { format!("{x}") } else { String::new() };
     for c in cells {
         let r = row(c);
         let params = gradsweep_shared::grid::fmt_params(&c.params).replace('"', "'");
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n",
             r.cell,
             f(r.lr),
             r.batch,
@@ -206,8 +223,13 @@ pub fn csv(cells: &[CellResult]) -> String {
             f(r.trace.ci95),
             f(r.lambda_max.mean),
             f(r.lambda_max.ci95),
+            f(r.temperature),
+            f(r.temp_trace_per_d.mean),
+            f(r.temp_trace_per_d.ci95),
             f(r.area_rate.mean),
             f(r.area_rate.ci95),
+            f(r.overlap.mean),
+            f(r.overlap.ci95),
             params
         ));
     }

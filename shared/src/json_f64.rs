@@ -6,7 +6,24 @@
 //! that are undefined (a confidence interval from one seed, the loss of a
 //! diverged run) survive a round trip.
 
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An `f64` that serialises like a `json_f64` field, for use inside
+/// collections (`Vec<F64>`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct F64(pub f64);
+
+impl Serialize for F64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for F64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<F64, D::Error> {
+        deserialize(d).map(F64)
+    }
+}
 
 /// Writes finite values as numbers, others as `null`.
 pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {

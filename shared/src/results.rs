@@ -47,7 +47,15 @@ pub struct RunResult {
     pub pooled: Option<SpectrumStats>,
     /// Drift statistics of the trajectory.
     pub drift: Option<DriftStats>,
+    /// Overlap of the top-[`OVERLAP_K`] eigenspaces of `D` at successive
+    /// probes (entry i: probes i and i+1), in [0, 1]: how much the dominant
+    /// diffusion directions persist as training moves on.
+    #[serde(default)]
+    pub eigenspace_overlap: Vec<crate::json_f64::F64>,
 }
+
+/// Dimension of the eigenspaces compared between successive probes.
+pub const OVERLAP_K: usize = 10;
 
 /// One probe's statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +105,9 @@ pub struct CellResult {
     pub lambda_max: Summary,
     /// Area-enclosing rate of the first projection pair, across seeds.
     pub area_rate: Summary,
+    /// Top-[`OVERLAP_K`] eigenspace overlap between the last two probes, across seeds.
+    #[serde(default = "Summary::empty")]
+    pub eigenspace_overlap: Summary,
     /// The runs.
     pub runs: Vec<RunResult>,
 }
@@ -109,6 +120,9 @@ pub fn run_result(r: &RunData) -> RunResult {
         .map(|p| ProbeSummary { meta: p.meta.clone(), spectrum: SpectrumStats::from_sketch(&p.sketch) })
         .collect();
     let pooled = merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| SpectrumStats::from_sketch(&s));
+    let spaces: Vec<Vec<Vec<f64>>> = r.probes.iter().map(|p| p.sketch.top_eigenvectors(OVERLAP_K)).collect();
+    let eigenspace_overlap =
+        spaces.windows(2).map(|w| crate::json_f64::F64(crate::sketch::subspace_overlap(&w[0], &w[1]))).collect();
     RunResult {
         run_id: r.run_id.clone(),
         seed: r.seed,
@@ -116,6 +130,7 @@ pub fn run_result(r: &RunData) -> RunResult {
         probes,
         pooled,
         drift: r.trajectory.as_ref().map(DriftStats::from_sums),
+        eigenspace_overlap,
     }
 }
 
@@ -159,6 +174,7 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellRes
         trace: Summary::of(finals.iter().map(|s| s.trace)),
         lambda_max: Summary::of(finals.iter().map(|s| s.lambda_max.value)),
         area_rate: Summary::of(results.iter().filter_map(|r| r.drift.as_ref().map(|d| d.area_rate))),
+        eigenspace_overlap: Summary::of(results.iter().filter_map(|r| r.eigenspace_overlap.last().map(|x| x.0))),
         runs: results,
     }
 }

@@ -21,7 +21,39 @@
 //! `M = UΛUᵀ`, let `δ = λ_{ℓ+1}`, keep rows `√(λᵢ−δ)/√λᵢ · Uᵢᵀ B` for
 //! `i ≤ ℓ`, and add `δ` to `Δ`.
 
-use crate::linalg::{gram_f64, sgemm, sym_eigen};
+use crate::linalg::{SymEigen, gram_f64, sgemm, sym_eigen};
+
+/// `D̂` in an orthonormal basis of a sketch's row space (see `FdSketch::row_space`).
+struct RowSpace {
+    /// `Z = [B; ḡᵀ]`, row-major (m×d), in f64.
+    z: Vec<f64>,
+    /// Rows of `Z`.
+    m: usize,
+    /// Eigen-decomposition of `Z Zᵀ`.
+    eg: SymEigen,
+    /// Indices of its nonzero eigenvalues: the basis kept.
+    keep: Vec<usize>,
+    /// `S` (keep×keep, row-major).
+    s: Vec<f64>,
+}
+
+/// Overlap of two subspaces given by orthonormal rows: ‖E Fᵀ‖²_F / k with
+/// k the smaller dimension; 1 when one contains the other, 0 when they are
+/// orthogonal. NaN when either is empty.
+pub fn subspace_overlap(e: &[Vec<f64>], f: &[Vec<f64>]) -> f64 {
+    let k = e.len().min(f.len());
+    if k == 0 {
+        return f64::NAN;
+    }
+    let mut sum = 0.0;
+    for a in &e[..k] {
+        for b in &f[..k] {
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            sum += dot * dot;
+        }
+    }
+    sum / k as f64
+}
 
 /// Format version of [`FdSketch::encode`].
 pub const SKETCH_FORMAT_VERSION: u16 = 1;
@@ -197,18 +229,24 @@ impl FdSketch {
     /// `rows + 1` of them; all others are 0). Every eigenvalue of the true `D`
     /// lies in `[λᵢ(D̂), λᵢ(D̂) + Δ/n]`.
     pub fn eigenvalues(&self) -> Vec<f64> {
+        self.row_space().map(|rs| sym_eigen(rs.keep.len(), &rs.s).values).unwrap_or_default()
+    }
+
+    /// `D̂` in an orthonormal basis of the sketch's row space.
+    ///
+    /// With `Z = [B; ḡᵀ]` ((r+1)×d) and `W = diag(1/n, …, 1/n, −1)`,
+    /// `D̂ = Zᵀ W Z`. If `G = Z Zᵀ = V Σ Vᵀ`, the vectors `Zᵀvⱼ/√σⱼ` are
+    /// orthonormal and `D̂` restricted to them is `S = Σ^½ Vᵀ W V Σ^½`.
+    fn row_space(&self) -> Option<RowSpace> {
         if self.n == 0 {
-            return vec![];
+            return None;
         }
         let (r, d) = (self.rows, self.d);
         let n = self.n as f64;
-        // Z = [B; ḡᵀ] ((r+1)×d), W = diag(1/n, …, 1/n, −1); D̂ = Zᵀ W Z.
         let mut z: Vec<f64> = self.buf[..r * d].iter().map(|&v| v as f64).collect();
         z.extend(self.sum_g.iter().map(|s| s / n));
         let m = r + 1;
-        let g = gram_f64(m, d, &z);
-        // G = V Σ Vᵀ; nonzero eigenvalues of D̂ are those of S = Σ^½ Vᵀ W V Σ^½.
-        let eg = sym_eigen(m, &g);
+        let eg = sym_eigen(m, &gram_f64(m, d, &z));
         let tol = eg.values.first().copied().unwrap_or(0.0).max(0.0) * 1e-13;
         let keep: Vec<usize> = (0..m).filter(|&i| eg.values[i] > tol).collect();
         let k = keep.len();
@@ -224,7 +262,45 @@ impl FdSketch {
                 s[b * k + a] = v;
             }
         }
-        sym_eigen(k, &s).values
+        Some(RowSpace { z, m, eg, keep, s })
+    }
+
+    /// The top `k` eigenvectors of `D̂` (rows of length `d`, orthonormal,
+    /// in the order of [`FdSketch::eigenvalues`]); fewer when `D̂` has fewer
+    /// nonzero eigenvalues. `S`'s eigenvectors (see `row_space`) mapped back
+    /// to ℝᵈ through the row-space basis.
+    pub fn top_eigenvectors(&self, k: usize) -> Vec<Vec<f64>> {
+        let Some(RowSpace { z, m, eg, keep, s: sm }) = self.row_space() else { return vec![] };
+        if k == 0 {
+            return vec![];
+        }
+        let (d, kk) = (self.d, keep.len());
+        let es = sym_eigen(kk, &sm);
+        // Basis vectors u_a = Zᵀ v_a / √σ_a (d each).
+        let basis: Vec<Vec<f64>> = keep
+            .iter()
+            .map(|&ia| {
+                let v = &eg.vectors[ia * m..(ia + 1) * m];
+                let scale = 1.0 / eg.values[ia].sqrt();
+                let mut u = vec![0.0; d];
+                for (j, &vj) in v.iter().enumerate() {
+                    let row = &z[j * d..(j + 1) * d];
+                    u.iter_mut().zip(row).for_each(|(x, &zr)| *x += vj * zr);
+                }
+                u.iter_mut().for_each(|x| *x *= scale);
+                u
+            })
+            .collect();
+        (0..k.min(kk))
+            .map(|i| {
+                let q = &es.vectors[i * kk..(i + 1) * kk];
+                let mut e = vec![0.0; d];
+                for (a, u) in basis.iter().enumerate() {
+                    e.iter_mut().zip(u).for_each(|(x, &ua)| *x += q[a] * ua);
+                }
+                e
+            })
+            .collect()
     }
 
     /// Serialises the sketch (little-endian, versioned, CRC-32 protected).
@@ -428,6 +504,60 @@ mod tests {
             }
         }
         a
+    }
+
+    /// Samples whose covariance lives in coordinates `first..first+5` with
+    /// scales 5, 4, 3, 2, 1, plus a mean offset.
+    fn planted(n: usize, d: usize, first: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed, Stream::Other(12));
+        let mut a = vec![0.0f32; n * d];
+        for i in 0..n {
+            for c in 0..5 {
+                a[i * d + first + c] = (r.normal() * (5 - c) as f64 + 0.5) as f32;
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn eigenvectors_diagonalise_the_sketch_and_subspace_overlap_behaves() {
+        let (n, d) = (400, 40);
+        let mut sk = FdSketch::new(d, 8);
+        sk.insert_block(&planted(n, d, 3, 1));
+        let vals = sk.eigenvalues();
+        let vecs = sk.top_eigenvectors(4);
+        assert_eq!(vecs.len(), 4);
+        // Orthonormal, and D̂ e = λ e with D̂ = (1/n) BᵀB − ḡḡᵀ.
+        let nn = sk.count() as f64;
+        let mean = sk.mean();
+        for (i, e) in vecs.iter().enumerate() {
+            for (j, f) in vecs.iter().enumerate() {
+                let dot: f64 = e.iter().zip(f).map(|(a, b)| a * b).sum();
+                assert!((dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9, "⟨e{i}, e{j}⟩ = {dot}");
+            }
+            let mut de = vec![0.0; d];
+            for row in sk.buf[..sk.rows * d].chunks_exact(d) {
+                let p: f64 = row.iter().zip(e).map(|(&b, &x)| b as f64 * x).sum();
+                de.iter_mut().zip(row).for_each(|(y, &b)| *y += p * b as f64 / nn);
+            }
+            let gm: f64 = mean.iter().zip(e).map(|(a, b)| a * b).sum();
+            de.iter_mut().zip(&mean).for_each(|(y, &m)| *y -= gm * m);
+            let err: f64 = de.iter().zip(e).map(|(y, x)| (y - vals[i] * x).powi(2)).sum::<f64>().sqrt();
+            assert!(err < 1e-8 * vals[0], "eigenpair {i}: residual {err}");
+            // The planted directions: all mass on coordinates 3..8.
+            let inside: f64 = e[3..8].iter().map(|x| x * x).sum();
+            assert!(inside > 0.999, "e{i} lies in the planted subspace ({inside})");
+        }
+        // Same subspace from other samples: overlap near 1; an orthogonal one: 0.
+        let mut again = FdSketch::new(d, 8);
+        again.insert_block(&planted(n, d, 3, 2));
+        let same = subspace_overlap(&vecs, &again.top_eigenvectors(4));
+        assert!(same > 0.9, "same planted subspace: overlap {same}");
+        let mut other = FdSketch::new(d, 8);
+        other.insert_block(&planted(n, d, 20, 3));
+        let orth = subspace_overlap(&vecs, &other.top_eigenvectors(4));
+        assert!(orth < 1e-12, "orthogonal subspaces: overlap {orth}");
+        assert!(subspace_overlap(&[], &vecs).is_nan());
     }
 
     fn check_bounds(sk: &FdSketch, exact: &ExactCovariance) {

@@ -219,6 +219,17 @@ impl Summary {
         let std = var.sqrt();
         Summary { count, mean, std, ci95: student_t95(count - 1) * std / (count as f64).sqrt() }
     }
+
+    /// The summary of no values.
+    pub fn empty() -> Summary {
+        Summary::of([])
+    }
+
+    /// The summary of the same values multiplied by `k` (a known, exact
+    /// factor such as β⁻¹/d): mean, deviation and interval scale with it.
+    pub fn scaled(&self, k: f64) -> Summary {
+        Summary { count: self.count, mean: self.mean * k, std: self.std * k.abs(), ci95: self.ci95 * k.abs() }
+    }
 }
 
 /// Two-sided 95 % quantile of Student's t with `dof` degrees of freedom.

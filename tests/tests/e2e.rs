@@ -23,12 +23,34 @@ fn quickstart_local_prints_table_and_writes_files() {
     let o = cli(&["local", grid, "--workers", "2", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "local failed:\n{}", stderr(&o));
     let table = stdout(&o);
-    for col in ["lr", "η/b", "seeds", "train loss", "test acc", "rank/d", "tr D", "λ_max", "area rate"] {
+    for col in [
+        "lr",
+        "η/b",
+        "seeds",
+        "train loss",
+        "test acc",
+        "rank/d",
+        "tr D",
+        "λ_max",
+        "β⁻¹",
+        "β⁻¹·trD/d",
+        "area rate",
+        "eig overlap",
+    ] {
         assert!(table.contains(col), "table lacks column {col}:\n{table}");
     }
     assert_eq!(table.lines().filter(|l| l.contains(" 2/2 ")).count(), 12, "12 cells with both seeds:\n{table}");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 13, "header + 12 cells");
+    // The temperature columns: β⁻¹ = η/(2b), and β⁻¹·tr D/d from the same row.
+    let head: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    for line in csv.lines().skip(1) {
+        let row: Vec<&str> = line.split(',').collect();
+        let col = |n: &str| row[head.iter().position(|h| *h == n).unwrap()].parse::<f64>().unwrap();
+        assert_eq!(col("temperature"), col("lr") / (2.0 * col("batch_size")));
+        let want = col("temperature") * col("trace") / col("d");
+        assert!((col("temperature_trace_per_d") - want).abs() <= 1e-12 * want.abs(), "{line}");
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["cells"].as_array().unwrap().len(), 12);
@@ -37,6 +59,14 @@ fn quickstart_local_prints_table_and_writes_files() {
     assert_eq!(cell["d"], 2410);
     let frac = cell["rank_fraction"]["mean"].as_f64().unwrap();
     assert!(frac > 0.0 && frac < 0.5, "rank/d {frac}");
+    // Three probes per run: two overlaps of top-10 eigenspaces, each in [0, 1].
+    for c in json["cells"].as_array().unwrap() {
+        for r in c["runs"].as_array().unwrap() {
+            let ov = r["eigenspace_overlap"].as_array().unwrap();
+            assert_eq!(ov.len(), 2);
+            assert!(ov.iter().all(|x| (0.0..=1.0 + 1e-9).contains(&x.as_f64().unwrap())), "{ov:?}");
+        }
+    }
 }
 
 /// Acceptance 2: serve, two workers, submit, watch, results — as the README
