@@ -80,8 +80,7 @@ pub fn lease_to_wire(l: Lease) -> pb::RunAssignment {
 
 /// A stored checkpoint as wire chunks, each under the message size limit.
 pub fn checkpoint_chunks(data: &[u8]) -> Vec<pb::CheckpointChunk> {
-    let parts: Vec<&[u8]> =
-        if data.is_empty() { vec![&[][..]] } else { data.chunks(gradsweep_proto::MAX_CHUNK_BYTES).collect() };
+    let parts = gradsweep_proto::chunk_slices(data);
     let count = parts.len() as u32;
     parts
         .into_iter()

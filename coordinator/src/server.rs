@@ -83,7 +83,10 @@ pub async fn serve_with_metrics(
     if !addr.ip().is_loopback() && security.token.is_none() {
         tracing::warn!(%addr, "listening off loopback without a token (--insecure-no-auth)");
     }
-    let state = Coordinator::open(config)?;
+    // Opening runs SQLite I/O and an integrity check: off the async workers.
+    let state = tokio::task::spawn_blocking(move || Coordinator::open(config))
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("opening the state failed: {e}")))??;
     tracing::info!(
         %addr,
         tls = security.tls.is_some(),

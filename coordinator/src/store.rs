@@ -636,8 +636,7 @@ impl Store {
         let Some((run_id, sweep_id, epoch, spec_json)) = next else { return Ok(None) };
         let epoch = epoch + 1;
         // Rewinds to the last checkpoint (a no-op for a run requeued that way).
-        requeue(&tx, &run_id)?;
-        let resume_seq = checkpoint_position(&tx, &run_id)?.map_or(0, |c| c.0);
+        let resume_seq = requeue(&tx, &run_id)?;
         tx.execute(
             "UPDATE runs SET state = ?1, epoch = ?2, worker_id = ?3, lease_expires_ms = ?4, \
              attempts = attempts + 1, updated_ms = ?5 WHERE id = ?6",
@@ -950,8 +949,8 @@ fn checkpoint_position(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<O
 /// Puts a run back in the queue, rewound to its last checkpoint: the
 /// reports after it (partial blobs, later probes, the trajectory) are
 /// discarded, the ones up to it are kept. Without a checkpoint the run
-/// starts over.
-fn requeue(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<()> {
+/// starts over. Returns the sequence number to resume after (0: none).
+fn requeue(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<u64> {
     let (seq, step, probes) = checkpoint_position(tx, run_id)?.unwrap_or((0, 0, 0));
     tx.execute(
         "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, applied_seq = ?2, step = ?3, \
@@ -961,7 +960,7 @@ fn requeue(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<()> {
     tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
     tx.execute("DELETE FROM probes WHERE run_id = ?1 AND idx >= ?2", params![run_id, probes])?;
     tx.execute("DELETE FROM trajectories WHERE run_id = ?1", [run_id])?;
-    Ok(())
+    Ok(seq)
 }
 
 fn apply_chunk(tx: &rusqlite::Transaction<'_>, run_id: &str, seq: u64, d: usize, c: &Chunk) -> Result<()> {

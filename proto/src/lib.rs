@@ -36,3 +36,9 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest payload of one blob chunk, leaving headroom under [`MAX_MESSAGE_BYTES`].
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Splits a blob into chunk payloads of at most [`MAX_CHUNK_BYTES`], in
+/// order; an empty blob is one empty chunk, so every blob has a last chunk.
+pub fn chunk_slices(bytes: &[u8]) -> Vec<&[u8]> {
+    if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(MAX_CHUNK_BYTES).collect() }
+}

@@ -525,15 +525,6 @@ pub fn verify_against_offline(grid: &str, cells: &[gradsweep_shared::results::Ce
     checked
 }
 
-/// Checks that the last checkpoint stored for every run of `sweep` in the
-/// database `db` is byte-identical to the last checkpoint of an undisturbed
-/// offline run. Returns the number of runs checked.
-pub fn verify_checkpoints_against_offline(db: &Path, grid: &str, sweep: &str) -> usize {
-    let a = audit(grid, sweep, &[], Some(db));
-    assert_eq!(a.checkpoint_mismatched, 0, "stored checkpoints differ from the undisturbed runs'");
-    a.runs
-}
-
 /// Waits until every run of `sweep` completed.
 pub async fn wait_sweep_completed(client: &ControlClient, sweep: &str, timeout: Duration) {
     wait_until(timeout, &format!("sweep {sweep} to complete"), || {

@@ -1,12 +1,11 @@
 //! Run events to wire reports — the worker's one wire↔domain module.
 
-use gradsweep_proto::MAX_CHUNK_BYTES;
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_shared::run::RunEvent;
 
 fn chunks(index: u32, bytes: &[u8], wrap: fn(pb::BlobChunk) -> Body) -> Vec<Body> {
-    let parts: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(MAX_CHUNK_BYTES).collect() };
+    let parts = gradsweep_proto::chunk_slices(bytes);
     let count = parts.len() as u32;
     parts
         .into_iter()
@@ -30,6 +29,7 @@ pub fn event_bodies(event: RunEvent) -> Vec<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gradsweep_proto::MAX_CHUNK_BYTES;
 
     #[test]
     fn large_blobs_are_split_under_the_limit() {
