@@ -1,4 +1,8 @@
-//! Results as a terminal table, CSV, or JSON.
+//! Results as terminal tables, CSV, or JSON.
+//!
+//! The table format prints three tables: the spectrum of `D` per cell
+//! ([`table`]), the drift statistics per cell ([`drift_table`]), and the
+//! sweep-level η/b table with the collapse scores ([`eta_table`]).
 
 use gradsweep_shared::results::{CellResult, SweepSummary};
 use gradsweep_shared::stats::Summary;
@@ -26,6 +30,24 @@ struct Row {
     temp_trace_per_d: Summary,
     /// Top-k eigenspace overlap between the last two probes.
     overlap: Summary,
+}
+
+/// Aligns `rows` (the first is the header) for a terminal, with a rule
+/// under the header.
+fn align(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols).map(|j| rows.iter().map(|r| r[j].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:>w$}", w = w)).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn row(c: &CellResult) -> Row {
@@ -152,40 +174,89 @@ pub fn table(cells: &[CellResult]) -> String {
         }
         rows.push(line);
     }
-    let widths: Vec<usize> =
-        (0..header.len()).map(|j| rows.iter().map(|r| r[j].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for (i, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:>w$}", w = w)).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-        if i == 0 {
-            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
-            out.push('\n');
-        }
-    }
-    out
+    align(&rows)
 }
 
-/// The sweep-level η/b table.
+/// The drift statistics per cell: ± is the 95 % interval across seeds;
+/// "merged" columns read the seeds' trajectory sums added together.
+pub fn drift_table(cells: &[CellResult]) -> String {
+    let header = [
+        "cell",
+        "η/b",
+        "points",
+        "area rate",
+        "cycling ω",
+        "merged ω",
+        "MSD exp",
+        "autocorr@max",
+        "spectral α",
+        "peak f",
+        "peak/bg",
+        "‖∇f‖/√d",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for c in cells {
+        let merged = c.merged_drift.as_ref();
+        rows.push(vec![
+            c.index.to_string(),
+            num(c.eta_over_b),
+            merged.map_or("-".into(), |d| d.points.to_string()),
+            pm(c.area_rate),
+            pm(c.cycling_frequency),
+            merged.map_or("-".into(), |d| num(d.cycling_frequency)),
+            pm(c.msd_exponent),
+            pm(c.autocorrelation),
+            pm(c.spectral_exponent),
+            merged.map_or("-".into(), |d| num(d.peak_frequency)),
+            pm(c.peak_to_background),
+            pm(c.grad_norm),
+        ]);
+    }
+    align(&rows)
+}
+
+/// The sweep-level η/b table, then the collapse score of each statistic.
 pub fn eta_table(summary: &SweepSummary) -> String {
     let mut out = String::from("η/b table (cells sorted by η/b; means over seeds)\n");
-    out.push_str(&format!(
-        "{:>12}  {:>10}  {:>5}  {:>10}  {:>12}  {:>12}  {:>9}\n",
-        "η/b", "lr", "b", "rank/d", "tr D", "area rate", "test acc"
-    ));
+    let header = ["η/b", "lr", "b", "rank/d", "tr D", "β⁻¹·trD/d", "area rate", "cycling ω", "‖∇f‖/√d", "test acc"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in &summary.by_eta_over_b {
-        out.push_str(&format!(
-            "{:>12}  {:>10}  {:>5}  {:>10}  {:>12}  {:>12}  {:>9}\n",
+        rows.push(vec![
             num(r.eta_over_b),
             num(r.lr),
-            r.batch_size,
+            r.batch_size.to_string(),
             num(r.rank_fraction),
             num(r.trace),
+            num(r.temperature_trace_per_d),
             num(r.area_rate),
-            num(r.test_accuracy)
-        ));
+            num(r.cycling_frequency),
+            num(r.grad_norm),
+            num(r.test_accuracy),
+        ]);
     }
+    out.push_str(&align(&rows));
+    if summary.collapse.is_empty() {
+        return out;
+    }
+    out.push_str(
+        "\ncollapse onto η/b: R²(ln η/b) / R²(ln η, ln b) within groups of the other axes \
+         (1: only η/b matters), 95 % bootstrap interval over seeds\n",
+    );
+    let header = ["statistic", "cells", "score", "95 % CI", "R² η,b", "R² η/b", "−β_b/β_η", "note"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for c in &summary.collapse {
+        rows.push(vec![
+            c.statistic.clone(),
+            c.cells.to_string(),
+            num(c.score),
+            if c.ci_lo.is_finite() { format!("[{:.3}, {:.3}]", c.ci_lo, c.ci_hi) } else { "-".into() },
+            num(c.r2_separate),
+            num(c.r2_ratio),
+            num(c.slope_ratio),
+            c.note.clone().unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&align(&rows));
     out
 }
 
@@ -195,14 +266,16 @@ pub fn csv(cells: &[CellResult]) -> String {
         "cell,lr,batch_size,eta_over_b,seeds_done,seeds_total,train_loss,train_loss_ci95,test_accuracy,test_accuracy_ci95,d,\
          rank,rank_ci95,rank_lo,rank_hi,rank_fraction,trace,trace_ci95,lambda_max,lambda_max_ci95,temperature,\
          temperature_trace_per_d,temperature_trace_per_d_ci95,area_rate,area_rate_ci95,eigenspace_overlap,\
-         eigenspace_overlap_ci95,params\n",
+         eigenspace_overlap_ci95,cycling_frequency,cycling_frequency_ci95,msd_exponent,msd_exponent_ci95,\
+         autocorrelation_max_lag,autocorrelation_max_lag_ci95,spectral_exponent,spectral_exponent_ci95,\
+         peak_to_background,peak_to_background_ci95,grad_norm_per_sqrt_d,grad_norm_per_sqrt_d_ci95,params\n",
     );
     let f = |x: f64| if x.is_finite() { format!("{x}") } else { String::new() };
     for c in cells {
         let r = row(c);
         let params = gradsweep_shared::grid::fmt_params(&c.params).replace('"', "'");
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n",
             r.cell,
             f(r.lr),
             r.batch,
@@ -230,6 +303,18 @@ pub fn csv(cells: &[CellResult]) -> String {
             f(r.area_rate.ci95),
             f(r.overlap.mean),
             f(r.overlap.ci95),
+            [
+                c.cycling_frequency,
+                c.msd_exponent,
+                c.autocorrelation,
+                c.spectral_exponent,
+                c.peak_to_background,
+                c.grad_norm
+            ]
+            .iter()
+            .map(|s| format!("{},{}", f(s.mean), f(s.ci95)))
+            .collect::<Vec<_>>()
+            .join(","),
             params
         ));
     }

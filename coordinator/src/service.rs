@@ -7,7 +7,7 @@ use std::time::Duration;
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::control_service_server::ControlService;
 use gradsweep_proto::v1::worker_service_server::WorkerService;
-use gradsweep_shared::results::{SweepSummary, eta_over_b_table};
+use gradsweep_shared::results::SweepSummary;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -179,14 +179,7 @@ impl ControlService for ControlApi {
                 Ok((row, cells))
             })
             .await?;
-        let summary = SweepSummary {
-            sweep_id: row.id.clone(),
-            name: row.name.clone(),
-            cells: cells.len(),
-            runs_total: row.total() as usize,
-            runs_done: cells.iter().map(|c| c.seeds_done).sum(),
-            by_eta_over_b: eta_over_b_table(&cells),
-        };
+        let summary = SweepSummary::new(row.id.clone(), row.name.clone(), row.total() as usize, &cells);
         let to_json = |v: serde_json::Result<String>| v.map_err(|e| Status::internal(e.to_string()));
         let mut items = Vec::with_capacity(cells.len() + 1);
         for c in &cells {

@@ -1009,7 +1009,7 @@ fn apply_chunk(tx: &rusqlite::Transaction<'_>, run_id: &str, seq: u64, d: usize,
         }
         BlobKind::Trajectory => {
             let sums: TrajectorySums = serde_json::from_slice(&blob).map_err(|e| bad(format!("trajectory: {e}")))?;
-            validate_trajectory(&sums).map_err(|m| bad(format!("trajectory: {m}")))?;
+            sums.validate().map_err(|m| bad(format!("trajectory: {m}")))?;
             tx.execute("INSERT OR REPLACE INTO trajectories (run_id, data) VALUES (?1, ?2)", params![run_id, blob])?;
         }
         BlobKind::Checkpoint => {
@@ -1037,31 +1037,6 @@ fn apply_chunk(tx: &rusqlite::Transaction<'_>, run_id: &str, seq: u64, d: usize,
         }
     }
     tx.execute("DELETE FROM chunks WHERE run_id = ?1 AND kind = ?2 AND idx = ?3", params![run_id, kind, c.index])?;
-    Ok(())
-}
-
-fn validate_trajectory(s: &TrajectorySums) -> std::result::Result<(), String> {
-    let nl = s.lags.len();
-    let shapes_ok = s.count.len() == nl
-        && s.msd.len() == nl
-        && s.cross.iter().all(|c| c.len() == s.k * s.k)
-        && s.sum_lead.iter().chain(&s.sum_lag).all(|v| v.len() == s.k)
-        && s.cross.len() == nl
-        && s.sum_lead.len() == nl
-        && s.sum_lag.len() == nl;
-    if !shapes_ok {
-        return Err("inconsistent shapes".into());
-    }
-    let finite = s
-        .msd
-        .iter()
-        .chain(s.cross.iter().flatten())
-        .chain(s.sum_lead.iter().flatten())
-        .chain(s.sum_lag.iter().flatten())
-        .all(|v| v.is_finite());
-    if !finite {
-        return Err("non-finite values".into());
-    }
     Ok(())
 }
 

@@ -68,6 +68,12 @@ pub fn ou_area_rate(f: M2, sigma: M2) -> f64 {
     0.5 * (sft(1, 0) - fs(1, 0))
 }
 
+/// Analytic cycling frequency per unit time of the pair (0, 1): the area
+/// rate over half the stationary spread, `2·rate / (Σ₀₀ + Σ₁₁)`.
+pub fn ou_cycling_frequency(f: M2, sigma: M2) -> f64 {
+    2.0 * ou_area_rate(f, sigma) / (sigma[0][0] + sigma[1][1])
+}
+
 fn cholesky_2d(d: M2) -> M2 {
     let l00 = d[0][0].max(0.0).sqrt();
     let l10 = if l00 > 0.0 { d[1][0] / l00 } else { 0.0 };
@@ -217,6 +223,12 @@ mod tests {
                 got.ci95,
                 100.0 * rel
             );
+            // The cycling frequency, from the merged batches' lag-0 and lag-1 sums.
+            let mut all = b[0].clone();
+            b[1..].iter().for_each(|s| all.merge(s).unwrap());
+            let (want, got) = (ou_cycling_frequency(f, s), all.cycling_frequency(0, 1) / dt);
+            let rel = (got - want).abs() / want.abs();
+            assert!(rel < 0.05, "case {i}: cycling frequency {got} vs analytic {want} ({:.1} %)", 100.0 * rel);
         }
     }
 

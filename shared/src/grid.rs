@@ -211,6 +211,7 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("burn_in_epochs", Section::Probe, Kind::Int(0)),
     ("projection_seed", Section::Probe, Kind::Int(0)),
     ("block_size", Section::Probe, Kind::Int(1)),
+    ("psd_window", Section::Probe, Kind::Int(0)),
     ("exact", Section::Probe, Kind::Bool),
 ];
 
@@ -704,6 +705,12 @@ fn build_cell(
         && probe.projections as usize > m.param_count()
     {
         ctx.push(span_of("projections"), format!("`projections` exceeds the model's {} parameters", m.param_count()));
+    }
+    if !crate::trajectory::valid_psd_window(probe.psd_window as usize) {
+        ctx.push(
+            span_of("psd_window"),
+            format!("`psd_window` must be 0 or a power of two in 8..=4096, found {}{cell_desc}", probe.psd_window),
+        );
     }
     if probe.burn_in_epochs >= train.epochs {
         ctx.push(

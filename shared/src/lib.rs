@@ -15,7 +15,8 @@
 //! * [`model`] — networks by name (the paper's four and generic MLPs) with batch and per-sample gradients.
 //! * [`sketch`] — the Frequent Directions sketch with its Δ certificate, and the exact path.
 //! * [`stats`] — spectral statistics of `D` with certified brackets; seed summaries.
-//! * [`trajectory`] — projected trajectories: lagged covariances, area-enclosing rates, MSD.
+//! * [`trajectory`] — projected trajectories: lagged covariances, area-enclosing rates, cycling
+//!   frequencies, MSD, autocorrelation, Welch spectra.
 //! * [`spec`] — the configuration of one run and its final figures.
 //! * [`grid`] — the grid file: parse, validate (file:line:col errors), expand.
 //! * [`run`] — execute one run (from the start or a checkpoint) and emit its probes, trajectory and checkpoints.
@@ -25,6 +26,7 @@
 //! * [`controls`] — OU and double-well processes with known drift, validating the statistics.
 //! * [`npy`] — NumPy `.npy` arrays (read and write).
 //! * [`results`] — per-run, per-cell and sweep-level statistics.
+//! * [`scaling`] — does η/b govern a statistic: the collapse score across the grid, with bootstrap intervals.
 
 pub mod analyze;
 pub mod checkpoint;
@@ -39,6 +41,7 @@ pub mod npy;
 pub mod results;
 pub mod rng;
 pub mod run;
+pub mod scaling;
 pub mod sketch;
 pub mod spec;
 pub mod stats;

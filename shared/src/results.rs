@@ -52,6 +52,12 @@ pub struct RunResult {
     /// diffusion directions persist as training moves on.
     #[serde(default)]
     pub eigenspace_overlap: Vec<crate::json_f64::F64>,
+    /// Full-gradient norm per coordinate `‖∇f‖/√d` at each probe, as
+    /// (epoch, value): how far from a critical point training sits (the
+    /// paper's limit cycles keep it from decaying). From the unbiased
+    /// ‖∇f‖² estimate, clamped at 0.
+    #[serde(default)]
+    pub grad_norm: Vec<(u32, crate::json_f64::F64)>,
 }
 
 /// Dimension of the eigenspaces compared between successive probes.
@@ -108,6 +114,28 @@ pub struct CellResult {
     /// Top-[`OVERLAP_K`] eigenspace overlap between the last two probes, across seeds.
     #[serde(default = "Summary::empty")]
     pub eigenspace_overlap: Summary,
+    /// Cycling frequency (radians per step) of the first projection pair, across seeds.
+    #[serde(default = "Summary::empty")]
+    pub cycling_frequency: Summary,
+    /// MSD exponent, across seeds.
+    #[serde(default = "Summary::empty")]
+    pub msd_exponent: Summary,
+    /// Autocorrelation at the largest lag, across seeds.
+    #[serde(default = "Summary::empty")]
+    pub autocorrelation: Summary,
+    /// Spectral background exponent α (P ∝ f^(−α)), across seeds.
+    #[serde(default = "Summary::empty")]
+    pub spectral_exponent: Summary,
+    /// Spectral peak over background, across seeds.
+    #[serde(default = "Summary::empty")]
+    pub peak_to_background: Summary,
+    /// ‖∇f‖/√d at the final probe, across seeds.
+    #[serde(default = "Summary::empty")]
+    pub grad_norm: Summary,
+    /// Drift statistics of the seeds' trajectory sums merged (the runs share
+    /// their projection directions, so their sums add up).
+    #[serde(default)]
+    pub merged_drift: Option<DriftStats>,
     /// The runs.
     pub runs: Vec<RunResult>,
 }
@@ -123,6 +151,13 @@ pub fn run_result(r: &RunData) -> RunResult {
     let spaces: Vec<Vec<Vec<f64>>> = r.probes.iter().map(|p| p.sketch.top_eigenvectors(OVERLAP_K)).collect();
     let eigenspace_overlap =
         spaces.windows(2).map(|w| crate::json_f64::F64(crate::sketch::subspace_overlap(&w[0], &w[1]))).collect();
+    let grad_norm = probes
+        .iter()
+        .map(|p| {
+            let s = &p.spectrum;
+            (p.meta.epoch, crate::json_f64::F64(s.grad_norm_sq.max(0.0).sqrt() / (s.d.max(1) as f64).sqrt()))
+        })
+        .collect();
     RunResult {
         run_id: r.run_id.clone(),
         seed: r.seed,
@@ -131,6 +166,7 @@ pub fn run_result(r: &RunData) -> RunResult {
         pooled,
         drift: r.trajectory.as_ref().map(DriftStats::from_sums),
         eigenspace_overlap,
+        grad_norm,
     }
 }
 
@@ -155,6 +191,17 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellRes
         .map(|s| SpectrumStats::from_sketch(&s));
     let lr = cell.train.lr;
     let b = cell.train.batch_size;
+    let drifts: Vec<&DriftStats> = results.iter().filter_map(|r| r.drift.as_ref()).collect();
+    let drift_summary = |f: fn(&DriftStats) -> f64| Summary::of(drifts.iter().map(|d| f(d)));
+    let merged_drift = runs
+        .iter()
+        .filter_map(|r| r.trajectory.as_ref())
+        .try_fold(None::<TrajectorySums>, |acc, t| match acc {
+            None => Some(Some(t.clone())),
+            Some(mut m) => m.merge(t).ok().map(|_| Some(m)),
+        })
+        .flatten()
+        .map(|m| DriftStats::from_sums(&m));
     CellResult {
         index: cell.index,
         params: cell.params.clone(),
@@ -175,6 +222,13 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellRes
         lambda_max: Summary::of(finals.iter().map(|s| s.lambda_max.value)),
         area_rate: Summary::of(results.iter().filter_map(|r| r.drift.as_ref().map(|d| d.area_rate))),
         eigenspace_overlap: Summary::of(results.iter().filter_map(|r| r.eigenspace_overlap.last().map(|x| x.0))),
+        cycling_frequency: drift_summary(|d| d.cycling_frequency),
+        msd_exponent: drift_summary(|d| d.msd_exponent),
+        autocorrelation: drift_summary(DriftStats::autocorrelation_at_max_lag),
+        spectral_exponent: drift_summary(|d| d.spectral_exponent),
+        peak_to_background: drift_summary(|d| d.peak_to_background),
+        grad_norm: Summary::of(results.iter().filter_map(|r| r.grad_norm.last().map(|x| x.1.0))),
+        merged_drift,
         runs: results,
     }
 }
@@ -196,9 +250,18 @@ pub struct EtaOverBRow {
     /// Mean tr D at the final probe.
     #[serde(with = "crate::json_f64")]
     pub trace: f64,
+    /// β⁻¹·tr D/d at the final probe (mean over seeds).
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub temperature_trace_per_d: f64,
     /// Mean area-enclosing rate.
     #[serde(with = "crate::json_f64")]
     pub area_rate: f64,
+    /// Mean cycling frequency (radians per step).
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub cycling_frequency: f64,
+    /// Mean ‖∇f‖/√d at the final probe.
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub grad_norm: f64,
     /// Mean test accuracy.
     #[serde(with = "crate::json_f64")]
     pub test_accuracy: f64,
@@ -219,6 +282,29 @@ pub struct SweepSummary {
     pub runs_done: usize,
     /// Cells sorted by η/b, with their main statistics.
     pub by_eta_over_b: Vec<EtaOverBRow>,
+    /// Per statistic, how much of its variation η/b explains
+    /// (see [`crate::scaling`]).
+    #[serde(default)]
+    pub collapse: Vec<crate::scaling::CollapseScore>,
+}
+
+impl SweepSummary {
+    /// The summary of a sweep's cells.
+    pub fn new(sweep_id: String, name: String, runs_total: usize, cells: &[CellResult]) -> Self {
+        SweepSummary {
+            sweep_id,
+            name,
+            cells: cells.len(),
+            runs_total,
+            runs_done: cells.iter().map(|c| c.seeds_done).sum(),
+            by_eta_over_b: eta_over_b_table(cells),
+            collapse: crate::scaling::collapse_scores(cells),
+        }
+    }
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// The η/b table of a set of cells.
@@ -232,7 +318,10 @@ pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
             cell: c.index,
             rank_fraction: c.rank_fraction.mean,
             trace: c.trace.mean,
+            temperature_trace_per_d: if c.d > 0 { c.trace.mean * c.temperature / c.d as f64 } else { f64::NAN },
             area_rate: c.area_rate.mean,
+            cycling_frequency: c.cycling_frequency.mean,
+            grad_norm: c.grad_norm.mean,
             test_accuracy: c.test_accuracy.mean,
         })
         .collect();

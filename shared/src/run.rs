@@ -106,7 +106,7 @@ pub enum RunEvent {
     /// A probe finished.
     Probe(Box<ProbeRecord>),
     /// The trajectory sums (sent once, at the end).
-    Trajectory(TrajectorySums),
+    Trajectory(Box<TrajectorySums>),
     /// A segment ended: the state to resume from (after this segment's
     /// progress and probe events).
     Checkpoint(Box<Checkpoint>),
@@ -150,7 +150,10 @@ pub fn execute_from(
     let d = model.param_count();
     let k = (spec.probe.projections as usize).min(d);
     let dirs = random_orthonormal(k, d, &mut Rng::new(spec.probe.projection_seed, Stream::Projection));
-    let mut recorder = TrajectoryRecorder::new(k, default_lags(spec.probe.max_lag as usize));
+    let new_recorder = || {
+        TrajectoryRecorder::with_spectrum(k, default_lags(spec.probe.max_lag as usize), spec.probe.psd_window as usize)
+    };
+    let mut recorder = new_recorder();
     let probe_epochs = spec.probe_epochs();
 
     let mut params = model.init(spec.seed);
@@ -168,13 +171,14 @@ pub fn execute_from(
     let (mut start_epoch, mut start_s, mut resume_loss_sum) = (0u32, 0usize, 0.0f64);
     if let Some(c) = resume {
         let h = c.header;
-        let fresh_recorder = TrajectoryRecorder::new(k, default_lags(spec.probe.max_lag as usize));
+        let fresh_recorder = new_recorder();
         if h.spec_fingerprint != fingerprint
             || c.params.len() != d
             || c.velocity.len() != d
             || c.buffers.len() != buffers.len()
             || h.recorder.sums().k != k
             || h.recorder.sums().lags != fresh_recorder.sums().lags
+            || h.recorder.sums().psd_window != fresh_recorder.sums().psd_window
             || h.epoch >= t.epochs
             || h.step_in_epoch >= steps_per_epoch as u64
             || h.step != h.epoch as u64 * steps_per_epoch as u64 + h.step_in_epoch
@@ -272,7 +276,7 @@ pub fn execute_from(
             }
         }
     }
-    if sink(RunEvent::Trajectory(recorder.into_sums())).is_break() {
+    if sink(RunEvent::Trajectory(Box::new(recorder.into_sums()))).is_break() {
         return Err(RunError::Stopped);
     }
     let train_eval = model.evaluate(&params, &buffers, &split.train.x, &split.train.y);
@@ -405,7 +409,7 @@ mod tests {
         let fin = execute(spec, &AtomicBool::new(false), &mut |e| {
             match e {
                 RunEvent::Probe(p) => probes.push(*p),
-                RunEvent::Trajectory(t) => traj = Some(t),
+                RunEvent::Trajectory(t) => traj = Some(*t),
                 RunEvent::Progress { .. } | RunEvent::Checkpoint(_) => {}
             }
             ControlFlow::Continue(())
@@ -429,7 +433,7 @@ mod tests {
         let fin = execute_from(spec, resume, &AtomicBool::new(false), &mut |e| {
             match e {
                 RunEvent::Probe(p) => probes.push(*p),
-                RunEvent::Trajectory(t) => traj = Some(t),
+                RunEvent::Trajectory(t) => traj = Some(*t),
                 RunEvent::Progress { step, train_loss, .. } => progress.push((step, train_loss.to_bits())),
                 RunEvent::Checkpoint(c) => checkpoints.push(*c),
             }

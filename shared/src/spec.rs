@@ -140,9 +140,17 @@ pub struct ProbeConfig {
     pub projection_seed: u64,
     /// Per-sample gradients are computed in blocks of this many samples.
     pub block_size: u32,
+    /// Welch window (points) of the trajectory's power spectrum: a power of
+    /// two in 8..=4096, or 0 for none.
+    #[serde(default = "default_psd_window")]
+    pub psd_window: u32,
     /// Also compute D exactly (dense d×d, symmetric eigendecomposition) at
     /// each probe, next to the sketch; for d up to [`EXACT_MAX_DIM`].
     pub exact: bool,
+}
+
+fn default_psd_window() -> u32 {
+    64
 }
 
 /// Largest d for which `exact = true` is accepted (a d×d f64 matrix and an
@@ -159,6 +167,7 @@ impl Default for ProbeConfig {
             burn_in_epochs: 0,
             projection_seed: 0,
             block_size: 64,
+            psd_window: default_psd_window(),
             exact: false,
         }
     }

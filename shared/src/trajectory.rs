@@ -1,15 +1,21 @@
 //! Trajectory projections and their drift statistics.
 //!
 //! Every SGD step the weights are projected onto `k` fixed orthonormal
-//! directions. A [`TrajectorySums`] accumulates, for a set of lags `τ`, the
-//! sums that define the centred lagged covariance
-//! `C(τ) = ⟨x_{t+τ} x_tᵀ⟩ − ⟨x_{t+τ}⟩⟨x_t⟩ᵀ` and the mean-squared
-//! displacement `⟨‖x_{t+τ} − x_t‖²⟩`. Sums from disjoint windows or runs add
-//! up ([`TrajectorySums::merge`]).
+//! directions. A [`TrajectorySums`] accumulates sums from which every drift
+//! statistic is read, and sums from disjoint windows, segments or runs add up
+//! ([`TrajectorySums::merge`]):
+//!
+//! - at lag 0, `Σ x_t` and `Σ x_t x_tᵀ` (the stationary covariance `C(0)`);
+//! - for a set of lags `τ`, the sums that define the centred lagged
+//!   covariance `C(τ) = ⟨x_{t+τ} x_tᵀ⟩ − ⟨x_{t+τ}⟩⟨x_t⟩ᵀ` and the
+//!   mean-squared displacement `⟨‖x_{t+τ} − x_t‖²⟩`;
+//! - optionally the Welch-averaged power spectrum of each coordinate
+//!   (Hann windows of `W` points, hop `W/2`, each window's mean removed).
 //!
 //! The antisymmetric part `A(τ) = (C(τ) − C(τ)ᵀ)/2` vanishes under detailed
 //! balance; `A_ji(1)` is the area-enclosing rate `½⟨x_i dx_j − x_j dx_i⟩`
-//! per step of the pair `(i, j)`.
+//! per step of the pair `(i, j)`, and `2 A_ji(1) / (C_ii(0) + C_jj(0))` its
+//! cycling frequency (mean angular velocity, radians per step).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +28,12 @@ pub fn default_lags(max_lag: usize) -> Vec<usize> {
         t *= 2;
     }
     lags
+}
+
+/// Whether `w` is an accepted Welch window length: 0 (no spectrum) or a
+/// power of two in `8..=4096`.
+pub fn valid_psd_window(w: usize) -> bool {
+    w == 0 || (w.is_power_of_two() && (8..=4096).contains(&w))
 }
 
 /// Mergeable sums over a projected trajectory.
@@ -43,11 +55,35 @@ pub struct TrajectorySums {
     pub msd: Vec<f64>,
     /// Points seen.
     pub points: u64,
+    /// Σ x_t over all points (k values; empty in sums written by versions
+    /// without lag-0 sums, whose lag-0 statistics then read NaN).
+    #[serde(default)]
+    pub sum: Vec<f64>,
+    /// Σ x_t x_tᵀ over all points (k×k, row-major; empty as for `sum`).
+    #[serde(default)]
+    pub second: Vec<f64>,
+    /// Welch window length `W` (0: no spectrum recorded).
+    #[serde(default)]
+    pub psd_window: usize,
+    /// Σ over windows of each coordinate's one-sided periodogram:
+    /// `k × (W/2 + 1)` values, coordinate-major; bin `m` is frequency `m/W`
+    /// cycles per step.
+    #[serde(default)]
+    pub psd: Vec<f64>,
+    /// Windows summed into `psd`.
+    #[serde(default)]
+    pub psd_windows: u64,
 }
 
 impl TrajectorySums {
-    /// Empty sums for `k` coordinates and the given lags.
+    /// Empty sums for `k` coordinates and the given lags, without a spectrum.
     pub fn new(k: usize, lags: Vec<usize>) -> Self {
+        Self::with_spectrum(k, lags, 0)
+    }
+
+    /// Empty sums for `k` coordinates, the given lags and Welch windows of
+    /// `window` points (0: none; otherwise see [`valid_psd_window`]).
+    pub fn with_spectrum(k: usize, lags: Vec<usize>, window: usize) -> Self {
         let nl = lags.len();
         TrajectorySums {
             k,
@@ -58,15 +94,57 @@ impl TrajectorySums {
             msd: vec![0.0; nl],
             lags,
             points: 0,
+            sum: vec![0.0; k],
+            second: vec![0.0; k * k],
+            psd_window: window,
+            psd: if window > 0 { vec![0.0; k * (window / 2 + 1)] } else { vec![] },
+            psd_windows: 0,
         }
+    }
+
+    /// Checks shapes and values: every array has the length its `k`, lags
+    /// and window imply, every value is finite, spectra are non-negative.
+    pub fn validate(&self) -> Result<(), String> {
+        let (k, nl) = (self.k, self.lags.len());
+        let shapes = self.count.len() == nl
+            && self.msd.len() == nl
+            && self.cross.len() == nl
+            && self.sum_lead.len() == nl
+            && self.sum_lag.len() == nl
+            && self.cross.iter().all(|c| c.len() == k * k)
+            && self.sum_lead.iter().chain(&self.sum_lag).all(|v| v.len() == k)
+            && self.lags.iter().all(|&t| t > 0)
+            && (self.sum.is_empty() && self.second.is_empty() || self.sum.len() == k && self.second.len() == k * k)
+            && valid_psd_window(self.psd_window)
+            && self.psd.len() == if self.psd_window > 0 { k * (self.psd_window / 2 + 1) } else { 0 };
+        if !shapes {
+            return Err(format!("inconsistent shapes for k={k}, lags={:?}, window={}", self.lags, self.psd_window));
+        }
+        let finite = self
+            .msd
+            .iter()
+            .chain(self.cross.iter().flatten())
+            .chain(self.sum_lead.iter().flatten())
+            .chain(self.sum_lag.iter().flatten())
+            .chain(&self.sum)
+            .chain(&self.second)
+            .chain(&self.psd)
+            .all(|v| v.is_finite());
+        if !finite {
+            return Err("non-finite values".into());
+        }
+        if self.psd.iter().any(|&p| p < 0.0) {
+            return Err("negative power".into());
+        }
+        Ok(())
     }
 
     /// Adds the sums of another window with the same shape.
     pub fn merge(&mut self, other: &TrajectorySums) -> Result<(), String> {
-        if self.k != other.k || self.lags != other.lags {
+        if self.k != other.k || self.lags != other.lags || self.psd_window != other.psd_window {
             return Err(format!(
-                "trajectory shapes differ: k={} lags={:?} vs k={} lags={:?}",
-                self.k, self.lags, other.k, other.lags
+                "trajectory shapes differ: k={} lags={:?} window={} vs k={} lags={:?} window={}",
+                self.k, self.lags, self.psd_window, other.k, other.lags, other.psd_window
             ));
         }
         fn add(a: &mut [f64], b: &[f64]) {
@@ -79,8 +157,33 @@ impl TrajectorySums {
             add(&mut self.sum_lag[l], &other.sum_lag[l]);
             self.msd[l] += other.msd[l];
         }
+        if other.sum.is_empty() {
+            // Lag-0 sums are known only if every part has them.
+            self.sum.clear();
+            self.second.clear();
+        } else if !self.sum.is_empty() {
+            add(&mut self.sum, &other.sum);
+            add(&mut self.second, &other.second);
+        }
+        add(&mut self.psd, &other.psd);
+        self.psd_windows += other.psd_windows;
         self.points += other.points;
         Ok(())
+    }
+
+    /// Centred covariance `C(0)` of the points (k×k), if lag-0 sums exist.
+    pub fn covariance(&self) -> Option<Vec<f64>> {
+        if self.sum.is_empty() || self.points == 0 {
+            return None;
+        }
+        let (k, n) = (self.k, self.points as f64);
+        let mut c = vec![0.0; k * k];
+        for a in 0..k {
+            for b in 0..k {
+                c[a * k + b] = self.second[a * k + b] / n - (self.sum[a] / n) * (self.sum[b] / n);
+            }
+        }
+        Some(c)
     }
 
     /// Centred lagged covariance `C(τ)` at lag index `l` (k×k).
@@ -107,6 +210,51 @@ impl TrajectorySums {
         0.5 * (c[j * k + i] - c[i * k + j])
     }
 
+    /// Cycling frequency of pair `(i, j)` in radians per step: the mean
+    /// angular velocity `⟨x_i dx_j − x_j dx_i⟩ / ⟨x_i² + x_j²⟩` of the
+    /// centred coordinates, i.e. `2 A_ji(1) / (C_ii(0) + C_jj(0))`.
+    pub fn cycling_frequency(&self, i: usize, j: usize) -> f64 {
+        let Some(c0) = self.covariance() else { return f64::NAN };
+        let k = self.k;
+        let spread = c0[i * k + i] + c0[j * k + j];
+        if spread <= 0.0 {
+            return f64::NAN;
+        }
+        2.0 * self.area_rate(i, j) / spread
+    }
+
+    /// Autocorrelation per lag, averaged over the coordinates that move:
+    /// `mean_a C_aa(τ) / C_aa(0)`.
+    pub fn autocorrelation(&self) -> Vec<(usize, f64)> {
+        let Some(c0) = self.covariance() else { return vec![] };
+        let k = self.k;
+        let moving: Vec<usize> = (0..k).filter(|&a| c0[a * k + a] > 0.0).collect();
+        if moving.is_empty() {
+            return vec![];
+        }
+        (0..self.lags.len())
+            .filter(|&l| self.count[l] > 0)
+            .map(|l| {
+                let c = self.lagged_covariance(l);
+                let r = moving.iter().map(|&a| c[a * k + a] / c0[a * k + a]).sum::<f64>() / moving.len() as f64;
+                (self.lags[l], r)
+            })
+            .collect()
+    }
+
+    /// Welch power spectrum per coordinate: `(frequencies in cycles per
+    /// step, for each coordinate the mean periodogram over windows)`, bins
+    /// `0..=W/2`; `None` without a spectrum or before the first window.
+    pub fn power_spectrum(&self) -> Option<(Vec<f64>, Vec<Vec<f64>>)> {
+        if self.psd_window == 0 || self.psd_windows == 0 {
+            return None;
+        }
+        let (w, bins) = (self.psd_window, self.psd_window / 2 + 1);
+        let freqs = (0..bins).map(|m| m as f64 / w as f64).collect();
+        let per = self.psd.chunks(bins).map(|c| c.iter().map(|p| p / self.psd_windows as f64).collect()).collect();
+        Some((freqs, per))
+    }
+
     /// Mean-squared displacement per lag.
     pub fn msd_curve(&self) -> Vec<(usize, f64)> {
         self.lags
@@ -121,30 +269,110 @@ impl TrajectorySums {
     pub fn msd_exponent(&self) -> f64 {
         let pts: Vec<(f64, f64)> =
             self.msd_curve().into_iter().filter(|(_, m)| *m > 0.0).map(|(t, m)| ((t as f64).ln(), m.ln())).collect();
-        if pts.len() < 2 {
-            return f64::NAN;
+        log_log_fit(&pts).map_or(f64::NAN, |(_, slope)| slope)
+    }
+}
+
+/// Least-squares line `y = a + s·x` through `pts`: `(a, s)`, if at least two
+/// distinct x.
+fn log_log_fit(pts: &[(f64, f64)]) -> Option<(f64, f64)> {
+    if pts.len() < 2 {
+        return None;
+    }
+    let n = pts.len() as f64;
+    let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let s = sxy / sxx;
+    Some((my - s * mx, s))
+}
+
+/// Shape of one coordinate's spectrum: a power law `P ∝ f^(−α)` fitted in
+/// log–log over the non-zero bins is the background; the peak is the bin
+/// furthest above it. Returns `(α, peak frequency, peak / background)`.
+pub fn spectral_peak(freqs: &[f64], power: &[f64]) -> Option<(f64, f64, f64)> {
+    let bins: Vec<(f64, f64)> =
+        freqs.iter().copied().zip(power.iter().copied()).skip(1).filter(|b| b.1 > 0.0).collect();
+    let pts: Vec<(f64, f64)> = bins.iter().map(|(f, p)| (f.ln(), p.ln())).collect();
+    let (a, s) = log_log_fit(&pts)?;
+    let (mut best_f, mut best_r) = (f64::NAN, f64::NEG_INFINITY);
+    for (&(f, _), &(lf, lp)) in bins.iter().zip(&pts) {
+        let r = (lp - (a + s * lf)).exp();
+        if r > best_r {
+            (best_f, best_r) = (f, r);
         }
-        let n = pts.len() as f64;
-        let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
-        let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
-        let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-        let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-        sxy / sxx
+    }
+    Some((-s, best_f, best_r))
+}
+
+/// In-place iterative radix-2 FFT of `(re, im)`; the length is a power of two.
+fn fft(re: &mut [f64], im: &mut [f64]) {
+    let n = re.len();
+    let mut j = 0;
+    for i in 1..n {
+        let mut bit = n >> 1;
+        while j & bit != 0 {
+            j ^= bit;
+            bit >>= 1;
+        }
+        j |= bit;
+        if i < j {
+            re.swap(i, j);
+            im.swap(i, j);
+        }
+    }
+    let mut len = 2;
+    while len <= n {
+        let ang = -2.0 * std::f64::consts::PI / len as f64;
+        for start in (0..n).step_by(len) {
+            for m in 0..len / 2 {
+                let (wr, wi) = ((ang * m as f64).cos(), (ang * m as f64).sin());
+                let (a, b) = (start + m, start + m + len / 2);
+                let (xr, xi) = (re[b] * wr - im[b] * wi, re[b] * wi + im[b] * wr);
+                re[b] = re[a] - xr;
+                im[b] = im[a] - xi;
+                re[a] += xr;
+                im[a] += xi;
+            }
+        }
+        len <<= 1;
     }
 }
 
 /// Feeds points one at a time into [`TrajectorySums`], keeping the last
-/// `max lag` points. Serialisable, so a checkpoint can carry it.
+/// points the lags and the spectrum window need. Serialisable, so a
+/// checkpoint can carry it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrajectoryRecorder {
     sums: TrajectorySums,
     history: std::collections::VecDeque<Vec<f64>>,
+    /// Points since the last spectrum window was taken.
+    #[serde(default)]
+    since_window: usize,
 }
 
 impl TrajectoryRecorder {
-    /// A recorder of `k` coordinates at `lags`.
+    /// A recorder of `k` coordinates at `lags`, without a spectrum.
     pub fn new(k: usize, lags: Vec<usize>) -> Self {
-        TrajectoryRecorder { sums: TrajectorySums::new(k, lags), history: Default::default() }
+        Self::with_spectrum(k, lags, 0)
+    }
+
+    /// A recorder of `k` coordinates at `lags` with Welch windows of
+    /// `window` points (0: none).
+    pub fn with_spectrum(k: usize, lags: Vec<usize>, window: usize) -> Self {
+        TrajectoryRecorder {
+            sums: TrajectorySums::with_spectrum(k, lags, window),
+            history: Default::default(),
+            since_window: 0,
+        }
+    }
+
+    fn keep(&self) -> usize {
+        self.sums.lags.iter().copied().max().unwrap_or(1).max(self.sums.psd_window)
     }
 
     /// Records the next point.
@@ -168,28 +396,65 @@ impl TrajectoryRecorder {
             }
             s.msd[l] += m;
         }
+        if !s.sum.is_empty() {
+            for a in 0..k {
+                s.sum[a] += x[a];
+                for b in 0..k {
+                    s.second[a * k + b] += x[a] * x[b];
+                }
+            }
+        }
         s.points += 1;
-        let max_lag = s.lags.iter().copied().max().unwrap_or(1);
+        let keep = self.keep();
         self.history.push_back(x.to_vec());
-        if self.history.len() > max_lag {
+        if self.history.len() > keep {
             self.history.pop_front();
+        }
+        let w = self.sums.psd_window;
+        if w > 0 {
+            self.since_window += 1;
+            if self.history.len() >= w && self.since_window >= w / 2 {
+                self.add_window();
+                self.since_window = 0;
+            }
         }
     }
 
-    /// Whether every sum and remembered point is finite and the window is
-    /// consistent with the lags (checked when a checkpoint is read).
+    /// Adds the periodogram of the last `W` points (each coordinate's
+    /// window mean removed, periodic Hann taper, one-sided, normalised by
+    /// Σ taper² so white noise of variance σ² reads 2σ² per bin).
+    fn add_window(&mut self) {
+        let s = &mut self.sums;
+        let (w, k) = (s.psd_window, s.k);
+        let bins = w / 2 + 1;
+        let start = self.history.len() - w;
+        let taper: Vec<f64> =
+            (0..w).map(|t| 0.5 * (1.0 - (2.0 * std::f64::consts::PI * t as f64 / w as f64).cos())).collect();
+        let norm: f64 = taper.iter().map(|v| v * v).sum();
+        let (mut re, mut im) = (vec![0.0; w], vec![0.0; w]);
+        for a in 0..k {
+            let mean = (0..w).map(|t| self.history[start + t][a]).sum::<f64>() / w as f64;
+            for t in 0..w {
+                re[t] = (self.history[start + t][a] - mean) * taper[t];
+                im[t] = 0.0;
+            }
+            fft(&mut re, &mut im);
+            for m in 0..bins {
+                let p = (re[m] * re[m] + im[m] * im[m]) / norm;
+                s.psd[a * bins + m] += if m == 0 || m == w / 2 { p } else { 2.0 * p };
+            }
+        }
+        s.psd_windows += 1;
+    }
+
+    /// Whether the sums and remembered points are consistent and finite
+    /// (checked when a checkpoint is read).
     pub fn is_finite(&self) -> bool {
         let s = &self.sums;
-        let fin = |v: &[f64]| v.iter().all(|x| x.is_finite());
-        let nl = s.lags.len();
-        s.count.len() == nl
-            && s.msd.len() == nl
-            && s.cross.iter().all(|c| c.len() == s.k * s.k && fin(c))
-            && s.sum_lead.iter().chain(&s.sum_lag).all(|c| c.len() == s.k && fin(c))
-            && s.cross.len() == nl
-            && fin(&s.msd)
-            && self.history.iter().all(|p| p.len() == s.k && fin(p))
-            && self.history.len() <= s.lags.iter().copied().max().unwrap_or(1)
+        s.validate().is_ok()
+            && self.history.iter().all(|p| p.len() == s.k && p.iter().all(|x| x.is_finite()))
+            && self.history.len() <= self.keep()
+            && self.since_window <= s.psd_window.max(1)
     }
 
     /// The sums so far.
@@ -216,11 +481,39 @@ pub struct DriftStats {
     pub max_area_rate: f64,
     /// The pair `(i, j)` of `max_area_rate`.
     pub max_area_pair: (usize, usize),
+    /// Cycling frequency (radians per step) of the first two directions.
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub cycling_frequency: f64,
+    /// Cycling frequency of the pair `max_area_pair`.
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub max_pair_cycling_frequency: f64,
     /// Fitted exponent of MSD(τ) ∝ τ^c.
     #[serde(with = "crate::json_f64")]
     pub msd_exponent: f64,
     /// (lag, MSD) points.
     pub msd: Vec<(usize, f64)>,
+    /// (lag, autocorrelation averaged over coordinates).
+    #[serde(default)]
+    pub autocorrelation: Vec<(usize, f64)>,
+    /// Exponent α of the spectral background `P ∝ f^(−α)`, averaged over
+    /// coordinates (0: white; 2: a random walk).
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub spectral_exponent: f64,
+    /// Frequency (cycles per step) of the strongest peak above the
+    /// background, over all coordinates.
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub peak_frequency: f64,
+    /// That peak's power over the fitted background at its frequency.
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub peak_to_background: f64,
+    /// (frequency in cycles per step, power averaged over coordinates), for
+    /// frequencies above 0.
+    #[serde(default)]
+    pub spectrum: Vec<(f64, f64)>,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 impl DriftStats {
@@ -235,14 +528,39 @@ impl DriftStats {
                 }
             }
         }
+        let (mut alpha, mut peak_f, mut peak_r, mut spectrum) = (f64::NAN, f64::NAN, f64::NAN, vec![]);
+        if let Some((freqs, per)) = s.power_spectrum() {
+            let shapes: Vec<(f64, f64, f64)> = per.iter().filter_map(|p| spectral_peak(&freqs, p)).collect();
+            if !shapes.is_empty() {
+                alpha = shapes.iter().map(|x| x.0).sum::<f64>() / shapes.len() as f64;
+                let top =
+                    shapes.iter().max_by(|a, b| a.2.total_cmp(&b.2)).copied().unwrap_or((0.0, f64::NAN, f64::NAN));
+                (peak_f, peak_r) = (top.1, top.2);
+            }
+            spectrum = (1..freqs.len())
+                .map(|m| (freqs[m], per.iter().map(|p| p[m]).sum::<f64>() / per.len().max(1) as f64))
+                .collect();
+        }
         DriftStats {
             points: s.points,
             area_rate: if s.k >= 2 { s.area_rate(0, 1) } else { f64::NAN },
             max_area_rate: best.0,
             max_area_pair: best.1,
+            cycling_frequency: if s.k >= 2 { s.cycling_frequency(0, 1) } else { f64::NAN },
+            max_pair_cycling_frequency: if s.k >= 2 { s.cycling_frequency(best.1.0, best.1.1) } else { f64::NAN },
             msd_exponent: s.msd_exponent(),
             msd: s.msd_curve(),
+            autocorrelation: s.autocorrelation(),
+            spectral_exponent: alpha,
+            peak_frequency: peak_f,
+            peak_to_background: peak_r,
+            spectrum,
         }
+    }
+
+    /// The autocorrelation at the largest lag recorded (NaN if none).
+    pub fn autocorrelation_at_max_lag(&self) -> f64 {
+        self.autocorrelation.last().map_or(f64::NAN, |x| x.1)
     }
 }
 
@@ -269,6 +587,99 @@ mod tests {
             back.push(&[a.cos(), a.sin()]);
         }
         assert!((back.sums().area_rate(0, 1) + r).abs() < 1e-3);
+    }
+
+    #[test]
+    fn rotation_cycles_at_its_angular_velocity() {
+        // Unit circle, θ per step: ⟨x_i dx_j − x_j dx_i⟩ = sin θ, ⟨x_i² + x_j²⟩ = 1.
+        for theta in [0.05f64, 0.3] {
+            let mut rec = TrajectoryRecorder::new(2, vec![1]);
+            (0..20_000).for_each(|t| rec.push(&[(theta * t as f64).cos(), (theta * t as f64).sin()]));
+            let w = rec.sums().cycling_frequency(0, 1);
+            assert!((w - theta.sin()).abs() < 2e-3, "θ = {theta}: {w}");
+        }
+    }
+
+    #[test]
+    fn ar1_autocorrelation_decays_as_phi_to_the_lag() {
+        let phi = 0.9f64;
+        let mut r = crate::rng::Rng::new(5, crate::rng::Stream::Other(9));
+        let mut rec = TrajectoryRecorder::new(2, default_lags(16));
+        let mut x = [0.0f64; 2];
+        for _ in 0..400_000 {
+            x.iter_mut().for_each(|v| *v = phi * *v + r.normal());
+            rec.push(&x);
+        }
+        let ac = rec.sums().autocorrelation();
+        assert_eq!(ac.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1, 2, 4, 8, 16]);
+        for (tau, rho) in ac {
+            let want = phi.powi(tau as i32);
+            assert!((rho - want).abs() < 0.02, "τ = {tau}: {rho} vs {want}");
+        }
+    }
+
+    /// White noise: flat background (α ≈ 0) and no peak; a sinusoid in that
+    /// noise: the peak sits at its frequency, far above the background; a
+    /// random walk: α near 2.
+    #[test]
+    fn welch_spectrum_finds_peaks_and_power_laws() {
+        let mut r = crate::rng::Rng::new(2, crate::rng::Stream::Other(4));
+        let spectrum = |f: &mut dyn FnMut(usize) -> [f64; 2]| {
+            let mut rec = TrajectoryRecorder::with_spectrum(2, vec![1], 64);
+            (0..64 * 400).for_each(|t| rec.push(&f(t)));
+            DriftStats::from_sums(rec.sums())
+        };
+        let white = spectrum(&mut |_| [r.normal(), r.normal()]);
+        assert!(white.spectral_exponent.abs() < 0.15, "white α {}", white.spectral_exponent);
+        assert!(white.peak_to_background < 1.6, "white peak/bg {}", white.peak_to_background);
+        // Periodogram level of unit white noise: 2σ² per one-sided bin.
+        let level = white.spectrum.iter().map(|p| p.1).sum::<f64>() / white.spectrum.len() as f64;
+        assert!((level - 2.0).abs() < 0.1, "white level {level}");
+
+        let f0 = 0.125;
+        let tone =
+            spectrum(&mut |t| [2.0 * (2.0 * std::f64::consts::PI * f0 * t as f64).sin() + r.normal(), r.normal()]);
+        assert_eq!(tone.peak_frequency, f0);
+        assert!(tone.peak_to_background > 10.0, "tone peak/bg {}", tone.peak_to_background);
+
+        let mut walk = [0.0f64; 2];
+        let rw = spectrum(&mut |_| {
+            walk.iter_mut().for_each(|v| *v += r.normal());
+            walk
+        });
+        assert!((rw.spectral_exponent - 2.0).abs() < 0.4, "random-walk α {}", rw.spectral_exponent);
+        assert!(rw.peak_to_background < 3.0, "a power law alone is no peak: {}", rw.peak_to_background);
+    }
+
+    #[test]
+    fn spectra_of_segments_add_up_and_shapes_must_match() {
+        let pts: Vec<[f64; 2]> = (0..512).map(|t| [(t as f64 * 0.3).sin(), (t as f64 * 0.05).cos()]).collect();
+        let mut whole = TrajectoryRecorder::with_spectrum(2, vec![1, 2], 16);
+        pts.iter().for_each(|p| whole.push(p));
+        // A recorder carried across a checkpoint continues the same windows.
+        let mut first = TrajectoryRecorder::with_spectrum(2, vec![1, 2], 16);
+        pts[..200].iter().for_each(|p| first.push(p));
+        let json = serde_json::to_string(&first).unwrap();
+        let mut resumed: TrajectoryRecorder = serde_json::from_str(&json).unwrap();
+        pts[200..].iter().for_each(|p| resumed.push(p));
+        assert_eq!(resumed, whole);
+        assert_eq!(whole.sums().psd_windows, (512 - 16) / 8 + 1);
+        // Runs of a cell merge; spectra of different windows do not.
+        let mut m = whole.sums().clone();
+        m.merge(whole.sums()).unwrap();
+        assert_eq!(m.psd_windows, 2 * whole.sums().psd_windows);
+        assert_eq!(m.power_spectrum(), whole.sums().power_spectrum());
+        assert!(m.merge(&TrajectorySums::with_spectrum(2, vec![1, 2], 32)).is_err());
+        // Sums written before lag-0 sums existed still read, without them.
+        let mut legacy = whole.sums().clone();
+        (legacy.sum, legacy.second) = (vec![], vec![]);
+        assert!(legacy.validate().is_ok());
+        assert!(legacy.cycling_frequency(0, 1).is_nan());
+        m.merge(&legacy).unwrap();
+        assert!(m.covariance().is_none());
+        let mut bad = whole.sums().clone();
+        bad.psd[3] = -1.0;
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -420,7 +420,7 @@ pub fn offline_runs(grid: &str, sweep: &str) -> std::collections::BTreeMap<(u32,
                     let fin = execute(&cell.run_spec(seed), &AtomicBool::new(false), &mut |e| {
                         match e {
                             RunEvent::Probe(p) => probes.push(*p),
-                            RunEvent::Trajectory(t) => trajectory = Some(t),
+                            RunEvent::Trajectory(t) => trajectory = Some(*t),
                             RunEvent::Checkpoint(c) => last = Some(c.encode()),
                             RunEvent::Progress { .. } => {}
                         }

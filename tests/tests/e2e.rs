@@ -40,6 +40,10 @@ fn quickstart_local_prints_table_and_writes_files() {
         assert!(table.contains(col), "table lacks column {col}:\n{table}");
     }
     assert_eq!(table.lines().filter(|l| l.contains(" 2/2 ")).count(), 12, "12 cells with both seeds:\n{table}");
+    for col in ["cycling ω", "MSD exp", "autocorr@max", "spectral α", "peak/bg", "‖∇f‖/√d", "collapse onto η/b"]
+    {
+        assert!(table.contains(col), "drift or η/b tables lack {col}:\n{table}");
+    }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 13, "header + 12 cells");
     // The temperature columns: β⁻¹ = η/(2b), and β⁻¹·tr D/d from the same row.
@@ -59,13 +63,37 @@ fn quickstart_local_prints_table_and_writes_files() {
     assert_eq!(cell["d"], 2410);
     let frac = cell["rank_fraction"]["mean"].as_f64().unwrap();
     assert!(frac > 0.0 && frac < 0.5, "rank/d {frac}");
-    // Three probes per run: two overlaps of top-10 eigenspaces, each in [0, 1].
+    // Three probes per run: two overlaps of top-10 eigenspaces, each in [0, 1];
+    // ‖∇f‖/√d at each probe; drift statistics per run and merged per cell.
     for c in json["cells"].as_array().unwrap() {
+        let mut points = 0;
         for r in c["runs"].as_array().unwrap() {
             let ov = r["eigenspace_overlap"].as_array().unwrap();
             assert_eq!(ov.len(), 2);
             assert!(ov.iter().all(|x| (0.0..=1.0 + 1e-9).contains(&x.as_f64().unwrap())), "{ov:?}");
+            let g = r["grad_norm"].as_array().unwrap();
+            assert_eq!(g.iter().map(|p| p[0].as_u64().unwrap()).collect::<Vec<_>>(), vec![10, 20, 30]);
+            assert!(g.iter().all(|p| p[1].as_f64().unwrap() >= 0.0), "{g:?}");
+            let drift = &r["drift"];
+            points += drift["points"].as_u64().unwrap();
+            assert!(drift["cycling_frequency"].as_f64().unwrap().is_finite(), "{drift}");
+            assert!(drift["peak_to_background"].as_f64().unwrap() >= 1.0, "{drift}");
+            assert!(!drift["spectrum"].as_array().unwrap().is_empty());
+            for (lag, rho) in drift["autocorrelation"].as_array().unwrap().iter().map(|a| (a[0].clone(), a[1].clone()))
+            {
+                assert!(lag.as_u64().unwrap() >= 1 && rho.as_f64().unwrap().abs() <= 1.0 + 1e-9, "{drift}");
+            }
         }
+        assert_eq!(c["merged_drift"]["points"].as_u64().unwrap(), points, "merged sums hold every run's points");
+    }
+    // The collapse score of each statistic, with its bootstrap interval.
+    let collapse = json["summary"]["collapse"].as_array().unwrap();
+    assert!(collapse.len() >= 8, "{collapse:?}");
+    for c in collapse {
+        let (s, lo, hi) = (c["score"].as_f64().unwrap(), c["ci_lo"].as_f64().unwrap(), c["ci_hi"].as_f64().unwrap());
+        // Percentile intervals need not contain the estimate when it sits at the boundary 1.
+        assert!([s, lo, hi].iter().all(|x| (0.0..=1.0).contains(x)) && lo <= hi, "{c}");
+        assert_eq!(c["cells"], 12);
     }
 }
 

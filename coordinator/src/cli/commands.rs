@@ -164,6 +164,8 @@ pub fn print_results(
         OutputFormat::Table => {
             print!("{}", report::table(cells));
             println!();
+            print!("{}", report::drift_table(cells));
+            println!();
             print!("{}", report::eta_table(summary));
         }
         OutputFormat::Csv => print!("{}", report::csv(cells)),
