@@ -7,7 +7,9 @@
 //! trajectory recorder (its lag sums and the window of recent points). What
 //! is *not* saved, because it is a pure function of (seed, position): the
 //! data order of each epoch, the dropout masks of each step, the learning
-//! rate, the projection directions. Every reduction runs in a fixed order on
+//! rate, random projection directions. (Directions taken from the
+//! eigenvectors of `D` at a probe are saved: they come from weights the
+//! checkpoint no longer holds.) Every reduction runs in a fixed order on
 //! one thread, so continuing from a checkpoint repeats the same arithmetic.
 //!
 //! The encoding is little-endian and versioned, with a CRC-32 over the whole
@@ -16,7 +18,14 @@
 //!
 //! ```text
 //! "GSCK" | version u16 | flags u16 | header_len u32 | header (JSON) |
-//! params f32×d | buffers f32×nb | velocity f32×d | crc32 u32
+//! params f32×d | buffers f32×nb | velocity f32×d | basis f32×(kb·d) | crc32 u32
+//! ```
+//!
+//! where `kb` (in the header; 0 when absent, and absent in checkpoints
+//! written before eigenvector bases existed) is the number of saved
+//! projection directions.
+//!
+//! ```text
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +60,9 @@ pub struct Checkpoint {
     pub buffers: Vec<f32>,
     /// Momentum buffer.
     pub velocity: Vec<f32>,
+    /// Projection directions chosen from `D`'s eigenvectors (`kb × d`,
+    /// row-major), once chosen; empty otherwise.
+    pub basis: Vec<f32>,
 }
 
 /// The position and small state of a checkpoint.
@@ -90,9 +102,13 @@ fn put_f32s(out: &mut Vec<u8>, v: &[f32]) {
 impl Checkpoint {
     /// Serialises the checkpoint.
     pub fn encode(&self) -> Vec<u8> {
-        let header =
-            serde_json::to_vec(&Wire { h: &self.header, params: self.params.len(), buffers: self.buffers.len() })
-                .expect("a checkpoint header always serialises");
+        let header = serde_json::to_vec(&Wire {
+            h: &self.header,
+            params: self.params.len(),
+            buffers: self.buffers.len(),
+            basis: self.basis.len().checked_div(self.params.len()).unwrap_or(0),
+        })
+        .expect("a checkpoint header always serialises");
         let mut out = Vec::with_capacity(16 + header.len() + 4 * (2 * self.params.len() + self.buffers.len()));
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&CHECKPOINT_FORMAT_VERSION.to_le_bytes());
@@ -102,6 +118,7 @@ impl Checkpoint {
         put_f32s(&mut out, &self.params);
         put_f32s(&mut out, &self.buffers);
         put_f32s(&mut out, &self.velocity);
+        put_f32s(&mut out, &self.basis);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -148,13 +165,18 @@ impl Checkpoint {
             12usize.checked_add(hlen).filter(|&e| e <= body.len()).ok_or_else(|| bad("header length".into()))?;
         let wire: WireOwned = serde_json::from_slice(&body[12..header_end]).map_err(|e| bad(format!("header: {e}")))?;
         let floats = &body[header_end..];
-        let need = wire.params.checked_mul(2).and_then(|x| x.checked_add(wire.buffers)).and_then(|x| x.checked_mul(4));
+        let need = wire
+            .params
+            .checked_mul(wire.basis.saturating_add(2))
+            .and_then(|x| x.checked_add(wire.buffers))
+            .and_then(|x| x.checked_mul(4));
         if need != Some(floats.len()) {
             return Err(bad(format!(
-                "{} bytes of state for {} weights and {} buffers",
+                "{} bytes of state for {} weights, {} buffers and {} directions",
                 floats.len(),
                 wire.params,
-                wire.buffers
+                wire.buffers,
+                wire.basis
             )));
         }
         let all: Vec<f32> = floats.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -166,8 +188,15 @@ impl Checkpoint {
             return Err(bad("non-finite loss or trajectory sums".into()));
         }
         let (p, rest) = all.split_at(wire.params);
-        let (b, v) = rest.split_at(wire.buffers);
-        Ok(Checkpoint { header: h, params: p.to_vec(), buffers: b.to_vec(), velocity: v.to_vec() })
+        let (b, rest) = rest.split_at(wire.buffers);
+        let (v, basis) = rest.split_at(wire.params);
+        Ok(Checkpoint {
+            header: h,
+            params: p.to_vec(),
+            buffers: b.to_vec(),
+            velocity: v.to_vec(),
+            basis: basis.to_vec(),
+        })
     }
 }
 
@@ -176,6 +205,7 @@ struct Wire<'a> {
     h: &'a CheckpointHeader,
     params: usize,
     buffers: usize,
+    basis: usize,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +214,8 @@ struct WireOwned {
     h: CheckpointHeader,
     params: usize,
     buffers: usize,
+    #[serde(default)]
+    basis: usize,
 }
 
 #[cfg(test)]
@@ -210,6 +242,7 @@ mod tests {
             params: vec![0.5, -1.0, 2.0],
             buffers: vec![1.0],
             velocity: vec![0.0, 0.1, -0.2],
+            basis: vec![],
         }
     }
 
@@ -219,6 +252,12 @@ mod tests {
         let c = sample(&spec);
         let bytes = c.encode();
         assert_eq!(Checkpoint::decode(&bytes, &spec, 3).unwrap(), c);
+        // With saved eigenvector directions (2 × d).
+        let mut with_basis = c.clone();
+        with_basis.basis = vec![1.0, 0.0, 0.0, 0.0, 0.6, -0.8];
+        assert_eq!(Checkpoint::decode(&with_basis.encode(), &spec, 3).unwrap(), with_basis);
+        with_basis.basis[4] = f32::INFINITY;
+        assert!(Checkpoint::decode(&with_basis.encode(), &spec, 3).unwrap_err().to_string().contains("non-finite"));
 
         let mut other = spec.clone();
         other.seed = 7;

@@ -207,6 +207,8 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("every_epochs", Section::Probe, Kind::Int(1)),
     ("sketch_rank", Section::Probe, Kind::Int(1)),
     ("projections", Section::Probe, Kind::Int(2)),
+    ("basis", Section::Probe, Kind::Choice(&["random", "eigen"])),
+    ("basis_probe", Section::Probe, Kind::Int(0)),
     ("max_lag", Section::Probe, Kind::Int(1)),
     ("burn_in_epochs", Section::Probe, Kind::Int(0)),
     ("projection_seed", Section::Probe, Kind::Int(0)),
@@ -705,6 +707,33 @@ fn build_cell(
         && probe.projections as usize > m.param_count()
     {
         ctx.push(span_of("projections"), format!("`projections` exceeds the model's {} parameters", m.param_count()));
+    }
+    if probe.basis == crate::spec::ProjectionBasis::Eigen {
+        let spec = crate::spec::RunSpec { train: train.clone(), probe: probe.clone(), seed: 0 };
+        let epochs = spec.probe_epochs();
+        match epochs.get(probe.basis_probe as usize) {
+            None => ctx.push(
+                span_of("basis_probe"),
+                format!("`basis_probe` is {}, but there are {} probes{cell_desc}", probe.basis_probe, epochs.len()),
+            ),
+            Some(&e) if e >= train.epochs => ctx.push(
+                span_of("basis_probe"),
+                format!(
+                    "`basis_probe` {} is taken after the last epoch: no trajectory would be recorded{cell_desc}",
+                    probe.basis_probe
+                ),
+            ),
+            _ => {}
+        }
+        if probe.projections > probe.sketch_rank {
+            ctx.push(
+                span_of("projections"),
+                format!(
+                    "`projections` ({}) exceeds `sketch_rank` ({}): the sketch has no more eigenvectors{cell_desc}",
+                    probe.projections, probe.sketch_rank
+                ),
+            );
+        }
     }
     if !crate::trajectory::valid_psd_window(probe.psd_window as usize) {
         ctx.push(

@@ -19,7 +19,7 @@ use crate::linalg::random_orthonormal;
 use crate::model::{Model, ModelError};
 use crate::rng::{Rng, Stream};
 use crate::sketch::{FdSketch, SketchError};
-use crate::spec::{RunFinal, RunSpec, hash_f32};
+use crate::spec::{ProjectionBasis, RunFinal, RunSpec, hash_f32};
 use crate::trajectory::{TrajectoryRecorder, TrajectorySums, default_lags};
 
 /// Why a run could not be executed.
@@ -149,7 +149,15 @@ pub fn execute_from(
     }
     let d = model.param_count();
     let k = (spec.probe.projections as usize).min(d);
-    let dirs = random_orthonormal(k, d, &mut Rng::new(spec.probe.projection_seed, Stream::Projection));
+    let eigen_basis = spec.probe.basis == ProjectionBasis::Eigen;
+    // Eigenvector directions are chosen at a probe and saved in checkpoints;
+    // random ones are a pure function of the projection seed.
+    let mut saved_basis: Vec<f32> = vec![];
+    let mut dirs = if eigen_basis {
+        vec![]
+    } else {
+        random_orthonormal(k, d, &mut Rng::new(spec.probe.projection_seed, Stream::Projection))
+    };
     let new_recorder = || {
         TrajectoryRecorder::with_spectrum(k, default_lags(spec.probe.max_lag as usize), spec.probe.psd_window as usize)
     };
@@ -179,6 +187,7 @@ pub fn execute_from(
             || h.recorder.sums().k != k
             || h.recorder.sums().lags != fresh_recorder.sums().lags
             || h.recorder.sums().psd_window != fresh_recorder.sums().psd_window
+            || c.basis.len() != if eigen_basis && h.probes_done > spec.probe.basis_probe { k * d } else { 0 }
             || h.epoch >= t.epochs
             || h.step_in_epoch >= steps_per_epoch as u64
             || h.step != h.epoch as u64 * steps_per_epoch as u64 + h.step_in_epoch
@@ -189,6 +198,9 @@ pub fn execute_from(
             )));
         }
         (params, buffers, velocity) = (c.params, c.buffers, c.velocity);
+        if !c.basis.is_empty() {
+            (dirs, saved_basis) = (c.basis.clone(), c.basis);
+        }
         (start_epoch, start_s, resume_loss_sum) = (h.epoch, h.step_in_epoch as usize, h.loss_sum);
         (step, last_epoch_loss, recorder) = (h.step, h.last_epoch_loss, h.recorder);
     }
@@ -229,7 +241,7 @@ pub fn execute_from(
             }
             loss_sum += loss + 0.5 * t.weight_decay * sq;
             step += 1;
-            if epoch >= spec.probe.burn_in_epochs {
+            if epoch >= spec.probe.burn_in_epochs && !dirs.is_empty() {
                 for (i, pr) in proj.iter_mut().enumerate() {
                     *pr = dirs[i * d..(i + 1) * d].iter().zip(&params).map(|(&a, &x)| a as f64 * x as f64).sum();
                 }
@@ -241,8 +253,14 @@ pub fn execute_from(
             }
             if every_steps > 0 && step.is_multiple_of(every_steps) && s + 1 < steps_per_epoch {
                 let at = Position { epoch, step_in_epoch: (s + 1) as u64, step, probes_done: probes_before(epoch) };
-                let c =
-                    snapshot(&fingerprint, at, loss_sum, last_epoch_loss, &recorder, [&params, &buffers, &velocity]);
+                let c = snapshot(
+                    &fingerprint,
+                    at,
+                    loss_sum,
+                    last_epoch_loss,
+                    &recorder,
+                    [&params, &buffers, &velocity, &saved_basis],
+                );
                 if sink(RunEvent::Checkpoint(Box::new(c))).is_break() {
                     return Err(RunError::Stopped);
                 }
@@ -262,6 +280,10 @@ pub fn execute_from(
                 diverged = true;
                 break;
             }
+            if eigen_basis && index as u32 == spec.probe.basis_probe {
+                saved_basis = eigen_directions(&record.sketch, k);
+                dirs = saved_basis.clone();
+            }
             if sink(RunEvent::Probe(Box::new(record))).is_break() {
                 return Err(RunError::Stopped);
             }
@@ -270,7 +292,14 @@ pub fn execute_from(
             || (every_steps > 0 && step.is_multiple_of(every_steps));
         if boundary && epoch + 1 < t.epochs {
             let at = Position { epoch: epoch + 1, step_in_epoch: 0, step, probes_done: probes_before(epoch + 1) };
-            let c = snapshot(&fingerprint, at, 0.0, last_epoch_loss, &recorder, [&params, &buffers, &velocity]);
+            let c = snapshot(
+                &fingerprint,
+                at,
+                0.0,
+                last_epoch_loss,
+                &recorder,
+                [&params, &buffers, &velocity, &saved_basis],
+            );
             if sink(RunEvent::Checkpoint(Box::new(c))).is_break() {
                 return Err(RunError::Stopped);
             }
@@ -293,6 +322,20 @@ pub fn execute_from(
     })
 }
 
+/// The top `k` eigenvectors of the sketch's `D` as `k × d` f32 rows, each
+/// signed so its largest-magnitude entry is positive; directions the sketch
+/// does not resolve (rank below `k`) are zero rows, whose coordinates read 0.
+pub fn eigen_directions(sketch: &FdSketch, k: usize) -> Vec<f32> {
+    let d = sketch.dim();
+    let mut out = vec![0.0f32; k * d];
+    for (i, v) in sketch.top_eigenvectors(k).iter().enumerate() {
+        let big = v.iter().copied().fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let sign = if big < 0.0 { -1.0 } else { 1.0 };
+        out[i * d..(i + 1) * d].iter_mut().zip(v).for_each(|(o, &x)| *o = (sign * x) as f32);
+    }
+    out
+}
+
 /// Where a checkpoint stands.
 struct Position {
     epoch: u32,
@@ -301,14 +344,15 @@ struct Position {
     probes_done: u32,
 }
 
-/// A checkpoint of the current state; `state` is (weights, buffers, momentum).
+/// A checkpoint of the current state; `state` is (weights, buffers,
+/// momentum, saved projection directions).
 fn snapshot(
     fingerprint: &str,
     at: Position,
     loss_sum: f64,
     last_epoch_loss: f64,
     recorder: &TrajectoryRecorder,
-    state: [&Vec<f32>; 3],
+    state: [&Vec<f32>; 4],
 ) -> Checkpoint {
     Checkpoint {
         header: CheckpointHeader {
@@ -324,6 +368,7 @@ fn snapshot(
         params: state[0].clone(),
         buffers: state[1].clone(),
         velocity: state[2].clone(),
+        basis: state[3].clone(),
     }
 }
 
@@ -460,9 +505,72 @@ mod tests {
         spec.train.lr_schedule = "cosine".into();
         spec.train.checkpoint_every_steps = 9;
         spec.probe.max_lag = 5;
+        assert_resumes_bit_identical(&spec);
+    }
+
+    /// The same with eigenvector directions chosen at the first probe (and
+    /// a spectrum window): checkpoints before it carry no directions, those
+    /// after it carry them, and resuming from either repeats the run.
+    #[test]
+    fn resume_with_an_eigenvector_basis_is_bit_identical() {
+        let mut spec = small();
+        spec.train.epochs = 4;
+        spec.train.checkpoint_every_steps = 9;
+        spec.probe.every_epochs = 1;
+        spec.probe.basis = ProjectionBasis::Eigen;
+        spec.probe.basis_probe = 1;
+        spec.probe.psd_window = 16;
+        let whole = emit(&spec, None);
+        let d = whole.fin.params;
+        assert!(whole.checkpoints.iter().any(|c| c.basis.is_empty()));
+        assert!(whole.checkpoints.iter().any(|c| c.basis.len() == 8 * d));
+        for c in &whole.checkpoints {
+            let chosen = c.header.probes_done > 1;
+            assert_eq!(c.basis.len(), if chosen { 8 * d } else { 0 }, "at step {}", c.header.step);
+            if chosen {
+                assert_eq!(c.basis, eigen_directions(&whole.probes[1].sketch, 8));
+            }
+        }
+        assert_resumes_bit_identical(&spec);
+    }
+
+    #[test]
+    fn eigen_basis_projects_onto_the_probes_top_eigenvectors() {
+        let mut spec = small();
+        spec.train.epochs = 3;
+        spec.probe.every_epochs = 1;
+        spec.probe.basis = ProjectionBasis::Eigen;
+        let whole = emit(&spec, None);
+        let steps_per_epoch = (1437 / 64) as u64;
+        // Recorded from the step after probe 0 (end of epoch 1).
+        assert_eq!(whole.traj.as_ref().unwrap().points, 2 * steps_per_epoch);
+        let sk = &whole.probes[0].sketch;
+        let dirs = eigen_directions(sk, 8);
+        let d = sk.dim();
+        let eig = sk.top_eigenvectors(8);
+        for i in 0..8 {
+            for j in 0..8 {
+                let dot: f64 = (0..d).map(|t| dirs[i * d + t] as f64 * dirs[j * d + t] as f64).sum();
+                assert!((dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5, "({i},{j}): {dot}");
+            }
+            // Each is ± the sketch's eigenvector, with its largest entry positive.
+            let c: f64 = (0..d).map(|t| dirs[i * d + t] as f64 * eig[i][t]).sum();
+            assert!((c.abs() - 1.0).abs() < 1e-5);
+            let big = dirs[i * d..(i + 1) * d].iter().copied().fold(0f32, |m, x| if x.abs() > m.abs() { x } else { m });
+            assert!(big > 0.0);
+        }
+    }
+
+    fn assert_resumes_bit_identical(spec: &RunSpec) {
+        let spec = spec.clone();
         let whole = emit(&spec, None);
         let steps_per_epoch = 1437 / 64;
-        assert!(whole.checkpoints.len() >= 3 + 4 * steps_per_epoch / 9 - 1, "{}", whole.checkpoints.len());
+        let epochs = spec.train.epochs as usize;
+        assert!(
+            whole.checkpoints.len() >= epochs - 1 + epochs * steps_per_epoch / 9 - 1,
+            "{}",
+            whole.checkpoints.len()
+        );
         assert!(whole.checkpoints.iter().any(|c| c.header.step_in_epoch > 0), "mid-epoch boundaries are covered");
         assert!(whole.checkpoints.iter().any(|c| c.header.step_in_epoch == 0), "epoch boundaries are covered");
         for (i, c) in whole.checkpoints.iter().enumerate() {

@@ -129,8 +129,16 @@ pub struct ProbeConfig {
     pub every_epochs: u32,
     /// Frequent Directions rows ℓ.
     pub sketch_rank: u32,
-    /// Number of random directions the trajectory is projected onto.
+    /// Number of directions the trajectory is projected onto.
     pub projections: u32,
+    /// Which directions: seeded random ones, or the top eigenvectors of `D`.
+    #[serde(default)]
+    pub basis: ProjectionBasis,
+    /// With `basis = "eigen"`: the probe (0-based) whose sketch's top
+    /// eigenvectors become the directions, fixed from then on; the
+    /// trajectory is recorded after it.
+    #[serde(default)]
+    pub basis_probe: u32,
     /// Largest lag (in steps) of the trajectory statistics.
     pub max_lag: u32,
     /// Epochs before the trajectory is recorded.
@@ -149,6 +157,21 @@ pub struct ProbeConfig {
     pub exact: bool,
 }
 
+/// The directions a trajectory is projected onto.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectionBasis {
+    /// `projections` orthonormal directions drawn from `projection_seed`,
+    /// the same for every run of a sweep (so their sums merge).
+    #[default]
+    Random,
+    /// The top `projections` eigenvectors of `D` at probe `basis_probe`
+    /// (signs fixed so each vector's largest-magnitude entry is positive).
+    /// Each run has its own; the `i`-th coordinate of every run is its
+    /// `i`-th eigendirection.
+    Eigen,
+}
+
 fn default_psd_window() -> u32 {
     64
 }
@@ -163,6 +186,8 @@ impl Default for ProbeConfig {
             every_epochs: 10,
             sketch_rank: 64,
             projections: 8,
+            basis: ProjectionBasis::Random,
+            basis_probe: 0,
             max_lag: 64,
             burn_in_epochs: 0,
             projection_seed: 0,

@@ -13,10 +13,13 @@ use gradsweep_proto::v1 as pb;
 use gradsweep_tests::{Audit, CoordinatorProc, Proxy, WorkerProc, audit, cli, wait_until};
 
 /// 2 × 2 cells × `seeds` seeds of a small MLP on digits; segments every
-/// 2 epochs and every 25 steps (so boundaries fall mid-epoch too).
+/// 2 epochs and every 25 steps (so boundaries fall mid-epoch too). The
+/// trajectory is projected onto the top eigenvectors of `D` at the first
+/// probe, so segments after it must carry those directions.
 fn grid(name: &str, seeds: u32, epochs: u32) -> String {
     let segments = "momentum = 0.9\ncheckpoint_every_epochs = 2\ncheckpoint_every_steps = 25";
-    gradsweep_tests::grids::mlp(name, &seeds.to_string(), epochs, segments, 4)
+    let g = gradsweep_tests::grids::mlp(name, &seeds.to_string(), epochs, segments, 4);
+    g.replace("projections = 4", "projections = 4\nbasis = \"eigen\"\npsd_window = 16")
 }
 
 /// (run, resume_seq) of every grant that resumed from a checkpoint.

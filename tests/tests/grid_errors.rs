@@ -73,6 +73,30 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         ("syntax", BASE.replace("[probe]", "[probe"), "8:7", ""),
         (
+            "spectrum window",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\npsd_window = 48"),
+            "10:14",
+            "`psd_window` must be 0 or a power of two",
+        ),
+        (
+            "unknown basis",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\nbasis = \"pca\""),
+            "10:9",
+            "`basis` must be one of \"random\", \"eigen\"",
+        ),
+        (
+            "eigen basis probe out of range",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\nbasis = \"eigen\"\nbasis_probe = 3"),
+            "11:15",
+            "`basis_probe` is 3, but there are 3 probes",
+        ),
+        (
+            "eigen basis at the last probe",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\nbasis = \"eigen\"\nbasis_probe = 2"),
+            "11:15",
+            "no trajectory would be recorded",
+        ),
+        (
             "model does not fit data",
             BASE.replace("mlp:64-32-10", "mlp:49-32-10"),
             "5:9",
