@@ -5,6 +5,7 @@ use gradsweep_proto::transport::{AuthChannel, ClientSecurity, TransportError};
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::control_service_client::ControlServiceClient;
 use gradsweep_shared::results::{CellResult, SweepSummary};
+use gradsweep_shared::stats::RankThresholds;
 
 /// Errors talking to a coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,16 @@ pub async fn fetch_results(
     client: &mut ControlClient,
     sweep_id: &str,
 ) -> Result<(Vec<CellResult>, SweepSummary), ClientError> {
-    let mut stream = client.results(pb::ResultsRequest { sweep_id: sweep_id.to_string() }).await?.into_inner();
+    fetch_results_with(client, sweep_id, &RankThresholds::default()).await
+}
+
+/// Fetches a sweep's results with ranks at extra thresholds `th` too.
+pub async fn fetch_results_with(
+    client: &mut ControlClient,
+    sweep_id: &str,
+    th: &RankThresholds,
+) -> Result<(Vec<CellResult>, SweepSummary), ClientError> {
+    let mut stream = client.results(crate::convert::results_request(sweep_id, th)).await?.into_inner();
     let mut cells = vec![];
     let mut summary = None;
     while let Some(chunk) = stream.message().await? {

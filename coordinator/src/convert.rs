@@ -3,6 +3,7 @@
 
 use gradsweep_proto::v1 as pb;
 use gradsweep_shared::spec::RunFinal;
+use gradsweep_shared::stats::RankThresholds;
 
 use crate::error::{CoordinatorError, Result};
 use crate::store::{BlobKind, Chunk, Lease, Outcome, Report, ReportBody, SweepRow, WorkerRow, run_state};
@@ -39,6 +40,23 @@ pub fn report_from_wire(r: pb::ReportRequest) -> Result<Report> {
         None => return Err(bad(format!("run `{}`: report {} has no body", r.run_id, r.seq))),
     };
     Ok(Report { worker_id: r.worker_id, run_id: r.run_id, epoch: r.epoch, seq: r.seq, body })
+}
+
+/// The rank thresholds a results request asks for.
+pub fn thresholds_from_wire(r: &pb::ResultsRequest) -> Result<RankThresholds> {
+    let th =
+        RankThresholds { relative: r.rank_thresholds_relative.clone(), absolute: r.rank_thresholds_absolute.clone() };
+    th.validate().map_err(|m| bad(format!("sweep `{}`: {m}", r.sweep_id)))?;
+    Ok(th)
+}
+
+/// The wire form of a results request.
+pub fn results_request(sweep_id: &str, th: &RankThresholds) -> pb::ResultsRequest {
+    pb::ResultsRequest {
+        sweep_id: sweep_id.to_string(),
+        rank_thresholds_relative: th.relative.clone(),
+        rank_thresholds_absolute: th.absolute.clone(),
+    }
 }
 
 /// A finish request's outcome.

@@ -81,6 +81,9 @@ enum Command {
         /// Also write results.csv and results.json into this folder.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Extra rank thresholds.
+        #[command(flatten)]
+        thresholds: cli::ThresholdArgs,
     },
     /// Cancel a sweep's unfinished runs.
     Cancel {
@@ -144,8 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit { file, new, check } => cli::commands::submit(&addr()?, &file, new, check).await,
         Command::Status { sweep } => cli::commands::status(&addr()?, sweep.as_deref()).await,
         Command::Watch { sweep } => cli::commands::watch(&addr()?, &sweep).await.map(|_| ()),
-        Command::Results { sweep, format, out } => {
-            cli::commands::results(&addr()?, &sweep, format, out.as_deref()).await
+        Command::Results { sweep, format, out, thresholds } => {
+            cli::commands::results(&addr()?, &sweep, format, out.as_deref(), &thresholds.thresholds()?).await
         }
         Command::Cancel { sweep } => cli::commands::cancel(&addr()?, &sweep).await,
         Command::Workers => cli::commands::workers(&addr()?).await,

@@ -5,7 +5,7 @@
 //! sweep-level η/b table with the collapse scores ([`eta_table`]).
 
 use gradsweep_shared::results::{CellResult, SweepSummary};
-use gradsweep_shared::stats::Summary;
+use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 
 /// The per-cell columns shared by the table and the CSV.
 struct Row {
@@ -82,6 +82,46 @@ fn row(c: &CellResult) -> Row {
     }
 }
 
+/// A user threshold's column: its label, CSV name, and where its bracket
+/// sits in a spectrum.
+struct ThresholdColumn {
+    label: String,
+    csv: String,
+    list: fn(&SpectrumStats) -> &Vec<(f64, Bracket)>,
+    threshold: f64,
+}
+
+impl ThresholdColumn {
+    fn pick(&self, s: &SpectrumStats) -> Option<Bracket> {
+        (self.list)(s).iter().find(|x| x.0 == self.threshold).map(|x| x.1)
+    }
+}
+
+fn threshold_columns(th: &RankThresholds) -> Vec<ThresholdColumn> {
+    let rel = th.relative.iter().map(|&r| ThresholdColumn {
+        label: format!("rank>{r:e}·λmax"),
+        csv: format!("rank_rel_{r:e}"),
+        list: |s| &s.ranks_relative,
+        threshold: r,
+    });
+    let abs = th.absolute.iter().map(|&t| ThresholdColumn {
+        label: format!("rank>{t:e}"),
+        csv: format!("rank_abs_{t:e}"),
+        list: |s| &s.ranks_absolute,
+        threshold: t,
+    });
+    rel.chain(abs).collect()
+}
+
+/// A threshold column of a cell: the mean count across seeds at their last
+/// probes, and the widest certified bracket among them.
+fn threshold_cell(c: &CellResult, col: &ThresholdColumn) -> (Summary, f64, f64) {
+    let b: Vec<Bracket> = c.runs.iter().filter_map(|r| r.probes.last().and_then(|p| col.pick(&p.spectrum))).collect();
+    let lo = b.iter().map(|x| x.lo).fold(f64::INFINITY, f64::min);
+    let hi = b.iter().map(|x| x.hi).fold(f64::NEG_INFINITY, f64::max);
+    if b.is_empty() { (Summary::empty(), f64::NAN, f64::NAN) } else { (Summary::of(b.iter().map(|x| x.value)), lo, hi) }
+}
+
 fn num(x: f64) -> String {
     if !x.is_finite() {
         return "-".into();
@@ -106,8 +146,9 @@ fn exact(c: &CellResult) -> impl Iterator<Item = &gradsweep_shared::stats::Spect
 }
 
 /// The per-cell table, aligned for a terminal. ± is the 95 % interval across
-/// seeds; the rank bracket is certified by the sketches' Δ.
-pub fn table(cells: &[CellResult]) -> String {
+/// seeds; the rank bracket is certified by the sketches' Δ. Each of the
+/// user's rank thresholds `th` adds a column.
+pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
     let mut header = vec![
         "cell",
         "lr",
@@ -132,6 +173,9 @@ pub fn table(cells: &[CellResult]) -> String {
     if with_exact {
         header.extend(["exact rank", "exact λ_max"]);
     }
+    let user = threshold_columns(th);
+    let mut header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    header.extend(user.iter().map(|c| c.label.clone()));
     // Axes other than lr and batch size, so that cells stay distinguishable.
     let other = |c: &CellResult| {
         let mut p = c.params.clone();
@@ -141,9 +185,9 @@ pub fn table(cells: &[CellResult]) -> String {
     };
     let with_axes = cells.iter().any(|c| !other(c).is_empty());
     if with_axes {
-        header.push("axes");
+        header.push("axes".into());
     }
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    let mut rows: Vec<Vec<String>> = vec![header];
     for c in cells {
         let r = row(c);
         let mut line = vec![
@@ -168,6 +212,10 @@ pub fn table(cells: &[CellResult]) -> String {
         if with_exact {
             line.push(pm(Summary::of(exact(c).map(|s| s.rank.value))));
             line.push(pm(Summary::of(exact(c).map(|s| s.lambda_max.value))));
+        }
+        for col in &user {
+            let (v, lo, hi) = threshold_cell(c, col);
+            line.push(if lo.is_finite() { format!("{} [{lo},{hi}]", pm(v)) } else { "-".into() });
         }
         if with_axes {
             line.push(other(c));
@@ -260,22 +308,29 @@ pub fn eta_table(summary: &SweepSummary) -> String {
     out
 }
 
-/// One CSV row per cell, with the confidence intervals and bracket ends.
-pub fn csv(cells: &[CellResult]) -> String {
+/// One CSV row per cell, with the confidence intervals and bracket ends;
+/// each of the user's rank thresholds `th` adds three columns (mean, lo, hi)
+/// before `params`.
+pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
+    let user = threshold_columns(th);
     let mut out = String::from(
         "cell,lr,batch_size,eta_over_b,seeds_done,seeds_total,train_loss,train_loss_ci95,test_accuracy,test_accuracy_ci95,d,\
          rank,rank_ci95,rank_lo,rank_hi,rank_fraction,trace,trace_ci95,lambda_max,lambda_max_ci95,temperature,\
          temperature_trace_per_d,temperature_trace_per_d_ci95,area_rate,area_rate_ci95,eigenspace_overlap,\
          eigenspace_overlap_ci95,cycling_frequency,cycling_frequency_ci95,msd_exponent,msd_exponent_ci95,\
          autocorrelation_max_lag,autocorrelation_max_lag_ci95,spectral_exponent,spectral_exponent_ci95,\
-         peak_to_background,peak_to_background_ci95,grad_norm_per_sqrt_d,grad_norm_per_sqrt_d_ci95,params\n",
+         peak_to_background,peak_to_background_ci95,grad_norm_per_sqrt_d,grad_norm_per_sqrt_d_ci95,",
     );
+    for col in &user {
+        out.push_str(&format!("{0},{0}_lo,{0}_hi,", col.csv));
+    }
+    out.push_str("params\n");
     let f = |x: f64| if x.is_finite() { format!("{x}") } else { String::new() };
     for c in cells {
         let r = row(c);
         let params = gradsweep_shared::grid::fmt_params(&c.params).replace('"', "'");
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\"{}\"\n",
             r.cell,
             f(r.lr),
             r.batch,
@@ -315,6 +370,12 @@ pub fn csv(cells: &[CellResult]) -> String {
             .map(|s| format!("{},{}", f(s.mean), f(s.ci95)))
             .collect::<Vec<_>>()
             .join(","),
+            user.iter()
+                .map(|col| {
+                    let (v, lo, hi) = threshold_cell(c, col);
+                    format!("{},{},{},", f(v.mean), f(lo), f(hi))
+                })
+                .collect::<String>(),
             params
         ));
     }

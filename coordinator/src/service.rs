@@ -170,12 +170,14 @@ impl ControlService for ControlApi {
     type ResultsStream = ResultsStream;
 
     async fn results(&self, req: Request<pb::ResultsRequest>) -> Result<Response<Self::ResultsStream>, Status> {
-        let id = req.into_inner().sweep_id;
+        let req = req.into_inner();
+        let th = convert::thresholds_from_wire(&req)?;
+        let id = req.sweep_id;
         let (row, cells) = self
             .state
             .read_store(move |s| {
                 let row = s.sweep(&id)?;
-                let cells = s.cell_results(&id)?;
+                let cells = s.cell_results(&id, &th)?;
                 Ok((row, cells))
             })
             .await?;

@@ -20,6 +20,7 @@ use gradsweep_shared::grid::{GridLimits, SweepPlan, parse_grid};
 use gradsweep_shared::results::{CellResult, RunData, cell_result};
 use gradsweep_shared::run::ProbeRecord;
 use gradsweep_shared::spec::{RunFinal, RunSpec};
+use gradsweep_shared::stats::RankThresholds;
 use gradsweep_shared::trajectory::TrajectorySums;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -549,9 +550,19 @@ impl Store {
     }
 
     /// Per-cell results: stored merges for cells with finished runs, empty
-    /// statistics for the others.
-    pub fn cell_results(&self, sweep_id: &str) -> Result<Vec<CellResult>> {
+    /// statistics for the others. With rank thresholds `th`, every cell is
+    /// recomputed from its stored runs (reading their sketches again).
+    pub fn cell_results(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellResult>> {
         let plan = self.plan(sweep_id)?;
+        if !th.is_empty() {
+            return plan
+                .cells
+                .iter()
+                .map(|cell| {
+                    Ok(cell_result(cell, plan.seeds.len(), &load_cell_runs(&self.conn, sweep_id, cell.index)?, th))
+                })
+                .collect();
+        }
         let mut stored: BTreeMap<u32, CellResult> = BTreeMap::new();
         let mut stmt = self.conn.prepare("SELECT cell, result_json FROM cells WHERE sweep_id = ?1")?;
         let mut rows = stmt.query([sweep_id])?;
@@ -564,7 +575,7 @@ impl Store {
         Ok(plan
             .cells
             .iter()
-            .map(|cell| stored.remove(&cell.index).unwrap_or_else(|| cell_result(cell, plan.seeds.len(), &[])))
+            .map(|cell| stored.remove(&cell.index).unwrap_or_else(|| cell_result(cell, plan.seeds.len(), &[], th)))
             .collect())
     }
 
@@ -1081,7 +1092,7 @@ fn merge_cell(tx: &rusqlite::Transaction<'_>, sweep_id: &str, cell: u32) -> Resu
         .find(|c| c.index == cell)
         .ok_or_else(|| CoordinatorError::Internal(format!("no cell {cell}")))?;
     let runs = load_cell_runs(tx, sweep_id, cell)?;
-    let result = cell_result(c, plan.seeds.len(), &runs);
+    let result = cell_result(c, plan.seeds.len(), &runs, &RankThresholds::default());
     let json = serde_json::to_string(&result).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
     tx.execute(
         "INSERT OR REPLACE INTO cells (sweep_id, cell, runs_merged, result_json) VALUES (?1, ?2, ?3, ?4)",

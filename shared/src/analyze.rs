@@ -8,7 +8,7 @@ use crate::linalg::random_orthonormal;
 use crate::npy::Array2;
 use crate::rng::{Rng, Stream};
 use crate::sketch::{ExactCovariance, FdSketch};
-use crate::stats::{SpectrumStats, Summary};
+use crate::stats::{RankThresholds, SpectrumStats, Summary};
 use crate::trajectory::{DriftStats, TrajectoryRecorder, default_lags};
 
 /// How to analyse a gradient matrix.
@@ -29,8 +29,9 @@ pub struct GradsReport {
     pub spectrum: SpectrumStats,
 }
 
-/// Spectrum of `D = (1/n) Σ gᵢgᵢᵀ − ḡḡᵀ` for the rows of `a`.
-pub fn analyze_grads(a: &Array2, opts: GradsOptions) -> GradsReport {
+/// Spectrum of `D = (1/n) Σ gᵢgᵢᵀ − ḡḡᵀ` for the rows of `a`, with ranks
+/// at the user's thresholds `th` too.
+pub fn analyze_grads(a: &Array2, opts: GradsOptions, th: &RankThresholds) -> GradsReport {
     let rows: Vec<f32> = a.data.iter().map(|&v| v as f32).collect();
     if a.cols <= opts.exact_max_dim {
         let mut ex = ExactCovariance::new(a.cols);
@@ -38,15 +39,16 @@ pub fn analyze_grads(a: &Array2, opts: GradsOptions) -> GradsReport {
             ex.insert_block(block);
         }
         let eig = ex.eigenvalues();
-        let spectrum =
+        let mut spectrum =
             SpectrumStats::from_parts(&eig, 0.0, a.cols, a.rows as u64, 0, ex.trace(), ex.grad_norm_sq_unbiased());
+        spectrum.add_thresholds(&eig, th);
         GradsReport { method: "exact".into(), spectrum }
     } else {
         let mut sk = FdSketch::new(a.cols, opts.sketch_rank.max(1));
         for block in rows.chunks(a.cols * 256) {
             sk.insert_block(block);
         }
-        GradsReport { method: "sketch".into(), spectrum: SpectrumStats::from_sketch(&sk) }
+        GradsReport { method: "sketch".into(), spectrum: SpectrumStats::from_sketch_with(&sk, th) }
     }
 }
 
@@ -61,6 +63,8 @@ pub struct TrajectoryOptions {
     pub max_lag: usize,
     /// Batches for the confidence interval of the area rate.
     pub batches: usize,
+    /// Welch window of the power spectrum (0: none; else a power of two in 8..=4096).
+    pub psd_window: usize,
 }
 
 /// Drift statistics of a trajectory.
@@ -96,7 +100,7 @@ pub fn analyze_trajectory(a: &Array2, opts: TrajectoryOptions) -> TrajectoryRepo
         }
     };
     let lags = default_lags(opts.max_lag);
-    let mut whole = TrajectoryRecorder::new(k, lags);
+    let mut whole = TrajectoryRecorder::with_spectrum(k, lags, opts.psd_window);
     let batches = opts.batches.max(2);
     let per = (a.rows / batches).max(2);
     let mut rates = vec![];
@@ -135,14 +139,22 @@ mod tests {
             data.extend((0..d).map(|j| c[0] * basis[j] + c[1] * basis[d + j] + c[2] * basis[2 * d + j] + 0.1));
         }
         let a = Array2 { rows: n, cols: d, data, was_f32: false };
-        let exact = analyze_grads(&a, GradsOptions { sketch_rank: 8, exact_max_dim: 100 });
-        let sketch = analyze_grads(&a, GradsOptions { sketch_rank: 8, exact_max_dim: 10 });
+        let th = RankThresholds { relative: vec![1e-6], absolute: vec![1e-6] };
+        let exact = analyze_grads(&a, GradsOptions { sketch_rank: 8, exact_max_dim: 100 }, &th);
+        let sketch = analyze_grads(&a, GradsOptions { sketch_rank: 8, exact_max_dim: 10 }, &th);
         assert_eq!(exact.method, "exact");
         assert_eq!(sketch.method, "sketch");
         assert_eq!(exact.spectrum.rank.value, 3.0);
         assert_eq!((exact.spectrum.rank.lo, exact.spectrum.rank.hi), (3.0, 3.0));
         let (ex, sk) = (&exact.spectrum, &sketch.spectrum);
         assert!((ex.trace - sk.trace).abs() < 1e-6 * ex.trace);
+        // The user's thresholds: exactly 3 on the exact path, bracketing 3 on the sketch.
+        let rel = |s: &SpectrumStats| s.ranks_relative.iter().find(|x| x.0 == 1e-6).unwrap().1;
+        assert_eq!((rel(ex).lo, rel(ex).hi), (3.0, 3.0));
+        assert_eq!(ex.ranks_absolute, vec![(1e-6, crate::stats::Bracket { value: 3.0, lo: 3.0, hi: 3.0 })]);
+        for b in [rel(sk), sk.ranks_absolute[0].1] {
+            assert!(b.lo <= 3.0 && 3.0 <= b.hi, "{b:?}");
+        }
         for i in 0..3 {
             let (e, s) = (ex.top_eigenvalues[i], sk.top_eigenvalues[i]);
             assert!(
@@ -159,9 +171,14 @@ mod tests {
         let theta = 0.05f64;
         let data: Vec<f64> = (0..t).flat_map(|i| [(theta * i as f64).cos(), (theta * i as f64).sin()]).collect();
         let a = Array2 { rows: t, cols: 2, data, was_f32: false };
-        let rep = analyze_trajectory(&a, TrajectoryOptions { projections: 8, seed: 0, max_lag: 16, batches: 10 });
+        let rep = analyze_trajectory(
+            &a,
+            TrajectoryOptions { projections: 8, seed: 0, max_lag: 16, batches: 10, psd_window: 64 },
+        );
         assert!(!rep.projected);
         assert!((rep.drift.area_rate - 0.5 * theta.sin()).abs() < 1e-3, "{}", rep.drift.area_rate);
+        assert!((rep.drift.cycling_frequency - theta.sin()).abs() < 2e-3, "{}", rep.drift.cycling_frequency);
+        assert!(!rep.drift.spectrum.is_empty());
         assert!(rep.area_rate.mean > 0.0 && rep.area_rate.count == 10);
     }
 }

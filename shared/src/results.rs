@@ -14,7 +14,7 @@ use crate::grid::Cell;
 use crate::run::{ProbeMeta, ProbeRecord};
 use crate::sketch::FdSketch;
 use crate::spec::RunFinal;
-use crate::stats::{SpectrumStats, Summary};
+use crate::stats::{RankThresholds, SpectrumStats, Summary};
 use crate::trajectory::{DriftStats, TrajectorySums};
 
 /// A completed run as stored by the coordinator.
@@ -140,14 +140,14 @@ pub struct CellResult {
     pub runs: Vec<RunResult>,
 }
 
-/// Statistics of one run.
-pub fn run_result(r: &RunData) -> RunResult {
+/// Statistics of one run, with ranks at the user's thresholds `th` too.
+pub fn run_result(r: &RunData, th: &RankThresholds) -> RunResult {
     let probes: Vec<ProbeSummary> = r
         .probes
         .iter()
-        .map(|p| ProbeSummary { meta: p.meta.clone(), spectrum: SpectrumStats::from_sketch(&p.sketch) })
+        .map(|p| ProbeSummary { meta: p.meta.clone(), spectrum: SpectrumStats::from_sketch_with(&p.sketch, th) })
         .collect();
-    let pooled = merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| SpectrumStats::from_sketch(&s));
+    let pooled = merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| SpectrumStats::from_sketch_with(&s, th));
     let spaces: Vec<Vec<Vec<f64>>> = r.probes.iter().map(|p| p.sketch.top_eigenvectors(OVERLAP_K)).collect();
     let eigenspace_overlap =
         spaces.windows(2).map(|w| crate::json_f64::F64(crate::sketch::subspace_overlap(&w[0], &w[1]))).collect();
@@ -181,14 +181,15 @@ pub fn merge_sketches<'a>(sketches: impl IntoIterator<Item = &'a FdSketch>) -> O
     Some(acc)
 }
 
-/// Statistics of `cell` from its completed runs (any order: they are sorted by seed).
-pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellResult {
+/// Statistics of `cell` from its completed runs (any order: they are sorted
+/// by seed), with ranks at the user's thresholds `th` too.
+pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData], th: &RankThresholds) -> CellResult {
     let mut runs: Vec<&RunData> = runs.iter().collect();
     runs.sort_by_key(|r| r.seed);
-    let results: Vec<RunResult> = runs.iter().map(|r| run_result(r)).collect();
+    let results: Vec<RunResult> = runs.iter().map(|r| run_result(r, th)).collect();
     let finals: Vec<&SpectrumStats> = results.iter().filter_map(|r| r.probes.last().map(|p| &p.spectrum)).collect();
     let merged_final = merge_sketches(runs.iter().filter_map(|r| r.probes.last().map(|p| &p.sketch)))
-        .map(|s| SpectrumStats::from_sketch(&s));
+        .map(|s| SpectrumStats::from_sketch_with(&s, th));
     let lr = cell.train.lr;
     let b = cell.train.batch_size;
     let drifts: Vec<&DriftStats> = results.iter().filter_map(|r| r.drift.as_ref()).collect();

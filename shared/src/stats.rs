@@ -52,8 +52,14 @@ pub struct SpectrumStats {
     /// ‖∇f‖², unbiased estimate from exact moments.
     #[serde(with = "crate::json_f64")]
     pub grad_norm_sq: f64,
-    /// Numerical rank at thresholds relative to λ_max (`[rel, …]`).
+    /// Numerical rank at thresholds relative to λ_max: `(r, rank)` counts
+    /// eigenvalues above `r·λ_max` ([`RELATIVE_RANK_THRESHOLDS`] and any
+    /// the user asked for).
     pub ranks_relative: Vec<(f64, Bracket)>,
+    /// Numerical rank at absolute thresholds the user asked for: `(τ, rank)`
+    /// counts eigenvalues above `τ`.
+    #[serde(default)]
+    pub ranks_absolute: Vec<(f64, Bracket)>,
     /// Stable rank tr D / λ_max.
     pub stable_rank: Bracket,
     /// Isotropy ratio λ_max · d / tr D (1 for isotropic noise).
@@ -131,15 +137,77 @@ fn effective_rank(eig: &[f64], d: usize, trace: f64) -> f64 {
     h.exp()
 }
 
+/// Rank thresholds a user asks for, besides the paper's `λ_max·d·ε_f32`
+/// and [`RELATIVE_RANK_THRESHOLDS`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankThresholds {
+    /// Fractions of λ_max, each in (0, 1].
+    pub relative: Vec<f64>,
+    /// Absolute eigenvalue thresholds, each > 0.
+    pub absolute: Vec<f64>,
+}
+
+/// Most thresholds of each kind a request may ask for.
+pub const MAX_USER_THRESHOLDS: usize = 16;
+
+impl RankThresholds {
+    /// Checks the values; the error names the offending one.
+    pub fn validate(&self) -> Result<(), String> {
+        for (kind, list) in [("relative", &self.relative), ("absolute", &self.absolute)] {
+            if list.len() > MAX_USER_THRESHOLDS {
+                return Err(format!("at most {MAX_USER_THRESHOLDS} {kind} rank thresholds, got {}", list.len()));
+            }
+        }
+        if let Some(r) = self.relative.iter().find(|r| !(r.is_finite() && **r > 0.0 && **r <= 1.0)) {
+            return Err(format!("relative rank threshold {r} is not in (0, 1]"));
+        }
+        if let Some(t) = self.absolute.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+            return Err(format!("absolute rank threshold {t} is not a positive number"));
+        }
+        Ok(())
+    }
+
+    /// Whether no threshold was asked for.
+    pub fn is_empty(&self) -> bool {
+        self.relative.is_empty() && self.absolute.is_empty()
+    }
+}
+
 /// How many leading eigenvalues [`SpectrumStats`] keeps.
 pub const TOP_EIGENVALUES: usize = 16;
 
 impl SpectrumStats {
     /// Statistics of the sketch.
     pub fn from_sketch(sk: &FdSketch) -> Self {
+        Self::from_sketch_with(sk, &RankThresholds::default())
+    }
+
+    /// Statistics of the sketch, with ranks at the user's thresholds too.
+    pub fn from_sketch_with(sk: &FdSketch, th: &RankThresholds) -> Self {
         let n = sk.count();
         let e = if n == 0 { 0.0 } else { sk.delta() / n as f64 };
-        Self::from_parts(&sk.eigenvalues(), e, sk.dim(), n, sk.ell(), sk.trace(), sk.grad_norm_sq_unbiased())
+        let mut s =
+            Self::from_parts(&sk.eigenvalues(), e, sk.dim(), n, sk.ell(), sk.trace(), sk.grad_norm_sq_unbiased());
+        if !th.is_empty() {
+            s.add_thresholds(&sk.eigenvalues(), th);
+        }
+        s
+    }
+
+    /// Adds rank brackets at the user's thresholds, from the same
+    /// eigenvalue lower bounds `eig` the statistics were made from.
+    pub fn add_thresholds(&mut self, eig: &[f64], th: &RankThresholds) {
+        let (e, d, lmax) = (self.eig_error, self.d, self.lambda_max.value);
+        for &r in &th.relative {
+            if !self.ranks_relative.iter().any(|x| x.0 == r) {
+                self.ranks_relative.push((r, rank_bracket(eig, e, d, r * lmax, r * (lmax + e), r * lmax)));
+            }
+        }
+        for &t in &th.absolute {
+            if !self.ranks_absolute.iter().any(|x| x.0 == t) {
+                self.ranks_absolute.push((t, rank_bracket(eig, e, d, t, t, t)));
+            }
+        }
     }
 
     /// Statistics from eigenvalue lower bounds `eig` (descending) with
@@ -171,6 +239,7 @@ impl SpectrumStats {
                 .iter()
                 .map(|&r| (r, rank_bracket(&eig, e, d, r * lmax, r * lmax_hi, r * lmax)))
                 .collect(),
+            ranks_absolute: vec![],
             stable_rank: Bracket { value: ratio(trace, lmax), lo: ratio(trace, lmax_hi), hi: ratio(trace, lmax) },
             isotropy: Bracket {
                 value: ratio(lmax * d as f64, trace),
@@ -320,6 +389,33 @@ mod tests {
         assert_eq!((b.lo, b.hi), (3.0, 10.0));
         let exact = energy_rank(&[5.0, 3.0, 2.0], 0.0, 10, 10.0, 0.5);
         assert_eq!((exact.lo, exact.hi), (1.0, 1.0));
+    }
+
+    #[test]
+    fn user_thresholds_bracket_like_the_paper_threshold() {
+        // Eigenvalues 5, 3, 1, 0.1 with uncertainty e = 0.5 in d = 10.
+        let eig = [5.0, 3.0, 1.0, 0.1];
+        let mut s = SpectrumStats::from_parts(&eig, 0.5, 10, 100, 8, 9.5, 1.0);
+        let th = RankThresholds { relative: vec![0.5, 1e-2], absolute: vec![0.8, 0.3] };
+        assert!(th.validate().is_ok());
+        s.add_thresholds(&eig, &th);
+        // 0.5·λ_max: λ_max ∈ [5, 5.5] → τ ∈ [2.5, 2.75]: 5, 3 above for sure; nothing else reaches 2.5 with +0.5.
+        let half = s.ranks_relative.iter().find(|x| x.0 == 0.5).unwrap().1;
+        assert_eq!((half.lo, half.value, half.hi), (2.0, 2.0, 2.0));
+        // 1e-2 was already a default threshold: not repeated.
+        assert_eq!(s.ranks_relative.iter().filter(|x| x.0 == 1e-2).count(), 1);
+        // τ = 0.8: 5, 3, 1 above; 0.1 + 0.5 is not. τ = 0.3: 0.1 + 0.5 could be, and the rest of d (≤ e each) too.
+        assert_eq!(s.ranks_absolute[0], (0.8, Bracket { value: 3.0, lo: 3.0, hi: 3.0 }));
+        assert_eq!(s.ranks_absolute[1], (0.3, Bracket { value: 3.0, lo: 3.0, hi: 10.0 }));
+        for bad in [
+            RankThresholds { relative: vec![0.0], absolute: vec![] },
+            RankThresholds { relative: vec![1.5], absolute: vec![] },
+            RankThresholds { relative: vec![], absolute: vec![f64::NAN] },
+            RankThresholds { relative: vec![], absolute: vec![-1.0] },
+            RankThresholds { relative: vec![0.1; 17], absolute: vec![] },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

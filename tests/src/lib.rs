@@ -428,7 +428,7 @@ pub fn offline_runs(grid: &str, sweep: &str) -> std::collections::BTreeMap<(u32,
                     })
                     .expect("offline run");
                     let run_id = format!("{sweep}/c{}/s{seed}", cell.index);
-                    let result = run_result(&RunData { run_id, seed, fin, probes, trajectory });
+                    let result = run_result(&RunData { run_id, seed, fin, probes, trajectory }, &Default::default());
                     out.lock().unwrap().insert((cell.index, seed), Offline { result, last_checkpoint: last });
                 }
             });

@@ -35,6 +35,15 @@ fn analyze_grads_and_trajectory_from_npy() {
     assert_eq!(v["spectrum"]["n"], 200);
     let (ok, out, _) = run(&["analyze", "grads", g.to_str().unwrap(), "--exact-max-dim", "4", "--sketch-rank", "4"]);
     assert!(ok && out.contains("sketch") && out.contains("rank"), "{out}");
+    // User thresholds: rank 2 above any small absolute or relative threshold.
+    let (ok, out, err) =
+        run(&["analyze", "grads", g.to_str().unwrap(), "--rank-threshold-abs", "1e-6", "--rank-threshold-rel", "1e-5"]);
+    assert!(
+        ok && out.contains("rank (> 1e-6)       2 [2, 2]") && out.contains("rank (λ_max·1e-5)   2 [2, 2]"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = run(&["analyze", "grads", g.to_str().unwrap(), "--rank-threshold-abs", "0"]);
+    assert!(!ok && err.contains("absolute rank threshold 0 is not a positive number"), "{err}");
 
     // A rotating trajectory in 2 of 30 columns, as f64.
     let t = 5000;
@@ -58,6 +67,12 @@ fn analyze_grads_and_trajectory_from_npy() {
     assert!((rate - 0.5 * 0.05f64.sin()).abs() < 1e-3, "{rate}");
     let (ok, out, _) = run(&["analyze", "trajectory", p.to_str().unwrap()]);
     assert!(ok && out.contains("random projections") && out.contains("MSD"), "{out}");
+    assert!(
+        out.contains("cycling frequency") && out.contains("autocorrelation(τ)") && out.contains("peak at"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["analyze", "trajectory", p.to_str().unwrap(), "--psd-window", "100"]);
+    assert!(!ok && err.contains("--psd-window must be 0 or a power of two"), "{err}");
 }
 
 #[test]

@@ -144,6 +144,52 @@ async fn multi_process_serve_submit_watch_results() {
     let mut client = connect_control(&addr).await.unwrap();
     let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();
     assert_eq!(verify_against_offline(&grid, &cells), 8);
+
+    // Ranks at the user's thresholds, recomputed from the stored sketches:
+    // a relative threshold the defaults also hold gives the same counts,
+    // and an absolute one gives a bracket around its count.
+    let o = cli(&[
+        "--coordinator",
+        &addr,
+        "results",
+        &sweep,
+        "--format",
+        "csv",
+        "--rank-threshold-rel",
+        "1e-2,1e-1",
+        "--rank-threshold-abs",
+        "1e-6",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = stdout(&o);
+    let head: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    for col in ["rank_rel_1e-2", "rank_rel_1e-1_lo", "rank_abs_1e-6", "rank_abs_1e-6_hi"] {
+        assert!(head.contains(&col), "{col} in {head:?}");
+    }
+    for (line, cell) in csv.lines().skip(1).zip(&cells) {
+        let row: Vec<&str> = line.split(',').collect();
+        let col = |n: &str| row[head.iter().position(|h| *h == n).unwrap()].parse::<f64>().unwrap();
+        let stored: Vec<f64> = cell
+            .runs
+            .iter()
+            .map(|r| r.probes.last().unwrap().spectrum.ranks_relative.iter().find(|x| x.0 == 1e-2).unwrap().1.value)
+            .collect();
+        assert_eq!(col("rank_rel_1e-2"), stored.iter().sum::<f64>() / stored.len() as f64, "{line}");
+        assert!(col("rank_rel_1e-1") <= col("rank_rel_1e-2"), "a higher threshold counts fewer: {line}");
+        assert!(col("rank_abs_1e-6_lo") <= col("rank_abs_1e-6") && col("rank_abs_1e-6") <= col("rank_abs_1e-6_hi"));
+    }
+    let o = cli(&["--coordinator", &addr, "results", &sweep, "--rank-threshold-rel", "2"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("relative rank threshold 2 is not in (0, 1]"), "{}", stderr(&o));
+    // The coordinator checks too, for clients that do not.
+    let bad = gradsweep_proto::v1::ResultsRequest {
+        sweep_id: sweep.clone(),
+        rank_thresholds_relative: vec![],
+        rank_thresholds_absolute: vec![-1.0],
+    };
+    let err = client.results(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("absolute rank threshold -1 is not a positive number"), "{}", err.message());
 }
 
 /// Acceptance 3: a worker SIGKILLed mid-sweep; the sweep completes and each

@@ -40,6 +40,9 @@ pub struct GradsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Extra rank thresholds.
+    #[command(flatten)]
+    pub thresholds: super::ThresholdArgs,
 }
 
 /// Options of `analyze trajectory`.
@@ -56,6 +59,9 @@ pub struct TrajectoryArgs {
     /// Largest lag of the MSD curve.
     #[arg(long, default_value_t = 64)]
     pub max_lag: usize,
+    /// Welch window of the power spectrum (a power of two in 8..=4096; 0: none).
+    #[arg(long, default_value_t = 64)]
+    pub psd_window: usize,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -70,7 +76,9 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
     match cmd {
         AnalyzeCommand::Grads(a) => {
             let m = npy::read(&a.file)?;
-            let r = analyze_grads(&m, GradsOptions { sketch_rank: a.sketch_rank, exact_max_dim: a.exact_max_dim });
+            let th = a.thresholds.thresholds()?;
+            let opts = GradsOptions { sketch_rank: a.sketch_rank, exact_max_dim: a.exact_max_dim };
+            let r = analyze_grads(&m, opts, &th);
             match a.format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?),
                 Format::Table => {
@@ -96,6 +104,9 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
                     );
                     for (rel, b) in &s.ranks_relative {
                         println!("rank (λ_max·{rel:e})   {} [{}, {}]", b.value, b.lo, b.hi);
+                    }
+                    for (t, b) in &s.ranks_absolute {
+                        println!("rank (> {t:e})       {} [{}, {}]", b.value, b.lo, b.hi);
                     }
                     println!("stable rank          {}", fmt(s.stable_rank.value));
                     println!("effective rank       {}", fmt(s.effective_rank));
@@ -128,10 +139,19 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
                 m.rows,
                 m.cols
             );
-            let r = analyze_trajectory(
-                &m,
-                TrajectoryOptions { projections: a.projections, seed: a.seed, max_lag: a.max_lag, batches: 10 },
+            anyhow::ensure!(
+                gradsweep_shared::trajectory::valid_psd_window(a.psd_window),
+                "--psd-window must be 0 or a power of two in 8..=4096, got {}",
+                a.psd_window
             );
+            let opts = TrajectoryOptions {
+                projections: a.projections,
+                seed: a.seed,
+                max_lag: a.max_lag,
+                batches: 10,
+                psd_window: a.psd_window,
+            };
+            let r = analyze_trajectory(&m, opts);
             match a.format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?),
                 Format::Table => {
@@ -154,9 +174,24 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
                         fmt(r.drift.max_area_rate),
                         r.drift.max_area_pair
                     );
-                    println!("MSD exponent             {}", fmt(r.drift.msd_exponent));
-                    let msd: Vec<String> = r.drift.msd.iter().map(|(t, m)| format!("{t}:{}", fmt(*m))).collect();
+                    let d = &r.drift;
+                    println!(
+                        "cycling frequency (0,1)  {} rad/step  (pair {:?}: {})",
+                        fmt(d.cycling_frequency),
+                        d.max_area_pair,
+                        fmt(d.max_pair_cycling_frequency)
+                    );
+                    println!("MSD exponent             {}", fmt(d.msd_exponent));
+                    let msd: Vec<String> = d.msd.iter().map(|(t, m)| format!("{t}:{}", fmt(*m))).collect();
                     println!("MSD(τ)                   {}", msd.join(" "));
+                    let ac: Vec<String> = d.autocorrelation.iter().map(|(t, c)| format!("{t}:{c:.4}")).collect();
+                    println!("autocorrelation(τ)       {}", ac.join(" "));
+                    println!(
+                        "spectrum                 background exponent α {}, peak at {} cycles/step, {}× background",
+                        fmt(d.spectral_exponent),
+                        fmt(d.peak_frequency),
+                        fmt(d.peak_to_background)
+                    );
                 }
             }
         }

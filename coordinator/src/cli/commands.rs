@@ -5,10 +5,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gradsweep_coordinator::client::{Remote, fetch_results};
+use gradsweep_coordinator::client::{Remote, fetch_results_with};
 use gradsweep_coordinator::report;
 use gradsweep_proto::v1 as pb;
 use gradsweep_shared::grid::{GridLimits, parse_grid};
+use gradsweep_shared::stats::RankThresholds;
 
 use crate::OutputFormat;
 
@@ -143,9 +144,10 @@ pub fn write_result_files(
     dir: &Path,
     cells: &[gradsweep_shared::results::CellResult],
     summary: &gradsweep_shared::results::SweepSummary,
+    th: &RankThresholds,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (name, body) in [("results.csv", report::csv(cells)), ("results.json", report::json(cells, summary))] {
+    for (name, body) in [("results.csv", report::csv(cells, th)), ("results.json", report::json(cells, summary))] {
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -159,27 +161,34 @@ pub fn print_results(
     format: OutputFormat,
     cells: &[gradsweep_shared::results::CellResult],
     summary: &gradsweep_shared::results::SweepSummary,
+    th: &RankThresholds,
 ) {
     match format {
         OutputFormat::Table => {
-            print!("{}", report::table(cells));
+            print!("{}", report::table(cells, th));
             println!();
             print!("{}", report::drift_table(cells));
             println!();
             print!("{}", report::eta_table(summary));
         }
-        OutputFormat::Csv => print!("{}", report::csv(cells)),
+        OutputFormat::Csv => print!("{}", report::csv(cells, th)),
         OutputFormat::Json => println!("{}", report::json(cells, summary)),
     }
 }
 
 /// `gradsweep results`.
-pub async fn results(remote: &Remote, sweep: &str, format: OutputFormat, out: Option<&Path>) -> anyhow::Result<()> {
+pub async fn results(
+    remote: &Remote,
+    sweep: &str,
+    format: OutputFormat,
+    out: Option<&Path>,
+    th: &RankThresholds,
+) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
-    let (cells, summary) = fetch_results(&mut client, sweep).await?;
-    print_results(format, &cells, &summary);
+    let (cells, summary) = fetch_results_with(&mut client, sweep, th).await?;
+    print_results(format, &cells, &summary, th);
     if let Some(dir) = out {
-        write_result_files(dir, &cells, &summary)?;
+        write_result_files(dir, &cells, &summary, th)?;
         eprintln!("wrote {0}/results.csv and {0}/results.json", dir.display());
     }
     Ok(())

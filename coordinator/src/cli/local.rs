@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use gradsweep_coordinator::client::{connect_control, fetch_results};
+use gradsweep_coordinator::client::{connect_control, fetch_results_with};
 use gradsweep_coordinator::{CoordinatorConfig, serve};
 use gradsweep_proto::v1 as pb;
 use tokio::process::{Child, Command};
@@ -40,6 +40,9 @@ pub struct LocalArgs {
     /// How the table is printed.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// Extra rank thresholds.
+    #[command(flatten)]
+    pub thresholds: super::ThresholdArgs,
 }
 
 fn worker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -59,6 +62,7 @@ fn worker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Runs the sweep.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    args.thresholds.thresholds()?; // bad thresholds fail before anything starts
     let (text, file_name, plan) = read_grid(&args.file)?;
     let worker_bin = worker_binary(args.worker_bin.as_deref())?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("gradsweep-out").join(&plan.name));
@@ -152,9 +156,10 @@ async fn drive(
     stop_workers(&mut client, &tag, &mut children).await;
     let status = watched?;
 
-    let (cells, summary) = fetch_results(&mut client, &sub.sweep_id).await?;
-    print_results(args.format, &cells, &summary);
-    write_result_files(out, &cells, &summary)?;
+    let th = args.thresholds.thresholds()?;
+    let (cells, summary) = fetch_results_with(&mut client, &sub.sweep_id, &th).await?;
+    print_results(args.format, &cells, &summary, &th);
+    write_result_files(out, &cells, &summary, &th)?;
     eprintln!("wrote {0}/results.csv and {0}/results.json", out.display());
     require_complete(&status)
 }
