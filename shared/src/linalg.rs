@@ -189,6 +189,68 @@ pub fn gram_f64(m: usize, k: usize, a: &[f64]) -> Vec<f64> {
     c
 }
 
+/// Width of the column panels [`gram_f64_of_f32`] converts at a time.
+const GRAM_PANEL: usize = 2048;
+/// Row-block size of [`gram_f64_of_f32`]'s symmetric blocking.
+const GRAM_BLOCK: usize = 64;
+
+/// The Gram matrix `a·aᵀ` (m×m, f64) of the rows of the row-major f32
+/// matrix `a` (m×k), accumulated in f64: products of f32 numbers are exact
+/// in f64, so only the f64 summation rounds. It works through column panels
+/// converted to f64 one at a time (no m×k f64 copy) and computes only the
+/// blocks on and below the diagonal, mirroring the rest. The summation
+/// order of every entry is fixed, so the result is deterministic.
+pub fn gram_f64_of_f32(m: usize, k: usize, a: &[f32]) -> Vec<f64> {
+    assert!(a.len() >= m * k, "gram_f64_of_f32: slice too short");
+    let mut c = vec![0.0; m * m];
+    if m == 0 || k == 0 {
+        return c;
+    }
+    let mut panel = vec![0.0f64; m * GRAM_PANEL.min(k)];
+    for start in (0..k).step_by(GRAM_PANEL) {
+        let w = GRAM_PANEL.min(k - start);
+        for i in 0..m {
+            let src = &a[i * k + start..i * k + start + w];
+            panel[i * w..(i + 1) * w].iter_mut().zip(src).for_each(|(p, &x)| *p = x as f64);
+        }
+        for i0 in (0..m).step_by(GRAM_BLOCK) {
+            let bi = GRAM_BLOCK.min(m - i0);
+            for j0 in (0..=i0).step_by(GRAM_BLOCK) {
+                let bj = GRAM_BLOCK.min(m - j0);
+                #[allow(unsafe_code)]
+                // SAFETY: rows i0..i0+bi and j0..j0+bj of the m×w panel are
+                // in bounds (i0, j0 < m, bi, bj clipped to m); the output
+                // block (i0.., j0..) of the m×m matrix c is in bounds and c
+                // does not alias the panel.
+                unsafe {
+                    matrixmultiply::dgemm(
+                        bi,
+                        w,
+                        bj,
+                        1.0,
+                        panel.as_ptr().add(i0 * w),
+                        w as isize,
+                        1,
+                        panel.as_ptr().add(j0 * w),
+                        1,
+                        w as isize,
+                        1.0,
+                        c.as_mut_ptr().add(i0 * m + j0),
+                        m as isize,
+                        1,
+                    );
+                }
+            }
+        }
+    }
+    for i in 0..m {
+        for j in (i + 1)..m {
+            c[i * m + j] = c[j * m + i];
+        }
+    }
+    c
+}
+
 /// Eigen-decomposition of a symmetric matrix.
 #[derive(Debug, Clone)]
 pub struct SymEigen {
@@ -206,7 +268,7 @@ pub fn sym_eigen(n: usize, a: &[f64]) -> SymEigen {
     if n == 0 {
         return SymEigen { values: vec![], vectors: vec![] };
     }
-    // v is column-major-ish working copy: v[i][j] = a[i][j].
+    // Working copy, stored column-major (symmetric, so the same numbers).
     let mut v: Vec<f64> = a.to_vec();
     for i in 0..n {
         for j in 0..i {
@@ -224,14 +286,15 @@ pub fn sym_eigen(n: usize, a: &[f64]) -> SymEigen {
     let mut vectors = vec![0.0; n * n];
     for (r, &col) in order.iter().enumerate() {
         for i in 0..n {
-            vectors[r * n + i] = v[i * n + col];
+            vectors[r * n + i] = v[col * n + i];
         }
     }
     SymEigen { values, vectors }
 }
 
 fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
-    let idx = |i: usize, j: usize| i * n + j;
+    // Column-major: the inner loops run down columns, contiguously.
+    let idx = |i: usize, j: usize| j * n + i;
     for j in 0..n {
         d[j] = v[idx(n - 1, j)];
     }
@@ -268,9 +331,10 @@ fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
                 f = d[j];
                 v[idx(j, i)] = f;
                 g = e[j] + v[idx(j, j)] * f;
-                for k in (j + 1)..i {
-                    g += v[idx(k, j)] * d[k];
-                    e[k] += v[idx(k, j)] * f;
+                let col = &v[idx(j + 1, j)..idx(i, j)];
+                for ((&vk, &dk), ek) in col.iter().zip(&d[j + 1..i]).zip(&mut e[j + 1..i]) {
+                    g += vk * dk;
+                    *ek += vk * f;
                 }
                 e[j] = g;
             }
@@ -286,8 +350,9 @@ fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
             for j in 0..i {
                 f = d[j];
                 g = e[j];
-                for k in j..i {
-                    v[idx(k, j)] -= f * e[k] + g * d[k];
+                let col = &mut v[idx(j, j)..idx(i, j)];
+                for ((vk, &ek), &dk) in col.iter_mut().zip(&e[j..i]).zip(&d[j..i]) {
+                    *vk -= f * ek + g * dk;
                 }
                 d[j] = v[idx(i - 1, j)];
                 v[idx(i, j)] = 0.0;
@@ -304,12 +369,15 @@ fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
                 d[k] = v[idx(k, i + 1)] / h;
             }
             for j in 0..=i {
+                // Columns j ≤ i and i + 1 are disjoint.
+                let (left, right) = v.split_at_mut(idx(0, i + 1));
+                let (col_j, col_next) = (&mut left[idx(0, j)..idx(i + 1, j)], &right[..=i]);
                 let mut g = 0.0;
-                for k in 0..=i {
-                    g += v[idx(k, i + 1)] * v[idx(k, j)];
+                for (&a, &b) in col_next.iter().zip(col_j.iter()) {
+                    g += a * b;
                 }
-                for k in 0..=i {
-                    v[idx(k, j)] -= g * d[k];
+                for (vk, &dk) in col_j.iter_mut().zip(&d[..=i]) {
+                    *vk -= g * dk;
                 }
             }
         }
@@ -325,8 +393,8 @@ fn tred2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
     e[0] = 0.0;
 }
 
+/// `v` is column-major (see `tred2`): column `j` is `v[j*n..(j+1)*n]`.
 fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
-    let idx = |i: usize, j: usize| i * n + j;
     for i in 1..n {
         e[i - 1] = e[i];
     }
@@ -386,10 +454,13 @@ fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
                     c = p / r;
                     p = c * d[i] - s * g;
                     d[i + 1] = h + s * (c * g + s * d[i]);
-                    for k in 0..n {
-                        h = v[idx(k, i + 1)];
-                        v[idx(k, i + 1)] = s * v[idx(k, i)] + c * h;
-                        v[idx(k, i)] = c * v[idx(k, i)] - s * h;
+                    // Rotate columns i and i + 1 (contiguous, disjoint).
+                    let (left, right) = v.split_at_mut((i + 1) * n);
+                    let (col_i, col_next) = (&mut left[i * n..], &mut right[..n]);
+                    for (a, b) in col_i.iter_mut().zip(col_next.iter_mut()) {
+                        let hb = *b;
+                        *b = s * *a + c * hb;
+                        *a = c * *a - s * hb;
                     }
                 }
                 p = -s * s2 * c3 * el1 * e[l] / dl1;
@@ -462,6 +533,26 @@ mod tests {
         assert_eq!(e.values.len(), 3);
         assert!((e.values[0] - 3.0).abs() < 1e-12 && (e.values[1] - 3.0).abs() < 1e-12);
         assert!(e.values[2].abs() < 1e-12);
+    }
+
+    /// Panels and blocks of every kind: partial last panel and block, m
+    /// below, at and above the block size; symmetric, and equal to the
+    /// f64 Gram of the same numbers.
+    #[test]
+    fn gram_of_f32_matches_the_f64_gram() {
+        let mut r = Rng::new(2, Stream::Other(7));
+        for (m, k) in [(1usize, 3usize), (5, 700), (64, 512), (130, 1100)] {
+            let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
+            let g = gram_f64_of_f32(m, k, &a);
+            let a64: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+            let want = gram_f64(m, k, &a64);
+            for i in 0..m {
+                for j in 0..m {
+                    assert_eq!(g[i * m + j], g[j * m + i]);
+                    assert!((g[i * m + j] - want[i * m + j]).abs() <= 1e-12 * want[i * m + i].max(1.0));
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,24 @@
 //! `M = UΛUᵀ`, let `δ = λ_{ℓ+1}`, keep rows `√(λᵢ−δ)/√λᵢ · Uᵢᵀ B` for
 //! `i ≤ ℓ`, and add `δ` to `Δ`.
 
-use crate::linalg::{SymEigen, gram_f64, sgemm, sym_eigen};
+use crate::linalg::{SymEigen, View, gram_f64, gram_f64_of_f32, sgemm_view, sym_eigen};
+
+/// Σ x² of `row` in f64, in eight interleaved partial sums (a fixed order,
+/// so deterministic; independent chains, so fast), then added in order.
+fn sum_sq_f64(row: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v as f64) * (v as f64);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Width of the column panels a shrink rotates at a time.
+const ROTATE_PANEL: usize = 2048;
 
 /// `D̂` in an orthonormal basis of a sketch's row space (see `FdSketch::row_space`).
 struct RowSpace {
@@ -133,12 +150,10 @@ impl FdSketch {
     pub fn insert_block(&mut self, block: &[f32]) {
         assert_eq!(block.len() % self.d, 0, "insert_block: not a whole number of rows");
         for row in block.chunks_exact(self.d) {
-            let mut sq = 0.0f64;
             for (s, &v) in self.sum_g.iter_mut().zip(row) {
                 *s += v as f64;
-                sq += (v as f64) * (v as f64);
             }
-            self.sum_sq += sq;
+            self.sum_sq += sum_sq_f64(row);
             self.n += 1;
         }
         self.append_rows(block);
@@ -163,8 +178,7 @@ impl FdSketch {
         if r <= ell {
             return;
         }
-        let b64: Vec<f64> = self.buf.iter().map(|&v| v as f64).collect();
-        let gram = gram_f64(r, d, &b64);
+        let gram = gram_f64_of_f32(r, d, &self.buf);
         let eig = sym_eigen(r, &gram);
         let delta = eig.values[ell].max(0.0);
         // New rows: coef[i, :] = sqrt(λᵢ−δ)/sqrt(λᵢ) · Uᵢ  (i < ℓ, λᵢ > δ).
@@ -179,10 +193,18 @@ impl FdSketch {
             coef.extend(eig.vectors[i * r..(i + 1) * r].iter().map(|&u| (u * s) as f32));
             kept += 1;
         }
-        let mut out = vec![0.0f32; kept * d];
-        sgemm(kept, r, d, 1.0, &coef, &self.buf, 0.0, &mut out);
-        self.buf = out;
-        self.buf.reserve(2 * ell * d - self.buf.len());
+        // B ← coef·B in place, one column panel at a time: a panel of the
+        // result depends only on the same columns of B.
+        let mut tmp = vec![0.0f32; kept * ROTATE_PANEL.min(d)];
+        for start in (0..d).step_by(ROTATE_PANEL) {
+            let w = ROTATE_PANEL.min(d - start);
+            let b = View { offset: start, row_stride: d, col_stride: 1 };
+            sgemm_view(kept, r, w, 1.0, &coef, View::rows(0, r), &self.buf, b, 0.0, &mut tmp, View::rows(0, w));
+            for i in 0..kept {
+                self.buf[i * d + start..i * d + start + w].copy_from_slice(&tmp[i * w..(i + 1) * w]);
+            }
+        }
+        self.buf.truncate(kept * d);
         self.rows = kept;
         self.delta += delta;
     }

@@ -1,0 +1,60 @@
+//! Where a Frequent Directions shrink's time goes: the f64 Gram matrix of
+//! the 2ℓ buffered rows, its eigendecomposition, and the whole block update
+//! (which adds the rotation and the moment bookkeeping), against an sgemm
+//! measured in the same run. Best of several repetitions, one thread.
+//!
+//! `cargo run --release -p gradsweep-shared --example fd_profile [D] [ELL]`
+#![allow(clippy::print_stdout)] // the report is this tool's output
+
+use std::time::Instant;
+
+use gradsweep_shared::linalg::{gram_f64_of_f32, sgemm, sym_eigen};
+use gradsweep_shared::rng::{Rng, Stream};
+use gradsweep_shared::sketch::FdSketch;
+
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let arg = |i: usize, default: usize| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (d, ell) = (arg(1, 13_338), arg(2, 64));
+    let block = 4 * ell;
+    let mut rng = Rng::new(3, Stream::Other(4));
+    let rows: Vec<f32> = (0..block * d).map(|_| rng.normal() as f32).collect();
+    let a: Vec<f32> = (0..128 * 784).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..784 * 256).map(|_| rng.normal() as f32).collect();
+    let mut c = vec![0f32; 128 * 256];
+    let rate = 2.0 * 128.0 * 784.0 * 256.0 / best(200, || sgemm(128, 784, 256, 1.0, &a, &b, 0.0, &mut c));
+    let r = 2 * ell;
+    let buf = &rows[..r * d];
+    let t_gram = best(10, || {
+        std::hint::black_box(gram_f64_of_f32(r, d, buf));
+    });
+    let g = gram_f64_of_f32(r, d, buf);
+    let t_eig = best(10, || {
+        std::hint::black_box(sym_eigen(r, &g));
+    });
+    let mut sk = FdSketch::new(d, ell);
+    sk.insert_block(&rows);
+    let t_block = best(5, || sk.insert_block(&rows));
+    let per_shrink = t_block / (block / ell) as f64;
+    // The benchmark's count: the full 2ℓ×d×2ℓ Gram plus the ℓ×2ℓ×d rotation.
+    let flops = 2.0 * (r * r * d) as f64 + 2.0 * (ell * r * d) as f64;
+    println!("d = {d}, ℓ = {ell}; sgemm 128x784x256 {:.1} GFLOP/s", rate / 1e9);
+    println!("  Gram (f64, lower blocks) {:>7.2} ms", t_gram * 1e3);
+    println!("  eigendecomposition       {:>7.2} ms", t_eig * 1e3);
+    println!("  rotation and bookkeeping {:>7.2} ms", (per_shrink - t_gram - t_eig).max(0.0) * 1e3);
+    println!(
+        "  whole shrink             {:>7.2} ms = {:.1} GFLOP/s ({:.1} % of sgemm)",
+        per_shrink * 1e3,
+        flops / per_shrink / 1e9,
+        100.0 * flops / per_shrink / rate
+    );
+}
