@@ -266,6 +266,10 @@ pub struct EtaOverBRow {
     /// Mean test accuracy.
     #[serde(with = "crate::json_f64")]
     pub test_accuracy: f64,
+    /// Every statistic the collapse score covers ([`crate::scaling::STATISTICS`]),
+    /// with its mean and 95 % interval across seeds.
+    #[serde(default)]
+    pub statistics: BTreeMap<String, Summary>,
 }
 
 /// Sweep-level summary.
@@ -324,6 +328,7 @@ pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
             cycling_frequency: c.cycling_frequency.mean,
             grad_norm: c.grad_norm.mean,
             test_accuracy: c.test_accuracy.mean,
+            statistics: crate::scaling::cell_statistics(c),
         })
         .collect();
     rows.sort_by(|a, b| a.eta_over_b.total_cmp(&b.eta_over_b).then(a.cell.cmp(&b.cell)));

@@ -240,6 +240,15 @@ fn score(name: &str, points: &[Point], groups: usize) -> CollapseScore {
     out
 }
 
+/// Every statistic in [`STATISTICS`] for one cell: its mean and 95 %
+/// interval across seeds, by name.
+pub fn cell_statistics(c: &CellResult) -> std::collections::BTreeMap<String, crate::stats::Summary> {
+    STATISTICS
+        .iter()
+        .map(|s| (s.name.to_string(), crate::stats::Summary::of(c.runs.iter().map(|r| (s.value)(r)))))
+        .collect()
+}
+
 /// Collapse scores of every statistic in [`STATISTICS`].
 pub fn collapse_scores(cells: &[CellResult]) -> Vec<CollapseScore> {
     STATISTICS.iter().map(|s| collapse_score(cells, s)).collect()

@@ -86,6 +86,16 @@ fn quickstart_local_prints_table_and_writes_files() {
         }
         assert_eq!(c["merged_drift"]["points"].as_u64().unwrap(), points, "merged sums hold every run's points");
     }
+    // The η/b rows carry every scored statistic with its interval, sorted by η/b.
+    let rows = json["summary"]["by_eta_over_b"].as_array().unwrap();
+    assert_eq!(rows.len(), 12);
+    let ratios: Vec<f64> = rows.iter().map(|r| r["eta_over_b"].as_f64().unwrap()).collect();
+    assert!(ratios.windows(2).all(|w| w[0] <= w[1]), "{ratios:?}");
+    for r in rows {
+        let cell = json["cells"].as_array().unwrap().iter().find(|c| c["index"] == r["cell"]).unwrap();
+        assert_eq!(r["statistics"]["test acc"]["mean"], cell["test_accuracy"]["mean"]);
+        assert!(r["statistics"]["cycling freq"]["ci95"].as_f64().is_some(), "{r}");
+    }
     // The collapse score of each statistic, with its bootstrap interval.
     let collapse = json["summary"]["collapse"].as_array().unwrap();
     assert!(collapse.len() >= 8, "{collapse:?}");
