@@ -214,6 +214,7 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("projection_seed", Section::Probe, Kind::Int(0)),
     ("block_size", Section::Probe, Kind::Int(1)),
     ("psd_window", Section::Probe, Kind::Int(0)),
+    ("wire_precision", Section::Probe, Kind::Choice(&["f32", "f16"])),
     ("exact", Section::Probe, Kind::Bool),
 ];
 

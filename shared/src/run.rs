@@ -19,7 +19,7 @@ use crate::linalg::random_orthonormal;
 use crate::model::{Model, ModelError};
 use crate::rng::{Rng, Stream};
 use crate::sketch::{FdSketch, SketchError};
-use crate::spec::{ProjectionBasis, RunFinal, RunSpec, hash_f32};
+use crate::spec::{ProjectionBasis, RunFinal, RunSpec, WirePrecision, hash_f32};
 use crate::trajectory::{TrajectoryRecorder, TrajectorySums, default_lags};
 
 /// Why a run could not be executed.
@@ -429,6 +429,9 @@ pub fn probe(
             ex.grad_norm_sq_unbiased(),
         )
     });
+    if spec.probe.wire_precision == WirePrecision::F16 {
+        sketch.round_rows_to_f16();
+    }
     Some(ProbeRecord {
         meta: ProbeMeta { index, epoch, step, train_loss: loss / nf, train_accuracy: correct / nf, exact },
         sketch,
@@ -632,13 +635,22 @@ mod tests {
         assert!(ProbeRecord::decode(&bytes[..10], None).is_err());
     }
 
+    /// The exact spectrum lies in the sketch's brackets, with f32 rows and
+    /// with f16 rows (which also make the probe's encoding smaller).
     #[test]
     fn exact_probe_brackets_agree_with_the_sketch() {
         let mut s = small();
         s.train.model = "mlp:64-8-10".into();
         s.probe.exact = true;
-        let (_, probes, _) = collect(&s);
-        for p in &probes {
+        let (_, probes32, _) = collect(&s);
+        s.probe.wire_precision = WirePrecision::F16;
+        let (_, probes16, _) = collect(&s);
+        for (a, b) in probes32.iter().zip(&probes16) {
+            assert!(b.sketch.has_f16_rows() && b.sketch.slack() > 0.0);
+            assert!(b.encode().len() < a.encode().len() * 3 / 4, "{} vs {}", b.encode().len(), a.encode().len());
+            assert_eq!(ProbeRecord::decode(&b.encode(), None).unwrap(), *b);
+        }
+        for p in probes32.iter().chain(&probes16) {
             let ex = p.meta.exact.as_ref().expect("exact spectrum");
             let sk = crate::stats::SpectrumStats::from_sketch(&p.sketch);
             assert!((ex.trace - sk.trace).abs() < 1e-6 * ex.trace);

@@ -16,6 +16,13 @@
 //! through the exact `n` and `Σg` makes sketches of disjoint sample sets
 //! merge into the sketch of their union ([`FdSketch::merge`]).
 //!
+//! Rows can travel as f16 ([`FdSketch::round_rows_to_f16`]): each row is
+//! scaled by a power of two and rounded to half precision, which halves the
+//! payload. The rounding `E = B − B̃` is measured exactly, and
+//! `η = 2‖B‖_F‖E‖_F + ‖E‖_F²` bounds `‖BᵀB − B̃ᵀB̃‖₂`, so the certificate
+//! becomes `−s·I ⪯ AᵀA − B̃ᵀB̃ ⪯ Δ·I` with `η` added to both the lower
+//! slack `s` and `Δ`; the bracket is then `[λᵢ(D̂) − s/n, λᵢ(D̂) + Δ/n]`.
+//!
 //! Shrinking (Liberty 2013; Ghashami et al. 2016): when the buffer holds
 //! `2ℓ` rows, form the `2ℓ×2ℓ` Gram matrix `M = BBᵀ`, decompose
 //! `M = UΛUᵀ`, let `δ = λ_{ℓ+1}`, keep rows `√(λᵢ−δ)/√λᵢ · Uᵢᵀ B` for
@@ -35,6 +42,16 @@ fn sum_sq_f64(row: &[f32]) -> f64 {
         }
     }
     acc.iter().sum::<f64>() + tail
+}
+
+/// `x` rounded to `2^k × (nearest f16 of x·2^-k)`; the same expression
+/// decodes an f16 row, so rounding and decoding agree bit for bit.
+fn f16_round(x: f32, k: i32) -> f32 {
+    f16_value(half::f16::from_f64(x as f64 * (-k as f64).exp2()), k)
+}
+
+fn f16_value(h: half::f16, k: i32) -> f32 {
+    (h.to_f64() * (k as f64).exp2()) as f32
 }
 
 /// Width of the column panels a shrink rotates at a time.
@@ -72,8 +89,12 @@ pub fn subspace_overlap(e: &[Vec<f64>], f: &[Vec<f64>]) -> f64 {
     sum / k as f64
 }
 
-/// Format version of [`FdSketch::encode`].
-pub const SKETCH_FORMAT_VERSION: u16 = 1;
+/// Format version [`FdSketch::encode`] writes; version 1 (without the
+/// slack and f16 rows) is still read.
+pub const SKETCH_FORMAT_VERSION: u16 = 2;
+
+/// Flag bit: rows are stored as f16 with a power-of-two exponent per row.
+const FLAG_F16_ROWS: u16 = 1;
 const MAGIC: &[u8; 4] = b"GSFD";
 
 /// Errors decoding or combining sketches.
@@ -102,6 +123,11 @@ pub struct FdSketch {
     n: u64,
     sum_g: Vec<f64>,
     sum_sq: f64,
+    /// Lower slack `s`: `AᵀA − BᵀB ⪰ −s·I` (0 unless rows were rounded).
+    slack: f64,
+    /// Per-row exponents when every row is `2^k × (an f16 value)`, as left
+    /// by [`FdSketch::round_rows_to_f16`]; cleared by any change to the rows.
+    f16_exponents: Option<Vec<i16>>,
 }
 
 impl FdSketch {
@@ -117,7 +143,46 @@ impl FdSketch {
             n: 0,
             sum_g: vec![0.0; d],
             sum_sq: 0.0,
+            slack: 0.0,
+            f16_exponents: None,
         }
+    }
+
+    /// The lower slack `s` of the certificate (see the module doc).
+    pub fn slack(&self) -> f64 {
+        self.slack
+    }
+
+    /// Whether the rows are stored as scaled f16 values (and will be encoded so).
+    pub fn has_f16_rows(&self) -> bool {
+        self.f16_exponents.is_some()
+    }
+
+    /// Rounds every row to `2^k × f16` (k per row, so that the row's largest
+    /// entry lands in [2¹⁴, 2¹⁵)), widens the certificate by the measured
+    /// rounding (module doc), and marks the rows for f16 encoding.
+    pub fn round_rows_to_f16(&mut self) {
+        let d = self.d;
+        let (mut b2, mut e2) = (0.0f64, 0.0f64);
+        let mut exps = Vec::with_capacity(self.rows);
+        for row in self.buf[..self.rows * d].chunks_exact_mut(d) {
+            let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let k = if max > 0.0 { (max as f64).log2().floor() as i32 - 14 } else { 0 };
+            for x in row.iter_mut() {
+                let y = f16_round(*x, k);
+                let (a, r) = (*x as f64, (*x - y) as f64);
+                b2 += a * a;
+                e2 += r * r;
+                *x = y;
+            }
+            exps.push(k as i16);
+        }
+        // The f64 sums of squares round too: a relative margin covers them.
+        let margin = 1.0 + 1e-9;
+        let eta = (2.0 * b2.sqrt() * e2.sqrt() + e2) * margin;
+        self.delta += eta;
+        self.slack += eta;
+        self.f16_exponents = Some(exps);
     }
 
     /// Dimension of the rows.
@@ -161,6 +226,7 @@ impl FdSketch {
 
     /// Appends rows to `B` (no moment bookkeeping), shrinking when full.
     fn append_rows(&mut self, mut block: &[f32]) {
+        self.f16_exponents = None;
         let cap = 2 * self.ell;
         while !block.is_empty() {
             let take = (cap - self.rows).min(block.len() / self.d);
@@ -222,6 +288,7 @@ impl FdSketch {
         self.sum_sq += other.sum_sq;
         self.sum_g.iter_mut().zip(&other.sum_g).for_each(|(a, b)| *a += b);
         self.delta += other.delta;
+        self.slack += other.slack;
         self.append_rows(&other.buf[..other.rows * other.d]);
         Ok(())
     }
@@ -327,18 +394,38 @@ impl FdSketch {
 
     /// Serialises the sketch (little-endian, versioned, CRC-32 protected).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + self.d * 8 + self.rows * self.d * 4);
+        let d = self.d;
+        let rows = &self.buf[..self.rows * d];
+        // f16 rows only if each one really is 2^k × f16 (checked value by value).
+        let f16: Option<Vec<(i16, Vec<half::f16>)>> = self.f16_exponents.as_ref().and_then(|exps| {
+            rows.chunks_exact(d)
+                .zip(exps)
+                .map(|(row, &k)| {
+                    let scale = (-(k as f64)).exp2();
+                    let h: Vec<half::f16> = row.iter().map(|&x| half::f16::from_f64(x as f64 * scale)).collect();
+                    h.iter().zip(row).all(|(&h, &x)| f16_value(h, k as i32).to_bits() == x.to_bits()).then_some((k, h))
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(56 + d * 8 + self.rows * d * if f16.is_some() { 2 } else { 4 });
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&SKETCH_FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes()); // flags: rows as f32
-        out.extend_from_slice(&(self.d as u32).to_le_bytes());
+        out.extend_from_slice(&(if f16.is_some() { FLAG_F16_ROWS } else { 0 }).to_le_bytes());
+        out.extend_from_slice(&(d as u32).to_le_bytes());
         out.extend_from_slice(&(self.ell as u32).to_le_bytes());
         out.extend_from_slice(&(self.rows as u32).to_le_bytes());
         out.extend_from_slice(&self.n.to_le_bytes());
         out.extend_from_slice(&self.delta.to_le_bytes());
         out.extend_from_slice(&self.sum_sq.to_le_bytes());
+        out.extend_from_slice(&self.slack.to_le_bytes());
         self.sum_g.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
-        self.buf[..self.rows * self.d].iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        match &f16 {
+            Some(rows) => rows.iter().for_each(|(k, h)| {
+                out.extend_from_slice(&k.to_le_bytes());
+                h.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            }),
+            None => rows.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -360,12 +447,16 @@ impl FdSketch {
         }
         let mut cur = Cursor { b: body, at: 4 };
         let version = u16::from_le_bytes(cur.take::<2>()?);
-        if version != SKETCH_FORMAT_VERSION {
+        if !(1..=SKETCH_FORMAT_VERSION).contains(&version) {
             return Err(SketchError::Malformed(format!(
-                "unsupported version {version} (this build reads {SKETCH_FORMAT_VERSION})"
+                "unsupported version {version} (this build reads 1 to {SKETCH_FORMAT_VERSION})"
             )));
         }
-        let _flags = u16::from_le_bytes(cur.take::<2>()?);
+        let flags = u16::from_le_bytes(cur.take::<2>()?);
+        if flags & !FLAG_F16_ROWS != 0 || (version == 1 && flags != 0) {
+            return Err(SketchError::Malformed(format!("unknown flags {flags:#x} for version {version}")));
+        }
+        let f16 = flags & FLAG_F16_ROWS != 0;
         let d = u32::from_le_bytes(cur.take::<4>()?) as usize;
         let ell = u32::from_le_bytes(cur.take::<4>()?) as usize;
         let rows = u32::from_le_bytes(cur.take::<4>()?) as usize;
@@ -377,7 +468,13 @@ impl FdSketch {
         {
             return Err(SketchError::Mismatch(format!("sketch has dimension {d}, expected {want}")));
         }
-        let need = 44usize.checked_add(d.checked_mul(8 + 4 * rows).ok_or_else(|| bad("size overflow"))?);
+        let (fixed, per_row) = match (version, f16) {
+            (1, _) => (44usize, 4 * d),
+            (_, false) => (52, 4 * d),
+            (_, true) => (52, 2 + 2 * d),
+        };
+        let need =
+            d.checked_mul(8).and_then(|x| x.checked_add(fixed)).and_then(|x| x.checked_add(rows.checked_mul(per_row)?));
         if need != Some(body.len()) {
             return Err(SketchError::Malformed(format!(
                 "length {} does not match shape d={d} rows={rows}",
@@ -387,16 +484,30 @@ impl FdSketch {
         let n = u64::from_le_bytes(cur.take::<8>()?);
         let delta = f64::from_le_bytes(cur.take::<8>()?);
         let sum_sq = f64::from_le_bytes(cur.take::<8>()?);
+        let slack = if version >= 2 { f64::from_le_bytes(cur.take::<8>()?) } else { 0.0 };
         let mut sum_g = Vec::with_capacity(d);
         for _ in 0..d {
             sum_g.push(f64::from_le_bytes(cur.take::<8>()?));
         }
         let mut buf = Vec::with_capacity(2 * ell * d);
-        for _ in 0..rows * d {
-            buf.push(f32::from_le_bytes(cur.take::<4>()?));
+        let mut f16_exponents = None;
+        if f16 {
+            let mut exps = Vec::with_capacity(rows);
+            for _ in 0..rows {
+                let k = i16::from_le_bytes(cur.take::<2>()?);
+                for _ in 0..d {
+                    buf.push(f16_value(half::f16::from_le_bytes(cur.take::<2>()?), k as i32));
+                }
+                exps.push(k);
+            }
+            f16_exponents = Some(exps);
+        } else {
+            for _ in 0..rows * d {
+                buf.push(f32::from_le_bytes(cur.take::<4>()?));
+            }
         }
-        if !delta.is_finite() || delta < 0.0 || !sum_sq.is_finite() {
-            return Err(SketchError::NonFinite("delta or Σ‖g‖²"));
+        if !delta.is_finite() || delta < 0.0 || !sum_sq.is_finite() || !slack.is_finite() || slack < 0.0 {
+            return Err(SketchError::NonFinite("Δ, slack or Σ‖g‖²"));
         }
         if !sum_g.iter().all(|v| v.is_finite()) {
             return Err(SketchError::NonFinite("Σg"));
@@ -404,7 +515,7 @@ impl FdSketch {
         if !buf.iter().all(|v| v.is_finite()) {
             return Err(SketchError::NonFinite("rows"));
         }
-        Ok(FdSketch { d, ell, buf, rows, delta, n, sum_g, sum_sq })
+        Ok(FdSketch { d, ell, buf, rows, delta, n, sum_g, sum_sq, slack, f16_exponents })
     }
 }
 
@@ -584,13 +695,14 @@ mod tests {
 
     fn check_bounds(sk: &FdSketch, exact: &ExactCovariance) {
         let n = sk.count() as f64;
-        let lo = sk.eigenvalues();
+        let lo: Vec<f64> = sk.eigenvalues().iter().map(|l| l - sk.slack() / n).collect();
         let ex = exact.eigenvalues();
         let slack = 1e-6 * ex[0].abs().max(1e-12);
         for (i, &e) in ex.iter().enumerate() {
-            let l = lo.get(i).copied().unwrap_or(0.0);
+            let l = lo.get(i).copied().unwrap_or(-sk.slack() / n);
             assert!(e + slack >= l, "λ{i}: exact {e} below sketch {l}");
-            assert!(e <= l + sk.delta() / n + slack, "λ{i}: exact {e} above sketch {l} + Δ/n {}", sk.delta() / n);
+            let width = (sk.delta() + sk.slack()) / n;
+            assert!(e <= l + width + slack, "λ{i}: exact {e} above sketch {l} + (Δ + s)/n {width}");
         }
     }
 
@@ -644,6 +756,73 @@ mod tests {
         for (x, y) in sk.eigenvalues().iter().zip(ex.eigenvalues()) {
             assert!((x - y).abs() < 1e-7 * (1.0 + y.abs()), "{x} vs {y}");
         }
+    }
+
+    /// f16 rows: about half the bytes, the certificate widened by the
+    /// measured rounding and still holding against the exact spectrum,
+    /// lossless to encode and decode, and undone by any change to the rows.
+    #[test]
+    fn f16_rows_halve_the_payload_and_keep_the_certificate() {
+        let (n, d, ell) = (600, 300, 16);
+        let a = structured(n, d, 9);
+        let mut sk = FdSketch::new(d, ell);
+        sk.insert_block(&a);
+        let mut ex = ExactCovariance::new(d);
+        ex.insert_block(&a);
+        let full = sk.encode();
+        let (delta, rows) = (sk.delta(), sk.rows);
+        let mut h = sk.clone();
+        h.round_rows_to_f16();
+        assert!(h.has_f16_rows());
+        let eta = h.slack();
+        assert!(eta > 0.0 && h.delta() == delta + eta);
+        // f16 keeps 11 significant bits: η ≈ 2·2⁻¹²‖B‖²_F, far below λ_max·n.
+        let lmax = ex.eigenvalues()[0];
+        assert!(eta < 1e-3 * lmax * n as f64, "η {eta} vs λ_max·n {}", lmax * n as f64);
+        check_bounds(&h, &ex);
+        let bytes = h.encode();
+        assert_eq!(full.len() - bytes.len(), rows * (2 * d - 2), "2 bytes per value saved, 2 per row spent");
+        let back = FdSketch::decode(&bytes, Some(d)).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.encode(), bytes);
+        // Merging keeps both slacks; the merged rows are f32 again.
+        let mut m = back.clone();
+        m.merge(&back).unwrap();
+        assert!(!m.has_f16_rows() && m.slack() == 2.0 * eta);
+        assert!(m.encode().len() > bytes.len());
+        // The stats carry the lower slack into every bracket.
+        let st = crate::stats::SpectrumStats::from_sketch(&h);
+        assert!(st.lambda_max.lo <= lmax && lmax <= st.lambda_max.hi, "{:?} vs {lmax}", st.lambda_max);
+        assert!((st.eig_error - h.delta() / n as f64 - eta / n as f64).abs() < 1e-15 * st.eig_error);
+    }
+
+    /// Blobs of format version 1 (before slack and f16 rows) still decode.
+    #[test]
+    fn version_1_sketches_still_decode_and_unknown_flags_do_not() {
+        let a = structured(100, 20, 3);
+        let mut sk = FdSketch::new(20, 8);
+        sk.insert_block(&a);
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC);
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&0u16.to_le_bytes());
+        for x in [sk.d as u32, sk.ell as u32, sk.rows as u32] {
+            v1.extend_from_slice(&x.to_le_bytes());
+        }
+        v1.extend_from_slice(&sk.n.to_le_bytes());
+        v1.extend_from_slice(&sk.delta.to_le_bytes());
+        v1.extend_from_slice(&sk.sum_sq.to_le_bytes());
+        sk.sum_g.iter().for_each(|v| v1.extend_from_slice(&v.to_le_bytes()));
+        sk.buf[..sk.rows * sk.d].iter().for_each(|v| v1.extend_from_slice(&v.to_le_bytes()));
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(FdSketch::decode(&v1, Some(20)).unwrap(), sk);
+        let mut flagged = sk.encode();
+        flagged[6] = 0x02;
+        let body = flagged.len() - 4;
+        let crc = crc32fast::hash(&flagged[..body]);
+        flagged[body..].copy_from_slice(&crc.to_le_bytes());
+        assert!(FdSketch::decode(&flagged, None).unwrap_err().to_string().contains("unknown flags"));
     }
 
     #[test]

@@ -148,6 +148,10 @@ pub struct ProbeConfig {
     pub projection_seed: u64,
     /// Per-sample gradients are computed in blocks of this many samples.
     pub block_size: u32,
+    /// How probe sketches travel: f32 rows, or f16 rows (half the bytes;
+    /// the rounding is measured and added to the certificate).
+    #[serde(default)]
+    pub wire_precision: WirePrecision,
     /// Welch window (points) of the trajectory's power spectrum: a power of
     /// two in 8..=4096, or 0 for none.
     #[serde(default = "default_psd_window")]
@@ -155,6 +159,17 @@ pub struct ProbeConfig {
     /// Also compute D exactly (dense d×d, symmetric eigendecomposition) at
     /// each probe, next to the sketch; for d up to [`EXACT_MAX_DIM`].
     pub exact: bool,
+}
+
+/// The precision of a probe sketch's rows on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WirePrecision {
+    /// 4 bytes a value, as computed.
+    #[default]
+    F32,
+    /// 2 bytes a value: each row as a power of two times f16 values.
+    F16,
 }
 
 /// The directions a trajectory is projected onto.
@@ -193,6 +208,7 @@ impl Default for ProbeConfig {
             projection_seed: 0,
             block_size: 64,
             psd_window: default_psd_window(),
+            wire_precision: WirePrecision::F32,
             exact: false,
         }
     }

@@ -35,7 +35,8 @@ pub struct SpectrumStats {
     pub d: usize,
     /// Sketch size ℓ.
     pub ell: usize,
-    /// Eigenvalue uncertainty `Δ/n` (0 when the sketch is exact).
+    /// Width of every eigenvalue's bracket: `Δ/n`, plus the lower slack
+    /// `s/n` for f16 rows (0 when the sketch is exact).
     pub eig_error: f64,
     /// `tr D`, exact.
     pub trace: f64,
@@ -185,11 +186,13 @@ impl SpectrumStats {
     /// Statistics of the sketch, with ranks at the user's thresholds too.
     pub fn from_sketch_with(sk: &FdSketch, th: &RankThresholds) -> Self {
         let n = sk.count();
-        let e = if n == 0 { 0.0 } else { sk.delta() / n as f64 };
-        let mut s =
-            Self::from_parts(&sk.eigenvalues(), e, sk.dim(), n, sk.ell(), sk.trace(), sk.grad_norm_sq_unbiased());
+        let (e, lower) = if n == 0 { (0.0, 0.0) } else { (sk.delta() / n as f64, sk.slack() / n as f64) };
+        // With a lower slack s (f16 rows), λᵢ ∈ [λ̂ᵢ − s, λ̂ᵢ + e]: pass the
+        // lower ends and the whole width.
+        let eig: Vec<f64> = sk.eigenvalues().iter().map(|l| l - lower).collect();
+        let mut s = Self::from_parts(&eig, e + lower, sk.dim(), n, sk.ell(), sk.trace(), sk.grad_norm_sq_unbiased());
         if !th.is_empty() {
-            s.add_thresholds(&sk.eigenvalues(), th);
+            s.add_thresholds(&eig, th);
         }
         s
     }

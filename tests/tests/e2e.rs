@@ -323,12 +323,13 @@ async fn sigterm_hands_leases_back_and_drain_exits_when_idle() {
 /// output folder resumes the sweep and completes it, every run once and
 /// identical to an undisturbed run — as the README promises. The runs
 /// project onto eigenvectors of `D` chosen at their first probe, so resumed
-/// segments must carry those directions in their checkpoints.
+/// segments must carry those directions in their checkpoints; their probe
+/// sketches travel with f16 rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_interrupted_and_rerun_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let grid =
-        grids::tiny("resume", 12).replace("projections = 4", "projections = 4\nbasis = \"eigen\"\npsd_window = 8");
+    let grid = grids::tiny("resume", 12)
+        .replace("projections = 4", "projections = 4\nbasis = \"eigen\"\npsd_window = 8\nwire_precision = \"f16\"");
     assert!(grid.contains("basis = \"eigen\""));
     let file = dir.path().join("grid.toml");
     std::fs::write(&file, &grid).unwrap();
