@@ -16,6 +16,10 @@
 //! explains all that η and b explain, near 0 when it explains none of it.
 //! The fitted `−β_b / β_η` (1 under η/b scaling) is reported too.
 //!
+//! Drift rates are scored per SGD step and per unit of the SDE's time
+//! `t = kη` (the per-step value over η): the paper's claim concerns the
+//! latter, since a step of SGD covers time η.
+//!
 //! Its 95 % interval comes from a seeded bootstrap over seeds: each
 //! resample redraws every cell's seeds with replacement and recomputes the
 //! score; the interval is the 2.5 % and 97.5 % quantiles. The same sweep
@@ -39,8 +43,8 @@ pub const BOOTSTRAP_RESAMPLES: usize = 1000;
 pub struct Statistic {
     /// Name in tables and JSON.
     pub name: &'static str,
-    /// The run's value (NaN when it has none).
-    pub value: fn(&RunResult) -> f64,
+    /// The run's value given its cell's learning rate (NaN when it has none).
+    pub value: fn(&RunResult, f64) -> f64,
 }
 
 fn final_spectrum(r: &RunResult) -> Option<&crate::stats::SpectrumStats> {
@@ -53,16 +57,18 @@ fn drift(r: &RunResult, f: fn(&crate::trajectory::DriftStats) -> f64) -> f64 {
 
 /// The statistics scored by default.
 pub const STATISTICS: &[Statistic] = &[
-    Statistic { name: "rank/d", value: |r| final_spectrum(r).map_or(f64::NAN, |s| s.rank_fraction.value) },
-    Statistic { name: "tr D", value: |r| final_spectrum(r).map_or(f64::NAN, |s| s.trace) },
-    Statistic { name: "λ_max", value: |r| final_spectrum(r).map_or(f64::NAN, |s| s.lambda_max.value) },
-    Statistic { name: "‖∇f‖/√d", value: |r| r.grad_norm.last().map_or(f64::NAN, |x| x.1.0) },
-    Statistic { name: "area rate", value: |r| drift(r, |d| d.area_rate) },
-    Statistic { name: "cycling freq", value: |r| drift(r, |d| d.cycling_frequency) },
-    Statistic { name: "MSD exponent", value: |r| drift(r, |d| d.msd_exponent) },
-    Statistic { name: "peak/bg", value: |r| drift(r, |d| d.peak_to_background) },
-    Statistic { name: "train loss", value: |r| r.fin.train_loss },
-    Statistic { name: "test acc", value: |r| r.fin.test_accuracy },
+    Statistic { name: "rank/d", value: |r, _| final_spectrum(r).map_or(f64::NAN, |s| s.rank_fraction.value) },
+    Statistic { name: "tr D", value: |r, _| final_spectrum(r).map_or(f64::NAN, |s| s.trace) },
+    Statistic { name: "λ_max", value: |r, _| final_spectrum(r).map_or(f64::NAN, |s| s.lambda_max.value) },
+    Statistic { name: "‖∇f‖/√d", value: |r, _| r.grad_norm.last().map_or(f64::NAN, |x| x.1.0) },
+    Statistic { name: "area rate", value: |r, _| drift(r, |d| d.area_rate) },
+    Statistic { name: "area rate/η", value: |r, lr| drift(r, |d| d.area_rate) / lr },
+    Statistic { name: "cycling freq", value: |r, _| drift(r, |d| d.cycling_frequency) },
+    Statistic { name: "cycling freq/η", value: |r, lr| drift(r, |d| d.cycling_frequency) / lr },
+    Statistic { name: "MSD exponent", value: |r, _| drift(r, |d| d.msd_exponent) },
+    Statistic { name: "peak/bg", value: |r, _| drift(r, |d| d.peak_to_background) },
+    Statistic { name: "train loss", value: |r, _| r.fin.train_loss },
+    Statistic { name: "test acc", value: |r, _| r.fin.test_accuracy },
 ];
 
 /// How much of a statistic's variation across the grid η/b explains.
@@ -175,7 +181,7 @@ pub fn collapse_score(cells: &[CellResult], stat: &Statistic) -> CollapseScore {
     let mut keys: Vec<String> = vec![];
     let mut points = vec![];
     for c in cells {
-        let seeds: Vec<f64> = c.runs.iter().map(|r| (stat.value)(r)).filter(|x| x.is_finite()).collect();
+        let seeds: Vec<f64> = c.runs.iter().map(|r| (stat.value)(r, c.lr)).filter(|x| x.is_finite()).collect();
         if seeds.is_empty() || c.lr <= 0.0 || c.batch_size == 0 {
             continue;
         }
@@ -245,7 +251,7 @@ fn score(name: &str, points: &[Point], groups: usize) -> CollapseScore {
 pub fn cell_statistics(c: &CellResult) -> std::collections::BTreeMap<String, crate::stats::Summary> {
     STATISTICS
         .iter()
-        .map(|s| (s.name.to_string(), crate::stats::Summary::of(c.runs.iter().map(|r| (s.value)(r)))))
+        .map(|s| (s.name.to_string(), crate::stats::Summary::of(c.runs.iter().map(|r| (s.value)(r, c.lr)))))
         .collect()
 }
 

@@ -19,6 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::json_f64::F64;
+
 /// Lags `1, 2, 4, …` up to `max_lag`.
 pub fn default_lags(max_lag: usize) -> Vec<usize> {
     let mut lags = vec![];
@@ -510,10 +512,30 @@ pub struct DriftStats {
     /// frequencies above 0.
     #[serde(default)]
     pub spectrum: Vec<(f64, f64)>,
+    /// Area-enclosing rate per step of every pair: `[i][j]` is that of
+    /// `(i, j)` (antisymmetric, zero diagonal).
+    #[serde(default)]
+    pub area_rates: Vec<Vec<F64>>,
+    /// Cycling frequency (radians per step) of every pair: `[i][j]` is that
+    /// of `(i, j)` (antisymmetric; NaN where a coordinate does not move).
+    #[serde(default)]
+    pub cycling_frequencies: Vec<Vec<F64>>,
 }
 
 fn nan() -> f64 {
     f64::NAN
+}
+
+/// The k×k matrix of an antisymmetric pair statistic `f(i, j)`, i < j.
+fn pairwise(k: usize, f: impl Fn(usize, usize) -> f64) -> Vec<Vec<F64>> {
+    let mut m = vec![vec![F64(0.0); k]; k];
+    for i in 0..k {
+        for j in (i + 1)..k {
+            let v = f(i, j);
+            (m[i][j], m[j][i]) = (F64(v), F64(-v));
+        }
+    }
+    m
 }
 
 impl DriftStats {
@@ -555,6 +577,8 @@ impl DriftStats {
             peak_frequency: peak_f,
             peak_to_background: peak_r,
             spectrum,
+            area_rates: pairwise(s.k, |i, j| s.area_rate(i, j)),
+            cycling_frequencies: pairwise(s.k, |i, j| s.cycling_frequency(i, j)),
         }
     }
 
@@ -597,6 +621,10 @@ mod tests {
             (0..20_000).for_each(|t| rec.push(&[(theta * t as f64).cos(), (theta * t as f64).sin()]));
             let w = rec.sums().cycling_frequency(0, 1);
             assert!((w - theta.sin()).abs() < 2e-3, "θ = {theta}: {w}");
+            let st = DriftStats::from_sums(rec.sums());
+            assert_eq!(st.cycling_frequencies[0][1].0, w);
+            assert_eq!(st.cycling_frequencies[1][0].0, -w);
+            assert_eq!(st.area_rates[0][1].0, st.area_rate);
         }
     }
 
