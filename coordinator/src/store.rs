@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use gradsweep_shared::checkpoint::Checkpoint;
 use gradsweep_shared::grid::{GridLimits, SweepPlan, parse_grid};
-use gradsweep_shared::results::{CellResult, RunData, cell_result};
+use gradsweep_shared::results::{CellResult, RESULTS_VERSION, RunData, cell_result};
 use gradsweep_shared::run::ProbeRecord;
 use gradsweep_shared::spec::{RunFinal, RunSpec};
 use gradsweep_shared::stats::RankThresholds;
@@ -550,8 +550,9 @@ impl Store {
     }
 
     /// Per-cell results: stored merges for cells with finished runs, empty
-    /// statistics for the others. With rank thresholds `th`, every cell is
-    /// recomputed from its stored runs (reading their sketches again).
+    /// statistics for the others. A stored merge from an older build
+    /// (`results_version` below [`RESULTS_VERSION`]) is recomputed from its
+    /// runs, as is every cell when rank thresholds `th` are given.
     pub fn cell_results(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellResult>> {
         let plan = self.plan(sweep_id)?;
         if !th.is_empty() {
@@ -570,7 +571,15 @@ impl Store {
             let json: String = r.get(1)?;
             let c: CellResult = serde_json::from_str(&json)
                 .map_err(|e| CoordinatorError::Internal(format!("stored cell unreadable: {e}")))?;
-            stored.insert(r.get(0)?, c);
+            let cell: u32 = r.get(0)?;
+            if c.results_version < RESULTS_VERSION
+                && let Some(spec) = plan.cells.iter().find(|x| x.index == cell)
+            {
+                let runs = load_cell_runs(&self.conn, sweep_id, cell)?;
+                stored.insert(cell, cell_result(spec, plan.seeds.len(), &runs, th));
+                continue;
+            }
+            stored.insert(cell, c);
         }
         Ok(plan
             .cells

@@ -72,9 +72,17 @@ pub struct ProbeSummary {
     pub spectrum: SpectrumStats,
 }
 
+/// Version of the statistics [`cell_result`] computes. A stored cell with
+/// an older version lacks some of them and is recomputed from its runs
+/// when read.
+pub const RESULTS_VERSION: u32 = 2;
+
 /// Statistics of one cell across its seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
+    /// [`RESULTS_VERSION`] of the code that computed it (0: before versions).
+    #[serde(default)]
+    pub results_version: u32,
     /// Cell index.
     pub index: u32,
     /// Axis values.
@@ -204,6 +212,7 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData], th: &RankT
         .flatten()
         .map(|m| DriftStats::from_sums(&m));
     CellResult {
+        results_version: RESULTS_VERSION,
         index: cell.index,
         params: cell.params.clone(),
         lr,

@@ -200,6 +200,22 @@ async fn multi_process_serve_submit_watch_results() {
     let err = client.results(bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("absolute rank threshold -1 is not a positive number"), "{}", err.message());
+
+    // Cells merged by an older build (no results version, fewer statistics)
+    // are recomputed when read, to the same statistics.
+    let before = serde_json::to_string(&fetch_results(&mut client, &sweep).await.unwrap().0).unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let stale = db
+        .execute(
+            "UPDATE cells SET result_json = json_remove(result_json, '$.results_version', '$.cycling_frequency', \
+             '$.merged_drift')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(stale, 4);
+    let (after, _) = fetch_results(&mut client, &sweep).await.unwrap();
+    assert!(after.iter().all(|c| c.merged_drift.is_some()));
+    assert_eq!(serde_json::to_string(&after).unwrap(), before);
 }
 
 /// Acceptance 3: a worker SIGKILLed mid-sweep; the sweep completes and each
