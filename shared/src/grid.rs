@@ -704,6 +704,15 @@ fn build_cell(
             ),
         );
     }
+    if probe.projections > crate::spec::MAX_PROJECTIONS {
+        ctx.push(
+            span_of("projections"),
+            format!(
+                "`projections` must be at most {} (the trajectory sums cost projections² per lag per step){cell_desc}",
+                crate::spec::MAX_PROJECTIONS
+            ),
+        );
+    }
     if let Some(m) = &model
         && probe.projections as usize > m.param_count()
     {

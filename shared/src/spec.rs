@@ -191,6 +191,10 @@ fn default_psd_window() -> u32 {
     64
 }
 
+/// Most projection directions a run may record (the trajectory sums cost
+/// `projections²` per lag per step).
+pub const MAX_PROJECTIONS: u32 = 256;
+
 /// Largest d for which `exact = true` is accepted (a d×d f64 matrix and an
 /// O(d³) eigendecomposition per probe).
 pub const EXACT_MAX_DIM: usize = 4096;

@@ -541,10 +541,19 @@ fn pairwise(k: usize, f: impl Fn(usize, usize) -> f64) -> Vec<Vec<F64>> {
 impl DriftStats {
     /// Statistics of the sums.
     pub fn from_sums(s: &TrajectorySums) -> Self {
+        // C(1) and C(0) once; every pair statistic reads them.
+        let k = s.k;
+        let c1 = (s.lags.first() == Some(&1) && s.count[0] > 0).then(|| s.lagged_covariance(0));
+        let c0 = s.covariance();
+        let area = |i: usize, j: usize| c1.as_ref().map_or(f64::NAN, |c| 0.5 * (c[j * k + i] - c[i * k + j]));
+        let cycling = |i: usize, j: usize| match &c0 {
+            Some(c) if c[i * k + i] + c[j * k + j] > 0.0 => 2.0 * area(i, j) / (c[i * k + i] + c[j * k + j]),
+            _ => f64::NAN,
+        };
         let mut best = (f64::NAN, (0, 1));
-        for i in 0..s.k {
-            for j in (i + 1)..s.k {
-                let r = s.area_rate(i, j);
+        for i in 0..k {
+            for j in (i + 1)..k {
+                let r = area(i, j);
                 if best.0.is_nan() || r.abs() > best.0.abs() {
                     best = (r, (i, j));
                 }
@@ -565,11 +574,11 @@ impl DriftStats {
         }
         DriftStats {
             points: s.points,
-            area_rate: if s.k >= 2 { s.area_rate(0, 1) } else { f64::NAN },
+            area_rate: if k >= 2 { area(0, 1) } else { f64::NAN },
             max_area_rate: best.0,
             max_area_pair: best.1,
-            cycling_frequency: if s.k >= 2 { s.cycling_frequency(0, 1) } else { f64::NAN },
-            max_pair_cycling_frequency: if s.k >= 2 { s.cycling_frequency(best.1.0, best.1.1) } else { f64::NAN },
+            cycling_frequency: if k >= 2 { cycling(0, 1) } else { f64::NAN },
+            max_pair_cycling_frequency: if k >= 2 { cycling(best.1.0, best.1.1) } else { f64::NAN },
             msd_exponent: s.msd_exponent(),
             msd: s.msd_curve(),
             autocorrelation: s.autocorrelation(),
@@ -577,8 +586,8 @@ impl DriftStats {
             peak_frequency: peak_f,
             peak_to_background: peak_r,
             spectrum,
-            area_rates: pairwise(s.k, |i, j| s.area_rate(i, j)),
-            cycling_frequencies: pairwise(s.k, |i, j| s.cycling_frequency(i, j)),
+            area_rates: pairwise(k, area),
+            cycling_frequencies: pairwise(k, cycling),
         }
     }
 

@@ -79,6 +79,12 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "`psd_window` must be 0 or a power of two",
         ),
         (
+            "too many projections",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\nprojections = 300"),
+            "10:15",
+            "`projections` must be at most 256",
+        ),
+        (
             "unknown basis",
             BASE.replace("every_epochs = 1", "every_epochs = 1\nbasis = \"pca\""),
             "10:9",

@@ -140,6 +140,12 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
                 m.cols
             );
             anyhow::ensure!(
+                (2..=gradsweep_shared::spec::MAX_PROJECTIONS as usize).contains(&a.projections),
+                "--projections must be in 2..={}, got {}",
+                gradsweep_shared::spec::MAX_PROJECTIONS,
+                a.projections
+            );
+            anyhow::ensure!(
                 gradsweep_shared::trajectory::valid_psd_window(a.psd_window),
                 "--psd-window must be 0 or a power of two in 8..=4096, got {}",
                 a.psd_window
