@@ -75,6 +75,11 @@ pub struct TrajectorySums {
     /// Windows summed into `psd`.
     #[serde(default)]
     pub psd_windows: u64,
+    /// Σ over windows of the quadrature cross-spectrum `Im S₀₁(f)` of the
+    /// first two coordinates (`W/2 + 1` bins; empty without a spectrum or
+    /// with k < 2): the frequency-resolved counterpart of `A₁₀(τ)`.
+    #[serde(default)]
+    pub quadrature: Vec<f64>,
 }
 
 impl TrajectorySums {
@@ -101,6 +106,7 @@ impl TrajectorySums {
             psd_window: window,
             psd: if window > 0 { vec![0.0; k * (window / 2 + 1)] } else { vec![] },
             psd_windows: 0,
+            quadrature: if window > 0 && k >= 2 { vec![0.0; window / 2 + 1] } else { vec![] },
         }
     }
 
@@ -118,7 +124,8 @@ impl TrajectorySums {
             && self.lags.iter().all(|&t| t > 0)
             && (self.sum.is_empty() && self.second.is_empty() || self.sum.len() == k && self.second.len() == k * k)
             && valid_psd_window(self.psd_window)
-            && self.psd.len() == if self.psd_window > 0 { k * (self.psd_window / 2 + 1) } else { 0 };
+            && self.psd.len() == if self.psd_window > 0 { k * (self.psd_window / 2 + 1) } else { 0 }
+            && (self.quadrature.is_empty() || self.psd_window > 0 && self.quadrature.len() == self.psd_window / 2 + 1);
         if !shapes {
             return Err(format!("inconsistent shapes for k={k}, lags={:?}, window={}", self.lags, self.psd_window));
         }
@@ -131,6 +138,7 @@ impl TrajectorySums {
             .chain(&self.sum)
             .chain(&self.second)
             .chain(&self.psd)
+            .chain(&self.quadrature)
             .all(|v| v.is_finite());
         if !finite {
             return Err("non-finite values".into());
@@ -168,6 +176,11 @@ impl TrajectorySums {
             add(&mut self.second, &other.second);
         }
         add(&mut self.psd, &other.psd);
+        if other.quadrature.len() != self.quadrature.len() {
+            // Known only if every part has it.
+            self.quadrature.clear();
+        }
+        add(&mut self.quadrature, &other.quadrature);
         self.psd_windows += other.psd_windows;
         self.points += other.points;
         Ok(())
@@ -434,6 +447,8 @@ impl TrajectoryRecorder {
             (0..w).map(|t| 0.5 * (1.0 - (2.0 * std::f64::consts::PI * t as f64 / w as f64).cos())).collect();
         let norm: f64 = taper.iter().map(|v| v * v).sum();
         let (mut re, mut im) = (vec![0.0; w], vec![0.0; w]);
+        let mut first: Option<(Vec<f64>, Vec<f64>)> = None;
+        let one_sided = |m: usize, p: f64| if m == 0 || m == w / 2 { p } else { 2.0 * p };
         for a in 0..k {
             let mean = (0..w).map(|t| self.history[start + t][a]).sum::<f64>() / w as f64;
             for t in 0..w {
@@ -442,8 +457,17 @@ impl TrajectoryRecorder {
             }
             fft(&mut re, &mut im);
             for m in 0..bins {
-                let p = (re[m] * re[m] + im[m] * im[m]) / norm;
-                s.psd[a * bins + m] += if m == 0 || m == w / 2 { p } else { 2.0 * p };
+                s.psd[a * bins + m] += one_sided(m, (re[m] * re[m] + im[m] * im[m]) / norm);
+            }
+            match (a, &first) {
+                (0, _) => first = Some((re[..bins].to_vec(), im[..bins].to_vec())),
+                // Im(X₀ · conj X₁): positive when coordinate 1 lags 0 by a quarter turn.
+                (1, Some((r0, i0))) if !s.quadrature.is_empty() => {
+                    for m in 0..bins {
+                        s.quadrature[m] += one_sided(m, (i0[m] * re[m] - r0[m] * im[m]) / norm);
+                    }
+                }
+                _ => {}
             }
         }
         s.psd_windows += 1;
@@ -512,6 +536,14 @@ pub struct DriftStats {
     /// frequencies above 0.
     #[serde(default)]
     pub spectrum: Vec<(f64, f64)>,
+    /// (frequency in cycles per step, `Im S₀₁`): the quadrature
+    /// cross-spectrum of the first two directions, averaged over windows; its
+    /// sign at a frequency says which way the pair circulates there.
+    #[serde(default)]
+    pub quadrature_spectrum: Vec<(f64, f64)>,
+    /// The frequency (cycles per step) where `|Im S₀₁|` is largest.
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub circulation_frequency: f64,
     /// Area-enclosing rate per step of every pair: `[i][j]` is that of
     /// `(i, j)` (antisymmetric, zero diagonal).
     #[serde(default)]
@@ -560,6 +592,12 @@ impl DriftStats {
             }
         }
         let (mut alpha, mut peak_f, mut peak_r, mut spectrum) = (f64::NAN, f64::NAN, f64::NAN, vec![]);
+        let quadrature: Vec<(f64, f64)> = if s.psd_windows > 0 && !s.quadrature.is_empty() {
+            let w = s.psd_window as f64;
+            (1..s.quadrature.len()).map(|m| (m as f64 / w, s.quadrature[m] / s.psd_windows as f64)).collect()
+        } else {
+            vec![]
+        };
         if let Some((freqs, per)) = s.power_spectrum() {
             let shapes: Vec<(f64, f64, f64)> = per.iter().filter_map(|p| spectral_peak(&freqs, p)).collect();
             if !shapes.is_empty() {
@@ -586,6 +624,11 @@ impl DriftStats {
             peak_frequency: peak_f,
             peak_to_background: peak_r,
             spectrum,
+            quadrature_spectrum: quadrature.clone(),
+            circulation_frequency: quadrature
+                .iter()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .map_or(f64::NAN, |x| x.0),
             area_rates: pairwise(k, area),
             cycling_frequencies: pairwise(k, cycling),
         }
@@ -678,6 +721,27 @@ mod tests {
             spectrum(&mut |t| [2.0 * (2.0 * std::f64::consts::PI * f0 * t as f64).sin() + r.normal(), r.normal()]);
         assert_eq!(tone.peak_frequency, f0);
         assert!(tone.peak_to_background > 10.0, "tone peak/bg {}", tone.peak_to_background);
+
+        // A noisy rotation at f0: the quadrature spectrum peaks there, positive
+        // (coordinate 1 lags 0, as for a positive area rate A₁₀); reversed, negative.
+        let rot = |dir: f64, r: &mut crate::rng::Rng| {
+            let mut rec = TrajectoryRecorder::with_spectrum(2, vec![1], 64);
+            for t in 0..64 * 400 {
+                let a = 2.0 * std::f64::consts::PI * f0 * t as f64;
+                rec.push(&[a.cos() + 0.5 * r.normal(), dir * a.sin() + 0.5 * r.normal()]);
+            }
+            DriftStats::from_sums(rec.sums())
+        };
+        let ccw = rot(1.0, &mut r);
+        assert_eq!(ccw.circulation_frequency, f0);
+        assert!(ccw.area_rate > 0.0);
+        let at = |d: &DriftStats| d.quadrature_spectrum.iter().find(|x| x.0 == f0).unwrap().1;
+        assert!(at(&ccw) > 0.0);
+        let cw = rot(-1.0, &mut r);
+        assert!(at(&cw) < 0.0 && cw.area_rate < 0.0);
+        // White noise: no frequency carries circulation beyond noise.
+        let q = white.quadrature_spectrum.iter().map(|x| x.1.abs()).fold(0.0, f64::max);
+        assert!(q < 0.1 * at(&ccw), "white-noise quadrature {q} vs rotation {}", at(&ccw));
 
         let mut walk = [0.0f64; 2];
         let rw = spectrum(&mut |_| {
