@@ -29,7 +29,9 @@ pub mod transport;
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gradsweep_descriptor.bin"));
 
 /// Protocol version; a worker whose version differs is refused at registration.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: probe sketches in format 2 (lower slack, optional f16 rows), trajectory
+/// sums with lag-0 sums and spectra, checkpoints with eigenvector bases.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// No gRPC message in either direction may exceed this size (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -89,10 +89,61 @@ pub struct CheckpointHeader {
 
 /// A fingerprint of everything in a spec that determines a run's results.
 pub fn spec_fingerprint(spec: &RunSpec) -> String {
+    fingerprint_of(&serde_json::to_vec(spec).unwrap_or_default())
+}
+
+fn fingerprint_of(json: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(spec).unwrap_or_default();
-    let h = Sha256::digest(&json);
+    let h = Sha256::digest(json);
     h[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fingerprint that builds from before the probe options `basis`,
+/// `basis_probe`, `psd_window` and `wire_precision` wrote for this spec: the
+/// same hash over the spec without them. Only a spec that leaves them at
+/// their defaults (what those builds ran) has one, so a sweep interrupted
+/// before an upgrade resumes from its checkpoints after it.
+pub fn legacy_spec_fingerprint(spec: &RunSpec) -> Option<String> {
+    let p = &spec.probe;
+    let defaults = crate::spec::ProbeConfig::default();
+    if (p.basis, p.basis_probe, p.psd_window, p.wire_precision)
+        != (defaults.basis, defaults.basis_probe, defaults.psd_window, defaults.wire_precision)
+    {
+        return None;
+    }
+    /// `ProbeConfig` as those builds serialised it, field for field.
+    #[derive(Serialize)]
+    struct ProbeV1 {
+        every_epochs: u32,
+        sketch_rank: u32,
+        projections: u32,
+        max_lag: u32,
+        burn_in_epochs: u32,
+        projection_seed: u64,
+        block_size: u32,
+        exact: bool,
+    }
+    #[derive(Serialize)]
+    struct SpecV1<'a> {
+        train: &'a crate::spec::TrainConfig,
+        probe: ProbeV1,
+        seed: u64,
+    }
+    let v1 = SpecV1 {
+        train: &spec.train,
+        probe: ProbeV1 {
+            every_epochs: p.every_epochs,
+            sketch_rank: p.sketch_rank,
+            projections: p.projections,
+            max_lag: p.max_lag,
+            burn_in_epochs: p.burn_in_epochs,
+            projection_seed: p.projection_seed,
+            block_size: p.block_size,
+            exact: p.exact,
+        },
+        seed: spec.seed,
+    };
+    Some(fingerprint_of(&serde_json::to_vec(&v1).ok()?))
 }
 
 fn put_f32s(out: &mut Vec<u8>, v: &[f32]) {
@@ -130,7 +181,8 @@ impl Checkpoint {
     pub fn decode(bytes: &[u8], spec: &RunSpec, params: usize) -> Result<Checkpoint, CheckpointError> {
         let c = Self::decode_unchecked(bytes)?;
         let want = spec_fingerprint(spec);
-        if c.header.spec_fingerprint != want {
+        let legacy = legacy_spec_fingerprint(spec);
+        if c.header.spec_fingerprint != want && Some(&c.header.spec_fingerprint) != legacy.as_ref() {
             return Err(CheckpointError::Mismatch(format!(
                 "it was written for run spec {}, this run's is {want}",
                 c.header.spec_fingerprint

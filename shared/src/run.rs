@@ -180,13 +180,14 @@ pub fn execute_from(
     if let Some(c) = resume {
         let h = c.header;
         let fresh_recorder = new_recorder();
-        if h.spec_fingerprint != fingerprint
+        let legacy = crate::checkpoint::legacy_spec_fingerprint(spec);
+        if (h.spec_fingerprint != fingerprint && Some(&h.spec_fingerprint) != legacy.as_ref())
             || c.params.len() != d
             || c.velocity.len() != d
             || c.buffers.len() != buffers.len()
             || h.recorder.sums().k != k
             || h.recorder.sums().lags != fresh_recorder.sums().lags
-            || h.recorder.sums().psd_window != fresh_recorder.sums().psd_window
+            || (h.recorder.sums().psd_window != fresh_recorder.sums().psd_window && !h.recorder.sums().is_legacy())
             || c.basis.len() != if eigen_basis && h.probes_done > spec.probe.basis_probe { k * d } else { 0 }
             || h.epoch >= t.epochs
             || h.step_in_epoch >= steps_per_epoch as u64
@@ -599,6 +600,43 @@ mod tests {
         assert!(plain.checkpoints.is_empty());
         assert_eq!(plain.fin.weights_hash, whole.fin.weights_hash);
         assert_eq!(plain.probes, whole.probes);
+    }
+
+    /// A checkpoint written by the build before lag-0 sums, spectra and the
+    /// new probe options (its fingerprint covers fewer fields, its recorder
+    /// has neither) still resumes: the run ends with the same weights, and
+    /// its lag sums equal an uninterrupted run's, without a spectrum.
+    #[test]
+    fn a_checkpoint_of_the_previous_build_resumes() {
+        let mut spec = small();
+        spec.train.epochs = 4;
+        spec.probe.max_lag = 8;
+        let whole = emit(&spec, None);
+        let c = whole.checkpoints[1].clone();
+        // Rewrite it as the previous build would have: legacy fingerprint,
+        // recorder JSON without the new fields, history of max_lag points.
+        let mut header = serde_json::to_value(&c.header).unwrap();
+        header["spec_fingerprint"] = crate::checkpoint::legacy_spec_fingerprint(&spec).unwrap().into();
+        let rec = &mut header["recorder"];
+        rec.as_object_mut().unwrap().remove("since_window");
+        for key in ["sum", "second", "psd_window", "psd", "psd_windows", "quadrature"] {
+            rec["sums"].as_object_mut().unwrap().remove(key);
+        }
+        let hist = rec["history"].as_array_mut().unwrap();
+        let extra = hist.len().saturating_sub(8);
+        hist.drain(..extra);
+        let old = Checkpoint { header: serde_json::from_value(header).unwrap(), ..c };
+        assert!(old.header.recorder.sums().is_legacy());
+        let decoded = Checkpoint::decode(&old.encode(), &spec, old.params.len()).unwrap();
+        let rest = emit(&spec, Some(decoded));
+        assert_eq!(rest.fin, whole.fin);
+        let (a, b) = (rest.traj.unwrap(), whole.traj.unwrap());
+        assert_eq!((a.count, a.cross, a.msd, a.points), (b.count, b.cross, b.msd, b.points));
+        assert!(a.psd.is_empty() && a.sum.is_empty() && !b.psd.is_empty());
+        // Only a spec at the old defaults has a legacy fingerprint.
+        let mut eigen = spec.clone();
+        eigen.probe.basis = ProjectionBasis::Eigen;
+        assert!(crate::checkpoint::legacy_spec_fingerprint(&eigen).is_none());
     }
 
     #[test]

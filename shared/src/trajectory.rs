@@ -186,6 +186,13 @@ impl TrajectorySums {
         Ok(())
     }
 
+    /// Whether these sums were written by a build without lag-0 sums and
+    /// spectra (a recorder resumed from such a checkpoint goes on without
+    /// them).
+    pub fn is_legacy(&self) -> bool {
+        self.sum.is_empty() && self.psd_window == 0
+    }
+
     /// Centred covariance `C(0)` of the points (k×k), if lag-0 sums exist.
     pub fn covariance(&self) -> Option<Vec<f64>> {
         if self.sum.is_empty() || self.points == 0 {
