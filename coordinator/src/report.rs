@@ -51,15 +51,7 @@ fn align(rows: &[Vec<String>]) -> String {
 }
 
 fn row(c: &CellResult) -> Row {
-    let finals = c.runs.iter().filter_map(|r| r.probes.last().map(|p| &p.spectrum));
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for s in finals {
-        lo = lo.min(s.rank.lo);
-        hi = hi.max(s.rank.hi);
-    }
-    if c.runs.is_empty() {
-        (lo, hi) = (f64::NAN, f64::NAN);
-    }
+    let (lo, hi) = widest(&final_brackets(c, |s| Some(s.rank)));
     Row {
         cell: c.index,
         lr: c.lr,
@@ -77,7 +69,7 @@ fn row(c: &CellResult) -> Row {
         lambda_max: c.lambda_max,
         area_rate: c.area_rate,
         temperature: c.temperature,
-        temp_trace_per_d: if c.d > 0 { c.trace.scaled(c.temperature / c.d as f64) } else { Summary::empty() },
+        temp_trace_per_d: c.temperature_trace_per_d(),
         overlap: c.eigenspace_overlap,
     }
 }
@@ -116,10 +108,23 @@ fn threshold_columns(th: &RankThresholds) -> Vec<ThresholdColumn> {
 /// A threshold column of a cell: the mean count across seeds at their last
 /// probes, and the widest certified bracket among them.
 fn threshold_cell(c: &CellResult, col: &ThresholdColumn) -> (Summary, f64, f64) {
-    let b: Vec<Bracket> = c.runs.iter().filter_map(|r| r.probes.last().and_then(|p| col.pick(&p.spectrum))).collect();
-    let lo = b.iter().map(|x| x.lo).fold(f64::INFINITY, f64::min);
-    let hi = b.iter().map(|x| x.hi).fold(f64::NEG_INFINITY, f64::max);
-    if b.is_empty() { (Summary::empty(), f64::NAN, f64::NAN) } else { (Summary::of(b.iter().map(|x| x.value)), lo, hi) }
+    let b = final_brackets(c, |s| col.pick(s));
+    let (lo, hi) = widest(&b);
+    let mean = if b.is_empty() { Summary::empty() } else { Summary::of(b.iter().map(|x| x.value)) };
+    (mean, lo, hi)
+}
+
+/// One bracket per run, picked from the spectrum at its last probe.
+fn final_brackets(c: &CellResult, pick: impl Fn(&SpectrumStats) -> Option<Bracket>) -> Vec<Bracket> {
+    c.runs.iter().filter_map(|r| r.probes.last().and_then(|p| pick(&p.spectrum))).collect()
+}
+
+/// The smallest lower and largest upper end of `b` (NaN for none).
+fn widest(b: &[Bracket]) -> (f64, f64) {
+    if b.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    (b.iter().map(|x| x.lo).fold(f64::INFINITY, f64::min), b.iter().map(|x| x.hi).fold(f64::NEG_INFINITY, f64::max))
 }
 
 fn num(x: f64) -> String {

@@ -555,37 +555,29 @@ impl Store {
     /// runs, as is every cell when rank thresholds `th` are given.
     pub fn cell_results(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellResult>> {
         let plan = self.plan(sweep_id)?;
-        if !th.is_empty() {
-            return plan
-                .cells
-                .iter()
-                .map(|cell| {
-                    Ok(cell_result(cell, plan.seeds.len(), &load_cell_runs(&self.conn, sweep_id, cell.index)?, th))
-                })
-                .collect();
-        }
         let mut stored: BTreeMap<u32, CellResult> = BTreeMap::new();
-        let mut stmt = self.conn.prepare("SELECT cell, result_json FROM cells WHERE sweep_id = ?1")?;
-        let mut rows = stmt.query([sweep_id])?;
-        while let Some(r) = rows.next()? {
-            let json: String = r.get(1)?;
-            let c: CellResult = serde_json::from_str(&json)
-                .map_err(|e| CoordinatorError::Internal(format!("stored cell unreadable: {e}")))?;
-            let cell: u32 = r.get(0)?;
-            if c.results_version < RESULTS_VERSION
-                && let Some(spec) = plan.cells.iter().find(|x| x.index == cell)
-            {
-                let runs = load_cell_runs(&self.conn, sweep_id, cell)?;
-                stored.insert(cell, cell_result(spec, plan.seeds.len(), &runs, th));
-                continue;
+        if th.is_empty() {
+            let mut stmt = self.conn.prepare("SELECT cell, result_json FROM cells WHERE sweep_id = ?1")?;
+            let mut rows = stmt.query([sweep_id])?;
+            while let Some(r) = rows.next()? {
+                let json: String = r.get(1)?;
+                let c: CellResult = serde_json::from_str(&json)
+                    .map_err(|e| CoordinatorError::Internal(format!("stored cell unreadable: {e}")))?;
+                stored.insert(r.get(0)?, c);
             }
-            stored.insert(cell, c);
         }
-        Ok(plan
-            .cells
+        let recompute = |cell: &gradsweep_shared::grid::Cell| -> Result<CellResult> {
+            Ok(cell_result(cell, plan.seeds.len(), &load_cell_runs(&self.conn, sweep_id, cell.index)?, th))
+        };
+        plan.cells
             .iter()
-            .map(|cell| stored.remove(&cell.index).unwrap_or_else(|| cell_result(cell, plan.seeds.len(), &[], th)))
-            .collect())
+            .map(|cell| match stored.remove(&cell.index) {
+                _ if !th.is_empty() => recompute(cell),
+                Some(c) if c.results_version >= RESULTS_VERSION => Ok(c),
+                Some(_) => recompute(cell),
+                None => Ok(cell_result(cell, plan.seeds.len(), &[], th)),
+            })
+            .collect()
     }
 
     // ------------------------------------------------------------ workers

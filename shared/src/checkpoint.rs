@@ -98,6 +98,12 @@ fn fingerprint_of(json: &[u8]) -> String {
     h[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether a checkpoint with `fingerprint` was written for `spec`, by this
+/// build or by the one before it ([`legacy_spec_fingerprint`]).
+pub fn written_for(spec: &RunSpec, fingerprint: &str) -> bool {
+    fingerprint == spec_fingerprint(spec) || legacy_spec_fingerprint(spec).is_some_and(|l| l == fingerprint)
+}
+
 /// The fingerprint that builds from before the probe options `basis`,
 /// `basis_probe`, `psd_window` and `wire_precision` wrote for this spec: the
 /// same hash over the spec without them. Only a spec that leaves them at
@@ -180,12 +186,11 @@ impl Checkpoint {
     /// corruption, another version, another run and non-finite state.
     pub fn decode(bytes: &[u8], spec: &RunSpec, params: usize) -> Result<Checkpoint, CheckpointError> {
         let c = Self::decode_unchecked(bytes)?;
-        let want = spec_fingerprint(spec);
-        let legacy = legacy_spec_fingerprint(spec);
-        if c.header.spec_fingerprint != want && Some(&c.header.spec_fingerprint) != legacy.as_ref() {
+        if !written_for(spec, &c.header.spec_fingerprint) {
             return Err(CheckpointError::Mismatch(format!(
-                "it was written for run spec {}, this run's is {want}",
-                c.header.spec_fingerprint
+                "it was written for run spec {}, this run's is {}",
+                c.header.spec_fingerprint,
+                spec_fingerprint(spec)
             )));
         }
         if c.params.len() != params {

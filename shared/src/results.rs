@@ -148,6 +148,14 @@ pub struct CellResult {
     pub runs: Vec<RunResult>,
 }
 
+impl CellResult {
+    /// β⁻¹·tr D/d at the final probe across seeds: the mean diffusion per
+    /// coordinate at this cell's temperature.
+    pub fn temperature_trace_per_d(&self) -> Summary {
+        if self.d > 0 { self.trace.scaled(self.temperature / self.d as f64) } else { Summary::empty() }
+    }
+}
+
 /// Statistics of one run, with ranks at the user's thresholds `th` too.
 pub fn run_result(r: &RunData, th: &RankThresholds) -> RunResult {
     let probes: Vec<ProbeSummary> = r
@@ -332,7 +340,7 @@ pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
             cell: c.index,
             rank_fraction: c.rank_fraction.mean,
             trace: c.trace.mean,
-            temperature_trace_per_d: if c.d > 0 { c.trace.mean * c.temperature / c.d as f64 } else { f64::NAN },
+            temperature_trace_per_d: c.temperature_trace_per_d().mean,
             area_rate: c.area_rate.mean,
             cycling_frequency: c.cycling_frequency.mean,
             grad_norm: c.grad_norm.mean,

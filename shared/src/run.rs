@@ -180,8 +180,7 @@ pub fn execute_from(
     if let Some(c) = resume {
         let h = c.header;
         let fresh_recorder = new_recorder();
-        let legacy = crate::checkpoint::legacy_spec_fingerprint(spec);
-        if (h.spec_fingerprint != fingerprint && Some(&h.spec_fingerprint) != legacy.as_ref())
+        if !crate::checkpoint::written_for(spec, &h.spec_fingerprint)
             || c.params.len() != d
             || c.velocity.len() != d
             || c.buffers.len() != buffers.len()

@@ -224,25 +224,23 @@ impl TrajectorySums {
     /// Area-enclosing rate per step of pair `(i, j)`: `A_ji(1)`, from the
     /// smallest lag (which must be 1).
     pub fn area_rate(&self, i: usize, j: usize) -> f64 {
-        if self.lags.first() != Some(&1) || self.count[0] == 0 {
-            return f64::NAN;
-        }
-        let c = self.lagged_covariance(0);
-        let k = self.k;
-        0.5 * (c[j * k + i] - c[i * k + j])
+        self.pairs().area(i, j)
     }
 
     /// Cycling frequency of pair `(i, j)` in radians per step: the mean
     /// angular velocity `⟨x_i dx_j − x_j dx_i⟩ / ⟨x_i² + x_j²⟩` of the
     /// centred coordinates, i.e. `2 A_ji(1) / (C_ii(0) + C_jj(0))`.
     pub fn cycling_frequency(&self, i: usize, j: usize) -> f64 {
-        let Some(c0) = self.covariance() else { return f64::NAN };
-        let k = self.k;
-        let spread = c0[i * k + i] + c0[j * k + j];
-        if spread <= 0.0 {
-            return f64::NAN;
+        self.pairs().cycling(i, j)
+    }
+
+    /// `C(0)` and `C(1)`, computed once for any number of pair statistics.
+    fn pairs(&self) -> PairMoments {
+        PairMoments {
+            k: self.k,
+            c0: self.covariance(),
+            c1: (self.lags.first() == Some(&1) && self.count[0] > 0).then(|| self.lagged_covariance(0)),
         }
-        2.0 * self.area_rate(i, j) / spread
     }
 
     /// Autocorrelation per lag, averaged over the coordinates that move:
@@ -292,6 +290,31 @@ impl TrajectorySums {
         let pts: Vec<(f64, f64)> =
             self.msd_curve().into_iter().filter(|(_, m)| *m > 0.0).map(|(t, m)| ((t as f64).ln(), m.ln())).collect();
         log_log_fit(&pts).map_or(f64::NAN, |(_, slope)| slope)
+    }
+}
+
+/// The covariances every pair statistic reads: `C(0)` (if lag-0 sums
+/// exist) and `C(1)` (if the smallest lag is 1 and has pairs).
+struct PairMoments {
+    k: usize,
+    c0: Option<Vec<f64>>,
+    c1: Option<Vec<f64>>,
+}
+
+impl PairMoments {
+    /// `A_ji(1) = ½(C_ji(1) − C_ij(1))`.
+    fn area(&self, i: usize, j: usize) -> f64 {
+        let k = self.k;
+        self.c1.as_ref().map_or(f64::NAN, |c| 0.5 * (c[j * k + i] - c[i * k + j]))
+    }
+
+    /// `2 A_ji(1) / (C_ii(0) + C_jj(0))`, NaN when neither coordinate moves.
+    fn cycling(&self, i: usize, j: usize) -> f64 {
+        let k = self.k;
+        match &self.c0 {
+            Some(c) if c[i * k + i] + c[j * k + j] > 0.0 => 2.0 * self.area(i, j) / (c[i * k + i] + c[j * k + j]),
+            _ => f64::NAN,
+        }
     }
 }
 
@@ -580,15 +603,10 @@ fn pairwise(k: usize, f: impl Fn(usize, usize) -> f64) -> Vec<Vec<F64>> {
 impl DriftStats {
     /// Statistics of the sums.
     pub fn from_sums(s: &TrajectorySums) -> Self {
-        // C(1) and C(0) once; every pair statistic reads them.
         let k = s.k;
-        let c1 = (s.lags.first() == Some(&1) && s.count[0] > 0).then(|| s.lagged_covariance(0));
-        let c0 = s.covariance();
-        let area = |i: usize, j: usize| c1.as_ref().map_or(f64::NAN, |c| 0.5 * (c[j * k + i] - c[i * k + j]));
-        let cycling = |i: usize, j: usize| match &c0 {
-            Some(c) if c[i * k + i] + c[j * k + j] > 0.0 => 2.0 * area(i, j) / (c[i * k + i] + c[j * k + j]),
-            _ => f64::NAN,
-        };
+        let pm = s.pairs();
+        let area = |i: usize, j: usize| pm.area(i, j);
+        let cycling = |i: usize, j: usize| pm.cycling(i, j);
         let mut best = (f64::NAN, (0, 1));
         for i in 0..k {
             for j in (i + 1)..k {
