@@ -47,17 +47,36 @@ pub fn signal(pid: u32, sig: i32) {
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
-/// Polls `cond` every 50 ms until it holds or `timeout` passes.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; panics
+/// naming `what` if it never does.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(poll_until(timeout, cond).await, "timed out after {timeout:?} waiting for {what}");
+}
+
+/// Polls `cond` every 50 ms until it holds (true) or `timeout` passes
+/// (false), so that the caller can say what it saw when it gives up.
+pub async fn poll_until<F, Fut>(timeout: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
     while !cond().await {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        if start.elapsed() >= timeout {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    true
+}
+
+/// The value of `key=` in one line of a coordinator or worker log.
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(&format!(" {key}=")).nth(1).and_then(|v| v.split_whitespace().next())
 }
 
 /// A `gradsweep serve` child process.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use gradsweep_coordinator::client::{connect_control, fetch_results};
 use gradsweep_proto::v1 as pb;
-use gradsweep_tests::{Audit, CoordinatorProc, Proxy, WorkerProc, audit, cli, wait_until};
+use gradsweep_tests::{Audit, CoordinatorProc, Proxy, WorkerProc, audit, cli, log_field, poll_until, wait_until};
 
 /// 2 × 2 cells × `seeds` seeds of a small MLP on digits; segments every
 /// 2 epochs and every 25 steps (so boundaries fall mid-epoch too). The
@@ -27,15 +27,33 @@ fn resumes(log: &str) -> Vec<(String, u64)> {
     log.lines()
         .filter(|l| l.contains("run leased"))
         .filter_map(|l| {
-            let field = |k: &str| l.split(&format!("{k}=")).nth(1).map(|v| v.split_whitespace().next().unwrap_or(""));
-            let seq: u64 = field("resume_seq")?.parse().ok()?;
-            (seq > 0).then(|| (field("run_id").unwrap_or("").to_string(), seq))
+            let seq: u64 = log_field(l, "resume_seq")?.parse().ok()?;
+            (seq > 0).then(|| (log_field(l, "run_id").unwrap_or("").to_string(), seq))
         })
         .collect()
 }
 
 fn workers_named(ws: &[pb::WorkerInfo], name: &str) -> Option<pb::WorkerInfo> {
     ws.iter().find(|w| w.name == name).cloned()
+}
+
+/// Where the last complete line of a log ends.
+fn line_end(log: &str) -> usize {
+    log.rfind('\n').map_or(0, |i| i + 1)
+}
+
+/// Whether the coordinator's log shows `run` leased again after a lease of
+/// it lapsed: whoever holds it now holds a newer epoch.
+fn re_leased_after_lapse(log: &str, run: &str) -> bool {
+    let mut lapsed = false;
+    for l in log.lines().filter(|l| log_field(l, "run_id") == Some(run)) {
+        if l.contains("lease lapsed; run requeued") {
+            lapsed = true;
+        } else if lapsed && l.contains("run leased") {
+            return true;
+        }
+    }
+    false
 }
 
 /// Acceptance 2: workers with different slot counts take turns; each is
@@ -64,8 +82,8 @@ async fn runs_resume_from_checkpoints_across_workers_and_slots() {
         turn += 1;
         // Let it work for a while, then hand back at the next boundary.
         let held = tokio::time::timeout(
-            Duration::from_secs(20),
-            gradsweep_tests::wait_worker_holds_run(&client, &name, Duration::from_secs(20)),
+            Duration::from_secs(60),
+            gradsweep_tests::wait_worker_holds_run(&client, &name, Duration::from_secs(60)),
         )
         .await;
         assert!(held.is_ok(), "{name} never held a run");
@@ -96,27 +114,48 @@ async fn zombie_worker_is_fenced_off() {
     let g = grid("zombie", 1, 16);
     let sweep = gradsweep_tests::submit(&mut client, &g).await.sweep_id;
     let zombie = WorkerProc::start(&coord.url(), "zombie", 1, dir.path());
-    gradsweep_tests::wait_worker_holds_run(&client, "zombie", Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let ws = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
-    let held = workers_named(&ws, "zombie").unwrap().runs;
-    zombie.signal(libc::SIGSTOP);
-    // Its lease lapses; another worker takes the run over.
-    let _heir = WorkerProc::start(&coord.url(), "heir", 1, dir.path());
-    wait_until(Duration::from_secs(30), "the frozen worker's run to be re-leased", || {
-        let mut c = client.clone();
-        let held = held.clone();
-        async move {
-            let ws = c.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
-            workers_named(&ws, "heir").is_some_and(|h| h.runs.iter().any(|r| held.contains(r)))
+    // Freeze it while it holds a run. What it holds is read after the
+    // freeze, once anything it had already sent has landed: a run it
+    // finished just before the signal is not one it can be fenced off.
+    // Only what the logs say after the freeze counts: on a loaded machine a
+    // lease may lapse, and a run be dropped, before it.
+    let zlog = dir.path().join("zombie.log");
+    let mut held = Vec::new();
+    let (mut coord_mark, mut zombie_mark) = (0, 0);
+    for attempt in 0.. {
+        assert!(attempt < 5, "the zombie never froze holding a run:\n{}", coord.log());
+        gradsweep_tests::wait_worker_holds_run(&client, "zombie", Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        zombie.signal(libc::SIGSTOP);
+        coord_mark = line_end(&coord.log());
+        zombie_mark = line_end(&std::fs::read_to_string(&zlog).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ws = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+        held = workers_named(&ws, "zombie").unwrap().runs;
+        if !held.is_empty() {
+            break;
         }
+        zombie.signal(libc::SIGCONT);
+    }
+    // Its lease lapses and another worker takes the run over, however long
+    // that worker's other runs take.
+    let _heir = WorkerProc::start(&coord.url(), "heir", 1, dir.path());
+    let re_leased = poll_until(Duration::from_secs(120), || {
+        let log = coord.log();
+        let all = held.iter().all(|r| re_leased_after_lapse(&log[coord_mark..], r));
+        async move { all }
     })
     .await;
+    assert!(
+        re_leased,
+        "the frozen worker's runs {held:?} were not re-leased after their leases lapsed; coordinator log:\n{}",
+        coord.log()
+    );
     zombie.signal(libc::SIGCONT);
-    let zlog = dir.path().join("zombie.log");
-    wait_until(Duration::from_secs(30), "the thawed worker to drop its run", || {
-        let zlog = zlog.clone();
-        async move { std::fs::read_to_string(&zlog).unwrap_or_default().contains("lease lost") }
+    wait_until(Duration::from_secs(60), "the thawed worker to drop its run", || {
+        let log = std::fs::read_to_string(&zlog).unwrap_or_default();
+        let lost = log.get(zombie_mark..).is_some_and(|l| l.contains("lease lost"));
+        async move { lost }
     })
     .await;
     gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(120)).await;

@@ -122,7 +122,7 @@ async fn metrics_health_and_reflection_during_a_sweep() {
     gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(120)).await;
     // A handler bumps its counters just after its transaction commits, so
     // the status can show the last run done a moment before the metrics do.
-    gradsweep_tests::wait_until(Duration::from_secs(10), "the last finish to be counted", || async move {
+    gradsweep_tests::wait_until(Duration::from_secs(30), "the last finish to be counted", || async move {
         metric(&http_get(mport, "/metrics").2, "gradsweep_runs_finished_total").unwrap_or(0.0) >= 8.0
     })
     .await;
