@@ -568,3 +568,24 @@ pub async fn wait_worker_holds_run(client: &ControlClient, name: &str, timeout: 
     })
     .await;
 }
+
+/// Stops `worker` (SIGSTOP) while it holds a run that has been going for
+/// `progress`, and returns the runs the coordinator says it holds. They are
+/// read after the freeze, once anything the worker had already sent has
+/// landed: a run it finished just before the signal is not one it can lose.
+/// If it froze between runs, it is thawed and the attempt repeated.
+pub async fn freeze_holding_run(client: &ControlClient, worker: &WorkerProc, progress: Duration) -> Vec<String> {
+    for _ in 0..5 {
+        wait_worker_holds_run(client, &worker.name, Duration::from_secs(60)).await;
+        tokio::time::sleep(progress).await;
+        worker.signal(libc::SIGSTOP);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ws = client.clone().list_workers(pb::ListWorkersRequest {}).await.expect("workers").into_inner().workers;
+        let held = ws.into_iter().find(|w| w.name == worker.name).map(|w| w.runs).unwrap_or_default();
+        if !held.is_empty() {
+            return held;
+        }
+        worker.signal(libc::SIGCONT);
+    }
+    panic!("worker {} never froze holding a run", worker.name);
+}

@@ -42,18 +42,11 @@ fn line_end(log: &str) -> usize {
     log.rfind('\n').map_or(0, |i| i + 1)
 }
 
-/// Whether the coordinator's log shows `run` leased again after a lease of
-/// it lapsed: whoever holds it now holds a newer epoch.
-fn re_leased_after_lapse(log: &str, run: &str) -> bool {
-    let mut lapsed = false;
-    for l in log.lines().filter(|l| log_field(l, "run_id") == Some(run)) {
-        if l.contains("lease lapsed; run requeued") {
-            lapsed = true;
-        } else if lapsed && l.contains("run leased") {
-            return true;
-        }
-    }
-    false
+/// Whether the coordinator's log shows `run` leased to the worker `worker_id`.
+fn leased_to(log: &str, run: &str, worker_id: &str) -> bool {
+    log.lines()
+        .filter(|l| l.contains("run leased") && log_field(l, "run_id") == Some(run))
+        .any(|l| log_field(l, "worker_id").is_some_and(|w| w.trim_matches('"') == worker_id))
 }
 
 /// Acceptance 2: workers with different slot counts take turns; each is
@@ -114,41 +107,33 @@ async fn zombie_worker_is_fenced_off() {
     let g = grid("zombie", 1, 16);
     let sweep = gradsweep_tests::submit(&mut client, &g).await.sweep_id;
     let zombie = WorkerProc::start(&coord.url(), "zombie", 1, dir.path());
-    // Freeze it while it holds a run. What it holds is read after the
-    // freeze, once anything it had already sent has landed: a run it
-    // finished just before the signal is not one it can be fenced off.
-    // Only what the logs say after the freeze counts: on a loaded machine a
-    // lease may lapse, and a run be dropped, before it.
+    let held = gradsweep_tests::freeze_holding_run(&client, &zombie, Duration::from_millis(600)).await;
+    // Frozen, it writes nothing more: what its log says from here on, it
+    // said after the thaw.
     let zlog = dir.path().join("zombie.log");
-    let mut held = Vec::new();
-    let (mut coord_mark, mut zombie_mark) = (0, 0);
-    for attempt in 0.. {
-        assert!(attempt < 5, "the zombie never froze holding a run:\n{}", coord.log());
-        gradsweep_tests::wait_worker_holds_run(&client, "zombie", Duration::from_secs(60)).await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        zombie.signal(libc::SIGSTOP);
-        coord_mark = line_end(&coord.log());
-        zombie_mark = line_end(&std::fs::read_to_string(&zlog).unwrap_or_default());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let ws = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
-        held = workers_named(&ws, "zombie").unwrap().runs;
-        if !held.is_empty() {
-            break;
-        }
-        zombie.signal(libc::SIGCONT);
-    }
-    // Its lease lapses and another worker takes the run over, however long
-    // that worker's other runs take.
+    let zombie_mark = line_end(&std::fs::read_to_string(&zlog).unwrap_or_default());
+    // Its lease lapses and a worker that joined after the freeze takes the
+    // run over, however long that worker's other runs take.
     let _heir = WorkerProc::start(&coord.url(), "heir", 1, dir.path());
+    gradsweep_tests::wait_until(Duration::from_secs(60), "the heir to register", || {
+        let mut c = client.clone();
+        async move {
+            let ws = c.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+            workers_named(&ws, "heir").is_some()
+        }
+    })
+    .await;
+    let ws = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    let heir_id = workers_named(&ws, "heir").unwrap().worker_id;
     let re_leased = poll_until(Duration::from_secs(120), || {
         let log = coord.log();
-        let all = held.iter().all(|r| re_leased_after_lapse(&log[coord_mark..], r));
+        let all = held.iter().all(|r| leased_to(&log, r, &heir_id));
         async move { all }
     })
     .await;
     assert!(
         re_leased,
-        "the frozen worker's runs {held:?} were not re-leased after their leases lapsed; coordinator log:\n{}",
+        "the frozen worker's runs {held:?} were not leased to the heir {heir_id}; coordinator log:\n{}",
         coord.log()
     );
     zombie.signal(libc::SIGCONT);

@@ -236,8 +236,7 @@ async fn worker_sigkill_mid_sweep() {
     let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
 
     // Kill the victim while it holds a run that has made progress.
-    gradsweep_tests::wait_worker_holds_run(&client, "victim", Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    gradsweep_tests::freeze_holding_run(&client, &victim, Duration::from_millis(400)).await;
     victim.kill9();
     let _survivor = WorkerProc::start(&coord.url(), "survivor", 2, dir.path());
 
