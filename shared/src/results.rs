@@ -75,7 +75,7 @@ pub struct ProbeSummary {
 /// Version of the statistics [`cell_result`] computes. A stored cell with
 /// an older version lacks some of them and is recomputed from its runs
 /// when read.
-pub const RESULTS_VERSION: u32 = 2;
+pub const RESULTS_VERSION: u32 = 3;
 
 /// Statistics of one cell across its seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,8 +140,9 @@ pub struct CellResult {
     /// ‖∇f‖/√d at the final probe, across seeds.
     #[serde(default = "Summary::empty")]
     pub grad_norm: Summary,
-    /// Drift statistics of the seeds' trajectory sums merged (the runs share
-    /// their projection directions, so their sums add up).
+    /// Drift statistics of the seeds' trajectories pooled: each run's sums
+    /// centred on its own means, then added ([`TrajectorySums::pool`]), so
+    /// the spread between where the seeds settle is not counted as motion.
     #[serde(default)]
     pub merged_drift: Option<DriftStats>,
     /// The runs.
@@ -210,13 +211,8 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData], th: &RankT
     let b = cell.train.batch_size;
     let drifts: Vec<&DriftStats> = results.iter().filter_map(|r| r.drift.as_ref()).collect();
     let drift_summary = |f: fn(&DriftStats) -> f64| Summary::of(drifts.iter().map(|d| f(d)));
-    let merged_drift = runs
-        .iter()
-        .filter_map(|r| r.trajectory.as_ref())
-        .try_fold(None::<TrajectorySums>, |acc, t| match acc {
-            None => Some(Some(t.clone())),
-            Some(mut m) => m.merge(t).ok().map(|_| Some(m)),
-        })
+    let merged_drift = TrajectorySums::pool(runs.iter().filter_map(|r| r.trajectory.as_ref()))
+        .ok()
         .flatten()
         .map(|m| DriftStats::from_sums(&m));
     CellResult {

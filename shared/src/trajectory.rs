@@ -186,6 +186,54 @@ impl TrajectorySums {
         Ok(())
     }
 
+    /// The sums with every moment centred on the trajectory's own means:
+    /// at each lag `Σ (x_{t+τ} − μ_lead)(x_t − μ_lag)ᵀ` with the first
+    /// moments then zero, and likewise at lag 0. The statistics of one
+    /// trajectory read the same from either form; what changes is a merge.
+    /// Adding centred sums pools the *within*-trajectory moments, so
+    /// trajectories that settle around different points (seeds in different
+    /// minima, or each projected on its own eigenvectors) do not count the
+    /// spread between their means as motion. Segments of one trajectory
+    /// must be merged raw, before centring. The spectra are already
+    /// centred per window and are kept as they are.
+    pub fn centred(&self) -> TrajectorySums {
+        let mut c = self.clone();
+        let k = self.k;
+        fn centre(cross: &mut [f64], lead: &mut [f64], lag: &mut [f64], n: u64, k: usize) {
+            if n > 0 {
+                for a in 0..k {
+                    for b in 0..k {
+                        cross[a * k + b] -= lead[a] * lag[b] / n as f64;
+                    }
+                }
+            }
+            lead.fill(0.0);
+            lag.fill(0.0);
+        }
+        for l in 0..c.lags.len() {
+            centre(&mut c.cross[l], &mut c.sum_lead[l], &mut c.sum_lag[l], c.count[l], k);
+        }
+        if !c.sum.is_empty() {
+            let mut sum2 = c.sum.clone();
+            centre(&mut c.second, &mut c.sum, &mut sum2, c.points, k);
+        }
+        c
+    }
+
+    /// Pools trajectories that are separate runs: their
+    /// [`centred`](Self::centred) sums added (`None` for none; an error if
+    /// their shapes differ).
+    pub fn pool<'a>(runs: impl IntoIterator<Item = &'a TrajectorySums>) -> Result<Option<TrajectorySums>, String> {
+        let mut acc: Option<TrajectorySums> = None;
+        for t in runs {
+            match &mut acc {
+                None => acc = Some(t.centred()),
+                Some(m) => m.merge(&t.centred())?,
+            }
+        }
+        Ok(acc)
+    }
+
     /// Whether these sums were written by a build without lag-0 sums and
     /// spectra (a recorder resumed from such a checkpoint goes on without
     /// them).
@@ -688,6 +736,50 @@ mod tests {
             back.push(&[a.cos(), a.sin()]);
         }
         assert!((back.sums().area_rate(0, 1) + r).abs() < 1e-3);
+    }
+
+    /// Two seeds circling at the same rate around points far apart: pooled,
+    /// they cycle at that rate; their raw sums added would count the gap
+    /// between the centres as variance and read a far slower rotation.
+    #[test]
+    fn pooled_runs_cycle_at_their_own_rate_wherever_they_settle() {
+        let theta = 0.05f64;
+        let run = |cx: f64, cy: f64, seed: u64| {
+            let mut r = crate::rng::Rng::new(seed, crate::rng::Stream::Other(7));
+            let mut rec = TrajectoryRecorder::with_spectrum(2, vec![1, 2, 4], 64);
+            for t in 0..20_000 {
+                let a = theta * t as f64;
+                rec.push(&[cx + a.cos() + 0.1 * r.normal(), cy + a.sin() + 0.1 * r.normal()]);
+            }
+            rec.into_sums()
+        };
+        let (one, other) = (run(0.0, 0.0, 1), run(30.0, -40.0, 2));
+        let own = DriftStats::from_sums(&one);
+        // Centring does not change a single trajectory's statistics.
+        let centred = DriftStats::from_sums(&one.centred());
+        for (x, y) in [
+            (own.cycling_frequency, centred.cycling_frequency),
+            (own.area_rate, centred.area_rate),
+            (own.msd_exponent, centred.msd_exponent),
+        ] {
+            assert!((x - y).abs() <= 1e-9 * x.abs().max(1e-12), "{x} vs {y}");
+        }
+        let pooled = DriftStats::from_sums(&TrajectorySums::pool([&one, &other]).unwrap().unwrap());
+        let expect = theta.sin();
+        assert!(
+            (pooled.cycling_frequency.abs() - expect).abs() < 0.05 * expect,
+            "pooled ω {}",
+            pooled.cycling_frequency
+        );
+        let mut raw = one.clone();
+        raw.merge(&other).unwrap();
+        let raw = DriftStats::from_sums(&raw);
+        assert!(raw.cycling_frequency.abs() < 0.01 * expect, "raw ω {} counts the gap", raw.cycling_frequency);
+        assert_eq!(pooled.points, 40_000);
+        // Shapes must match, as for a merge.
+        let odd = TrajectorySums::new(3, vec![1, 2, 4]);
+        assert!(TrajectorySums::pool([&one, &odd]).is_err());
+        assert!(TrajectorySums::pool([]).unwrap().is_none());
     }
 
     #[test]
