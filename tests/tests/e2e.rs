@@ -263,9 +263,12 @@ async fn coordinator_sigkill_and_restart() {
     let _w1 = WorkerProc::start(&coord.url(), "w1", 1, dir.path());
     let _w2 = WorkerProc::start(&coord.url(), "w2", 1, dir.path());
     let grid = grids::tiny("kill-coordinator", 12);
-    let sweep = {
-        let mut client = connect_control(&addr).await.unwrap();
-        let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
+    let mut client = connect_control(&addr).await.unwrap();
+    let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
+    // Kill it while runs are leased, as its database says once it is dead
+    // (a status read just before the kill could be stale by then).
+    for attempt in 0.. {
+        assert!(attempt < 5, "never killed the coordinator with runs in flight:\n{}", coord.log());
         gradsweep_tests::wait_until(Duration::from_secs(60), "two runs done", || {
             let mut c = client.clone();
             let id = sweep.clone();
@@ -275,14 +278,18 @@ async fn coordinator_sigkill_and_restart() {
             }
         })
         .await;
-        sweep
-    };
-    coord.kill9();
-    tokio::time::sleep(Duration::from_millis(1500)).await; // workers keep computing, reports fail and wait
-    coord.restart();
-    assert_eq!(format!("127.0.0.1:{}", coord.port), addr);
-
-    let mut client = connect_control(&addr).await.unwrap();
+        coord.kill9();
+        let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+        let leased: i64 = db.query_row("SELECT count(*) FROM runs WHERE state = 'leased'", [], |r| r.get(0)).unwrap();
+        drop(db);
+        tokio::time::sleep(Duration::from_millis(1500)).await; // workers keep computing, reports fail and wait
+        coord.restart();
+        assert_eq!(format!("127.0.0.1:{}", coord.port), addr);
+        client = connect_control(&addr).await.unwrap();
+        if leased > 0 {
+            break;
+        }
+    }
     gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(120)).await;
     let log = coord.log();
     let resumed = log.rsplit("leases_resumed=").next().and_then(|t| t.split_whitespace().next()).unwrap_or("0");
