@@ -191,16 +191,26 @@ pub fn gram_f64(m: usize, k: usize, a: &[f64]) -> Vec<f64> {
 
 /// Width of the column panels [`gram_f64_of_f32`] converts at a time.
 const GRAM_PANEL: usize = 2048;
-/// Row-block size of [`gram_f64_of_f32`]'s symmetric blocking.
+/// Row-block size of [`gram_f64_of_f32`]'s lower strips.
 const GRAM_BLOCK: usize = 64;
 
 /// The Gram matrix `a·aᵀ` (m×m, f64) of the rows of the row-major f32
 /// matrix `a` (m×k), accumulated in f64: products of f32 numbers are exact
 /// in f64, so only the f64 summation rounds. It works through column panels
-/// converted to f64 one at a time (no m×k f64 copy) and computes only the
-/// blocks on and below the diagonal, mirroring the rest. The summation
-/// order of every entry is fixed, so the result is deterministic.
+/// converted to f64 one at a time (no m×k f64 copy) and computes, per block
+/// of rows, only the strip up to and including the diagonal block,
+/// mirroring the rest. The summation order of every entry is fixed, so the
+/// result is deterministic.
 pub fn gram_f64_of_f32(m: usize, k: usize, a: &[f32]) -> Vec<f64> {
+    gram_f64_of_f32_after(m, k, a, 0)
+}
+
+/// [`gram_f64_of_f32`] for a matrix whose first `known` rows the caller
+/// already knows the Gram block of: block rows that lie wholly inside the
+/// leading `known × known` corner are not computed (that corner reads zero
+/// there; a block row that crosses its edge is computed in full). Frequent Directions uses it
+/// for the rows a shrink leaves, which are orthogonal by construction.
+pub fn gram_f64_of_f32_after(m: usize, k: usize, a: &[f32], known: usize) -> Vec<f64> {
     assert!(a.len() >= m * k, "gram_f64_of_f32: slice too short");
     let mut c = vec![0.0; m * m];
     if m == 0 || k == 0 {
@@ -213,33 +223,35 @@ pub fn gram_f64_of_f32(m: usize, k: usize, a: &[f32]) -> Vec<f64> {
             let src = &a[i * k + start..i * k + start + w];
             panel[i * w..(i + 1) * w].iter_mut().zip(src).for_each(|(p, &x)| *p = x as f64);
         }
+        // One product per block of rows: the strip from column 0 through
+        // its diagonal block (long strips keep the kernel busy).
         for i0 in (0..m).step_by(GRAM_BLOCK) {
             let bi = GRAM_BLOCK.min(m - i0);
-            for j0 in (0..=i0).step_by(GRAM_BLOCK) {
-                let bj = GRAM_BLOCK.min(m - j0);
-                #[allow(unsafe_code)]
-                // SAFETY: rows i0..i0+bi and j0..j0+bj of the m×w panel are
-                // in bounds (i0, j0 < m, bi, bj clipped to m); the output
-                // block (i0.., j0..) of the m×m matrix c is in bounds and c
-                // does not alias the panel.
-                unsafe {
-                    matrixmultiply::dgemm(
-                        bi,
-                        w,
-                        bj,
-                        1.0,
-                        panel.as_ptr().add(i0 * w),
-                        w as isize,
-                        1,
-                        panel.as_ptr().add(j0 * w),
-                        1,
-                        w as isize,
-                        1.0,
-                        c.as_mut_ptr().add(i0 * m + j0),
-                        m as isize,
-                        1,
-                    );
-                }
+            if i0 + bi <= known {
+                continue;
+            }
+            let nj = i0 + bi;
+            #[allow(unsafe_code)]
+            // SAFETY: rows i0..i0+bi and 0..nj of the m×w panel are in
+            // bounds (nj = i0 + bi ≤ m); the output strip (i0.., 0..nj) of
+            // the m×m matrix c is in bounds and c does not alias the panel.
+            unsafe {
+                matrixmultiply::dgemm(
+                    bi,
+                    w,
+                    nj,
+                    1.0,
+                    panel.as_ptr().add(i0 * w),
+                    w as isize,
+                    1,
+                    panel.as_ptr(),
+                    1,
+                    w as isize,
+                    1.0,
+                    c.as_mut_ptr().add(i0 * m),
+                    m as isize,
+                    1,
+                );
             }
         }
     }
@@ -533,6 +545,29 @@ mod tests {
         assert_eq!(e.values.len(), 3);
         assert!((e.values[0] - 3.0).abs() < 1e-12 && (e.values[1] - 3.0).abs() < 1e-12);
         assert!(e.values[2].abs() < 1e-12);
+    }
+
+    /// With a known corner, every entry outside the corner's whole block
+    /// rows is the full Gram's; a corner covering whole block rows reads 0.
+    #[test]
+    fn gram_after_a_known_corner_computes_the_rest() {
+        let mut r = Rng::new(3, Stream::Other(7));
+        let (m, k) = (130usize, 2100usize);
+        let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
+        let full = gram_f64_of_f32(m, k, &a);
+        for known in [0usize, 1, 64, 70, 128, 130] {
+            let g = gram_f64_of_f32_after(m, k, &a, known);
+            // Rows of block rows wholly inside the corner are not computed.
+            let ends = (0..m).step_by(GRAM_BLOCK).map(|i0| (i0 + GRAM_BLOCK).min(m));
+            let skipped = ends.filter(|&e| e <= known).max().unwrap_or(0);
+            for i in 0..m {
+                for j in 0..m {
+                    let corner = i < skipped && j < skipped;
+                    let want = if corner { 0.0 } else { full[i * m + j] };
+                    assert_eq!(g[i * m + j], want, "known {known}: entry ({i}, {j})");
+                }
+            }
+        }
     }
 
     /// Panels and blocks of every kind: partial last panel and block, m

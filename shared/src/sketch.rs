@@ -28,7 +28,7 @@
 //! `M = UΛUᵀ`, let `δ = λ_{ℓ+1}`, keep rows `√(λᵢ−δ)/√λᵢ · Uᵢᵀ B` for
 //! `i ≤ ℓ`, and add `δ` to `Δ`.
 
-use crate::linalg::{SymEigen, View, gram_f64, gram_f64_of_f32, sgemm_view, sym_eigen};
+use crate::linalg::{SymEigen, View, gram_f64, gram_f64_of_f32_after, sgemm_view, sym_eigen};
 
 /// Σ x² of `row` in f64, in eight interleaved partial sums (a fixed order,
 /// so deterministic; independent chains, so fast), then added in order.
@@ -112,7 +112,7 @@ pub enum SketchError {
 }
 
 /// A Frequent Directions sketch plus exact first and second moments.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct FdSketch {
     d: usize,
     ell: usize,
@@ -128,6 +128,29 @@ pub struct FdSketch {
     /// Per-row exponents when every row is `2^k × (an f16 value)`, as left
     /// by [`FdSketch::round_rows_to_f16`]; cleared by any change to the rows.
     f16_exponents: Option<Vec<i16>>,
+    /// How many leading rows are the ones the last shrink left, whose Gram
+    /// block is diagonal by construction. A cache of this process: not
+    /// encoded, not compared, cleared by any change to those rows and by a
+    /// merge (so that a merge gives the same bits whether its inputs were
+    /// decoded or not).
+    orthogonal: usize,
+}
+
+/// Two sketches are equal when their contents are: the `orthogonal` cache
+/// is not part of them.
+impl PartialEq for FdSketch {
+    fn eq(&self, o: &Self) -> bool {
+        self.d == o.d
+            && self.ell == o.ell
+            && self.rows == o.rows
+            && self.buf[..self.rows * self.d] == o.buf[..o.rows * o.d]
+            && self.delta == o.delta
+            && self.n == o.n
+            && self.sum_g == o.sum_g
+            && self.sum_sq == o.sum_sq
+            && self.slack == o.slack
+            && self.f16_exponents == o.f16_exponents
+    }
 }
 
 impl FdSketch {
@@ -145,6 +168,7 @@ impl FdSketch {
             sum_sq: 0.0,
             slack: 0.0,
             f16_exponents: None,
+            orthogonal: 0,
         }
     }
 
@@ -183,6 +207,7 @@ impl FdSketch {
         self.delta += eta;
         self.slack += eta;
         self.f16_exponents = Some(exps);
+        self.orthogonal = 0;
     }
 
     /// Dimension of the rows.
@@ -244,7 +269,16 @@ impl FdSketch {
         if r <= ell {
             return;
         }
-        let gram = gram_f64_of_f32(r, d, &self.buf);
+        // The rows the last shrink left are orthogonal: their block of the
+        // Gram matrix is diagonal, and only its diagonal is computed (f64,
+        // from the stored rows). What their f32 rounding leaves off the
+        // diagonal is of the order of the rotation's own rounding.
+        let p = self.orthogonal.min(r);
+        let mut gram = gram_f64_of_f32_after(r, d, &self.buf, p);
+        for i in 0..p {
+            gram[i * r..i * r + p].fill(0.0);
+            gram[i * r + i] = sum_sq_f64(&self.buf[i * d..(i + 1) * d]);
+        }
         let eig = sym_eigen(r, &gram);
         let delta = eig.values[ell].max(0.0);
         // New rows: coef[i, :] = sqrt(λᵢ−δ)/sqrt(λᵢ) · Uᵢ  (i < ℓ, λᵢ > δ).
@@ -272,6 +306,7 @@ impl FdSketch {
         }
         self.buf.truncate(kept * d);
         self.rows = kept;
+        self.orthogonal = kept;
         self.delta += delta;
     }
 
@@ -289,6 +324,10 @@ impl FdSketch {
         self.sum_g.iter_mut().zip(&other.sum_g).for_each(|(a, b)| *a += b);
         self.delta += other.delta;
         self.slack += other.slack;
+        // Sketches are merged after they travelled (decoded, nothing known
+        // of their rows) or before (straight from a run): forgetting what is
+        // known of our rows makes both give the same bits.
+        self.orthogonal = 0;
         self.append_rows(&other.buf[..other.rows * other.d]);
         Ok(())
     }
@@ -515,7 +554,7 @@ impl FdSketch {
         if !buf.iter().all(|v| v.is_finite()) {
             return Err(SketchError::NonFinite("rows"));
         }
-        Ok(FdSketch { d, ell, buf, rows, delta, n, sum_g, sum_sq, slack, f16_exponents })
+        Ok(FdSketch { d, ell, buf, rows, delta, n, sum_g, sum_sq, slack, f16_exponents, orthogonal: 0 })
     }
 }
 
@@ -718,6 +757,55 @@ mod tests {
             let tr: f64 = ex.eigenvalues().iter().sum();
             assert!((tr - sk.trace()).abs() < 1e-9 * tr.max(1.0));
         }
+    }
+
+    /// The rows a shrink leaves are orthogonal up to f32 rounding, so the
+    /// next shrink may take their Gram block as diagonal: a sketch that
+    /// does agrees with one that recomputes every block (its cache cleared
+    /// by an encode/decode between blocks) to rounding level, and both
+    /// keep the certificate.
+    #[test]
+    fn shrinks_that_reuse_the_orthogonal_rows_agree_with_full_ones() {
+        let (n, d, ell) = (2000usize, 300usize, 16usize);
+        let a = structured(n, d, 11);
+        let mut reuse = FdSketch::new(d, ell);
+        let mut full = FdSketch::new(d, ell);
+        for block in a.chunks(37 * d) {
+            reuse.insert_block(block);
+            full = FdSketch::decode(&full.encode(), Some(d)).unwrap();
+            assert_eq!(full.orthogonal, 0);
+            full.insert_block(block);
+            // What the cache claims holds for the rows it covers.
+            let p = reuse.orthogonal;
+            let g = gram_f64(p, d, &reuse.buf[..p * d].iter().map(|&x| x as f64).collect::<Vec<_>>());
+            for i in 0..p {
+                for j in 0..i {
+                    let off = g[i * p + j].abs() / (g[i * p + i] * g[j * p + j]).sqrt();
+                    assert!(off < 1e-5, "rows {i}, {j} of the last shrink: cosine {off}");
+                }
+            }
+        }
+        let (x, y) = (reuse.eigenvalues(), full.eigenvalues());
+        for (i, (a, b)) in x.iter().zip(&y).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * y[0], "λ{i}: {a} with reuse, {b} without");
+        }
+        assert!((reuse.delta() - full.delta()).abs() <= 1e-5 * full.delta());
+        let mut ex = ExactCovariance::new(d);
+        ex.insert_block(&a);
+        check_bounds(&reuse, &ex);
+        check_bounds(&full, &ex);
+        // A merge gives the same bits whether its inputs travelled or not.
+        let (a, b) = (reuse.clone(), full.clone());
+        assert!(a.orthogonal > 0);
+        let travelled = |s: &FdSketch| FdSketch::decode(&s.encode(), Some(d)).unwrap();
+        let mut m1 = a.clone();
+        m1.merge(&b).unwrap();
+        let mut m2 = travelled(&a);
+        m2.merge(&travelled(&b)).unwrap();
+        assert_eq!(m1.encode(), m2.encode());
+        // Rounding rows to f16 breaks their orthogonality: the cache goes.
+        reuse.round_rows_to_f16();
+        assert_eq!(reuse.orthogonal, 0);
     }
 
     #[test]
