@@ -777,7 +777,7 @@ mod tests {
             full.insert_block(block);
             // What the cache claims holds for the rows it covers.
             let p = reuse.orthogonal;
-            let g = gram_f64(p, d, &reuse.buf[..p * d].iter().map(|&x| x as f64).collect::<Vec<_>>());
+            let g = crate::linalg::gram_f64_of_f32(p, d, &reuse.buf);
             for i in 0..p {
                 for j in 0..i {
                     let off = g[i * p + j].abs() / (g[i * p + i] * g[j * p + j]).sqrt();

@@ -198,24 +198,16 @@ impl TrajectorySums {
     /// centred per window and are kept as they are.
     pub fn centred(&self) -> TrajectorySums {
         let mut c = self.clone();
-        let k = self.k;
-        fn centre(cross: &mut [f64], lead: &mut [f64], lag: &mut [f64], n: u64, k: usize) {
-            if n > 0 {
-                for a in 0..k {
-                    for b in 0..k {
-                        cross[a * k + b] -= lead[a] * lag[b] / n as f64;
-                    }
-                }
-            }
-            lead.fill(0.0);
-            lag.fill(0.0);
-        }
         for l in 0..c.lags.len() {
-            centre(&mut c.cross[l], &mut c.sum_lead[l], &mut c.sum_lag[l], c.count[l], k);
+            let n = c.count[l] as f64;
+            c.cross[l] = self.lagged_covariance(l).into_iter().map(|v| v * n).collect();
+            c.sum_lead[l].fill(0.0);
+            c.sum_lag[l].fill(0.0);
         }
-        if !c.sum.is_empty() {
-            let mut sum2 = c.sum.clone();
-            centre(&mut c.second, &mut c.sum, &mut sum2, c.points, k);
+        if let Some(cov) = self.covariance() {
+            let n = c.points as f64;
+            c.second = cov.into_iter().map(|v| v * n).collect();
+            c.sum.fill(0.0);
         }
         c
     }
@@ -697,11 +689,11 @@ impl DriftStats {
             peak_frequency: peak_f,
             peak_to_background: peak_r,
             spectrum,
-            quadrature_spectrum: quadrature.clone(),
             circulation_frequency: quadrature
                 .iter()
                 .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
                 .map_or(f64::NAN, |x| x.0),
+            quadrature_spectrum: quadrature,
             area_rates: pairwise(k, area),
             cycling_frequencies: pairwise(k, cycling),
         }

@@ -115,7 +115,7 @@ async fn zombie_worker_is_fenced_off() {
     // Its lease lapses and a worker that joined after the freeze takes the
     // run over, however long that worker's other runs take.
     let _heir = WorkerProc::start(&coord.url(), "heir", 1, dir.path());
-    gradsweep_tests::wait_until(Duration::from_secs(60), "the heir to register", || {
+    wait_until(Duration::from_secs(60), "the heir to register", || {
         let mut c = client.clone();
         async move {
             let ws = c.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
