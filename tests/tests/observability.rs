@@ -137,6 +137,14 @@ async fn metrics_health_and_reflection_during_a_sweep() {
     assert!(metric(&after, "gradsweep_merge_seconds_count").unwrap() >= 8.0);
     assert_eq!(metric(&after, "gradsweep_lease_expiries_total"), Some(0.0));
 
+    // Likewise the worker counts a run finished only once its final report
+    // is acknowledged, which can land after the coordinator shows it done.
+    gradsweep_tests::wait_until(Duration::from_secs(30), "the worker to count its last finish", || async move {
+        let w = http_get(wport, "/metrics").2;
+        metric(&w, "gradsweep_worker_runs_finished_total").unwrap_or(0.0) >= 8.0
+            && metric(&w, "gradsweep_worker_active_runs") == Some(0.0)
+    })
+    .await;
     let w = http_get(wport, "/metrics").2;
     assert_well_formed(&w);
     assert_eq!(metric(&w, "gradsweep_worker_runs_finished_total"), Some(8.0), "{w}");
