@@ -557,16 +557,21 @@ pub async fn wait_sweep_completed(client: &ControlClient, sweep: &str, timeout: 
     .await;
 }
 
+/// The coordinator's record of the worker called `name`, if it has
+/// registered.
+pub async fn worker_named(client: &ControlClient, name: &str) -> Option<pb::WorkerInfo> {
+    let ws = client.clone().list_workers(pb::ListWorkersRequest {}).await.expect("workers").into_inner().workers;
+    ws.into_iter().find(|w| w.name == name)
+}
+
+/// Whether the worker called `name` holds at least one run.
+pub async fn worker_holds_run(client: &ControlClient, name: &str) -> bool {
+    worker_named(client, name).await.is_some_and(|w| !w.runs.is_empty())
+}
+
 /// Waits until the worker named `name` holds at least one run.
 pub async fn wait_worker_holds_run(client: &ControlClient, name: &str, timeout: Duration) {
-    wait_until(timeout, &format!("worker {name} to hold a run"), || {
-        let mut c = client.clone();
-        async move {
-            let ws = c.list_workers(pb::ListWorkersRequest {}).await.expect("workers").into_inner().workers;
-            ws.iter().any(|w| w.name == name && !w.runs.is_empty())
-        }
-    })
-    .await;
+    wait_until(timeout, &format!("worker {name} to hold a run"), || worker_holds_run(client, name)).await;
 }
 
 /// Stops `worker` (SIGSTOP) while it holds a run that has been going for
@@ -580,8 +585,7 @@ pub async fn freeze_holding_run(client: &ControlClient, worker: &WorkerProc, pro
         tokio::time::sleep(progress).await;
         worker.signal(libc::SIGSTOP);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let ws = client.clone().list_workers(pb::ListWorkersRequest {}).await.expect("workers").into_inner().workers;
-        let held = ws.into_iter().find(|w| w.name == worker.name).map(|w| w.runs).unwrap_or_default();
+        let held = worker_named(client, &worker.name).await.map(|w| w.runs).unwrap_or_default();
         if !held.is_empty() {
             return held;
         }

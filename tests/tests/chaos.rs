@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use gradsweep_coordinator::client::{connect_control, fetch_results};
 use gradsweep_proto::v1 as pb;
-use gradsweep_tests::{Audit, CoordinatorProc, Proxy, WorkerProc, audit, cli, log_field, poll_until, wait_until};
+use gradsweep_tests::{
+    Audit, CoordinatorProc, Proxy, WorkerProc, audit, cli, log_field, poll_until, wait_until, worker_holds_run,
+    worker_named,
+};
 
 /// 2 × 2 cells × `seeds` seeds of a small MLP on digits; segments every
 /// 2 epochs and every 25 steps (so boundaries fall mid-epoch too). The
@@ -31,10 +34,6 @@ fn resumes(log: &str) -> Vec<(String, u64)> {
             (seq > 0).then(|| (log_field(l, "run_id").unwrap_or("").to_string(), seq))
         })
         .collect()
-}
-
-fn workers_named(ws: &[pb::WorkerInfo], name: &str) -> Option<pb::WorkerInfo> {
-    ws.iter().find(|w| w.name == name).cloned()
 }
 
 /// Where the last complete line of a log ends.
@@ -80,9 +79,8 @@ async fn runs_resume_from_checkpoints_across_workers_and_slots() {
             let mut c = client.clone();
             let (name, sweep) = (name.clone(), sweep.clone());
             async move {
-                let ws = c.list_workers(pb::ListWorkersRequest {}).await.expect("workers").into_inner().workers;
                 let st = c.status(pb::StatusRequest { sweep_id: sweep }).await.expect("status").into_inner();
-                ws.iter().any(|w| w.name == name && !w.runs.is_empty()) || st.runs_completed == st.runs_total
+                worker_holds_run(&c, &name).await || st.runs_completed == st.runs_total
             }
         })
         .await;
@@ -122,16 +120,11 @@ async fn zombie_worker_is_fenced_off() {
     // Its lease lapses and a worker that joined after the freeze takes the
     // run over, however long that worker's other runs take.
     let _heir = WorkerProc::start(&coord.url(), "heir", 1, dir.path());
-    wait_until(Duration::from_secs(60), "the heir to register", || {
-        let mut c = client.clone();
-        async move {
-            let ws = c.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
-            workers_named(&ws, "heir").is_some()
-        }
+    wait_until(Duration::from_secs(60), "the heir to register", || async {
+        worker_named(&client, "heir").await.is_some()
     })
     .await;
-    let ws = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
-    let heir_id = workers_named(&ws, "heir").unwrap().worker_id;
+    let heir_id = worker_named(&client, "heir").await.expect("registered").worker_id;
     let re_leased = poll_until(Duration::from_secs(120), || {
         let log = coord.log();
         let all = held.iter().all(|r| leased_to(&log, r, &heir_id));
@@ -219,8 +212,7 @@ async fn chaos_suite() {
     // (d) add a worker and drain another.
     workers.push(WorkerProc::start(&via_proxy, "joiner", 1, dir.path()));
     faults += 1;
-    let ws = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
-    let victim = workers_named(&ws, &workers[0].name).expect("direct worker registered").worker_id;
+    let victim = worker_named(&client, &workers[0].name).await.expect("direct worker registered").worker_id;
     let o = cli(&["--coordinator", &addr, "drain", &victim]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     faults += 1;

@@ -325,8 +325,7 @@ async fn sigterm_hands_leases_back_and_drain_exits_when_idle() {
     // A drained worker finishes what it holds and exits; another completes the sweep.
     let mut drained = WorkerProc::start(&coord.url(), "drained", 1, dir.path());
     gradsweep_tests::wait_worker_holds_run(&client, "drained", Duration::from_secs(60)).await;
-    let ws = client.list_workers(gradsweep_proto::v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
-    let id = ws.iter().find(|w| w.name == "drained").unwrap().worker_id.clone();
+    let id = gradsweep_tests::worker_named(&client, "drained").await.expect("registered").worker_id;
     let o = cli(&["--coordinator", &addr, "drain", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
     let status = drained.child.wait().unwrap();
