@@ -5,12 +5,15 @@
 //! everything durably in SQLite, and merges finished runs into per-cell and
 //! sweep-level statistics. Handlers are thin: they convert the wire message,
 //! call the state machine on the blocking pool, and map its error to a gRPC
-//! status in one place.
+//! status in one place. Merges are heavy (sketch shrinks and
+//! eigendecompositions) and run on a merger task with the store unlocked,
+//! never inside a worker's request.
 //!
 //! # Layout
 //! * [`error`] — [`CoordinatorError`] and its mapping to `tonic::Status`.
 //! * [`store`] — the SQLite store; every transition one transaction.
-//! * [`state`] — [`Coordinator`]: the store on the blocking pool, work notification, the lease reaper.
+//! * [`state`] — [`Coordinator`]: the store on the blocking pool, work notification, the lease reaper, the
+//!   cell merger.
 //! * [`convert`] — wire ↔ domain conversions.
 //! * [`service`] — the `WorkerService` and `ControlService` handlers.
 //! * [`server`] — [`serve`]: both services, health and reflection on a listener until shutdown; token and TLS.

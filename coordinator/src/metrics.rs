@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use gradsweep_proto::metrics::{Counter, Exposition, Histogram, Kind, LATENCY_BUCKETS};
+use gradsweep_proto::metrics::{Counter, Exposition, Gauge, Histogram, Kind, LATENCY_BUCKETS};
 
 use crate::store::StateCounts;
 use crate::store::run_state::{CANCELLED, COMPLETED, DIVERGED, FAILED, LEASED, QUEUED};
@@ -22,8 +22,10 @@ pub struct CoordinatorMetrics {
     pub sketch_merges: Counter,
     /// Runs finished (any outcome).
     pub runs_finished: Counter,
-    /// Time to finish a run, including its cell's merge.
+    /// Time to merge a cell (done by the merger, off the request path).
     pub merge_seconds: Histogram,
+    /// Cells waiting for the merger.
+    pub cells_pending_merge: Gauge,
     started: Instant,
 }
 
@@ -36,6 +38,7 @@ impl Default for CoordinatorMetrics {
             sketch_merges: Counter::default(),
             runs_finished: Counter::default(),
             merge_seconds: Histogram::new(LATENCY_BUCKETS),
+            cells_pending_merge: Gauge::default(),
             started: Instant::now(),
         }
     }
@@ -75,8 +78,14 @@ impl CoordinatorMetrics {
             )
             .histogram(
                 "gradsweep_merge_seconds",
-                "Time to finish a run, including its cell merge.",
+                "Time to merge a cell's runs (off the request path: finishes do not wait for it).",
                 &self.merge_seconds,
+            )
+            .single(
+                "gradsweep_cells_pending_merge",
+                "Cells whose merged statistics are behind their finished runs, queued for the merger.",
+                Kind::Gauge,
+                self.cells_pending_merge.get(),
             )
             .single(
                 "gradsweep_uptime_seconds",

@@ -4,7 +4,7 @@
 //! ([`table`]), the drift statistics per cell ([`drift_table`]), and the
 //! sweep-level η/b table with the collapse scores ([`eta_table`]).
 
-use gradsweep_shared::results::{CellResult, SweepSummary};
+use gradsweep_shared::results::{CellBracket, CellResult, SweepSummary};
 use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 
 /// The per-cell columns shared by the table and the CSV.
@@ -17,12 +17,11 @@ struct Row {
     train_loss: Summary,
     test_accuracy: Summary,
     d: usize,
-    rank: Summary,
-    rank_lo: f64,
-    rank_hi: f64,
-    rank_fraction: Summary,
+    /// Certified bracket of the mean rank over seeds, with what resolves it.
+    rank: Option<CellBracket>,
     trace: Summary,
-    lambda_max: Summary,
+    /// Certified bracket of the mean λ_max over seeds.
+    lambda_max: Option<CellBracket>,
     area_rate: Summary,
     /// β⁻¹ = η/(2b).
     temperature: f64,
@@ -51,7 +50,6 @@ fn align(rows: &[Vec<String>]) -> String {
 }
 
 fn row(c: &CellResult) -> Row {
-    let (lo, hi) = widest(&final_brackets(c, |s| Some(s.rank)));
     Row {
         cell: c.index,
         lr: c.lr,
@@ -61,12 +59,9 @@ fn row(c: &CellResult) -> Row {
         train_loss: c.train_loss,
         test_accuracy: c.test_accuracy,
         d: c.d,
-        rank: c.rank,
-        rank_lo: lo,
-        rank_hi: hi,
-        rank_fraction: c.rank_fraction,
+        rank: c.rank_certified.clone(),
         trace: c.trace,
-        lambda_max: c.lambda_max,
+        lambda_max: CellBracket::of(&final_brackets(c, |s| Some(s.lambda_max)), f64::INFINITY),
         area_rate: c.area_rate,
         temperature: c.temperature,
         temp_trace_per_d: c.temperature_trace_per_d(),
@@ -105,13 +100,10 @@ fn threshold_columns(th: &RankThresholds) -> Vec<ThresholdColumn> {
     rel.chain(abs).collect()
 }
 
-/// A threshold column of a cell: the mean count across seeds at their last
-/// probes, and the widest certified bracket among them.
-fn threshold_cell(c: &CellResult, col: &ThresholdColumn) -> (Summary, f64, f64) {
-    let b = final_brackets(c, |s| col.pick(s));
-    let (lo, hi) = widest(&b);
-    let mean = if b.is_empty() { Summary::empty() } else { Summary::of(b.iter().map(|x| x.value)) };
-    (mean, lo, hi)
+/// A threshold column of a cell: the certified bracket of the mean count
+/// across seeds at their last probes.
+fn threshold_cell(c: &CellResult, col: &ThresholdColumn) -> Option<CellBracket> {
+    CellBracket::of(&final_brackets(c, |s| col.pick(s)), c.d as f64)
 }
 
 /// One bracket per run, picked from the spectrum at its last probe.
@@ -119,12 +111,14 @@ fn final_brackets(c: &CellResult, pick: impl Fn(&SpectrumStats) -> Option<Bracke
     c.runs.iter().filter_map(|r| r.probes.last().and_then(|p| pick(&p.spectrum))).collect()
 }
 
-/// The smallest lower and largest upper end of `b` (NaN for none).
-fn widest(b: &[Bracket]) -> (f64, f64) {
-    if b.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    (b.iter().map(|x| x.lo).fold(f64::INFINITY, f64::min), b.iter().map(|x| x.hi).fold(f64::NEG_INFINITY, f64::max))
+/// A count (or a mean of counts): whole numbers as such, others to one decimal.
+fn count(x: f64) -> String {
+    if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") }
+}
+
+/// A cell bracket as the table shows it (`-` for none).
+fn bracket(b: Option<&CellBracket>, fmt: impl Fn(f64) -> String) -> String {
+    b.map_or("-".into(), |b| b.display(fmt))
 }
 
 fn num(x: f64) -> String {
@@ -151,8 +145,10 @@ fn exact(c: &CellResult) -> impl Iterator<Item = &gradsweep_shared::stats::Spect
 }
 
 /// The per-cell table, aligned for a terminal. ± is the 95 % interval across
-/// seeds; the rank bracket is certified by the sketches' Δ. Each of the
-/// user's rank thresholds `th` adds a column.
+/// seeds. Ranks, rank/d and λ_max are certified brackets (by the sketches'
+/// Δ) of their mean over seeds, never the sketches' point estimates; an
+/// unresolved one says what would resolve it. Each of the user's rank
+/// thresholds `th` adds a column.
 pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
     let mut header = vec![
         "cell",
@@ -163,8 +159,7 @@ pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
         "train loss",
         "test acc",
         "d",
-        "rank",
-        "rank [lo,hi]",
+        "rank (certified)",
         "rank/d",
         "tr D",
         "λ_max",
@@ -204,11 +199,13 @@ pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
             pm(r.train_loss),
             pm(r.test_accuracy),
             if r.d > 0 { r.d.to_string() } else { "-".into() },
-            pm(r.rank),
-            if r.rank_lo.is_finite() { format!("[{},{}]", r.rank_lo, r.rank_hi) } else { "-".into() },
-            pm(r.rank_fraction),
+            bracket(r.rank.as_ref(), count),
+            bracket(
+                r.rank.as_ref().map(|b| CellBracket { resolved: true, ..b.scaled(1.0 / r.d.max(1) as f64) }).as_ref(),
+                num,
+            ),
             pm(r.trace),
-            pm(r.lambda_max),
+            bracket(r.lambda_max.as_ref(), num),
             num(r.temperature),
             pm(r.temp_trace_per_d),
             pm(r.area_rate),
@@ -219,8 +216,7 @@ pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
             line.push(pm(Summary::of(exact(c).map(|s| s.lambda_max.value))));
         }
         for col in &user {
-            let (v, lo, hi) = threshold_cell(c, col);
-            line.push(if lo.is_finite() { format!("{} [{lo},{hi}]", pm(v)) } else { "-".into() });
+            line.push(bracket(threshold_cell(c, col).as_ref(), count));
         }
         if with_axes {
             line.push(other(c));
@@ -278,7 +274,12 @@ pub fn eta_table(summary: &SweepSummary) -> String {
             num(r.eta_over_b),
             num(r.lr),
             r.batch_size.to_string(),
-            num(r.rank_fraction),
+            bracket(
+                CellBracket::of(&[Bracket { value: f64::NAN, lo: r.rank_fraction_lo, hi: r.rank_fraction_hi }], 1.0)
+                    .map(|b| CellBracket { resolved: true, ..b })
+                    .as_ref(),
+                num,
+            ),
             num(r.trace),
             num(r.temperature_trace_per_d),
             num(r.area_rate),
@@ -313,21 +314,24 @@ pub fn eta_table(summary: &SweepSummary) -> String {
     out
 }
 
-/// One CSV row per cell, with the confidence intervals and bracket ends;
-/// each of the user's rank thresholds `th` adds three columns (mean, lo, hi)
-/// before `params`.
+/// One CSV row per cell, with the confidence intervals and the certified
+/// bracket ends (`_lo`, `_hi`; `rank_resolved` says whether the rank's is
+/// within 5 % of its lower end, `rank_needs_ell` what would resolve it);
+/// each of the user's rank thresholds `th` adds three columns (lo, hi,
+/// resolved) before `params`.
 pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
     let user = threshold_columns(th);
     let mut out = String::from(
         "cell,lr,batch_size,eta_over_b,seeds_done,seeds_total,train_loss,train_loss_ci95,test_accuracy,test_accuracy_ci95,d,\
-         rank,rank_ci95,rank_lo,rank_hi,rank_fraction,trace,trace_ci95,lambda_max,lambda_max_ci95,temperature,\
+         rank_lo,rank_hi,rank_ci95,rank_resolved,rank_needs_ell,rank_fraction_lo,rank_fraction_hi,trace,trace_ci95,\
+         lambda_max_lo,lambda_max_hi,lambda_max_ci95,temperature,\
          temperature_trace_per_d,temperature_trace_per_d_ci95,area_rate,area_rate_ci95,eigenspace_overlap,\
          eigenspace_overlap_ci95,cycling_frequency,cycling_frequency_ci95,msd_exponent,msd_exponent_ci95,\
          autocorrelation_max_lag,autocorrelation_max_lag_ci95,spectral_exponent,spectral_exponent_ci95,\
          peak_to_background,peak_to_background_ci95,grad_norm_per_sqrt_d,grad_norm_per_sqrt_d_ci95,",
     );
     for col in &user {
-        out.push_str(&format!("{0},{0}_lo,{0}_hi,", col.csv));
+        out.push_str(&format!("{0}_lo,{0}_hi,{0}_resolved,", col.csv));
     }
     out.push_str("params\n");
     let f = |x: f64| if x.is_finite() { format!("{x}") } else { String::new() };
@@ -335,7 +339,7 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
         let r = row(c);
         let params = gradsweep_shared::grid::fmt_params(&c.params).replace('"', "'");
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\"{}\"\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\"{}\"\n",
             r.cell,
             f(r.lr),
             r.batch,
@@ -347,15 +351,18 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
             f(r.test_accuracy.mean),
             f(r.test_accuracy.ci95),
             r.d,
-            f(r.rank.mean),
-            f(r.rank.ci95),
-            f(r.rank_lo),
-            f(r.rank_hi),
-            f(r.rank_fraction.mean),
+            f(r.rank.as_ref().map_or(f64::NAN, |b| b.lo)),
+            f(r.rank.as_ref().map_or(f64::NAN, |b| b.hi)),
+            f(r.rank.as_ref().map_or(f64::NAN, |b| b.ci95)),
+            r.rank.as_ref().map_or(String::new(), |b| b.resolved.to_string()),
+            r.rank.as_ref().and_then(|b| b.needs_ell).map_or(String::new(), |l| l.to_string()),
+            f(r.rank.as_ref().map_or(f64::NAN, |b| b.lo / r.d.max(1) as f64)),
+            f(r.rank.as_ref().map_or(f64::NAN, |b| b.hi / r.d.max(1) as f64)),
             f(r.trace.mean),
             f(r.trace.ci95),
-            f(r.lambda_max.mean),
-            f(r.lambda_max.ci95),
+            f(r.lambda_max.as_ref().map_or(f64::NAN, |b| b.lo)),
+            f(r.lambda_max.as_ref().map_or(f64::NAN, |b| b.hi)),
+            f(r.lambda_max.as_ref().map_or(f64::NAN, |b| b.ci95)),
             f(r.temperature),
             f(r.temp_trace_per_d.mean),
             f(r.temp_trace_per_d.ci95),
@@ -376,9 +383,9 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
             .collect::<Vec<_>>()
             .join(","),
             user.iter()
-                .map(|col| {
-                    let (v, lo, hi) = threshold_cell(c, col);
-                    format!("{},{},{},", f(v.mean), f(lo), f(hi))
+                .map(|col| match threshold_cell(c, col) {
+                    Some(b) => format!("{},{},{},", f(b.lo), f(b.hi), b.resolved),
+                    None => ",,,".into(),
                 })
                 .collect::<String>(),
             params

@@ -1,6 +1,7 @@
 //! Serving the coordinator: both gRPC services, the gRPC health service and
 //! server reflection on one listener, an optional Prometheus endpoint on
-//! another, and the lease reaper, until a shutdown future resolves.
+//! another, the lease reaper and the cell merger, until a shutdown future
+//! resolves.
 //!
 //! Security is decided here, once: the token check wraps both services, TLS
 //! wraps the listener, and a non-loopback listener without a token is refused
@@ -103,6 +104,7 @@ pub async fn serve_with_metrics(
         }
     };
     let reaper = tokio::spawn(state.clone().run_reaper(stopped()));
+    let merger = tokio::spawn(state.clone().run_merger(stopped()));
     let metrics_task = metrics.map(|l| {
         let st = state.clone();
         tokio::spawn(gradsweep_proto::metrics::serve_metrics(
@@ -171,6 +173,7 @@ pub async fn serve_with_metrics(
     let _ = stop_tx.send(true);
     halt_watch.abort();
     let _ = reaper.await;
+    let _ = merger.await;
     if let Some(t) = metrics_task {
         match t.await {
             Ok(Err(e)) => tracing::error!(error = %e, "metrics endpoint failed"),

@@ -102,13 +102,13 @@ impl WorkerService for WorkerApi {
     async fn finish(&self, req: Request<pb::FinishRequest>) -> Result<Response<pb::FinishResponse>, Status> {
         let r = req.into_inner();
         let outcome = convert::outcome_from_wire(&r)?;
-        let started = std::time::Instant::now();
-        let merged =
+        let stale =
             self.state.with_store(move |s| s.finish(&r.worker_id, &r.run_id, r.epoch, r.last_seq, &outcome)).await?;
-        let m = self.state.metrics();
-        m.merge_seconds.observe(started.elapsed().as_secs_f64());
-        m.sketch_merges.add(merged as u64);
-        m.runs_finished.inc();
+        // The cell's merge runs on the merger, not while this worker waits.
+        if let Some((sweep_id, cell)) = stale {
+            self.state.cell_changed(sweep_id, cell);
+        }
+        self.state.metrics().runs_finished.inc();
         Ok(Response::new(pb::FinishResponse {}))
     }
 
@@ -173,14 +173,9 @@ impl ControlService for ControlApi {
         let req = req.into_inner();
         let th = convert::thresholds_from_wire(&req)?;
         let id = req.sweep_id;
-        let (row, cells) = self
-            .state
-            .read_store(move |s| {
-                let row = s.sweep(&id)?;
-                let cells = s.cell_results(&id, &th)?;
-                Ok((row, cells))
-            })
-            .await?;
+        let id2 = id.clone();
+        let row = self.state.read_store(move |s| s.sweep(&id2)).await?;
+        let cells = self.state.cell_results(id, th).await?;
         let summary = SweepSummary::new(row.id.clone(), row.name.clone(), row.total() as usize, &cells);
         let to_json = |v: serde_json::Result<String>| v.map_err(|e| Status::internal(e.to_string()));
         let mut items = Vec::with_capacity(cells.len() + 1);

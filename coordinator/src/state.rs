@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use gradsweep_proto::transport::Token;
 use gradsweep_shared::grid::GridLimits;
+use gradsweep_shared::results::CellResult;
+use gradsweep_shared::stats::RankThresholds;
 use tokio::sync::Notify;
 
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::CoordinatorMetrics;
-use crate::store::{LeasePolicy, Store};
+use crate::store::{CellSource, LeasePolicy, Store};
 
 /// Settings of a coordinator.
 #[derive(Debug, Clone)]
@@ -93,6 +95,42 @@ impl CoordinatorConfig {
     }
 }
 
+/// Every cell's results from its source, merging the stale ones on as many
+/// threads as the machine has (cells are independent, so the results do not
+/// depend on the thread count). Returns the cells in order, and the ones
+/// merged here with their sweep, to store when `th` is empty.
+fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>, Vec<(String, CellResult)>) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(sources.len()).max(1);
+    let mut parts: Vec<Vec<(usize, CellSource)>> = (0..threads).map(|_| vec![]).collect();
+    for (i, src) in sources.into_iter().enumerate() {
+        parts[i % threads].push((i, src));
+    }
+    let mut done: Vec<(usize, CellResult, Option<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                scope.spawn(move || {
+                    part.into_iter()
+                        .map(|(i, src)| {
+                            let fresh = match &src {
+                                CellSource::Compute(inp) if !inp.runs.is_empty() && th.is_empty() => {
+                                    Some(inp.sweep_id.clone())
+                                }
+                                _ => None,
+                            };
+                            (i, src.compute(th), fresh)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    done.sort_by_key(|x| x.0);
+    let fresh = done.iter().filter_map(|(_, c, f)| f.clone().map(|s| (s, c.clone()))).collect();
+    (done.into_iter().map(|(_, c, _)| c).collect(), fresh)
+}
+
 /// Shared handle to the coordinator's state.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -102,6 +140,10 @@ pub struct Coordinator {
     metrics: Arc<CoordinatorMetrics>,
     /// Why the coordinator stopped accepting work (storage full or failing).
     halted: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// Cells whose merged statistics are behind their finished runs.
+    stale_cells: Arc<Mutex<std::collections::BTreeSet<(String, u32)>>>,
+    /// Wakes the merger ([`Coordinator::run_merger`]).
+    merge_wanted: Arc<Notify>,
 }
 
 impl Coordinator {
@@ -115,14 +157,116 @@ impl Coordinator {
             store.limit_size(bytes)?;
         }
         let resumed = store.grant_restart_grace()?;
-        tracing::info!(db = %config.db_path.display(), leases_resumed = resumed, "coordinator state opened");
+        // Merges a previous coordinator did not get to: the merger catches up.
+        let stale: std::collections::BTreeSet<(String, u32)> = store.stale_cells()?.into_iter().collect();
+        tracing::info!(
+            db = %config.db_path.display(),
+            leases_resumed = resumed,
+            cells_to_merge = stale.len(),
+            "coordinator state opened"
+        );
+        let metrics = CoordinatorMetrics::default();
+        metrics.cells_pending_merge.set(stale.len() as f64);
         Ok(Coordinator {
             store: Arc::new(Mutex::new(store)),
             work_available: Arc::new(Notify::new()),
             config: Arc::new(config),
-            metrics: Arc::new(CoordinatorMetrics::default()),
+            metrics: Arc::new(metrics),
             halted: Arc::new(tokio::sync::watch::channel(None).0),
+            stale_cells: Arc::new(Mutex::new(stale)),
+            merge_wanted: Arc::new(Notify::new()),
         })
+    }
+
+    /// Asks the merger to recompute a cell's merged statistics.
+    pub fn cell_changed(&self, sweep_id: String, cell: u32) {
+        if let Ok(mut set) = self.stale_cells.lock() {
+            set.insert((sweep_id, cell));
+            self.metrics.cells_pending_merge.set(set.len() as f64);
+        }
+        self.merge_wanted.notify_one();
+    }
+
+    /// Merges stale cells one at a time until `shutdown` resolves: the
+    /// cell's runs are read under the store's lock, merged on the blocking
+    /// pool with the lock released (heartbeats, grants and reports go on),
+    /// and stored unless a merge of as many runs already was. A worker's
+    /// `Finish` never waits for this.
+    pub async fn run_merger(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let next = self.stale_cells.lock().ok().and_then(|mut set| {
+                let first = set.pop_first();
+                self.metrics.cells_pending_merge.set(set.len() as f64);
+                first
+            });
+            let Some((sweep_id, cell)) = next else {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = self.merge_wanted.notified() => continue,
+                }
+            };
+            if self.halted.borrow().is_some() {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let merged = tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.merge_cell(sweep_id.clone(), cell) => r,
+            };
+            match merged {
+                Ok(runs) => {
+                    self.metrics.merge_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics.sketch_merges.add(runs as u64);
+                    tracing::debug!(sweep_id, cell, runs, seconds = started.elapsed().as_secs_f64(), "cell merged");
+                }
+                Err(e) => {
+                    tracing::error!(sweep_id, cell, error = %e, "cell merge failed; results will merge it when read")
+                }
+            }
+        }
+    }
+
+    /// One cell's merge, off the lock; returns how many runs it combined.
+    async fn merge_cell(&self, sweep_id: String, cell: u32) -> Result<usize> {
+        let inputs = self.read_store(move |s| s.cell_inputs(&sweep_id, cell)).await?;
+        let runs = inputs.runs.len();
+        let (sweep_id, result) =
+            tokio::task::spawn_blocking(move || (inputs.sweep_id.clone(), inputs.compute(&RankThresholds::default())))
+                .await
+                .map_err(|e| CoordinatorError::Internal(format!("merge task failed: {e}")))?;
+        self.with_store(move |s| s.store_cell(&sweep_id, &result)).await?;
+        Ok(runs)
+    }
+
+    /// Every cell's results, with ranks at the user's thresholds `th` too.
+    /// Current stored merges are read as they are; the rest are merged here,
+    /// off the store's lock, and (without `th`) stored for next time.
+    pub async fn cell_results(&self, sweep_id: String, th: RankThresholds) -> Result<Vec<CellResult>> {
+        let th2 = th.clone();
+        let sources = self.read_store(move |s| s.cell_sources(&sweep_id, &th2)).await?;
+        // The cells merged here need no merger: take them off its queue.
+        if th.is_empty()
+            && let Ok(mut set) = self.stale_cells.lock()
+        {
+            for src in &sources {
+                if let CellSource::Compute(i) = src {
+                    set.remove(&(i.sweep_id.clone(), i.cell.index));
+                }
+            }
+            self.metrics.cells_pending_merge.set(set.len() as f64);
+        }
+        let (cells, fresh) = tokio::task::spawn_blocking(move || merge_all(sources, &th))
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("results task failed: {e}")))?;
+        if !fresh.is_empty() && self.halted.borrow().is_none() {
+            let stored =
+                self.with_store(move |s| fresh.iter().try_for_each(|(id, c)| s.store_cell(id, c).map(|_| ()))).await;
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "could not keep freshly merged cells");
+            }
+        }
+        Ok(cells)
     }
 
     /// The configuration.

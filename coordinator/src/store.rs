@@ -549,35 +549,119 @@ impl Store {
         Ok(runs as u32)
     }
 
-    /// Per-cell results: stored merges for cells with finished runs, empty
-    /// statistics for the others. A stored merge from an older build
-    /// (`results_version` below [`RESULTS_VERSION`]) is recomputed from its
-    /// runs, as is every cell when rank thresholds `th` are given.
-    pub fn cell_results(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellResult>> {
+    /// What each cell's results need: a stored merge when it is current
+    /// (it covers every finished run of the cell, was computed by this
+    /// build, and no rank thresholds `th` are asked for), otherwise the
+    /// inputs to compute it from. Loading is quick; merging is not, so the
+    /// caller merges after releasing the store ([`CellSource::compute`]).
+    pub fn cell_sources(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellSource>> {
         let plan = self.plan(sweep_id)?;
-        let mut stored: BTreeMap<u32, CellResult> = BTreeMap::new();
+        let mut stored: BTreeMap<u32, (usize, CellResult)> = BTreeMap::new();
         if th.is_empty() {
-            let mut stmt = self.conn.prepare("SELECT cell, result_json FROM cells WHERE sweep_id = ?1")?;
+            let mut stmt = self.conn.prepare("SELECT cell, runs_merged, result_json FROM cells WHERE sweep_id = ?1")?;
             let mut rows = stmt.query([sweep_id])?;
             while let Some(r) = rows.next()? {
-                let json: String = r.get(1)?;
+                let json: String = r.get(2)?;
                 let c: CellResult = serde_json::from_str(&json)
                     .map_err(|e| CoordinatorError::Internal(format!("stored cell unreadable: {e}")))?;
-                stored.insert(r.get(0)?, c);
+                stored.insert(r.get(0)?, (r.get::<_, i64>(1)? as usize, c));
             }
         }
-        let recompute = |cell: &gradsweep_shared::grid::Cell| -> Result<CellResult> {
-            Ok(cell_result(cell, plan.seeds.len(), &load_cell_runs(&self.conn, sweep_id, cell.index)?, th))
-        };
+        let done = self.finished_per_cell(sweep_id)?;
         plan.cells
             .iter()
-            .map(|cell| match stored.remove(&cell.index) {
-                _ if !th.is_empty() => recompute(cell),
-                Some(c) if c.results_version >= RESULTS_VERSION => Ok(c),
-                Some(_) => recompute(cell),
-                None => Ok(cell_result(cell, plan.seeds.len(), &[], th)),
+            .map(|cell| {
+                let finished = done.get(&cell.index).copied().unwrap_or(0);
+                match stored.remove(&cell.index) {
+                    Some((merged, c)) if merged == finished && c.results_version >= RESULTS_VERSION => {
+                        Ok(CellSource::Ready(Box::new(c)))
+                    }
+                    _ => Ok(CellSource::Compute(Box::new(CellInputs {
+                        sweep_id: sweep_id.to_string(),
+                        cell: cell.clone(),
+                        seeds_total: plan.seeds.len(),
+                        runs: if finished > 0 { load_cell_runs(&self.conn, sweep_id, cell.index)? } else { vec![] },
+                    }))),
+                }
             })
             .collect()
+    }
+
+    /// Completed and diverged runs per cell of a sweep.
+    fn finished_per_cell(&self, sweep_id: &str) -> Result<BTreeMap<u32, usize>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cell, count(*) FROM runs WHERE sweep_id = ?1 AND state IN (?2, ?3) GROUP BY cell")?;
+        let rows = stmt
+            .query_map(params![sweep_id, COMPLETED, DIVERGED], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as usize))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The inputs of one cell's merge: its finished runs as they are now.
+    pub fn cell_inputs(&self, sweep_id: &str, cell: u32) -> Result<CellInputs> {
+        let plan = self.plan(sweep_id)?;
+        let c = plan
+            .cells
+            .iter()
+            .find(|c| c.index == cell)
+            .ok_or_else(|| CoordinatorError::Internal(format!("no cell {cell} in sweep {sweep_id}")))?;
+        Ok(CellInputs {
+            sweep_id: sweep_id.to_string(),
+            cell: c.clone(),
+            seeds_total: plan.seeds.len(),
+            runs: load_cell_runs(&self.conn, sweep_id, cell)?,
+        })
+    }
+
+    /// Stores a cell's merged statistics (computed with no user thresholds)
+    /// unless what is stored already covers as many runs and was computed
+    /// by this build: merges that finish out of order never replace a newer
+    /// one. Returns whether it was stored.
+    pub fn store_cell(&mut self, sweep_id: &str, result: &CellResult) -> Result<bool> {
+        let json = serde_json::to_string(result).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+        let tx = self.tx()?;
+        let current: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT runs_merged, result_json FROM cells WHERE sweep_id = ?1 AND cell = ?2",
+                params![sweep_id, result.index],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let newer = match current {
+            None => true,
+            Some((merged, json)) => {
+                let version = serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| v["results_version"].as_u64())
+                    .unwrap_or(0);
+                (merged as usize) < result.seeds_done || version < RESULTS_VERSION as u64
+            }
+        };
+        if newer {
+            tx.execute(
+                "INSERT OR REPLACE INTO cells (sweep_id, cell, runs_merged, result_json) VALUES (?1, ?2, ?3, ?4)",
+                params![sweep_id, result.index, result.seeds_done as i64, json],
+            )?;
+            tx.commit()?;
+        }
+        Ok(newer)
+    }
+
+    /// Cells whose stored merge is missing or behind their finished runs
+    /// (a coordinator stopped before merging them), to merge after a restart.
+    pub fn stale_cells(&self) -> Result<Vec<(String, u32)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT r.sweep_id, r.cell FROM runs r LEFT JOIN cells c ON c.sweep_id = r.sweep_id AND c.cell = r.cell \
+             WHERE r.state IN (?1, ?2) GROUP BY r.sweep_id, r.cell \
+             HAVING count(*) > coalesce(max(c.runs_merged), 0)",
+        )?;
+        let rows = stmt
+            .query_map(params![COMPLETED, DIVERGED], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     // ------------------------------------------------------------ workers
@@ -803,10 +887,11 @@ impl Store {
     }
 
     /// Ends a run. Completed runs must have had every report up to
-    /// `last_seq` applied and all their probes and trajectory stored; the
-    /// cell's merged statistics are recomputed in the same transaction.
-    /// Repeating a finish that already took effect is a no-op. Returns how
-    /// many runs' sketches the cell merge combined (0 when none ran).
+    /// `last_seq` applied and all their probes and trajectory stored.
+    /// Repeating a finish that already took effect is a no-op. Returns the
+    /// cell whose merged statistics are now stale (`None` for a failed run
+    /// or a repeat): the caller merges it off the lock ([`Store::cell_inputs`],
+    /// [`Store::store_cell`]).
     pub fn finish(
         &mut self,
         worker_id: &str,
@@ -814,7 +899,7 @@ impl Store {
         epoch: u64,
         last_seq: u64,
         outcome: &Outcome,
-    ) -> Result<usize> {
+    ) -> Result<Option<(String, u32)>> {
         let tx = self.tx()?;
         let done: Option<(String, i64, Option<String>)> = tx
             .query_row("SELECT state, epoch, worker_id FROM runs WHERE id = ?1", [run_id], |r| {
@@ -825,7 +910,7 @@ impl Store {
             && [COMPLETED, DIVERGED, FAILED].contains(&state.as_str())
             && *e as u64 == epoch
         {
-            return Ok(0); // a retried finish whose answer was lost
+            return Ok(None); // a retried finish whose answer was lost
         }
         let (applied, _) = Self::check_lease(&tx, worker_id, run_id, epoch)?;
         let (sweep_id, cell, spec_json): (String, u32, String) =
@@ -870,7 +955,7 @@ impl Store {
             params![state, fin_json, error, now_ms(), run_id],
         )?;
         tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
-        let merged = if state != FAILED { merge_cell(&tx, &sweep_id, cell)? } else { 0 };
+        let stale = (state != FAILED).then(|| (sweep_id.clone(), cell));
         let open: i64 = tx.query_row(
             "SELECT count(*) FROM runs WHERE sweep_id = ?1 AND state IN (?2, ?3)",
             params![sweep_id, QUEUED, LEASED],
@@ -881,7 +966,7 @@ impl Store {
         }
         tx.commit()?;
         tracing::info!(run_id, epoch, worker_id, state, "run finished");
-        Ok(merged)
+        Ok(stale)
     }
 
     /// Requeues runs whose lease lapsed (or fails them after too many
@@ -1082,22 +1167,42 @@ fn load_cell_runs(conn: &Connection, sweep_id: &str, cell: u32) -> Result<Vec<Ru
     Ok(out)
 }
 
-/// Recomputes a cell's merged statistics; returns how many runs' sketches
-/// were merged.
-fn merge_cell(tx: &rusqlite::Transaction<'_>, sweep_id: &str, cell: u32) -> Result<usize> {
-    let plan_json: String = tx.query_row("SELECT plan_json FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))?;
-    let plan: SweepPlan = serde_json::from_str(&plan_json).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-    let c = plan
-        .cells
-        .iter()
-        .find(|c| c.index == cell)
-        .ok_or_else(|| CoordinatorError::Internal(format!("no cell {cell}")))?;
-    let runs = load_cell_runs(tx, sweep_id, cell)?;
-    let result = cell_result(c, plan.seeds.len(), &runs, &RankThresholds::default());
-    let json = serde_json::to_string(&result).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-    tx.execute(
-        "INSERT OR REPLACE INTO cells (sweep_id, cell, runs_merged, result_json) VALUES (?1, ?2, ?3, ?4)",
-        params![sweep_id, cell, runs.len() as i64, json],
-    )?;
-    Ok(runs.len())
+/// A cell's results, stored or to be computed ([`Store::cell_sources`]).
+#[derive(Debug)]
+pub enum CellSource {
+    /// A current stored merge.
+    Ready(Box<CellResult>),
+    /// The inputs to merge from.
+    Compute(Box<CellInputs>),
+}
+
+/// What a cell merge reads: the cell, its sweep's seed count and its
+/// finished runs (sketches decoded).
+#[derive(Debug)]
+pub struct CellInputs {
+    /// The sweep.
+    pub sweep_id: String,
+    /// The cell.
+    pub cell: gradsweep_shared::grid::Cell,
+    /// Seeds per cell in the sweep.
+    pub seeds_total: usize,
+    /// The cell's completed and diverged runs, by seed.
+    pub runs: Vec<RunData>,
+}
+
+impl CellInputs {
+    /// Merges the cell: the heavy part, to run without the store's lock.
+    pub fn compute(&self, th: &RankThresholds) -> CellResult {
+        cell_result(&self.cell, self.seeds_total, &self.runs, th)
+    }
+}
+
+impl CellSource {
+    /// The cell's results: the stored ones, or merged now (heavy).
+    pub fn compute(self, th: &RankThresholds) -> CellResult {
+        match self {
+            CellSource::Ready(c) => *c,
+            CellSource::Compute(i) => i.compute(th),
+        }
+    }
 }

@@ -31,7 +31,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// Protocol version; a worker whose version differs is refused at registration.
 /// 3: probe sketches in format 2 (lower slack, optional f16 rows), trajectory
 /// sums with lag-0 sums and spectra, checkpoints with eigenvector bases.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: run specs whose `sketch_rank` may be `"auto"` (with `memory_mb` and
+/// `at_epochs`), probes that record their sizing, sketches of different ℓ
+/// that merge.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// No gRPC message in either direction may exceed this size (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -139,7 +139,7 @@ pub fn legacy_spec_fingerprint(spec: &RunSpec) -> Option<String> {
         train: &spec.train,
         probe: ProbeV1 {
             every_epochs: p.every_epochs,
-            sketch_rank: p.sketch_rank,
+            sketch_rank: p.sketch_rank.fixed()?,
             projections: p.projections,
             max_lag: p.max_lag,
             burn_in_epochs: p.burn_in_epochs,

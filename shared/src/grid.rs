@@ -180,6 +180,8 @@ enum Kind {
     IntList,
     /// One of the given strings.
     Choice(&'static [&'static str]),
+    /// An integer at least this, or the string "auto".
+    IntOrAuto(i64),
 }
 
 const KEYS: &[(&str, Section, Kind)] = &[
@@ -205,7 +207,9 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("checkpoint_every_epochs", Section::Train, Kind::Int(0)),
     ("checkpoint_every_steps", Section::Train, Kind::Int(0)),
     ("every_epochs", Section::Probe, Kind::Int(1)),
-    ("sketch_rank", Section::Probe, Kind::Int(1)),
+    ("at_epochs", Section::Probe, Kind::IntList),
+    ("sketch_rank", Section::Probe, Kind::IntOrAuto(1)),
+    ("memory_mb", Section::Probe, Kind::Int(16)),
     ("projections", Section::Probe, Kind::Int(2)),
     ("basis", Section::Probe, Kind::Choice(&["random", "eigen"])),
     ("basis_probe", Section::Probe, Kind::Int(0)),
@@ -226,6 +230,7 @@ fn kind_name(k: Kind) -> String {
     match k {
         Kind::Str => "a string".into(),
         Kind::Int(min) => format!("an integer ≥ {min}"),
+        Kind::IntOrAuto(min) => format!("an integer ≥ {min} or \"auto\""),
         Kind::Positive => "a number > 0".into(),
         Kind::NonNegative => "a number ≥ 0".into(),
         Kind::Fraction => "a number in [0, 1)".into(),
@@ -250,7 +255,8 @@ fn check_value(key: &str, kind: Kind, v: &toml::Value) -> Result<serde_json::Val
             Some(x) if options.contains(&x) => Ok(serde_json::Value::from(x)),
             _ => Err(wrong()),
         },
-        Kind::Int(min) => {
+        Kind::IntOrAuto(_) if v.as_str() == Some("auto") => Ok(serde_json::Value::from("auto")),
+        Kind::Int(min) | Kind::IntOrAuto(min) => {
             let i = v.as_integer().ok_or_else(wrong)?;
             if i < min {
                 return Err(format!("`{key}` must be ≥ {min}, found {i}"));
@@ -735,12 +741,31 @@ fn build_cell(
             ),
             _ => {}
         }
-        if probe.projections > probe.sketch_rank {
+        if let Some(ell) = probe.sketch_rank.fixed()
+            && probe.projections > ell
+        {
             ctx.push(
                 span_of("projections"),
                 format!(
-                    "`projections` ({}) exceeds `sketch_rank` ({}): the sketch has no more eigenvectors{cell_desc}",
-                    probe.projections, probe.sketch_rank
+                    "`projections` ({}) exceeds `sketch_rank` ({ell}): the sketch has no more eigenvectors{cell_desc}",
+                    probe.projections
+                ),
+            );
+        }
+    }
+    if let Some(m) = &model
+        && let Some(ell) = probe.sketch_rank.fixed()
+    {
+        let d = m.param_count();
+        let need = crate::sketch::probe_memory_bytes(d, ell as usize, probe.block_size.max(1) as usize);
+        if need > probe.memory_mb as u64 * 1024 * 1024 {
+            ctx.push(
+                span_of("sketch_rank"),
+                format!(
+                    "`sketch_rank` {ell} needs about {} MiB per probe at d = {d}, more than `memory_mb` = {}; \
+                     raise `memory_mb`, lower `sketch_rank`, or use \"auto\"{cell_desc}",
+                    need.div_ceil(1024 * 1024),
+                    probe.memory_mb
                 ),
             );
         }
@@ -749,6 +774,12 @@ fn build_cell(
         ctx.push(
             span_of("psd_window"),
             format!("`psd_window` must be 0 or a power of two in 8..=4096, found {}{cell_desc}", probe.psd_window),
+        );
+    }
+    if let Some(&e) = probe.at_epochs.iter().find(|&&e| e == 0 || e > train.epochs) {
+        ctx.push(
+            span_of("at_epochs"),
+            format!("`at_epochs` has {e}, outside 1..={} (the run's epochs){cell_desc}", train.epochs),
         );
     }
     if probe.burn_in_epochs >= train.epochs {

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::grid::Cell;
-use crate::run::{ProbeMeta, ProbeRecord};
+use crate::run::{ProbeMeta, ProbeRecord, SizingStop};
 use crate::sketch::FdSketch;
 use crate::spec::RunFinal;
-use crate::stats::{RankThresholds, SpectrumStats, Summary};
+use crate::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 use crate::trajectory::{DriftStats, TrajectorySums};
 
 /// A completed run as stored by the coordinator.
@@ -72,10 +72,112 @@ pub struct ProbeSummary {
     pub spectrum: SpectrumStats,
 }
 
+/// A bracketed statistic of a cell at its seeds' last probes: the mean over
+/// seeds lies in `[lo, hi]` (the means of the seeds' certified ends), with
+/// the spread across seeds and, when it is not resolved, what would resolve
+/// it. The one place that says how such a number reads
+/// ([`CellBracket::display`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellBracket {
+    /// Mean over seeds of the certified lower ends.
+    #[serde(with = "crate::json_f64")]
+    pub lo: f64,
+    /// Mean over seeds of the certified upper ends.
+    #[serde(with = "crate::json_f64")]
+    pub hi: f64,
+    /// 95 % interval half-width across seeds of the brackets' midpoints
+    /// (NaN with one seed): how much the seeds differ, not the bracket.
+    #[serde(with = "crate::json_f64")]
+    pub ci95: f64,
+    /// Seeds counted.
+    pub seeds: usize,
+    /// The largest value the statistic can take (d for a rank): an upper
+    /// end there carries no information.
+    pub ceiling: f64,
+    /// Whether every seed's bracket is resolved ([`RESOLVE_WIDTH`]).
+    ///
+    /// [`RESOLVE_WIDTH`]: crate::stats::RESOLVE_WIDTH
+    pub resolved: bool,
+    /// For an unresolved rank: the largest sketch size among the seeds'
+    /// estimates of what would resolve it.
+    #[serde(default)]
+    pub needs_ell: Option<u64>,
+    /// For an unresolved rank whose auto probe the memory cap stopped: the
+    /// largest ℓ the cap allowed, and the cap in MiB.
+    #[serde(default)]
+    pub memory_cap: Option<(u32, u32)>,
+}
+
+impl CellBracket {
+    /// The cell bracket of one bracket per seed (`None` for none), against
+    /// `ceiling`.
+    pub fn of(brackets: &[Bracket], ceiling: f64) -> Option<Self> {
+        if brackets.is_empty() {
+            return None;
+        }
+        let k = brackets.len() as f64;
+        Some(CellBracket {
+            lo: brackets.iter().map(|b| b.lo).sum::<f64>() / k,
+            hi: brackets.iter().map(|b| b.hi).sum::<f64>() / k,
+            ci95: Summary::of(brackets.iter().map(|b| 0.5 * (b.lo + b.hi))).ci95,
+            seeds: brackets.len(),
+            ceiling,
+            resolved: brackets.iter().all(|b| b.is_resolved(crate::stats::RESOLVE_WIDTH)),
+            needs_ell: None,
+            memory_cap: None,
+        })
+    }
+
+    /// The rank at the paper's threshold of the runs' last probes, with the
+    /// probes' own account of what would resolve it.
+    pub fn rank_of(runs: &[RunResult]) -> Option<Self> {
+        let last: Vec<&ProbeSummary> = runs.iter().filter_map(|r| r.probes.last()).collect();
+        let ceiling = last.first().map_or(f64::INFINITY, |p| p.spectrum.d as f64);
+        let mut c = Self::of(&last.iter().map(|p| p.spectrum.rank).collect::<Vec<_>>(), ceiling)?;
+        let unresolved = || last.iter().filter(|p| !p.spectrum.rank_resolved);
+        c.needs_ell = unresolved().filter_map(|p| p.spectrum.rank_needs_ell).max();
+        c.memory_cap = unresolved()
+            .filter_map(|p| match p.meta.sizing.as_ref().map(|s| s.stop) {
+                Some(SizingStop::MemoryCap { max_ell, memory_mb }) => Some((max_ell, memory_mb)),
+                _ => None,
+            })
+            .min();
+        Some(c)
+    }
+
+    /// The same statistic multiplied by a known factor `k > 0` (rank → rank/d).
+    pub fn scaled(&self, k: f64) -> Self {
+        CellBracket { lo: self.lo * k, hi: self.hi * k, ci95: self.ci95 * k, ceiling: self.ceiling * k, ..self.clone() }
+    }
+
+    /// How the statistic reads, each number formatted by `fmt`: one number
+    /// when both ends print the same, `[lo, hi]` otherwise, `≥ lo` when the
+    /// upper end says nothing; `±` the spread across seeds; and, when not
+    /// resolved, why and what would resolve it. Never the sketch's estimate.
+    pub fn display(&self, fmt: impl Fn(f64) -> String) -> String {
+        let b = Bracket { value: f64::NAN, lo: self.lo, hi: self.hi };
+        let mut out = b.display(self.ceiling, &fmt);
+        if self.seeds > 1 && self.ci95.is_finite() && self.ci95 > 0.0 {
+            out.push_str(&format!(" ±{}", fmt(self.ci95)));
+        }
+        if !self.resolved {
+            let needs = self.needs_ell.map(|l| format!("needs ℓ ≈ {l}"));
+            let why = match (self.memory_cap, needs) {
+                (Some((ell, mb)), Some(n)) => format!("memory_mb = {mb} allows ℓ ≤ {ell}; {n}"),
+                (Some((ell, mb)), None) => format!("memory_mb = {mb} allows ℓ ≤ {ell}"),
+                (None, Some(n)) => n,
+                (None, None) => "too few resolved eigenvalues to say what would resolve it".into(),
+            };
+            out.push_str(&format!(" (unresolved: {why})"));
+        }
+        out
+    }
+}
+
 /// Version of the statistics [`cell_result`] computes. A stored cell with
 /// an older version lacks some of them and is recomputed from its runs
 /// when read.
-pub const RESULTS_VERSION: u32 = 3;
+pub const RESULTS_VERSION: u32 = 4;
 
 /// Statistics of one cell across its seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,10 +211,16 @@ pub struct CellResult {
     pub test_accuracy: Summary,
     /// Spectrum of the final probes of all seeds merged into one sketch.
     pub merged_final: Option<SpectrumStats>,
-    /// Numerical rank at the final probe, across seeds.
+    /// The sketches' estimates of the numerical rank at the final probe,
+    /// across seeds (for the collapse score; not certified: see
+    /// `rank_certified`).
     pub rank: Summary,
-    /// rank / d at the final probe, across seeds.
+    /// The estimates of rank / d at the final probe, across seeds (likewise).
     pub rank_fraction: Summary,
+    /// The numerical rank at the paper's threshold at the final probe: the
+    /// certified bracket of its mean over seeds, and what would resolve it.
+    #[serde(default)]
+    pub rank_certified: Option<CellBracket>,
     /// tr D at the final probe, across seeds.
     pub trace: Summary,
     /// λ_max at the final probe, across seeds.
@@ -159,13 +267,17 @@ impl CellResult {
 
 /// Statistics of one run, with ranks at the user's thresholds `th` too.
 pub fn run_result(r: &RunData, th: &RankThresholds) -> RunResult {
-    let probes: Vec<ProbeSummary> = r
+    // One decomposition per probe gives its spectrum and its eigenspace.
+    let (probes, spaces): (Vec<ProbeSummary>, Vec<Vec<Vec<f64>>>) = r
         .probes
         .iter()
-        .map(|p| ProbeSummary { meta: p.meta.clone(), spectrum: SpectrumStats::from_sketch_with(&p.sketch, th) })
-        .collect();
+        .map(|p| {
+            let (values, vectors) = p.sketch.eigen_summary(OVERLAP_K);
+            let spectrum = SpectrumStats::from_sketch_eigenvalues(&p.sketch, values, th);
+            (ProbeSummary { meta: p.meta.clone(), spectrum }, vectors)
+        })
+        .unzip();
     let pooled = merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| SpectrumStats::from_sketch_with(&s, th));
-    let spaces: Vec<Vec<Vec<f64>>> = r.probes.iter().map(|p| p.sketch.top_eigenvectors(OVERLAP_K)).collect();
     let eigenspace_overlap =
         spaces.windows(2).map(|w| crate::json_f64::F64(crate::sketch::subspace_overlap(&w[0], &w[1]))).collect();
     let grad_norm = probes
@@ -230,6 +342,7 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData], th: &RankT
         train_loss: Summary::of(runs.iter().map(|r| r.fin.train_loss)),
         test_accuracy: Summary::of(runs.iter().map(|r| r.fin.test_accuracy)),
         merged_final,
+        rank_certified: CellBracket::rank_of(&results),
         rank: Summary::of(finals.iter().map(|s| s.rank.value)),
         rank_fraction: Summary::of(finals.iter().map(|s| s.rank_fraction.value)),
         trace: Summary::of(finals.iter().map(|s| s.trace)),
@@ -258,9 +371,16 @@ pub struct EtaOverBRow {
     pub batch_size: u32,
     /// Cell index.
     pub cell: u32,
-    /// Mean rank/d at the final probe.
+    /// Mean of the sketches' estimates of rank/d at the final probe (not
+    /// certified; the bracket is `rank_fraction_lo..rank_fraction_hi`).
     #[serde(with = "crate::json_f64")]
     pub rank_fraction: f64,
+    /// Certified lower end of the mean rank/d over seeds.
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub rank_fraction_lo: f64,
+    /// Certified upper end of the mean rank/d over seeds.
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub rank_fraction_hi: f64,
     /// Mean tr D at the final probe.
     #[serde(with = "crate::json_f64")]
     pub trace: f64,
@@ -335,6 +455,8 @@ pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
             batch_size: c.batch_size,
             cell: c.index,
             rank_fraction: c.rank_fraction.mean,
+            rank_fraction_lo: c.rank_certified.as_ref().map_or(f64::NAN, |r| r.lo / c.d.max(1) as f64),
+            rank_fraction_hi: c.rank_certified.as_ref().map_or(f64::NAN, |r| r.hi / c.d.max(1) as f64),
             trace: c.trace.mean,
             temperature_trace_per_d: c.temperature_trace_per_d().mean,
             area_rate: c.area_rate.mean,

@@ -66,6 +66,9 @@ pub struct ProbeMeta {
     /// The exact spectrum of D at this probe (probe option `exact`).
     #[serde(default)]
     pub exact: Option<crate::stats::SpectrumStats>,
+    /// How the sketch was sized (absent in probes of earlier builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizing: Option<ProbeSizing>,
 }
 
 impl ProbeRecord {
@@ -372,8 +375,118 @@ fn snapshot(
     }
 }
 
+/// How a probe's sketch was sized: the ℓ of each pass over the training set
+/// and why it stopped there. Deterministic (no timings), so probes stay
+/// bit-identical across resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSizing {
+    /// ℓ of each pass, in order; the last one's sketch is the probe's.
+    pub passes: Vec<u32>,
+    /// Why no further pass was made.
+    pub stop: SizingStop,
+}
+
+/// Why a probe made no further pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum SizingStop {
+    /// The grid fixed ℓ (`sketch_rank = N`): one pass, resolved or not.
+    Fixed,
+    /// The rank at the paper's threshold is resolved.
+    Resolved,
+    /// Not resolved, and the next pass would need more than `memory_mb`
+    /// allows: `max_ell` is the largest ℓ it does.
+    MemoryCap {
+        /// The largest ℓ within `memory_mb`.
+        max_ell: u32,
+        /// The cap, in MiB.
+        memory_mb: u32,
+    },
+    /// The sketch reached the size at which it is exact
+    /// ([`crate::sketch::exact_size`]): its bracket is as narrow as
+    /// rounding leaves it, resolved or not.
+    ExactSize,
+}
+
+/// Most passes an auto probe makes (the ℓ at least doubles each time).
+pub const MAX_PROBE_PASSES: usize = 6;
+
+/// The ℓ sizes an auto probe may use for `d` parameters and `n` samples:
+/// (first, largest). The largest is the memory cap's, and never beyond the
+/// size at which the sketch is exact (ℓ ≥ d, or 2ℓ ≥ n: no shrink).
+pub fn auto_ell_range(spec: &RunSpec, d: usize, n: usize) -> (usize, usize) {
+    let block = (spec.probe.block_size as usize).max(1);
+    let exact_at = crate::sketch::exact_size(d, n);
+    let cap = crate::sketch::max_ell_for_memory(d, block, spec.probe.memory_mb).min(exact_at).max(1);
+    let first = (crate::spec::AUTO_FIRST_ELL.max(spec.probe.projections) as usize).min(cap);
+    (first, cap)
+}
+
+/// The moments a pass gathers besides the sketch (the same in every pass).
+struct PassExtras {
+    loss: f64,
+    correct: f64,
+    exact: Option<crate::sketch::ExactCovariance>,
+}
+
+/// One pass over the training set at `params`: per-sample gradients (eval
+/// mode, with the weight-decay term) in blocks, into a sketch of size `ell`.
+/// With `extras`, also the loss, the accuracy and (probe option `exact`) the
+/// exact covariance. `None` if `stop` was raised.
+#[allow(clippy::too_many_arguments)]
+fn probe_pass(
+    model: &Model,
+    params: &[f32],
+    buffers: &[f32],
+    train: &crate::data::Dataset,
+    spec: &RunSpec,
+    ell: usize,
+    extras: bool,
+    stop: &AtomicBool,
+) -> Option<(FdSketch, Option<PassExtras>)> {
+    let d = model.param_count();
+    let wd = spec.train.weight_decay as f32;
+    let block = (spec.probe.block_size as usize).max(1);
+    let mut sketch = FdSketch::new(d, ell);
+    let mut more = extras.then(|| PassExtras {
+        loss: 0.0,
+        correct: 0.0,
+        exact: (spec.probe.exact && d <= crate::spec::EXACT_MAX_DIM).then(|| crate::sketch::ExactCovariance::new(d)),
+    });
+    let mut out = vec![0.0f32; block * d];
+    let (mut xb, mut yb) = (Vec::new(), Vec::new());
+    let idx: Vec<usize> = (0..train.len()).collect();
+    for chunk in idx.chunks(block) {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        train.gather(chunk, &mut xb, &mut yb);
+        let m = chunk.len();
+        let loss = model.per_sample_gradients(params, buffers, &xb, &yb, &mut out[..m * d]);
+        if wd != 0.0 {
+            for row in out[..m * d].chunks_exact_mut(d) {
+                row.iter_mut().zip(params).for_each(|(g, &x)| *g += wd * x);
+            }
+        }
+        sketch.insert_block(&out[..m * d]);
+        if let Some(x) = more.as_mut() {
+            x.loss += loss;
+            x.correct += model.evaluate(params, buffers, &xb, &yb).accuracy * m as f64;
+            if let Some(ex) = x.exact.as_mut() {
+                ex.insert_block(&out[..m * d]);
+            }
+        }
+    }
+    Some((sketch, more))
+}
+
 /// Per-sample gradients over the whole training set at `params` (eval
-/// mode), in blocks, into a fresh sketch. `None` if `stop` was raised.
+/// mode), in blocks, into a sketch: one pass at a fixed ℓ, or, with
+/// `sketch_rank = "auto"`, passes of growing ℓ until the rank at the paper's
+/// threshold is resolved or the memory cap stops it ([`SketchSize`]).
+/// `None` if `stop` was raised.
+///
+/// [`SketchSize`]: crate::spec::SketchSize
 #[allow(clippy::too_many_arguments)]
 pub fn probe(
     model: &Model,
@@ -387,34 +500,40 @@ pub fn probe(
     stop: &AtomicBool,
 ) -> Option<ProbeRecord> {
     let d = model.param_count();
-    let wd = spec.train.weight_decay as f32;
-    let block = (spec.probe.block_size as usize).max(1);
-    let mut sketch = FdSketch::new(d, spec.probe.sketch_rank as usize);
-    let mut exact =
-        (spec.probe.exact && d <= crate::spec::EXACT_MAX_DIM).then(|| crate::sketch::ExactCovariance::new(d));
-    let mut out = vec![0.0f32; block * d];
-    let (mut xb, mut yb) = (Vec::new(), Vec::new());
-    let mut loss = 0.0;
-    let mut correct = 0.0;
-    let idx: Vec<usize> = (0..train.len()).collect();
-    for chunk in idx.chunks(block) {
-        if stop.load(Ordering::Relaxed) {
-            return None;
+    let pass = |ell: usize, extras: bool| probe_pass(model, params, buffers, train, spec, ell, extras, stop);
+    let (mut sketch, sizing, extras) = match spec.probe.sketch_rank.fixed() {
+        Some(ell) => {
+            let (sk, x) = pass(ell as usize, true)?;
+            (sk, ProbeSizing { passes: vec![ell], stop: SizingStop::Fixed }, x)
         }
-        train.gather(chunk, &mut xb, &mut yb);
-        let m = chunk.len();
-        loss += model.per_sample_gradients(params, buffers, &xb, &yb, &mut out[..m * d]);
-        if wd != 0.0 {
-            for row in out[..m * d].chunks_exact_mut(d) {
-                row.iter_mut().zip(params).for_each(|(g, &x)| *g += wd * x);
-            }
+        None => {
+            let (first, cap) = auto_ell_range(spec, d, train.len());
+            let (mut sk, x) = pass(first, true)?;
+            let mut passes = vec![first as u32];
+            let exact_at = crate::sketch::exact_size(d, train.len());
+            let stop_reason = loop {
+                let st = crate::stats::SpectrumStats::from_sketch(&sk);
+                if st.rank_resolved {
+                    break SizingStop::Resolved;
+                }
+                if sk.ell() >= exact_at {
+                    break SizingStop::ExactSize;
+                }
+                if sk.ell() >= cap || passes.len() >= MAX_PROBE_PASSES {
+                    break SizingStop::MemoryCap { max_ell: cap as u32, memory_mb: spec.probe.memory_mb };
+                }
+                // The estimate, but at least twice and at most four times
+                // the last ℓ: an extrapolation from a small sketch is rough,
+                // and a pass at 4ℓ costs a fraction of one at the final size.
+                let now = sk.ell();
+                let next = st.rank_needs_ell.map_or(4 * now, |l| (l as usize).clamp(2 * now, 4 * now)).min(cap);
+                sk = pass(next, false)?.0;
+                passes.push(next as u32);
+            };
+            (sk, ProbeSizing { passes, stop: stop_reason }, x)
         }
-        correct += model.evaluate(params, buffers, &xb, &yb).accuracy * m as f64;
-        sketch.insert_block(&out[..m * d]);
-        if let Some(ex) = exact.as_mut() {
-            ex.insert_block(&out[..m * d]);
-        }
-    }
+    };
+    let PassExtras { mut loss, correct, exact } = extras?;
     let nf = train.len() as f64;
     // Each sample's loss includes the weight-decay term (λ/2)‖x‖².
     loss += nf * 0.5 * spec.train.weight_decay * params.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
@@ -433,7 +552,15 @@ pub fn probe(
         sketch.round_rows_to_f16();
     }
     Some(ProbeRecord {
-        meta: ProbeMeta { index, epoch, step, train_loss: loss / nf, train_accuracy: correct / nf, exact },
+        meta: ProbeMeta {
+            index,
+            epoch,
+            step,
+            train_loss: loss / nf,
+            train_accuracy: correct / nf,
+            exact,
+            sizing: Some(sizing),
+        },
         sketch,
     })
 }
@@ -441,12 +568,12 @@ pub fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{ProbeConfig, TrainConfig};
+    use crate::spec::{ProbeConfig, SketchSize, TrainConfig};
 
     fn small() -> RunSpec {
         RunSpec {
             train: TrainConfig { epochs: 3, batch_size: 64, lr: 0.1, ..TrainConfig::default() },
-            probe: ProbeConfig { every_epochs: 2, sketch_rank: 16, ..ProbeConfig::default() },
+            probe: ProbeConfig { every_epochs: 2, sketch_rank: SketchSize::Fixed(16), ..ProbeConfig::default() },
             seed: 5,
         }
     }
@@ -698,6 +825,85 @@ mod tests {
                 assert!(e >= l - slack && e <= l + sk.eig_error + slack, "λ{i}: {e} vs [{l}, {}]", l + sk.eig_error);
             }
         }
+    }
+
+    /// Issue 11: with no `sketch_rank` the probe sizes itself: passes of
+    /// growing ℓ until the rank at the paper's threshold is resolved, every
+    /// pass recorded; the same spec gives the same probes; a memory cap too
+    /// small for that stops it short and says so, the rank unresolved.
+    #[test]
+    fn auto_probe_resolves_the_rank_or_says_why_not() {
+        let mut spec = small();
+        spec.train.epochs = 2;
+        spec.probe.sketch_rank = SketchSize::Auto;
+        let (_, probes, _) = collect(&spec);
+        for p in &probes {
+            let sizing = p.meta.sizing.as_ref().expect("auto probes record their sizing");
+            let st = crate::stats::SpectrumStats::from_sketch(&p.sketch);
+            assert_eq!(sizing.stop, SizingStop::Resolved, "{sizing:?}");
+            assert!(st.rank_resolved, "{:?}", st.rank);
+            assert_eq!(*sizing.passes.last().unwrap() as usize, p.sketch.ell());
+            assert!(sizing.passes.windows(2).all(|w| w[1] >= 2 * w[0]), "ℓ at least doubles: {sizing:?}");
+            assert_eq!(sizing.passes[0], crate::spec::AUTO_FIRST_ELL);
+        }
+        assert_eq!(collect(&spec).1, probes, "deterministic");
+        // A cap that allows only a small sketch.
+        spec.probe.memory_mb = 16;
+        let (first, cap) = auto_ell_range(&spec, 2410, 1437);
+        assert!(first <= cap && cap < 300, "{first}..{cap}");
+        let mut capped = 0;
+        for p in collect(&spec).1 {
+            let sizing = p.meta.sizing.unwrap();
+            let st = crate::stats::SpectrumStats::from_sketch(&p.sketch);
+            assert!(p.sketch.ell() <= cap);
+            match sizing.stop {
+                SizingStop::MemoryCap { max_ell, memory_mb } => {
+                    assert_eq!((max_ell as usize, memory_mb), (cap, 16));
+                    assert!(!st.rank_resolved);
+                    capped += 1;
+                }
+                SizingStop::Resolved => assert!(st.rank_resolved),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(capped > 0, "the cap stopped at least one probe short");
+        // A fixed ℓ makes one pass, whatever the rank.
+        spec.probe.sketch_rank = SketchSize::Fixed(8);
+        let p = collect(&spec).1.remove(0);
+        assert_eq!(p.meta.sizing.unwrap(), ProbeSizing { passes: vec![8], stop: SizingStop::Fixed });
+    }
+
+    /// A spec with a fixed ℓ and the new probe keys at their defaults
+    /// serialises exactly as the build before auto-sized probes wrote it, so
+    /// its fingerprint, and the checkpoints that carry it, survive the
+    /// upgrade; "auto" round-trips, and nothing else is taken for a size.
+    #[test]
+    fn a_fixed_sketch_spec_serialises_as_before() {
+        let spec = small();
+        let json = serde_json::to_string(&spec.probe).unwrap();
+        assert!(json.starts_with(r#"{"every_epochs":2,"sketch_rank":16,"projections":8,"#), "{json}");
+        assert!(!json.contains("memory_mb") && !json.contains("at_epochs"), "{json}");
+        let mut auto = spec.clone();
+        auto.probe.sketch_rank = SketchSize::Auto;
+        auto.probe.memory_mb = 64;
+        let back: RunSpec = serde_json::from_str(&serde_json::to_string(&auto).unwrap()).unwrap();
+        assert_eq!(back, auto);
+        assert!(serde_json::to_string(&auto.probe).unwrap().contains(r#""sketch_rank":"auto""#));
+        for bad in [r#""big""#, "0", "-3"] {
+            let text = json.replace(r#""sketch_rank":16"#, &format!(r#""sketch_rank":{bad}"#));
+            assert!(serde_json::from_str::<ProbeConfig>(&text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn probes_at_given_epochs_and_after_the_last() {
+        let mut spec = small();
+        spec.train.epochs = 12;
+        spec.probe.at_epochs = vec![5, 2, 5, 40];
+        assert_eq!(spec.probe_epochs(), vec![2, 5, 12]);
+        spec.probe.at_epochs = vec![];
+        spec.probe.every_epochs = 5;
+        assert_eq!(spec.probe_epochs(), vec![5, 10, 12]);
     }
 
     #[test]

@@ -57,7 +57,16 @@ fn drift(r: &RunResult, f: fn(&crate::trajectory::DriftStats) -> f64) -> f64 {
 
 /// The statistics scored by default.
 pub const STATISTICS: &[Statistic] = &[
-    Statistic { name: "rank/d", value: |r, _| final_spectrum(r).map_or(f64::NAN, |s| s.rank_fraction.value) },
+    // Only a resolved rank is a measurement: its bracket's midpoint (within
+    // 2.5 % of either end); an unresolved one is left out.
+    Statistic {
+        name: "rank/d",
+        value: |r, _| {
+            final_spectrum(r)
+                .filter(|s| s.rank_resolved)
+                .map_or(f64::NAN, |s| 0.5 * (s.rank_fraction.lo + s.rank_fraction.hi))
+        },
+    },
     Statistic { name: "tr D", value: |r, _| final_spectrum(r).map_or(f64::NAN, |s| s.trace) },
     Statistic { name: "λ_max", value: |r, _| final_spectrum(r).map_or(f64::NAN, |s| s.lambda_max.value) },
     Statistic { name: "‖∇f‖/√d", value: |r, _| r.grad_norm.last().map_or(f64::NAN, |x| x.1.0) },
@@ -255,9 +264,25 @@ pub fn cell_statistics(c: &CellResult) -> std::collections::BTreeMap<String, cra
         .collect()
 }
 
-/// Collapse scores of every statistic in [`STATISTICS`].
+/// Collapse scores of every statistic in [`STATISTICS`]. Runs whose rank is
+/// not resolved are left out of the rank/d score, and its note says so.
 pub fn collapse_scores(cells: &[CellResult]) -> Vec<CollapseScore> {
-    STATISTICS.iter().map(|s| collapse_score(cells, s)).collect()
+    let unresolved =
+        cells.iter().flat_map(|c| &c.runs).filter(|r| final_spectrum(r).is_some_and(|s| !s.rank_resolved)).count();
+    STATISTICS
+        .iter()
+        .map(|s| {
+            let mut score = collapse_score(cells, s);
+            if s.name == "rank/d" && unresolved > 0 {
+                let left_out = format!("{unresolved} runs with an unresolved rank left out");
+                score.note = Some(match score.note {
+                    Some(n) => format!("{left_out}; {n}"),
+                    None => left_out,
+                });
+            }
+            score
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@
 //! `M = UΛUᵀ`, let `δ = λ_{ℓ+1}`, keep rows `√(λᵢ−δ)/√λᵢ · Uᵢᵀ B` for
 //! `i ≤ ℓ`, and add `δ` to `Δ`.
 
-use crate::linalg::{SymEigen, View, gram_f64, gram_f64_of_f32_after, sgemm_view, sym_eigen};
+use crate::linalg::{SymEigen, View, dgemm, gram_f64, gram_f64_of_f32_after, sgemm_view, sym_eigen, sym_eigenvalues};
 
 /// Σ x² of `row` in f64, in eight interleaved partial sums (a fixed order,
 /// so deterministic; independent chains, so fast), then added in order.
@@ -87,6 +87,41 @@ pub fn subspace_overlap(e: &[Vec<f64>], f: &[Vec<f64>]) -> f64 {
         }
     }
     sum / k as f64
+}
+
+/// Peak bytes a probe needs for a sketch of size `ell` at dimension `d`,
+/// with per-sample gradients computed `block` rows at a time:
+///
+/// * the row buffer, `2ℓ × d` f32, and the gradient block, `block × d` f32;
+/// * at the end, the row-space basis of `D̂` (`row_space`): the rows in
+///   f64 and, for eigenvectors, as many f64 basis vectors: `2 × ℓ × d` f64;
+/// * the shrink's `2ℓ × 2ℓ` f64 Gram matrix, its eigenvectors and the
+///   eigensolver's workspace: about four such matrices.
+///
+/// The row buffer and the end-of-probe basis are not alive at once, but
+/// this counts them together: a bound, not a measurement.
+pub fn probe_memory_bytes(d: usize, ell: usize, block: usize) -> u64 {
+    let (d, ell, block) = (d as u64, ell as u64, block as u64);
+    4 * d * (2 * ell + block) + 16 * (ell + 1) * d + 4 * 8 * (2 * ell) * (2 * ell)
+}
+
+/// The smallest ℓ at which a sketch of `n` rows of dimension `d` is exact:
+/// with `ℓ ≥ d` every shrink discards nothing (the `2ℓ` buffered rows span
+/// at most `d ≤ ℓ` directions), and with `2ℓ > n` no shrink ever happens.
+pub fn exact_size(d: usize, n: usize) -> usize {
+    d.min(n / 2 + 1).max(1)
+}
+
+/// The largest ℓ whose [`probe_memory_bytes`] fits in `memory_mb` MiB (0
+/// when not even ℓ = 1 does).
+pub fn max_ell_for_memory(d: usize, block: usize, memory_mb: u32) -> usize {
+    let cap = memory_mb as u64 * 1024 * 1024;
+    let (mut lo, mut hi) = (0usize, 1usize << 20);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if probe_memory_bytes(d, mid, block) <= cap { lo = mid } else { hi = mid - 1 }
+    }
+    lo
 }
 
 /// Format version [`FdSketch::encode`] writes; version 1 (without the
@@ -311,13 +346,20 @@ impl FdSketch {
     }
 
     /// The sketch of the union of the samples of `self` and `other`:
-    /// rows stacked and shrunk, `Δ = Δ₁ + Δ₂ + δ_merge`, moments added.
+    /// rows stacked and shrunk, `Δ = Δ₁ + Δ₂ + δ_merge`, moments added. The
+    /// result keeps the larger of the two sizes ℓ.
     pub fn merge(&mut self, other: &FdSketch) -> Result<(), SketchError> {
-        if self.d != other.d || self.ell != other.ell {
+        if self.d != other.d {
             return Err(SketchError::Mismatch(format!(
                 "cannot merge d={} ℓ={} with d={} ℓ={}",
                 self.d, self.ell, other.d, other.ell
             )));
+        }
+        // Sketches of different sizes merge at the larger: the smaller one's
+        // rows are rows like any other, and the certificates add up.
+        if other.ell > self.ell {
+            self.ell = other.ell;
+            self.buf.reserve(2 * self.ell * self.d - self.buf.len());
         }
         self.n += other.n;
         self.sum_sq += other.sum_sq;
@@ -357,7 +399,7 @@ impl FdSketch {
     /// `rows + 1` of them; all others are 0). Every eigenvalue of the true `D`
     /// lies in `[λᵢ(D̂), λᵢ(D̂) + Δ/n]`.
     pub fn eigenvalues(&self) -> Vec<f64> {
-        self.row_space().map(|rs| sym_eigen(rs.keep.len(), &rs.s).values).unwrap_or_default()
+        self.row_space().map(|rs| sym_eigenvalues(rs.keep.len(), &rs.s)).unwrap_or_default()
     }
 
     /// `D̂` in an orthonormal basis of the sketch's row space.
@@ -378,19 +420,40 @@ impl FdSketch {
         let tol = eg.values.first().copied().unwrap_or(0.0).max(0.0) * 1e-13;
         let keep: Vec<usize> = (0..m).filter(|&i| eg.values[i] > tol).collect();
         let k = keep.len();
-        let w = |j: usize| if j < r { 1.0 / n } else { -1.0 };
-        let mut s = vec![0.0; k * k];
-        for (a, &ia) in keep.iter().enumerate() {
-            for (b, &ib) in keep.iter().enumerate().take(a + 1) {
-                let va = &eg.vectors[ia * m..(ia + 1) * m];
-                let vb = &eg.vectors[ib * m..(ib + 1) * m];
-                let dot: f64 = (0..m).map(|j| va[j] * w(j) * vb[j]).sum();
-                let v = eg.values[ia].sqrt() * dot * eg.values[ib].sqrt();
-                s[a * k + b] = v;
-                s[b * k + a] = v;
+        // S = Y W Yᵀ with Y = Σ^½ Vᵀ (rows √σₐ·vₐ): one product of Y·W and Yᵀ.
+        let mut y = Vec::with_capacity(k * m);
+        let mut yw = Vec::with_capacity(k * m);
+        for &ia in &keep {
+            let sq = eg.values[ia].sqrt();
+            for (j, &v) in eg.vectors[ia * m..(ia + 1) * m].iter().enumerate() {
+                y.push(sq * v);
+                yw.push(sq * v * if j < r { 1.0 / n } else { -1.0 });
+            }
+        }
+        let mut yt = vec![0.0; m * k];
+        for a in 0..k {
+            for j in 0..m {
+                yt[j * k + a] = y[a * m + j];
+            }
+        }
+        let mut s = dgemm(k, m, k, &yw, &yt);
+        // Exactly symmetric, as the eigensolver reads one triangle.
+        for a in 0..k {
+            for b in 0..a {
+                s[b * k + a] = s[a * k + b];
             }
         }
         Some(RowSpace { z, m, eg, keep, s })
+    }
+
+    /// [`FdSketch::eigenvalues`] and [`FdSketch::top_eigenvectors`] at once,
+    /// from one decomposition of the row space (what a probe's statistics
+    /// and its eigenspace overlap both need).
+    pub fn eigen_summary(&self, k: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let Some(rs) = self.row_space() else { return (vec![], vec![]) };
+        let es = sym_eigen(rs.keep.len(), &rs.s);
+        let vectors = self.vectors_from(&rs, &es, k);
+        (es.values, vectors)
     }
 
     /// The top `k` eigenvectors of `D̂` (rows of length `d`, orthonormal,
@@ -398,37 +461,32 @@ impl FdSketch {
     /// nonzero eigenvalues. `S`'s eigenvectors (see `row_space`) mapped back
     /// to ℝᵈ through the row-space basis.
     pub fn top_eigenvectors(&self, k: usize) -> Vec<Vec<f64>> {
-        let Some(RowSpace { z, m, eg, keep, s: sm }) = self.row_space() else { return vec![] };
+        let Some(rs) = self.row_space() else { return vec![] };
         if k == 0 {
             return vec![];
         }
-        let (d, kk) = (self.d, keep.len());
-        let es = sym_eigen(kk, &sm);
-        // Basis vectors u_a = Zᵀ v_a / √σ_a (d each).
-        let basis: Vec<Vec<f64>> = keep
-            .iter()
-            .map(|&ia| {
-                let v = &eg.vectors[ia * m..(ia + 1) * m];
-                let scale = 1.0 / eg.values[ia].sqrt();
-                let mut u = vec![0.0; d];
-                for (j, &vj) in v.iter().enumerate() {
-                    let row = &z[j * d..(j + 1) * d];
-                    u.iter_mut().zip(row).for_each(|(x, &zr)| *x += vj * zr);
-                }
-                u.iter_mut().for_each(|x| *x *= scale);
-                u
-            })
-            .collect();
-        (0..k.min(kk))
-            .map(|i| {
-                let q = &es.vectors[i * kk..(i + 1) * kk];
-                let mut e = vec![0.0; d];
-                for (a, u) in basis.iter().enumerate() {
-                    e.iter_mut().zip(u).for_each(|(x, &ua)| *x += q[a] * ua);
-                }
-                e
-            })
-            .collect()
+        let es = sym_eigen(rs.keep.len(), &rs.s);
+        self.vectors_from(&rs, &es, k)
+    }
+
+    /// The top `k` eigenvectors of `D̂` in ℝᵈ from `S`'s decomposition `es`.
+    fn vectors_from(&self, rs: &RowSpace, es: &SymEigen, k: usize) -> Vec<Vec<f64>> {
+        let RowSpace { z, m, eg, keep, .. } = rs;
+        let (d, kk, m) = (self.d, keep.len(), *m);
+        if k == 0 || kk == 0 {
+            return vec![];
+        }
+        // The basis vectors are u_a = Zᵀ v_a / √σ_a, and eigenvector i is
+        // Σ_a q_ia u_a: so E = (Q Ṽ) Z with Ṽ's rows v_a/√σ_a, two products.
+        let kout = k.min(kk);
+        let mut vt = Vec::with_capacity(kk * m);
+        for &ia in keep {
+            let scale = 1.0 / eg.values[ia].sqrt();
+            vt.extend(eg.vectors[ia * m..(ia + 1) * m].iter().map(|v| v * scale));
+        }
+        let p = dgemm(kout, kk, m, &es.vectors[..kout * kk], &vt);
+        let e = dgemm(kout, m, d, &p, z);
+        e.chunks_exact(d).map(<[f64]>::to_vec).collect()
     }
 
     /// Serialises the sketch (little-endian, versioned, CRC-32 protected).
@@ -656,7 +714,7 @@ impl ExactCovariance {
                 dm[i * d + j] = self.ata[i * d + j] / n - (self.sum_g[i] / n) * (self.sum_g[j] / n);
             }
         }
-        sym_eigen(d, &dm).values
+        sym_eigenvalues(d, &dm)
     }
 }
 

@@ -127,8 +127,20 @@ impl Default for TrainConfig {
 pub struct ProbeConfig {
     /// Sketch `D(x)` every this many epochs (and always after the last).
     pub every_epochs: u32,
-    /// Frequent Directions rows ℓ.
-    pub sketch_rank: u32,
+    /// Sketch `D(x)` after exactly these epochs instead (and after the
+    /// last); empty: every `every_epochs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at_epochs: Vec<u32>,
+    /// Frequent Directions rows ℓ, or `"auto"`: sized by the probe until the
+    /// rank at the paper's threshold is resolved (see [`SketchSize`]).
+    #[serde(default)]
+    pub sketch_rank: SketchSize,
+    /// Memory a probe may use, in MiB (sketch buffer, Gram matrices, the
+    /// eigendecomposition and the row-space basis; see
+    /// [`crate::sketch::probe_memory_bytes`]). Bounds the ℓ an auto probe
+    /// grows to; a fixed ℓ above it is refused when the grid is checked.
+    #[serde(default = "default_memory_mb", skip_serializing_if = "is_default_memory_mb")]
+    pub memory_mb: u32,
     /// Number of directions the trajectory is projected onto.
     pub projections: u32,
     /// Which directions: seeded random ones, or the top eigenvectors of `D`.
@@ -159,6 +171,77 @@ pub struct ProbeConfig {
     /// Also compute D exactly (dense d×d, symmetric eigendecomposition) at
     /// each probe, next to the sketch; for d up to [`EXACT_MAX_DIM`].
     pub exact: bool,
+}
+
+/// How large a probe's Frequent Directions sketch is.
+///
+/// In a grid file and in JSON: an integer ℓ, or the string `"auto"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "SketchSizeRepr", try_from = "SketchSizeRepr")]
+pub enum SketchSize {
+    /// The probe sizes itself: a first pass at ℓ = [`AUTO_FIRST_ELL`] (or
+    /// `projections`, if larger); while the rank at the paper's threshold is
+    /// not resolved (bracket width above [`crate::stats::RESOLVE_WIDTH`] of
+    /// its lower end), another pass at the ℓ the spectrum says would resolve
+    /// it (at least twice the last), up to what `memory_mb` allows. A
+    /// sketch with `ℓ ≥ d` or `2ℓ ≥ n` is exact, so small problems always
+    /// resolve.
+    #[default]
+    Auto,
+    /// Exactly this ℓ, in one pass.
+    Fixed(u32),
+}
+
+/// First sketch size of an auto probe.
+pub const AUTO_FIRST_ELL: u32 = 64;
+
+impl SketchSize {
+    /// The fixed ℓ, if any.
+    pub fn fixed(self) -> Option<u32> {
+        match self {
+            SketchSize::Fixed(l) => Some(l),
+            SketchSize::Auto => None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SketchSizeRepr {
+    Fixed(u32),
+    Named(String),
+}
+
+impl From<SketchSize> for SketchSizeRepr {
+    fn from(s: SketchSize) -> Self {
+        match s {
+            SketchSize::Fixed(l) => SketchSizeRepr::Fixed(l),
+            SketchSize::Auto => SketchSizeRepr::Named("auto".into()),
+        }
+    }
+}
+
+impl TryFrom<SketchSizeRepr> for SketchSize {
+    type Error = String;
+    fn try_from(r: SketchSizeRepr) -> Result<Self, String> {
+        match r {
+            SketchSizeRepr::Fixed(0) => Err("sketch_rank must be ≥ 1".into()),
+            SketchSizeRepr::Fixed(l) => Ok(SketchSize::Fixed(l)),
+            SketchSizeRepr::Named(s) if s == "auto" => Ok(SketchSize::Auto),
+            SketchSizeRepr::Named(s) => Err(format!("sketch_rank must be an integer or \"auto\", found \"{s}\"")),
+        }
+    }
+}
+
+/// Default of `memory_mb`: 2 GiB, enough for ℓ = 2,048 at small-lenet's d = 13,338.
+pub const DEFAULT_MEMORY_MB: u32 = 2048;
+
+fn default_memory_mb() -> u32 {
+    DEFAULT_MEMORY_MB
+}
+
+fn is_default_memory_mb(v: &u32) -> bool {
+    *v == DEFAULT_MEMORY_MB
 }
 
 /// The precision of a probe sketch's rows on the wire.
@@ -203,7 +286,9 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             every_epochs: 10,
-            sketch_rank: 64,
+            at_epochs: vec![],
+            sketch_rank: SketchSize::Auto,
+            memory_mb: DEFAULT_MEMORY_MB,
             projections: 8,
             basis: ProjectionBasis::Random,
             basis_probe: 0,
@@ -239,7 +324,15 @@ impl RunSpec {
     /// Epochs after which a probe runs, in order (the last epoch included).
     pub fn probe_epochs(&self) -> Vec<u32> {
         let every = self.probe.every_epochs.max(1);
-        let mut e: Vec<u32> = (1..=self.train.epochs).filter(|e| e % every == 0).collect();
+        let mut e: Vec<u32> = if self.probe.at_epochs.is_empty() {
+            (1..=self.train.epochs).filter(|e| e % every == 0).collect()
+        } else {
+            let mut at: Vec<u32> =
+                self.probe.at_epochs.iter().copied().filter(|&e| (1..=self.train.epochs).contains(&e)).collect();
+            at.sort_unstable();
+            at.dedup();
+            at
+        };
         if e.last() != Some(&self.train.epochs) {
             e.push(self.train.epochs);
         }

@@ -73,6 +73,24 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         ("syntax", BASE.replace("[probe]", "[probe"), "8:7", ""),
         (
+            "sketch size neither a number nor auto",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\nsketch_rank = \"big\""),
+            "10:15",
+            "`sketch_rank` must be an integer ≥ 1 or \"auto\"",
+        ),
+        (
+            "sketch over the memory cap",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\nsketch_rank = 4096"),
+            "10:15",
+            "`sketch_rank` 4096 needs about 2275 MiB per probe at d = 2410, more than `memory_mb` = 2048",
+        ),
+        (
+            "probe epoch outside the run",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\nat_epochs = [2, 7]"),
+            "10:13",
+            "`at_epochs` has 7, outside 1..=3",
+        ),
+        (
             "spectrum window",
             BASE.replace("every_epochs = 1", "every_epochs = 1\npsd_window = 48"),
             "10:14",

@@ -92,34 +92,31 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
                         fmt(s.eig_error)
                     );
                     println!("tr D                 {}", fmt(s.trace));
+                    // Certified brackets as brackets; never a sketch's point estimate.
+                    let dd = s.d as f64;
+                    let count = |b: &gradsweep_shared::stats::Bracket| b.display(dd, |x| format!("{x}"));
+                    let real = |b: &gradsweep_shared::stats::Bracket| b.display(f64::INFINITY, fmt);
+                    println!("λ_max                {}", real(&s.lambda_max));
+                    let unresolved = match (s.rank_resolved, s.rank_needs_ell) {
+                        (true, _) => String::new(),
+                        (false, Some(l)) => format!(" (unresolved: needs ℓ ≈ {l})"),
+                        (false, None) => " (unresolved: needs a larger sketch)".into(),
+                    };
                     println!(
-                        "λ_max                {} [{}, {}]",
-                        fmt(s.lambda_max.value),
-                        fmt(s.lambda_max.lo),
-                        fmt(s.lambda_max.hi)
-                    );
-                    println!(
-                        "rank (λ_max·d·ε_f32) {} [{}, {}]  rank/d {:.5}",
-                        s.rank.value, s.rank.lo, s.rank.hi, s.rank_fraction.value
+                        "rank (λ_max·d·ε_f32) {}{unresolved}  rank/d {}",
+                        count(&s.rank),
+                        s.rank_fraction.display(1.0, |x| format!("{x:.5}"))
                     );
                     for (rel, b) in &s.ranks_relative {
-                        println!("rank (λ_max·{rel:e})   {} [{}, {}]", b.value, b.lo, b.hi);
+                        println!("rank (λ_max·{rel:e})   {}", count(b));
                     }
                     for (t, b) in &s.ranks_absolute {
-                        println!("rank (> {t:e})       {} [{}, {}]", b.value, b.lo, b.hi);
+                        println!("rank (> {t:e})       {}", count(b));
                     }
-                    println!("stable rank          {}", fmt(s.stable_rank.value));
+                    println!("stable rank          {}", real(&s.stable_rank));
                     println!("effective rank       {}", fmt(s.effective_rank));
-                    println!(
-                        "energy rank r90/r99  {} [{}, {}] / {} [{}, {}]",
-                        s.energy_rank_90.value,
-                        s.energy_rank_90.lo,
-                        s.energy_rank_90.hi,
-                        s.energy_rank_99.value,
-                        s.energy_rank_99.lo,
-                        s.energy_rank_99.hi
-                    );
-                    println!("isotropy λ_max·d/tr  {}", fmt(s.isotropy.value));
+                    println!("energy rank r90/r99  {} / {}", count(&s.energy_rank_90), count(&s.energy_rank_99));
+                    println!("isotropy λ_max·d/tr  {}", real(&s.isotropy));
                     println!(
                         "‖∇f‖² (unbiased)     {}   noise scale B_simple {}",
                         fmt(s.grad_norm_sq),

@@ -1,0 +1,126 @@
+//! What a probe costs: per-sample gradients over a training set, the
+//! Frequent Directions sketch at a given ℓ (or `auto`), and the statistics
+//! read off it, on one thread, against an sgemm measured in the same run.
+//!
+//! `cargo run --release -p gradsweep-shared --example probe_profile [MODEL] [DATASET] [SAMPLES] [ELL|auto]`
+//!
+//! Defaults: `small-lenet mnist 8192 1024` (MNIST from `GRADSWEEP_DATA_DIR`,
+//! else `data/`, as laid out by `deploy/fetch-data.sh`; with `digits` it
+//! needs no files). `SAMPLES` takes the first samples of the training set
+//! (0: all). The weights are the model's initial ones: the cost of a pass
+//! does not depend on them, an auto probe's number of passes does.
+#![allow(clippy::print_stdout)] // the report is this tool's output
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use gradsweep_shared::data::{DatasetName, load_split};
+use gradsweep_shared::linalg::sgemm;
+use gradsweep_shared::model::Model;
+use gradsweep_shared::rng::{Rng, Stream};
+use gradsweep_shared::run::probe;
+use gradsweep_shared::spec::{ProbeConfig, RunSpec, SketchSize, TrainConfig};
+use gradsweep_shared::stats::SpectrumStats;
+
+fn main() {
+    let arg = |i: usize, default: &str| std::env::args().nth(i).unwrap_or_else(|| default.to_string());
+    let (model_name, dataset) = (arg(1, "small-lenet"), arg(2, "mnist"));
+    let samples: usize = arg(3, "8192").parse().expect("SAMPLES is a number");
+    let size = match arg(4, "1024").as_str() {
+        "auto" => SketchSize::Auto,
+        l => SketchSize::Fixed(l.parse().expect("ELL is a number or auto")),
+    };
+    let train =
+        TrainConfig { model: model_name.clone(), dataset: dataset.clone(), normalize: true, ..Default::default() };
+    let spec = RunSpec { train, probe: ProbeConfig { sketch_rank: size, ..Default::default() }, seed: 0 };
+    let model = Model::parse(&model_name).expect("model");
+    let mut split = load_split(&DatasetName::parse(&dataset).expect("dataset"), &spec.train.data_options())
+        .expect("data (run deploy/fetch-data.sh for MNIST)");
+    if samples > 0 && samples < split.train.len() {
+        split.train.x.truncate(samples * split.train.dim);
+        split.train.y.truncate(samples);
+    }
+    let n = split.train.len();
+    let d = model.param_count();
+    let (params, buffers) = (model.init(0), model.init_buffers());
+
+    // The same run's sgemm rate, best of many.
+    let mut rng = Rng::new(3, Stream::Other(4));
+    let a: Vec<f32> = (0..128 * 784).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..784 * 256).map(|_| rng.normal() as f32).collect();
+    let mut c = vec![0f32; 128 * 256];
+    let mut best = f64::INFINITY;
+    for _ in 0..200 {
+        let t = Instant::now();
+        sgemm(128, 784, 256, 1.0, &a, &b, 0.0, &mut c);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let sgemm_rate = 2.0 * 128.0 * 784.0 * 256.0 / best;
+
+    // Per-sample gradients alone.
+    let block = spec.probe.block_size as usize;
+    let mut out = vec![0f32; block * d];
+    let (mut xb, mut yb) = (vec![], vec![]);
+    let t = Instant::now();
+    let idx: Vec<usize> = (0..n).collect();
+    for chunk in idx.chunks(block) {
+        split.train.gather(chunk, &mut xb, &mut yb);
+        model.per_sample_gradients(&params, &buffers, &xb, &yb, &mut out[..chunk.len() * d]);
+    }
+    let t_grads = t.elapsed().as_secs_f64();
+
+    // The whole probe, as a worker runs it.
+    let t = Instant::now();
+    let record =
+        probe(&model, &params, &buffers, &split.train, &spec, 0, 0, 0, &AtomicBool::new(false)).expect("not stopped");
+    let t_probe = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let st = SpectrumStats::from_sketch(&record.sketch);
+    let t_stats = t.elapsed().as_secs_f64();
+    // Two seeds' sketches merged as the coordinator merges them: decoded.
+    let bytes = record.sketch.encode();
+    let (mut a, b) = (
+        gradsweep_shared::sketch::FdSketch::decode(&bytes, Some(d)).expect("decodes"),
+        gradsweep_shared::sketch::FdSketch::decode(&bytes, Some(d)).expect("decodes"),
+    );
+    let t = Instant::now();
+    a.merge(&b).expect("same shape");
+    let t_merge = t.elapsed().as_secs_f64();
+    let sizing = record.meta.sizing.expect("probes record their sizing");
+    // FD flops of one pass at ℓ, counted as for full shrinks: per row, the
+    // 2ℓ-row Gram's share (4ℓd) plus the rotation's (2ℓd), times 2.
+    let fd_flops: f64 = sizing.passes.iter().map(|&l| 12.0 * l as f64 * d as f64 * n as f64).sum();
+    let t_fd = (t_probe - t_grads * sizing.passes.len() as f64).max(1e-9);
+    println!("{model_name} (d = {d}) on {n} samples of {dataset}; sgemm 128×784×256 {:.1} GFLOP/s", sgemm_rate / 1e9);
+    println!("  per-sample gradients      {:>8.2} s = {:.0} samples/s", t_grads, n as f64 / t_grads);
+    println!(
+        "  probe (passes at ℓ = {:?}) {:>8.2} s = {:.0} samples/s per pass; stop: {:?}",
+        sizing.passes,
+        t_probe,
+        n as f64 * sizing.passes.len() as f64 / t_probe,
+        sizing.stop
+    );
+    println!(
+        "  of which sketching         {:>8.2} s = {:.1} GFLOP/s ({:.1} % of sgemm)",
+        t_fd,
+        fd_flops / t_fd / 1e9,
+        100.0 * fd_flops / t_fd / sgemm_rate
+    );
+    println!("  statistics (eigenvalues)   {:>8.2} s", t_stats);
+    println!(
+        "  merge of two such sketches {:>8.2} s (ℓ = {}, {:.1} MB each on the wire)",
+        t_merge,
+        record.sketch.ell(),
+        bytes.len() as f64 / 1e6
+    );
+    let width = |x: f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") };
+    println!(
+        "  rank at λ_max·d·ε_f32      {} ({})",
+        st.rank.display(d as f64, width),
+        if st.rank_resolved {
+            "resolved".to_string()
+        } else {
+            format!("unresolved; needs ℓ ≈ {:?}", st.rank_needs_ell)
+        }
+    );
+}
