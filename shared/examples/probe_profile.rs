@@ -71,8 +71,14 @@ fn main() {
 
     // The whole probe, as a worker runs it.
     let t = Instant::now();
-    let record =
-        probe(&model, &params, &buffers, &split.train, &spec, 0, 0, 0, &AtomicBool::new(false)).expect("not stopped");
+    let mut passes = vec![];
+    let mut last = Instant::now();
+    let mut on_pass = |p: gradsweep_shared::run::ProbePass| {
+        passes.push((p.ell, p.rank, last.elapsed().as_secs_f64()));
+        last = Instant::now();
+    };
+    let record = probe(&model, &params, &buffers, &split.train, &spec, 0, 0, 0, &AtomicBool::new(false), &mut on_pass)
+        .expect("not stopped");
     let t_probe = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let st = SpectrumStats::from_sketch(&record.sketch);
@@ -100,6 +106,9 @@ fn main() {
         n as f64 * sizing.passes.len() as f64 / t_probe,
         sizing.stop
     );
+    for (ell, rank, secs) in &passes {
+        println!("    pass at ℓ = {ell:<5} {secs:>8.2} s (statistics included), rank in [{}, {}]", rank.lo, rank.hi);
+    }
     println!(
         "  of which sketching         {:>8.2} s = {:.1} GFLOP/s ({:.1} % of sgemm)",
         t_fd,

@@ -106,6 +106,9 @@ pub enum RunEvent {
         /// Mean mini-batch loss of the epoch.
         train_loss: f64,
     },
+    /// A probe finished one pass over the training set (an auto probe makes
+    /// several): for logs and progress, nothing that is stored.
+    ProbePass(ProbePass),
     /// A probe finished.
     Probe(Box<ProbeRecord>),
     /// The trajectory sums (sent once, at the end).
@@ -274,8 +277,11 @@ pub fn execute_from(
             return Err(RunError::Stopped);
         }
         if let Some(index) = probe_epochs.iter().position(|&e| e == epoch + 1) {
+            let mut on_pass = |p: ProbePass| {
+                let _ = sink(RunEvent::ProbePass(p));
+            };
             let Some(record) =
-                probe(&model, &params, &buffers, &split.train, spec, index as u32, epoch + 1, step, stop)
+                probe(&model, &params, &buffers, &split.train, spec, index as u32, epoch + 1, step, stop, &mut on_pass)
             else {
                 return Err(RunError::Stopped);
             };
@@ -408,6 +414,21 @@ pub enum SizingStop {
     ExactSize,
 }
 
+/// One pass of a probe: its size and the rank bracket it reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbePass {
+    /// Probe number within the run.
+    pub index: u32,
+    /// Pass number within the probe, from 0.
+    pub pass: u32,
+    /// The pass's sketch size.
+    pub ell: u32,
+    /// The rank at the paper's threshold this pass certifies.
+    pub rank: crate::stats::Bracket,
+    /// Whether that bracket is resolved.
+    pub resolved: bool,
+}
+
 /// Most passes an auto probe makes (the ℓ at least doubles each time).
 pub const MAX_PROBE_PASSES: usize = 6;
 
@@ -498,12 +519,17 @@ pub fn probe(
     epoch: u32,
     step: u64,
     stop: &AtomicBool,
+    on_pass: &mut dyn FnMut(ProbePass),
 ) -> Option<ProbeRecord> {
     let d = model.param_count();
     let pass = |ell: usize, extras: bool| probe_pass(model, params, buffers, train, spec, ell, extras, stop);
+    let mut report = |sk: &FdSketch, st: &crate::stats::SpectrumStats, pass: usize| {
+        on_pass(ProbePass { index, pass: pass as u32, ell: sk.ell() as u32, rank: st.rank, resolved: st.rank_resolved })
+    };
     let (mut sketch, sizing, extras) = match spec.probe.sketch_rank.fixed() {
         Some(ell) => {
             let (sk, x) = pass(ell as usize, true)?;
+            report(&sk, &crate::stats::SpectrumStats::from_sketch(&sk), 0);
             (sk, ProbeSizing { passes: vec![ell], stop: SizingStop::Fixed }, x)
         }
         None => {
@@ -513,6 +539,7 @@ pub fn probe(
             let exact_at = crate::sketch::exact_size(d, train.len());
             let stop_reason = loop {
                 let st = crate::stats::SpectrumStats::from_sketch(&sk);
+                report(&sk, &st, passes.len() - 1);
                 if st.rank_resolved {
                     break SizingStop::Resolved;
                 }
@@ -585,7 +612,7 @@ mod tests {
             match e {
                 RunEvent::Probe(p) => probes.push(*p),
                 RunEvent::Trajectory(t) => traj = Some(*t),
-                RunEvent::Progress { .. } | RunEvent::Checkpoint(_) => {}
+                RunEvent::Progress { .. } | RunEvent::Checkpoint(_) | RunEvent::ProbePass(_) => {}
             }
             ControlFlow::Continue(())
         })
@@ -611,6 +638,7 @@ mod tests {
                 RunEvent::Trajectory(t) => traj = Some(*t),
                 RunEvent::Progress { step, train_loss, .. } => progress.push((step, train_loss.to_bits())),
                 RunEvent::Checkpoint(c) => checkpoints.push(*c),
+                RunEvent::ProbePass(_) => {}
             }
             ControlFlow::Continue(())
         })

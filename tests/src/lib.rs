@@ -441,7 +441,7 @@ pub fn offline_runs(grid: &str, sweep: &str) -> std::collections::BTreeMap<(u32,
                             RunEvent::Probe(p) => probes.push(*p),
                             RunEvent::Trajectory(t) => trajectory = Some(*t),
                             RunEvent::Checkpoint(c) => last = Some(c.encode()),
-                            RunEvent::Progress { .. } => {}
+                            RunEvent::Progress { .. } | RunEvent::ProbePass(_) => {}
                         }
                         ControlFlow::Continue(())
                     })

@@ -23,6 +23,8 @@ pub fn event_bodies(event: RunEvent) -> Vec<Body> {
         RunEvent::Probe(p) => chunks(p.meta.index, &p.encode(), Body::Probe),
         RunEvent::Trajectory(t) => chunks(0, &serde_json::to_vec(&t).unwrap_or_default(), Body::Trajectory),
         RunEvent::Checkpoint(c) => chunks(0, &c.encode(), Body::Checkpoint),
+        // A probe's passes are logged by the worker, not reported.
+        RunEvent::ProbePass(_) => vec![],
     }
 }
 

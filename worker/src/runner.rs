@@ -252,8 +252,10 @@ impl RunContext {
         let handback = self.handback.clone();
         let metrics = self.metrics.clone();
         let batch = spec.train.batch_size as u64;
+        let pass_run_id = self.run.run_id.clone();
         let compute = tokio::task::spawn_blocking(move || {
             let (mut last_step, mut last_at) = (0u64, std::time::Instant::now());
+            let mut pass_at = std::time::Instant::now();
             execute_from(&spec, resume, &stop, &mut |event| {
                 let boundary = matches!(event, RunEvent::Checkpoint(_));
                 match &event {
@@ -270,6 +272,21 @@ impl RunContext {
                     RunEvent::Probe(_) => {
                         metrics.probe_seconds.observe(last_at.elapsed().as_secs_f64());
                         last_at = std::time::Instant::now();
+                    }
+                    RunEvent::ProbePass(p) => {
+                        let since = if p.pass == 0 { last_at } else { pass_at };
+                        tracing::info!(
+                            run_id = %pass_run_id,
+                            probe = p.index,
+                            pass = p.pass,
+                            ell = p.ell,
+                            rank_lo = p.rank.lo,
+                            rank_hi = p.rank.hi,
+                            resolved = p.resolved,
+                            seconds = since.elapsed().as_secs_f64(),
+                            "probe pass"
+                        );
+                        pass_at = std::time::Instant::now();
                     }
                     RunEvent::Trajectory(_) | RunEvent::Checkpoint(_) => {}
                 }
