@@ -537,8 +537,13 @@ pub fn probe(
             let (mut sk, x) = pass(first, true)?;
             let mut passes = vec![first as u32];
             let exact_at = crate::sketch::exact_size(d, train.len());
+            // (ℓ, Δ/n) of the previous pass: FD's error falls faster than
+            // the eigenvalues once ℓ nears the rank, and two passes show by
+            // how much.
+            let mut previous: Option<(usize, f64)> = None;
             let stop_reason = loop {
-                let st = crate::stats::SpectrumStats::from_sketch(&sk);
+                let eig = sk.eigenvalues();
+                let st = crate::stats::SpectrumStats::from_sketch_eigenvalues(&sk, eig.clone(), &Default::default());
                 report(&sk, &st, passes.len() - 1);
                 if st.rank_resolved {
                     break SizingStop::Resolved;
@@ -549,11 +554,28 @@ pub fn probe(
                 if sk.ell() >= cap || passes.len() >= MAX_PROBE_PASSES {
                     break SizingStop::MemoryCap { max_ell: cap as u32, memory_mb: spec.probe.memory_mb };
                 }
-                // The estimate, but at least twice and at most four times
-                // the last ℓ: an extrapolation from a small sketch is rough,
-                // and a pass at 4ℓ costs a fraction of one at the final size.
+                // The estimate, but at least 1.25 and at most 4 times the
+                // last ℓ (on a multiple of 64): an extrapolation from a
+                // small sketch is rough, a pass at 4ℓ costs a fraction of
+                // one at the final size, and the estimate errs high.
                 let now = sk.ell();
-                let next = st.rank_needs_ell.map_or(4 * now, |l| (l as usize).clamp(2 * now, 4 * now)).min(cap);
+                let e = st.eig_error;
+                let observed = previous
+                    .filter(|&(l0, e0)| l0 < now && e0 > e && e > 0.0)
+                    .map(|(l0, e0)| (e0 / e).ln() / (now as f64 / l0 as f64).ln());
+                let estimate = match crate::stats::resolve_target(&eig, e, d, st.trace, st.rank_threshold) {
+                    Some(t) => crate::stats::ell_for_uncertainty(
+                        now,
+                        e,
+                        t.uncertainty,
+                        observed.map_or(t.alpha, |b| b.max(t.alpha)),
+                        exact_at,
+                    ),
+                    None => st.rank_needs_ell,
+                };
+                previous = Some((now, e));
+                let at_least = (now + now / 4).div_ceil(64) * 64;
+                let next = estimate.map_or(4 * now, |l| (l as usize).clamp(at_least, 4 * now)).min(cap);
                 sk = pass(next, false)?.0;
                 passes.push(next as u32);
             };
@@ -871,7 +893,7 @@ mod tests {
             assert_eq!(sizing.stop, SizingStop::Resolved, "{sizing:?}");
             assert!(st.rank_resolved, "{:?}", st.rank);
             assert_eq!(*sizing.passes.last().unwrap() as usize, p.sketch.ell());
-            assert!(sizing.passes.windows(2).all(|w| w[1] >= 2 * w[0]), "ℓ at least doubles: {sizing:?}");
+            assert!(sizing.passes.windows(2).all(|w| 4 * w[1] >= 5 * w[0]), "ℓ grows by 1.25× at least: {sizing:?}");
             assert_eq!(sizing.passes[0], crate::spec::AUTO_FIRST_ELL);
         }
         assert_eq!(collect(&spec).1, probes, "deterministic");

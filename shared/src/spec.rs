@@ -183,7 +183,7 @@ pub enum SketchSize {
     /// `projections`, if larger); while the rank at the paper's threshold is
     /// not resolved (bracket width above [`crate::stats::RESOLVE_WIDTH`] of
     /// its lower end), another pass at the ℓ the spectrum says would resolve
-    /// it (at least twice the last), up to what `memory_mb` allows. A
+    /// it (1.25 to 4 times the last), up to what `memory_mb` allows. A
     /// sketch with `ℓ ≥ d` or `2ℓ ≥ n` is exact, so small problems always
     /// resolve.
     #[default]

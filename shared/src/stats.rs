@@ -354,8 +354,26 @@ impl SpectrumStats {
 /// ([`crate::sketch::exact_size`]); `None` when the spectrum has too few
 /// resolved eigenvalues to fit.
 pub fn ell_to_resolve(eig: &[f64], e: f64, d: usize, n: u64, ell: usize, trace: f64, tau: f64) -> Option<u64> {
-    let exact_at = crate::sketch::exact_size(d, n as usize);
-    if !(e > 0.0 && tau > 0.0 && trace > 0.0) || ell == 0 {
+    let target = resolve_target(eig, e, d, trace, tau)?;
+    ell_for_uncertainty(ell, e, target.uncertainty, target.alpha, crate::sketch::exact_size(d, n as usize))
+}
+
+/// What resolving a rank takes, read off one sketch's spectrum (steps 1 and
+/// 2 of [`ell_to_resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResolveTarget {
+    /// Decay exponent α of the resolved eigenvalues, `λᵢ ≈ C·i^(−α)`.
+    pub alpha: f64,
+    /// The eigenvalue uncertainty `e'` (on the scale of `D`) at which the
+    /// rank's bracket would be within [`RESOLVE_WIDTH`].
+    pub uncertainty: f64,
+}
+
+/// Steps 1 and 2 of [`ell_to_resolve`]: the power-law fit and the
+/// uncertainty that would resolve the rank at `tau`. `None` when the
+/// spectrum has too few resolved eigenvalues to fit.
+pub fn resolve_target(eig: &[f64], e: f64, d: usize, trace: f64, tau: f64) -> Option<ResolveTarget> {
+    if !(e > 0.0 && tau > 0.0 && trace > 0.0) {
         return None;
     }
     // 1. Power-law fit on the well-resolved eigenvalues.
@@ -385,18 +403,19 @@ pub fn ell_to_resolve(eig: &[f64], e: f64, d: usize, n: u64, ell: usize, trace: 
         let mid = 0.5 * (a + b);
         if resolved(mid) { a = mid } else { b = mid }
     }
-    let target = a;
-    if target <= 0.0 {
-        return None;
-    }
-    // 3. Δ(ℓ') ≈ e·(ℓ/ℓ')^α: the smallest ℓ' on a grid of 64 that gets there.
-    let ratio = (e / target).powf(1.0 / alpha);
-    if !ratio.is_finite() {
+    (a > 0.0).then_some(ResolveTarget { alpha, uncertainty: a })
+}
+
+/// Step 3 of [`ell_to_resolve`]: the ℓ' at which an uncertainty `e` at size
+/// `ell`, falling as `ℓ^(−decay)`, reaches `target`; on a multiple of 64, at
+/// least `ell + 1`, at most `exact_at`.
+pub fn ell_for_uncertainty(ell: usize, e: f64, target: f64, decay: f64, exact_at: usize) -> Option<u64> {
+    let ratio = (e / target).powf(1.0 / decay);
+    if !(ratio.is_finite() && decay > 0.0) {
         return None;
     }
     let l = ((ell as f64 * ratio).ceil() as usize).max(ell + 1);
-    let l = (l.div_ceil(64) * 64).min(exact_at);
-    Some(l as u64)
+    Some((l.div_ceil(64) * 64).min(exact_at) as u64)
 }
 
 /// Mean, sample standard deviation and a 95 % confidence half-width
