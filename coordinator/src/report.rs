@@ -4,7 +4,7 @@
 //! ([`table`]), the drift statistics per cell ([`drift_table`]), and the
 //! sweep-level η/b table with the collapse scores ([`eta_table`]).
 
-use gradsweep_shared::results::{CellBracket, CellResult, SweepSummary};
+use gradsweep_shared::results::{BracketKind, CellBracket, CellResult, SweepSummary};
 use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 
 /// The per-cell columns shared by the table and the CSV.
@@ -61,7 +61,7 @@ fn row(c: &CellResult) -> Row {
         d: c.d,
         rank: c.rank_certified.clone(),
         trace: c.trace,
-        lambda_max: CellBracket::of(&final_brackets(c, |s| Some(s.lambda_max)), f64::INFINITY),
+        lambda_max: CellBracket::of(&final_brackets(c, |s| Some(s.lambda_max)), f64::INFINITY, BracketKind::Value),
         area_rate: c.area_rate,
         temperature: c.temperature,
         temp_trace_per_d: c.temperature_trace_per_d(),
@@ -103,7 +103,7 @@ fn threshold_columns(th: &RankThresholds) -> Vec<ThresholdColumn> {
 /// A threshold column of a cell: the certified bracket of the mean count
 /// across seeds at their last probes.
 fn threshold_cell(c: &CellResult, col: &ThresholdColumn) -> Option<CellBracket> {
-    CellBracket::of(&final_brackets(c, |s| col.pick(s)), c.d as f64)
+    CellBracket::of(&final_brackets(c, |s| col.pick(s)), c.d as f64, BracketKind::Count)
 }
 
 /// One bracket per run, picked from the spectrum at its last probe.
@@ -200,10 +200,7 @@ pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
             pm(r.test_accuracy),
             if r.d > 0 { r.d.to_string() } else { "-".into() },
             bracket(r.rank.as_ref(), count),
-            bracket(
-                r.rank.as_ref().map(|b| CellBracket { resolved: true, ..b.scaled(1.0 / r.d.max(1) as f64) }).as_ref(),
-                num,
-            ),
+            bracket(r.rank.as_ref().map(|b| b.scaled(1.0 / r.d.max(1) as f64)).as_ref(), num),
             pm(r.trace),
             bracket(r.lambda_max.as_ref(), num),
             num(r.temperature),
@@ -275,9 +272,12 @@ pub fn eta_table(summary: &SweepSummary) -> String {
             num(r.lr),
             r.batch_size.to_string(),
             bracket(
-                CellBracket::of(&[Bracket { value: f64::NAN, lo: r.rank_fraction_lo, hi: r.rank_fraction_hi }], 1.0)
-                    .map(|b| CellBracket { resolved: true, ..b })
-                    .as_ref(),
+                CellBracket::of(
+                    &[Bracket { value: f64::NAN, lo: r.rank_fraction_lo, hi: r.rank_fraction_hi }],
+                    1.0,
+                    BracketKind::Value,
+                )
+                .as_ref(),
                 num,
             ),
             num(r.trace),

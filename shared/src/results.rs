@@ -106,12 +106,35 @@ pub struct CellBracket {
     /// largest ℓ the cap allowed, and the cap in MiB.
     #[serde(default)]
     pub memory_cap: Option<(u32, u32)>,
+    /// For the rank at the paper's threshold: the size at which its
+    /// sketches would be exact ([`crate::sketch::exact_size`]).
+    #[serde(default)]
+    pub exact_ell: Option<u64>,
+    /// What the bracket is of, which decides what [`CellBracket::display`]
+    /// says when it is not resolved.
+    #[serde(default)]
+    pub kind: BracketKind,
+}
+
+/// What a [`CellBracket`] is of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BracketKind {
+    /// The rank at the paper's threshold: an unresolved one says what
+    /// would resolve it.
+    #[default]
+    PaperRank,
+    /// Another count (a rank at a user's threshold): an unresolved one
+    /// says so.
+    Count,
+    /// A real value (λ_max, rank/d): the bracket alone.
+    Value,
 }
 
 impl CellBracket {
     /// The cell bracket of one bracket per seed (`None` for none), against
     /// `ceiling`.
-    pub fn of(brackets: &[Bracket], ceiling: f64) -> Option<Self> {
+    pub fn of(brackets: &[Bracket], ceiling: f64, kind: BracketKind) -> Option<Self> {
         if brackets.is_empty() {
             return None;
         }
@@ -125,6 +148,8 @@ impl CellBracket {
             resolved: brackets.iter().all(|b| b.is_resolved(crate::stats::RESOLVE_WIDTH)),
             needs_ell: None,
             memory_cap: None,
+            exact_ell: None,
+            kind,
         })
     }
 
@@ -133,7 +158,9 @@ impl CellBracket {
     pub fn rank_of(runs: &[RunResult]) -> Option<Self> {
         let last: Vec<&ProbeSummary> = runs.iter().filter_map(|r| r.probes.last()).collect();
         let ceiling = last.first().map_or(f64::INFINITY, |p| p.spectrum.d as f64);
-        let mut c = Self::of(&last.iter().map(|p| p.spectrum.rank).collect::<Vec<_>>(), ceiling)?;
+        let mut c =
+            Self::of(&last.iter().map(|p| p.spectrum.rank).collect::<Vec<_>>(), ceiling, BracketKind::PaperRank)?;
+        c.exact_ell = last.first().map(|p| crate::sketch::exact_size(p.spectrum.d, p.spectrum.n as usize) as u64);
         let unresolved = || last.iter().filter(|p| !p.spectrum.rank_resolved);
         c.needs_ell = unresolved().filter_map(|p| p.spectrum.rank_needs_ell).max();
         c.memory_cap = unresolved()
@@ -147,7 +174,14 @@ impl CellBracket {
 
     /// The same statistic multiplied by a known factor `k > 0` (rank → rank/d).
     pub fn scaled(&self, k: f64) -> Self {
-        CellBracket { lo: self.lo * k, hi: self.hi * k, ci95: self.ci95 * k, ceiling: self.ceiling * k, ..self.clone() }
+        CellBracket {
+            lo: self.lo * k,
+            hi: self.hi * k,
+            ci95: self.ci95 * k,
+            ceiling: self.ceiling * k,
+            kind: BracketKind::Value,
+            ..self.clone()
+        }
     }
 
     /// How the statistic reads, each number formatted by `fmt`: one number
@@ -160,8 +194,21 @@ impl CellBracket {
         if self.seeds > 1 && self.ci95.is_finite() && self.ci95 > 0.0 {
             out.push_str(&format!(" ±{}", fmt(self.ci95)));
         }
-        if !self.resolved {
-            let needs = self.needs_ell.map(|l| format!("needs ℓ ≈ {l}"));
+        if self.resolved || self.kind == BracketKind::Value {
+            return out;
+        }
+        if self.kind == BracketKind::Count {
+            out.push_str(" (unresolved)");
+            return out;
+        }
+        {
+            let needs = self.needs_ell.map(|l| {
+                if Some(l) == self.exact_ell {
+                    format!("needs ℓ ≈ {l}, where the sketch is exact")
+                } else {
+                    format!("needs ℓ ≈ {l}")
+                }
+            });
             let why = match (self.memory_cap, needs) {
                 (Some((ell, mb)), Some(n)) => format!("memory_mb = {mb} allows ℓ ≤ {ell}; {n}"),
                 (Some((ell, mb)), None) => format!("memory_mb = {mb} allows ℓ ≤ {ell}"),
@@ -468,4 +515,44 @@ pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
         .collect();
     rows.sort_by(|a, b| a.eta_over_b.total_cmp(&b.eta_over_b).then(a.cell.cmp(&b.cell)));
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(lo: f64, hi: f64) -> Bracket {
+        Bracket { value: lo, lo, hi }
+    }
+
+    /// Issue 11: a cell's bracket reads as a bracket; an unresolved rank at
+    /// the paper's threshold says what would resolve it (the cap, the ℓ, the
+    /// exact size), another count only that it is unresolved, and a value
+    /// nothing more than its bracket.
+    #[test]
+    fn cell_brackets_say_what_they_are_and_what_would_resolve_them() {
+        let f = |x: f64| format!("{x}");
+        let mut rank = CellBracket::of(&[b(270.0, 282.0), b(272.0, 284.0)], 13338.0, BracketKind::PaperRank).unwrap();
+        assert!(rank.resolved && (rank.lo, rank.hi) == (271.0, 283.0));
+        assert!(rank.display(f).starts_with("[271, 283] ±"), "{}", rank.display(f));
+        let mut wide = CellBracket::of(&[b(37.0, 13338.0)], 13338.0, BracketKind::PaperRank).unwrap();
+        assert!(!wide.resolved);
+        assert_eq!(wide.display(f), "≥ 37 (unresolved: too few resolved eigenvalues to say what would resolve it)");
+        wide.needs_ell = Some(900);
+        assert_eq!(wide.display(f), "≥ 37 (unresolved: needs ℓ ≈ 900)");
+        wide.exact_ell = Some(900);
+        assert_eq!(wide.display(f), "≥ 37 (unresolved: needs ℓ ≈ 900, where the sketch is exact)");
+        wide.memory_cap = Some((640, 256));
+        assert_eq!(
+            wide.display(f),
+            "≥ 37 (unresolved: memory_mb = 256 allows ℓ ≤ 640; needs ℓ ≈ 900, where the sketch is exact)"
+        );
+        let count = CellBracket::of(&[b(10.0, 20.0)], 100.0, BracketKind::Count).unwrap();
+        assert_eq!(count.display(f), "[10, 20] (unresolved)");
+        let value = CellBracket::of(&[b(0.5, 0.7)], f64::INFINITY, BracketKind::Value).unwrap();
+        assert_eq!(value.display(f), "[0.5, 0.7]");
+        rank.seeds = 1;
+        let frac = rank.scaled(0.5);
+        assert_eq!((frac.kind, frac.display(f)), (BracketKind::Value, "[135.5, 141.5]".to_string()));
+    }
 }
