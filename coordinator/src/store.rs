@@ -623,22 +623,19 @@ impl Store {
     pub fn store_cell(&mut self, sweep_id: &str, result: &CellResult) -> Result<bool> {
         let json = serde_json::to_string(result).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
         let tx = self.tx()?;
-        let current: Option<(i64, String)> = tx
+        // SQLite reads the version out of the stored JSON: no parse of a
+        // whole cell under the lock.
+        let current: Option<(i64, i64)> = tx
             .query_row(
-                "SELECT runs_merged, result_json FROM cells WHERE sweep_id = ?1 AND cell = ?2",
+                "SELECT runs_merged, coalesce(json_extract(result_json, '$.results_version'), 0) FROM cells \
+                 WHERE sweep_id = ?1 AND cell = ?2",
                 params![sweep_id, result.index],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         let newer = match current {
             None => true,
-            Some((merged, json)) => {
-                let version = serde_json::from_str::<serde_json::Value>(&json)
-                    .ok()
-                    .and_then(|v| v["results_version"].as_u64())
-                    .unwrap_or(0);
-                (merged as usize) < result.seeds_done || version < RESULTS_VERSION as u64
-            }
+            Some((merged, version)) => (merged as usize) < result.seeds_done || version < RESULTS_VERSION as i64,
         };
         if newer {
             tx.execute(

@@ -157,15 +157,23 @@ impl CellBracket {
     /// probes' own account of what would resolve it.
     pub fn rank_of(runs: &[RunResult]) -> Option<Self> {
         let last: Vec<&ProbeSummary> = runs.iter().filter_map(|r| r.probes.last()).collect();
-        let ceiling = last.first().map_or(f64::INFINITY, |p| p.spectrum.d as f64);
+        let stops: Vec<Option<SizingStop>> = last.iter().map(|p| p.meta.sizing.as_ref().map(|s| s.stop)).collect();
+        Self::rank_of_spectra(&last.iter().map(|p| &p.spectrum).collect::<Vec<_>>(), &stops)
+    }
+
+    /// The rank at the paper's threshold of some spectra (one per seed),
+    /// with what would resolve it; `stops` says why each one's probe stopped
+    /// growing (`None` where unknown, as for `analyze grads`).
+    pub fn rank_of_spectra(spectra: &[&SpectrumStats], stops: &[Option<SizingStop>]) -> Option<Self> {
+        let first = spectra.first()?;
         let mut c =
-            Self::of(&last.iter().map(|p| p.spectrum.rank).collect::<Vec<_>>(), ceiling, BracketKind::PaperRank)?;
-        c.exact_ell = last.first().map(|p| crate::sketch::exact_size(p.spectrum.d, p.spectrum.n as usize) as u64);
-        let unresolved = || last.iter().filter(|p| !p.spectrum.rank_resolved);
-        c.needs_ell = unresolved().filter_map(|p| p.spectrum.rank_needs_ell).max();
+            Self::of(&spectra.iter().map(|s| s.rank).collect::<Vec<_>>(), first.d as f64, BracketKind::PaperRank)?;
+        c.exact_ell = Some(crate::sketch::exact_size(first.d, first.n as usize) as u64);
+        let unresolved = || spectra.iter().zip(stops).filter(|(s, _)| !s.rank_resolved);
+        c.needs_ell = unresolved().filter_map(|(s, _)| s.rank_needs_ell).max();
         c.memory_cap = unresolved()
-            .filter_map(|p| match p.meta.sizing.as_ref().map(|s| s.stop) {
-                Some(SizingStop::MemoryCap { max_ell, memory_mb }) => Some((max_ell, memory_mb)),
+            .filter_map(|(_, stop)| match stop {
+                Some(SizingStop::MemoryCap { max_ell, memory_mb }) => Some((*max_ell, *memory_mb)),
                 _ => None,
             })
             .min();

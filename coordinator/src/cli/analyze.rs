@@ -97,14 +97,11 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
                     let count = |b: &gradsweep_shared::stats::Bracket| b.display(dd, |x| format!("{x}"));
                     let real = |b: &gradsweep_shared::stats::Bracket| b.display(f64::INFINITY, fmt);
                     println!("λ_max                {}", real(&s.lambda_max));
-                    let unresolved = match (s.rank_resolved, s.rank_needs_ell) {
-                        (true, _) => String::new(),
-                        (false, Some(l)) => format!(" (unresolved: needs ℓ ≈ {l})"),
-                        (false, None) => " (unresolved: needs a larger sketch)".into(),
-                    };
+                    // The same reading as the results tables, reason included.
+                    let rank = gradsweep_shared::results::CellBracket::rank_of_spectra(&[s], &[None])
+                        .map_or_else(|| count(&s.rank), |b| b.display(|x| format!("{x}")));
                     println!(
-                        "rank (λ_max·d·ε_f32) {}{unresolved}  rank/d {}",
-                        count(&s.rank),
+                        "rank (λ_max·d·ε_f32) {rank}  rank/d {}",
                         s.rank_fraction.display(1.0, |x| format!("{x:.5}"))
                     );
                     for (rel, b) in &s.ranks_relative {
