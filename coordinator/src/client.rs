@@ -22,6 +22,9 @@ pub enum ClientError {
     /// A results message could not be read.
     #[error("unreadable results from the coordinator: {0}")]
     Decode(String),
+    /// What arrived could not be kept locally.
+    #[error("{0}")]
+    Write(String),
 }
 
 /// A control client whose calls carry the token when one is configured.
@@ -100,4 +103,76 @@ pub async fn fetch_results_with(
     }
     let summary = summary.ok_or_else(|| ClientError::Decode("results stream ended without a summary".into()))?;
     Ok((cells, summary))
+}
+
+/// One NPY file a probe kept ([`export_gradients`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedGradientsFile {
+    /// The run's cell.
+    pub cell: u32,
+    /// The run's seed.
+    pub seed: u64,
+    /// The probe's index within the run.
+    pub probe_index: u32,
+    /// Epochs completed at the probe.
+    pub epoch: u32,
+    /// The weights (shape d) rather than the gradient rows (rows × d).
+    pub weights: bool,
+    /// The whole NPY file.
+    pub npy: Vec<u8>,
+}
+
+impl SavedGradientsFile {
+    /// The file's name, made of numbers only (no path from the wire):
+    /// `c{cell}-s{seed}-probe{index}-epoch{epoch}.{gradients|weights}.npy`.
+    pub fn file_name(&self) -> String {
+        let what = if self.weights { "weights" } else { "gradients" };
+        format!("c{}-s{}-probe{}-epoch{}.{what}.npy", self.cell, self.seed, self.probe_index, self.epoch)
+    }
+}
+
+/// Streams the gradient rows and weights that `sweep_id`'s probes kept
+/// (`[probe] save_gradients`), handing each whole file to `on_file` as
+/// soon as its last chunk arrives; returns how many files there were.
+pub async fn export_gradients(
+    client: &mut ControlClient,
+    sweep_id: &str,
+    on_file: &mut dyn FnMut(SavedGradientsFile) -> std::io::Result<()>,
+) -> Result<usize, ClientError> {
+    let req = pb::ExportGradientsRequest { sweep_id: sweep_id.into() };
+    let mut stream = client.export_gradients(req).await?.into_inner();
+    let (mut current, mut files, mut next) = (None::<SavedGradientsFile>, 0usize, 0u32);
+    while let Some(c) = stream.message().await? {
+        let file = current.get_or_insert_with(|| SavedGradientsFile {
+            cell: c.cell,
+            seed: c.seed,
+            probe_index: c.probe_index,
+            epoch: c.epoch,
+            weights: c.weights,
+            npy: vec![],
+        });
+        // Chunks of one file arrive in order, file after file.
+        let same = (file.cell, file.seed, file.probe_index, file.weights) == (c.cell, c.seed, c.probe_index, c.weights);
+        if !same || c.chunk_index != next || c.chunk_index >= c.chunk_count {
+            return Err(ClientError::Decode(format!(
+                "gradient file {}: chunk {} of {} out of order (expected chunk {next})",
+                file.file_name(),
+                c.chunk_index,
+                c.chunk_count
+            )));
+        }
+        file.npy.extend_from_slice(&c.data);
+        next += 1;
+        if next == c.chunk_count
+            && let Some(done) = current.take()
+        {
+            let name = done.file_name();
+            on_file(done).map_err(|e| ClientError::Write(format!("cannot write gradient file {name}: {e}")))?;
+            (files, next) = (files + 1, 0);
+        }
+    }
+    if let Some(f) = current {
+        return Err(ClientError::Decode(format!("the stream ended inside gradient file {}", f.file_name())));
+    }
+    Ok(files)
 }

@@ -6,7 +6,37 @@ use gradsweep_shared::spec::RunFinal;
 use gradsweep_shared::stats::RankThresholds;
 
 use crate::error::{CoordinatorError, Result};
-use crate::store::{BlobKind, Chunk, Lease, Outcome, Report, ReportBody, SweepRow, WorkerRow, run_state};
+use crate::store::{
+    BlobKind, Chunk, Lease, Outcome, Report, ReportBody, SavedProbeRef, SweepRow, WorkerRow, run_state,
+};
+
+/// A probe's saved gradient rows and weights as NPY files (rows × d, and
+/// d), each cut into chunks under the message limit. Nothing when the probe
+/// kept none.
+pub fn saved_gradients_to_wire(r: &SavedProbeRef, p: &gradsweep_shared::ProbeRecord) -> Vec<pb::GradientsChunk> {
+    let Some(s) = &p.saved else { return vec![] };
+    let d = s.weights.len();
+    let files = [
+        (false, gradsweep_shared::npy::write_f32(s.rows as usize, d, &s.gradients)),
+        (true, gradsweep_shared::npy::write_f32_vector(&s.weights)),
+    ];
+    let mut out = vec![];
+    for (weights, bytes) in files {
+        let parts = gradsweep_proto::chunk_slices(&bytes);
+        let count = parts.len() as u32;
+        out.extend(parts.into_iter().enumerate().map(|(i, data)| pb::GradientsChunk {
+            cell: r.cell,
+            seed: r.seed,
+            probe_index: r.index,
+            epoch: p.meta.epoch,
+            weights,
+            chunk_index: i as u32,
+            chunk_count: count,
+            data: data.to_vec(),
+        }));
+    }
+    out
+}
 
 fn bad(m: impl Into<String>) -> CoordinatorError {
     CoordinatorError::InvalidArgument(m.into())

@@ -137,6 +137,8 @@ type CheckpointStream = Pin<Box<dyn Stream<Item = Result<pb::CheckpointChunk, St
 
 type ResultsStream = Pin<Box<dyn Stream<Item = Result<pb::ResultsChunk, Status>> + Send>>;
 
+type GradientsStream = Pin<Box<dyn Stream<Item = Result<pb::GradientsChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl ControlService for ControlApi {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
@@ -190,6 +192,46 @@ impl ControlService for ControlApi {
                 .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::SummaryJson(j)) }),
         );
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    type ExportGradientsStream = GradientsStream;
+
+    /// One probe at a time: read and decoded off the runtime, converted to
+    /// NPY chunks, sent through a bounded channel (a slow client slows the
+    /// reads instead of growing memory).
+    async fn export_gradients(
+        &self,
+        req: Request<pb::ExportGradientsRequest>,
+    ) -> Result<Response<Self::ExportGradientsStream>, Status> {
+        let id = req.into_inner().sweep_id;
+        let id2 = id.clone();
+        self.state.read_store(move |s| s.sweep(&id2)).await?;
+        let refs = self.state.read_store(move |s| s.saved_gradient_probes(&id)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            for r in refs {
+                let (run_id, index, params) = (r.run_id.clone(), r.index, r.params);
+                let chunks = state
+                    .read_store(move |s| s.probe(&run_id, index, params))
+                    .await
+                    .map(|p| convert::saved_gradients_to_wire(&r, &p));
+                match chunks {
+                    Ok(chunks) => {
+                        for c in chunks {
+                            if tx.send(Ok(c)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {

@@ -1020,6 +1020,40 @@ impl Store {
         Ok(self.conn.query_row("SELECT data FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?)
     }
 
+    /// The probes of `sweep_id`'s finished runs whose spec kept gradient
+    /// rows (`[probe] save_gradients`), in (cell, seed, probe) order.
+    pub fn saved_gradient_probes(&self, sweep_id: &str) -> Result<Vec<SavedProbeRef>> {
+        Ok(self
+            .conn
+            .prepare(
+                "SELECT r.id, r.cell, r.seed, p.idx, r.params FROM runs r JOIN probes p ON p.run_id = r.id \
+                 WHERE r.sweep_id = ?1 AND r.state IN (?2, ?3) \
+                 AND coalesce(json_extract(r.spec_json, '$.probe.save_gradients'), 0) > 0 \
+                 ORDER BY r.cell, r.seed, p.idx",
+            )?
+            .query_map(params![sweep_id, COMPLETED, DIVERGED], |r| {
+                Ok(SavedProbeRef {
+                    run_id: r.get(0)?,
+                    cell: r.get(1)?,
+                    seed: r.get::<_, i64>(2)? as u64,
+                    index: r.get(3)?,
+                    params: r.get::<_, i64>(4)? as usize,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One stored probe of a run, decoded (with its saved gradients, if any).
+    pub fn probe(&self, run_id: &str, index: u32, params: usize) -> Result<ProbeRecord> {
+        let blob: Vec<u8> = self
+            .conn
+            .query_row("SELECT data FROM probes WHERE run_id = ?1 AND idx = ?2", params![run_id, index], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| CoordinatorError::NotFound { kind: "probe", id: format!("{run_id}#{index}") })?;
+        ProbeRecord::decode(&blob, Some(params))
+            .map_err(|e| CoordinatorError::Internal(format!("run {run_id} probe {index}: {e}")))
+    }
+
     /// A run's current lease state, for tests and tools: (state, epoch, applied_seq).
     pub fn run_state(&self, run_id: &str) -> Result<(String, u64, u64)> {
         self.conn
@@ -1162,6 +1196,21 @@ fn load_cell_runs(conn: &Connection, sweep_id: &str, cell: u32) -> Result<Vec<Ru
         out.push(RunData { run_id, seed: seed as u64, fin, probes, trajectory });
     }
     Ok(out)
+}
+
+/// A probe that kept gradient rows ([`Store::saved_gradient_probes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedProbeRef {
+    /// The run.
+    pub run_id: String,
+    /// Its cell.
+    pub cell: u32,
+    /// Its seed.
+    pub seed: u64,
+    /// The probe's index within the run.
+    pub index: u32,
+    /// The run's parameter count d.
+    pub params: usize,
 }
 
 /// A cell's results, stored or to be computed ([`Store::cell_sources`]).

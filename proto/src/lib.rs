@@ -34,7 +34,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// 4: run specs whose `sketch_rank` may be `"auto"` (with `memory_mb` and
 /// `at_epochs`), probes that record their sizing, sketches of different ℓ
 /// that merge.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: probe sketches in format 3 (compacted, with their orthogonal row
+/// groups), run specs with `shard_samples` (probes split into shards by
+/// sample range and merged in shard order).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// No gRPC message in either direction may exceed this size (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

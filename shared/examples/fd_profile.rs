@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use gradsweep_shared::linalg::{EigenSolver, gram_f64_of_f32, gram_f64_of_f32_after, sgemm, sym_eigen, sym_eigen_by};
+use gradsweep_shared::linalg::{EigenSolver, gram_f64_of_f32, gram_f64_of_f32_groups, sgemm, sym_eigen, sym_eigen_by};
 use gradsweep_shared::rng::{Rng, Stream};
 use gradsweep_shared::sketch::FdSketch;
 
@@ -43,7 +43,7 @@ fn main() {
     // In steady state the ℓ rows the last shrink left are orthogonal, and
     // only the blocks that involve the ℓ new rows are computed.
     let t_gram = best(10, || {
-        std::hint::black_box(gram_f64_of_f32_after(r, d, buf, ell));
+        std::hint::black_box(gram_f64_of_f32_groups(r, d, buf, &[0..ell]));
     });
     let t_gram_full = best(10, || {
         std::hint::black_box(gram_f64_of_f32(r, d, buf));
@@ -66,6 +66,23 @@ fn main() {
     sk.insert_block(&rows);
     let t_block = best(5, || sk.insert_block(&rows));
     let per_shrink = t_block / (block / ell) as f64;
+    // A merge of two compact sketches (ℓ orthogonal rows each), decoded as
+    // the coordinator has them: only the cross Gram block is computed.
+    let t_cross = best(10, || {
+        std::hint::black_box(gram_f64_of_f32_groups(r, d, buf, &[0..ell, ell..r]));
+    });
+    let mut compact = sk.clone();
+    compact.compact();
+    let wire = compact.encode();
+    let other = FdSketch::decode(&wire, Some(d)).expect("own encoding");
+    let t_merge = best(5, || {
+        let mut a = FdSketch::decode(&wire, Some(d)).expect("own encoding");
+        a.merge(&other).expect("same shape");
+        std::hint::black_box(a);
+    });
+    let t_decode = best(5, || {
+        std::hint::black_box(FdSketch::decode(&wire, Some(d)).expect("own encoding"));
+    });
     // The benchmark's count: the full 2ℓ×d×2ℓ Gram plus the ℓ×2ℓ×d rotation.
     let flops = 2.0 * (r * r * d) as f64 + 2.0 * (ell * r * d) as f64;
     println!("d = {d}, ℓ = {ell}; sgemm 128x784x256 {:.1} GFLOP/s", rate / 1e9);
@@ -83,5 +100,13 @@ fn main() {
         per_shrink * 1e3,
         flops / per_shrink / 1e9,
         100.0 * flops / per_shrink / rate
+    );
+    println!(
+        "  merge of two compact sketches {:>7.2} ms ({} rows each, {:.1} MB on the wire; decoding one {:.2} ms, not counted; cross Gram {:.2} ms)",
+        (t_merge - t_decode).max(0.0) * 1e3,
+        compact.rows(),
+        wire.len() as f64 / 1e6,
+        t_decode * 1e3,
+        t_cross * 1e3
     );
 }

@@ -1,14 +1,18 @@
 //! What a probe costs: per-sample gradients over a training set, the
 //! Frequent Directions sketch at a given ℓ (or `auto`), and the statistics
-//! read off it, on one thread, against an sgemm measured in the same run.
+//! read off it, against an sgemm measured in the same run; then the same
+//! probe on more threads (its shards computed in parallel, as a worker's
+//! idle slots compute them), timed side by side and checked bit-identical.
 //!
-//! `cargo run --release -p gradsweep-shared --example probe_profile [MODEL] [DATASET] [SAMPLES] [ELL|auto]`
+//! `cargo run --release -p gradsweep-shared --example probe_profile [MODEL] [DATASET] [SAMPLES] [ELL|auto] [THREADS,…]`
 //!
 //! Defaults: `small-lenet mnist 8192 1024` (MNIST from `GRADSWEEP_DATA_DIR`,
 //! else `data/`, as laid out by `deploy/fetch-data.sh`; with `digits` it
 //! needs no files). `SAMPLES` takes the first samples of the training set
 //! (0: all). The weights are the model's initial ones: the cost of a pass
 //! does not depend on them, an auto probe's number of passes does.
+//! `THREADS` (default `1,2`): the thread counts to compare; the first one's
+//! run gives the breakdown.
 #![allow(clippy::print_stdout)] // the report is this tool's output
 
 use std::sync::atomic::AtomicBool;
@@ -18,7 +22,8 @@ use gradsweep_shared::data::{DatasetName, load_split};
 use gradsweep_shared::linalg::sgemm;
 use gradsweep_shared::model::Model;
 use gradsweep_shared::rng::{Rng, Stream};
-use gradsweep_shared::run::probe;
+use gradsweep_shared::run::{ProbeInput, probe};
+use gradsweep_shared::shards::FixedThreads;
 use gradsweep_shared::spec::{ProbeConfig, RunSpec, SketchSize, TrainConfig};
 use gradsweep_shared::stats::SpectrumStats;
 
@@ -77,9 +82,21 @@ fn main() {
         passes.push((p.ell, p.rank, last.elapsed().as_secs_f64()));
         last = Instant::now();
     };
-    let record = probe(&model, &params, &buffers, &split.train, &spec, 0, 0, 0, &AtomicBool::new(false), &mut on_pass)
-        .expect("not stopped");
+    let threads: Vec<usize> =
+        arg(5, "1,2").split(',').map(|s| s.trim().parse().expect("THREADS is a list of numbers")).collect();
+    let input = ProbeInput { model: &model, params: &params, buffers: &buffers, train: &split.train, spec: &spec };
+    let stop = AtomicBool::new(false);
+    let lend = FixedThreads(threads[0].saturating_sub(1));
+    let record = probe(input, (0, 0, 0), &stop, &lend, &mut on_pass).expect("not stopped");
     let t_probe = t.elapsed().as_secs_f64();
+    // The same probe on the other thread counts, side by side.
+    let mut side_by_side = vec![];
+    for &th in &threads[1..] {
+        let t = Instant::now();
+        let other =
+            probe(input, (0, 0, 0), &stop, &FixedThreads(th.saturating_sub(1)), &mut |_| {}).expect("not stopped");
+        side_by_side.push((th, t.elapsed().as_secs_f64(), other == record));
+    }
     let t = Instant::now();
     let st = SpectrumStats::from_sketch(&record.sketch);
     let t_stats = t.elapsed().as_secs_f64();
@@ -132,4 +149,18 @@ fn main() {
             format!("unresolved; needs ℓ ≈ {:?}", st.rank_needs_ell)
         }
     );
+    println!(
+        "  shards                     {} of {} samples",
+        n.div_ceil(spec.probe.shard_samples.max(1) as usize),
+        spec.probe.shard_samples
+    );
+    for (th, secs, same) in side_by_side {
+        println!(
+            "  on {th} threads              {:>8.2} s = {:.2}× the time on {} ({})",
+            secs,
+            secs / t_probe,
+            threads[0],
+            if same { "bit-identical" } else { "DIFFERENT RESULT" }
+        );
+    }
 }

@@ -210,6 +210,8 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("at_epochs", Section::Probe, Kind::IntList),
     ("sketch_rank", Section::Probe, Kind::IntOrAuto(1)),
     ("memory_mb", Section::Probe, Kind::Int(16)),
+    ("shard_samples", Section::Probe, Kind::Int(0)),
+    ("save_gradients", Section::Probe, Kind::Int(0)),
     ("projections", Section::Probe, Kind::Int(2)),
     ("basis", Section::Probe, Kind::Choice(&["random", "eigen"])),
     ("basis_probe", Section::Probe, Kind::Int(0)),
@@ -764,6 +766,24 @@ fn build_cell(
                 format!(
                     "`sketch_rank` {ell} needs about {} MiB per probe at d = {d}, more than `memory_mb` = {}; \
                      raise `memory_mb`, lower `sketch_rank`, or use \"auto\"{cell_desc}",
+                    need.div_ceil(1024 * 1024),
+                    probe.memory_mb
+                ),
+            );
+        }
+    }
+    if let Some(m) = &model
+        && probe.save_gradients > 0
+    {
+        let d = m.param_count() as u64;
+        let need = probe.save_gradients as u64 * d * 4;
+        if need > probe.memory_mb as u64 * 1024 * 1024 {
+            ctx.push(
+                span_of("save_gradients"),
+                format!(
+                    "`save_gradients` {} keeps {} MiB of rows per probe at d = {d}, more than `memory_mb` = {}; \
+                     keep fewer rows or raise `memory_mb`{cell_desc}",
+                    probe.save_gradients,
                     need.div_ceil(1024 * 1024),
                     probe.memory_mb
                 ),

@@ -221,6 +221,20 @@ const GRAM_PANEL: usize = 256;
 /// Row-block size of [`gram_f64_of_f32`]'s lower strips.
 const GRAM_BLOCK: usize = 64;
 
+/// Σ x² of `row` in f64, in eight interleaved partial sums (a fixed order,
+/// so deterministic; independent chains, so fast), then added in order.
+pub fn sum_sq_f64(row: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v as f64) * (v as f64);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// The Gram matrix `a·aᵀ` (m×m, f64) of the rows of the row-major f32
 /// matrix `a` (m×k), accumulated in f64: products of f32 numbers are exact
 /// in f64, so only the f64 summation rounds. It works through column panels
@@ -229,20 +243,36 @@ const GRAM_BLOCK: usize = 64;
 /// mirroring the rest. The summation order of every entry is fixed, so the
 /// result is deterministic.
 pub fn gram_f64_of_f32(m: usize, k: usize, a: &[f32]) -> Vec<f64> {
-    gram_f64_of_f32_after(m, k, a, 0)
+    gram_f64_of_f32_groups(m, k, a, &[])
 }
 
-/// [`gram_f64_of_f32`] for a matrix whose first `known` rows the caller
-/// already knows the Gram block of: block rows that lie wholly inside the
-/// leading `known × known` corner are not computed (that corner reads zero
-/// there; a block row that crosses its edge is computed in full). Frequent Directions uses it
-/// for the rows a shrink leaves, which are orthogonal by construction.
-pub fn gram_f64_of_f32_after(m: usize, k: usize, a: &[f32], known: usize) -> Vec<f64> {
+/// [`gram_f64_of_f32`] for a matrix some of whose row groups the caller
+/// knows to be orthogonal (`groups`: disjoint ranges of rows). Inside a
+/// group the Gram block is taken as diagonal: its off-diagonal entries read
+/// 0 and its diagonal is each row's [`sum_sq_f64`]; block rows that lie
+/// wholly inside a group compute only the columns before it. Every other
+/// entry is the full Gram's. Frequent Directions uses it for the rows a
+/// shrink leaves, orthogonal by construction: in steady state a shrink
+/// then computes only the new rows' blocks, and a merge of two compact
+/// sketches only their cross block.
+pub fn gram_f64_of_f32_groups(m: usize, k: usize, a: &[f32], groups: &[std::ops::Range<usize>]) -> Vec<f64> {
     assert!(a.len() >= m * k, "gram_f64_of_f32: slice too short");
+    assert!(groups.iter().all(|g| g.start <= g.end && g.end <= m), "gram_f64_of_f32: group outside the matrix");
     let mut c = vec![0.0; m * m];
     if m == 0 || k == 0 {
         return c;
     }
+    // Per block row: the columns to compute (all of 0..=diagonal block,
+    // or only those before the group it lies in).
+    let strips: Vec<(usize, usize, usize)> = (0..m)
+        .step_by(GRAM_BLOCK)
+        .map(|i0| {
+            let bi = GRAM_BLOCK.min(m - i0);
+            let inside = groups.iter().find(|g| g.start <= i0 && i0 + bi <= g.end);
+            (i0, bi, inside.map_or(i0 + bi, |g| g.start))
+        })
+        .filter(|&(_, _, nj)| nj > 0)
+        .collect();
     let mut panel = vec![0.0f64; m * GRAM_PANEL.min(k)];
     for start in (0..k).step_by(GRAM_PANEL) {
         let w = GRAM_PANEL.min(k - start);
@@ -252,15 +282,10 @@ pub fn gram_f64_of_f32_after(m: usize, k: usize, a: &[f32], known: usize) -> Vec
         }
         // One product per block of rows: the strip from column 0 through
         // its diagonal block (long strips keep the kernel busy).
-        for i0 in (0..m).step_by(GRAM_BLOCK) {
-            let bi = GRAM_BLOCK.min(m - i0);
-            if i0 + bi <= known {
-                continue;
-            }
-            let nj = i0 + bi;
+        for &(i0, bi, nj) in &strips {
             #[allow(unsafe_code)]
             // SAFETY: rows i0..i0+bi and 0..nj of the m×w panel are in
-            // bounds (nj = i0 + bi ≤ m); the output strip (i0.., 0..nj) of
+            // bounds (nj ≤ i0 + bi ≤ m); the output strip (i0.., 0..nj) of
             // the m×m matrix c is in bounds and c does not alias the panel.
             unsafe {
                 matrixmultiply::dgemm(
@@ -280,6 +305,12 @@ pub fn gram_f64_of_f32_after(m: usize, k: usize, a: &[f32], known: usize) -> Vec
                     1,
                 );
             }
+        }
+    }
+    for g in groups {
+        for i in g.clone() {
+            c[i * m + g.start..i * m + i].fill(0.0);
+            c[i * m + i] = sum_sq_f64(&a[i * k..(i + 1) * k]);
         }
     }
     for i in 0..m {
@@ -774,24 +805,32 @@ mod tests {
         assert!(e.values[2].abs() < 1e-12);
     }
 
-    /// With a known corner, every entry outside the corner's whole block
-    /// rows is the full Gram's; a corner covering whole block rows reads 0.
+    /// With orthogonal groups, every entry outside them is the full
+    /// Gram's; inside a group the block is diagonal, with each row's f64
+    /// sum of squares on it (groups aligned with the block rows or not).
     #[test]
-    fn gram_after_a_known_corner_computes_the_rest() {
+    fn gram_with_orthogonal_groups_computes_the_rest() {
         let mut r = Rng::new(3, Stream::Other(7));
-        let (m, k) = (130usize, 2100usize);
+        let (m, k) = (200usize, 2100usize);
         let a: Vec<f32> = (0..m * k).map(|_| r.normal() as f32).collect();
         let full = gram_f64_of_f32(m, k, &a);
-        for known in [0usize, 1, 64, 70, 128, 130] {
-            let g = gram_f64_of_f32_after(m, k, &a, known);
-            // Rows of block rows wholly inside the corner are not computed.
-            let ends = (0..m).step_by(GRAM_BLOCK).map(|i0| (i0 + GRAM_BLOCK).min(m));
-            let skipped = ends.filter(|&e| e <= known).max().unwrap_or(0);
+        let cases: [&[std::ops::Range<usize>]; 5] = [&[], &[0..1], &[0..64], &[0..70, 70..200], &[3..130, 140..141]];
+        for groups in cases {
+            let g = gram_f64_of_f32_groups(m, k, &a, groups);
+            let group = |i: usize| groups.iter().position(|g| g.contains(&i));
             for i in 0..m {
                 for j in 0..m {
-                    let corner = i < skipped && j < skipped;
-                    let want = if corner { 0.0 } else { full[i * m + j] };
-                    assert_eq!(g[i * m + j], want, "known {known}: entry ({i}, {j})");
+                    let want = match (group(i), group(j)) {
+                        (Some(x), Some(y)) if x == y => {
+                            if i == j {
+                                sum_sq_f64(&a[i * k..(i + 1) * k])
+                            } else {
+                                0.0
+                            }
+                        }
+                        _ => full[i * m + j],
+                    };
+                    assert_eq!(g[i * m + j], want, "groups {groups:?}: entry ({i}, {j})");
                 }
             }
         }

@@ -151,17 +151,40 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
-/// Serialises a 2-d array as NPY version 1.0 (f32 when `as_f32`), exactly as
-/// `numpy.save` lays it out.
-pub fn write(rows: usize, cols: usize, data: &[f64], as_f32: bool) -> Vec<u8> {
-    let descr = if as_f32 { "<f4" } else { "<f8" };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+/// Serialises a 2-d f32 array (row-major `rows × cols`) as NPY version 1.0,
+/// bit for bit (no widening).
+pub fn write_f32(rows: usize, cols: usize, data: &[f32]) -> Vec<u8> {
+    let mut out = npy_header(&format!("({rows}, {cols})"), "<f4", data.len() * 4);
+    data.iter().for_each(|v| out.extend(v.to_le_bytes()));
+    out
+}
+
+/// Serialises a 1-d f32 array as NPY version 1.0, bit for bit.
+pub fn write_f32_vector(data: &[f32]) -> Vec<u8> {
+    let mut out = npy_header(&format!("({},)", data.len()), "<f4", data.len() * 4);
+    data.iter().for_each(|v| out.extend(v.to_le_bytes()));
+    out
+}
+
+/// The magic, version and header of an NPY 1.0 file (padded to 64 bytes),
+/// with room reserved for `payload` more bytes.
+fn npy_header(shape: &str, descr: &str, payload: usize) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    let mut out = Vec::with_capacity(10 + header.len() + payload);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend((header.len() as u16).to_le_bytes());
     out.extend(header.as_bytes());
+    out
+}
+
+/// Serialises a 2-d array as NPY version 1.0 (f32 when `as_f32`), exactly as
+/// `numpy.save` lays it out.
+pub fn write(rows: usize, cols: usize, data: &[f64], as_f32: bool) -> Vec<u8> {
+    let (descr, width) = if as_f32 { ("<f4", 4) } else { ("<f8", 8) };
+    let mut out = npy_header(&format!("({rows}, {cols})"), descr, data.len() * width);
     for v in data {
         if as_f32 {
             out.extend((*v as f32).to_le_bytes());

@@ -46,6 +46,22 @@ pub struct ProbeRecord {
     pub meta: ProbeMeta,
     /// The sketch of the per-sample gradients over the training set.
     pub sketch: FdSketch,
+    /// The first rows it saw and the weights, when the spec asks
+    /// (`[probe] save_gradients`).
+    pub saved: Option<SavedGradients>,
+}
+
+/// Per-sample gradient rows a probe kept, with the weights that produced
+/// them: the raw material to check its statistics with other tools.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedGradients {
+    /// Number of rows (the first samples of the training set, in order).
+    pub rows: u32,
+    /// The rows, row-major `rows × d` (eval mode, with the weight-decay
+    /// term): exactly what the sketch was given.
+    pub gradients: Vec<f32>,
+    /// The weights (d values, the model's parameter order).
+    pub weights: Vec<f32>,
 }
 
 /// Where and when a probe was taken.
@@ -69,16 +85,33 @@ pub struct ProbeMeta {
     /// How the sketch was sized (absent in probes of earlier builds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sizing: Option<ProbeSizing>,
+    /// Number of gradient rows the record carries after its sketch
+    /// ([`ProbeRecord::saved`]); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_rows: Option<u32>,
 }
 
 impl ProbeRecord {
-    /// Serialises as `[u32 header length][header JSON][sketch bytes]`.
+    /// Serialises as `[u32 header length][header JSON][sketch bytes]`; with
+    /// saved gradients (the header's `saved_rows`), as `[u32 header
+    /// length][header JSON][u64 sketch length][sketch bytes][rows × d f32]
+    /// [d f32 weights]`, little-endian.
     pub fn encode(&self) -> Vec<u8> {
-        let header = serde_json::to_vec(&self.meta).unwrap_or_default();
-        let mut out = Vec::with_capacity(4 + header.len());
+        let mut meta = self.meta.clone();
+        meta.saved_rows = self.saved.as_ref().map(|s| s.rows);
+        let header = serde_json::to_vec(&meta).unwrap_or_default();
+        let sketch = self.sketch.encode();
+        let mut out = Vec::with_capacity(4 + header.len() + sketch.len());
         out.extend_from_slice(&(header.len() as u32).to_le_bytes());
         out.extend_from_slice(&header);
-        out.extend_from_slice(&self.sketch.encode());
+        match &self.saved {
+            None => out.extend_from_slice(&sketch),
+            Some(s) => {
+                out.extend_from_slice(&(sketch.len() as u64).to_le_bytes());
+                out.extend_from_slice(&sketch);
+                s.gradients.iter().chain(&s.weights).for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+            }
+        }
         out
     }
 
@@ -89,8 +122,29 @@ impl ProbeRecord {
         let len = u32::from_le_bytes(len.try_into().map_err(|_| bad("probe header".into()))?) as usize;
         let header = bytes.get(4..4 + len).ok_or_else(|| bad("probe header truncated".into()))?;
         let meta: ProbeMeta = serde_json::from_slice(header).map_err(|e| bad(format!("probe header: {e}")))?;
-        let sketch = FdSketch::decode(&bytes[4 + len..], expect_dim)?;
-        Ok(ProbeRecord { meta, sketch })
+        let rest = &bytes[4 + len..];
+        let Some(rows) = meta.saved_rows else {
+            return Ok(ProbeRecord { sketch: FdSketch::decode(rest, expect_dim)?, meta, saved: None });
+        };
+        let sk_len = rest.get(..8).ok_or_else(|| bad("probe record truncated".into()))?;
+        let sk_len = u64::from_le_bytes(sk_len.try_into().map_err(|_| bad("sketch length".into()))?) as usize;
+        let sk_bytes = rest.get(8..8usize.saturating_add(sk_len)).ok_or_else(|| bad("sketch truncated".into()))?;
+        let sketch = FdSketch::decode(sk_bytes, expect_dim)?;
+        let d = sketch.dim();
+        let tail = &rest[8 + sk_len..];
+        if Some(tail.len()) != (rows as usize + 1).checked_mul(d).and_then(|n| n.checked_mul(4)) {
+            return Err(bad(format!(
+                "{} bytes of saved gradients, expected {} rows and weights at d = {d}",
+                tail.len(),
+                rows
+            )));
+        }
+        let mut values: Vec<f32> = tail.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if !values.iter().all(|v| v.is_finite()) {
+            return Err(SketchError::NonFinite("saved gradients"));
+        }
+        let weights = values.split_off(rows as usize * d);
+        Ok(ProbeRecord { meta, sketch, saved: Some(SavedGradients { rows, gradients: values, weights }) })
     }
 }
 
@@ -140,6 +194,20 @@ pub fn execute_from(
     spec: &RunSpec,
     resume: Option<Checkpoint>,
     stop: &AtomicBool,
+    sink: &mut dyn FnMut(RunEvent) -> ControlFlow<()>,
+) -> Result<RunFinal, RunError> {
+    execute_with(spec, resume, stop, &crate::shards::NoThreads, sink)
+}
+
+/// [`execute_from`], with probes computed by this thread and whatever
+/// threads `lender` lends (a worker's idle slots): the shards a probe is
+/// split into are folded in shard order, so the threads change the time,
+/// never the result.
+pub fn execute_with(
+    spec: &RunSpec,
+    resume: Option<Checkpoint>,
+    stop: &AtomicBool,
+    lender: &dyn crate::shards::ThreadLender,
     sink: &mut dyn FnMut(RunEvent) -> ControlFlow<()>,
 ) -> Result<RunFinal, RunError> {
     let t = &spec.train;
@@ -280,9 +348,8 @@ pub fn execute_from(
             let mut on_pass = |p: ProbePass| {
                 let _ = sink(RunEvent::ProbePass(p));
             };
-            let Some(record) =
-                probe(&model, &params, &buffers, &split.train, spec, index as u32, epoch + 1, step, stop, &mut on_pass)
-            else {
+            let input = ProbeInput { model: &model, params: &params, buffers: &buffers, train: &split.train, spec };
+            let Some(record) = probe(input, (index as u32, epoch + 1, step), stop, lender, &mut on_pass) else {
                 return Err(RunError::Stopped);
             };
             if !record.meta.train_loss.is_finite() {
@@ -443,28 +510,89 @@ pub fn auto_ell_range(spec: &RunSpec, d: usize, n: usize) -> (usize, usize) {
     (first, cap)
 }
 
-/// The moments a pass gathers besides the sketch (the same in every pass).
-struct PassExtras {
-    loss: f64,
-    correct: f64,
-    exact: Option<crate::sketch::ExactCovariance>,
+/// The moments a probe's first pass gathers besides the sketch, summed
+/// over its samples (added shard by shard, in shard order).
+#[derive(Debug, Clone)]
+pub struct PassExtras {
+    /// Σ per-sample loss (eval mode, without the weight-decay term).
+    pub loss: f64,
+    /// Number of samples classified correctly (as an f64 sum).
+    pub correct: f64,
+    /// The exact covariance, with probe option `exact`.
+    pub exact: Option<crate::sketch::ExactCovariance>,
+    /// The first `save_gradients` rows (row-major, in sample order).
+    pub rows: Vec<f32>,
 }
 
-/// One pass over the training set at `params`: per-sample gradients (eval
-/// mode, with the weight-decay term) in blocks, into a sketch of size `ell`.
-/// With `extras`, also the loss, the accuracy and (probe option `exact`) the
-/// exact covariance. `None` if `stop` was raised.
-#[allow(clippy::too_many_arguments)]
+impl PassExtras {
+    fn merge(&mut self, other: PassExtras) {
+        self.loss += other.loss;
+        self.correct += other.correct;
+        self.rows.extend_from_slice(&other.rows);
+        if let (Some(a), Some(b)) = (self.exact.as_mut(), other.exact.as_ref()) {
+            a.merge(b);
+        }
+    }
+}
+
+/// What a probe needs besides the spec: the model and where it is evaluated.
+#[derive(Clone, Copy)]
+pub struct ProbeInput<'a> {
+    /// The network.
+    pub model: &'a Model,
+    /// Its weights.
+    pub params: &'a [f32],
+    /// Its buffers (BatchNorm statistics), used in eval mode.
+    pub buffers: &'a [f32],
+    /// The training set whose per-sample gradients are sketched.
+    pub train: &'a crate::data::Dataset,
+    /// The run's spec (probe settings, weight decay).
+    pub spec: &'a RunSpec,
+}
+
+/// One pass over the training set at `params`: the shards of
+/// [`crate::shards::shard_ranges`] computed by [`probe_shard`] on this
+/// thread and those `lender` lends (as many as `memory_mb` allows), folded
+/// in shard order, compacted. `None` if `stop` was raised.
 fn probe_pass(
-    model: &Model,
-    params: &[f32],
-    buffers: &[f32],
-    train: &crate::data::Dataset,
-    spec: &RunSpec,
+    input: ProbeInput<'_>,
+    ell: usize,
+    extras: bool,
+    stop: &AtomicBool,
+    lender: &dyn crate::shards::ThreadLender,
+) -> Option<(FdSketch, Option<PassExtras>)> {
+    let spec = input.spec;
+    let ranges = crate::shards::shard_ranges(input.train.len(), spec.probe.shard_samples);
+    let d = input.model.param_count();
+    let block = (spec.probe.block_size as usize).max(1);
+    // Each thread holds a sketch and a block of gradients.
+    let per_thread = crate::sketch::probe_memory_bytes(d, ell, block).max(1);
+    let max_threads = (spec.probe.memory_mb as u64 * 1024 * 1024 / per_thread).max(1) as usize;
+    let compute = |k: usize| probe_shard(input, ranges[k].clone(), ell, extras, stop);
+    let merge = |a: &mut (FdSketch, Option<PassExtras>), b: (FdSketch, Option<PassExtras>)| {
+        a.0.merge(&b.0).expect("shards of one probe have one dimension");
+        if let (Some(x), Some(y)) = (a.1.as_mut(), b.1) {
+            x.merge(y);
+        }
+    };
+    let (mut sketch, more) = crate::shards::fold_in_order(ranges.len(), max_threads, lender, stop, &compute, &merge)?;
+    sketch.compact();
+    Some((sketch, more))
+}
+
+/// One shard of a probe pass: per-sample gradients (eval mode, with the
+/// weight-decay term) of the training samples in `range`, in blocks, into
+/// a sketch of size `ell`, compacted. With `extras`, also the loss, the
+/// accuracy and (probe option `exact`) the exact covariance. `None` if
+/// `stop` was raised.
+pub fn probe_shard(
+    input: ProbeInput<'_>,
+    range: std::ops::Range<usize>,
     ell: usize,
     extras: bool,
     stop: &AtomicBool,
 ) -> Option<(FdSketch, Option<PassExtras>)> {
+    let ProbeInput { model, params, buffers, train, spec } = input;
     let d = model.param_count();
     let wd = spec.train.weight_decay as f32;
     let block = (spec.probe.block_size as usize).max(1);
@@ -473,10 +601,12 @@ fn probe_pass(
         loss: 0.0,
         correct: 0.0,
         exact: (spec.probe.exact && d <= crate::spec::EXACT_MAX_DIM).then(|| crate::sketch::ExactCovariance::new(d)),
+        rows: Vec::new(),
     });
+    let keep = spec.probe.save_gradients as usize;
     let mut out = vec![0.0f32; block * d];
     let (mut xb, mut yb) = (Vec::new(), Vec::new());
-    let idx: Vec<usize> = (0..train.len()).collect();
+    let idx: Vec<usize> = range.collect();
     for chunk in idx.chunks(block) {
         if stop.load(Ordering::Relaxed) {
             return None;
@@ -496,8 +626,15 @@ fn probe_pass(
             if let Some(ex) = x.exact.as_mut() {
                 ex.insert_block(&out[..m * d]);
             }
+            // Rows of samples below `keep`, exactly as the sketch saw them.
+            let first = chunk[0];
+            if first < keep {
+                let upto = (keep - first).min(m);
+                x.rows.extend_from_slice(&out[..upto * d]);
+            }
         }
     }
+    sketch.compact();
     Some((sketch, more))
 }
 
@@ -508,21 +645,17 @@ fn probe_pass(
 /// `None` if `stop` was raised.
 ///
 /// [`SketchSize`]: crate::spec::SketchSize
-#[allow(clippy::too_many_arguments)]
 pub fn probe(
-    model: &Model,
-    params: &[f32],
-    buffers: &[f32],
-    train: &crate::data::Dataset,
-    spec: &RunSpec,
-    index: u32,
-    epoch: u32,
-    step: u64,
+    input: ProbeInput<'_>,
+    at: (u32, u32, u64),
     stop: &AtomicBool,
+    lender: &dyn crate::shards::ThreadLender,
     on_pass: &mut dyn FnMut(ProbePass),
 ) -> Option<ProbeRecord> {
+    let ProbeInput { model, params, train, spec, .. } = input;
+    let (index, epoch, step) = at;
     let d = model.param_count();
-    let pass = |ell: usize, extras: bool| probe_pass(model, params, buffers, train, spec, ell, extras, stop);
+    let pass = |ell: usize, extras: bool| probe_pass(input, ell, extras, stop, lender);
     let mut report = |sk: &FdSketch, st: &crate::stats::SpectrumStats, pass: usize| {
         on_pass(ProbePass { index, pass: pass as u32, ell: sk.ell() as u32, rank: st.rank, resolved: st.rank_resolved })
     };
@@ -582,7 +715,12 @@ pub fn probe(
             (sk, ProbeSizing { passes, stop: stop_reason }, x)
         }
     };
-    let PassExtras { mut loss, correct, exact } = extras?;
+    let PassExtras { mut loss, correct, exact, rows } = extras?;
+    let saved = (spec.probe.save_gradients > 0).then(|| SavedGradients {
+        rows: (rows.len() / d) as u32,
+        gradients: rows,
+        weights: params.to_vec(),
+    });
     let nf = train.len() as f64;
     // Each sample's loss includes the weight-decay term (λ/2)‖x‖².
     loss += nf * 0.5 * spec.train.weight_decay * params.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
@@ -609,8 +747,10 @@ pub fn probe(
             train_accuracy: correct / nf,
             exact,
             sizing: Some(sizing),
+            saved_rows: saved.as_ref().map(|s| s.rows),
         },
         sketch,
+        saved,
     })
 }
 
@@ -881,6 +1021,91 @@ mod tests {
     /// growing ℓ until the rank at the paper's threshold is resolved, every
     /// pass recorded; the same spec gives the same probes; a memory cap too
     /// small for that stops it short and says so, the rank unresolved.
+    /// Issue 11, acceptance 2 (within a worker): a probe split into shards
+    /// gives bit-identical results — every event of the run — on one
+    /// thread, two and three (auto passes); the layout, not the threads,
+    /// decides the result, every sample is counted once, and the sharded
+    /// probe's brackets hold the exact spectrum (itself summed by shard).
+    #[test]
+    fn sharded_probes_are_bit_identical_on_any_number_of_threads() {
+        let mut spec = small();
+        spec.train.epochs = 2;
+        spec.probe.every_epochs = 1;
+        spec.probe.sketch_rank = SketchSize::Auto;
+        spec.probe.shard_samples = 300;
+        let run = |threads: usize| {
+            let mut events = vec![];
+            let lend = crate::shards::FixedThreads(threads - 1);
+            let fin = execute_with(&spec, None, &AtomicBool::new(false), &lend, &mut |e| {
+                events.push(format!("{e:?}"));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            (fin, events)
+        };
+        let one = run(1);
+        assert!(one.1.iter().filter(|e| e.starts_with("Probe(")).count() == 2);
+        assert_eq!(run(2), one, "two threads");
+        assert_eq!(run(3), one, "three threads");
+        spec.probe.exact = true;
+        spec.probe.every_epochs = 2;
+        let (_, probes, _) = collect(&spec);
+        spec.probe.shard_samples = 0;
+        let whole = collect(&spec).1;
+        for p in &probes {
+            let exact = p.meta.exact.as_ref().expect("exact covariance asked for");
+            let st = crate::stats::SpectrumStats::from_sketch(&p.sketch);
+            assert_eq!(p.sketch.count(), whole[0].sketch.count());
+            assert!(
+                st.lambda_max.lo <= exact.lambda_max.lo * (1.0 + 1e-9),
+                "{:?} {:?}",
+                st.lambda_max,
+                exact.lambda_max
+            );
+            assert!(exact.lambda_max.lo <= st.lambda_max.hi * (1.0 + 1e-9));
+            assert!(st.rank.lo <= exact.rank.lo && exact.rank.lo <= st.rank.hi, "{:?} vs {:?}", st.rank, exact.rank);
+        }
+        // Another layout is another (deterministic) result.
+        assert_ne!(whole[0].sketch, probes[0].sketch);
+    }
+
+    /// Issue 11, item 6: a probe keeps its first `save_gradients` rows (in
+    /// sample order, across shards) and its weights; they travel with the
+    /// record; and `analyze grads` on them reproduces the probe's
+    /// statistics: the same n, the exact trace, a rank inside the probe's
+    /// bracket. A few rows are the first rows of all of them.
+    #[test]
+    fn saved_gradients_reproduce_the_probe() {
+        let mut spec = small();
+        spec.train.epochs = 2;
+        spec.probe.shard_samples = 500;
+        spec.probe.save_gradients = 5000;
+        let (_, probes, _) = collect(&spec);
+        let p = &probes[0];
+        let saved = p.saved.as_ref().expect("rows kept");
+        let (n, d) = (p.sketch.count() as usize, p.sketch.dim());
+        assert_eq!((saved.rows as usize, saved.gradients.len(), saved.weights.len()), (n, n * d, d));
+        assert_eq!(p.meta.saved_rows, Some(n as u32));
+        assert_eq!(ProbeRecord::decode(&p.encode(), Some(d)).unwrap(), *p);
+        let a = crate::npy::Array2 {
+            rows: n,
+            cols: d,
+            data: saved.gradients.iter().map(|&v| v as f64).collect(),
+            was_f32: true,
+        };
+        let opts = crate::analyze::GradsOptions { sketch_rank: 64, exact_max_dim: 4096 };
+        let got = crate::analyze::analyze_grads(&a, opts, &Default::default()).spectrum;
+        let st = crate::stats::SpectrumStats::from_sketch(&p.sketch);
+        assert_eq!(got.n, st.n);
+        assert!((got.trace - st.trace).abs() <= 1e-9 * st.trace, "{} vs {}", got.trace, st.trace);
+        assert!(st.rank.lo <= got.rank.lo && got.rank.lo <= st.rank.hi, "{:?} in {:?}", got.rank, st.rank);
+        // Fewer rows: the same first rows.
+        spec.probe.save_gradients = 7;
+        let few = collect(&spec).1.remove(0).saved.unwrap();
+        assert_eq!((few.rows, &few.gradients[..]), (7, &saved.gradients[..7 * d]));
+        assert_eq!(few.weights, saved.weights);
+    }
+
     #[test]
     fn auto_probe_resolves_the_rank_or_says_why_not() {
         let mut spec = small();

@@ -28,21 +28,11 @@
 //! `M = UΛUᵀ`, let `δ = λ_{ℓ+1}`, keep rows `√(λᵢ−δ)/√λᵢ · Uᵢᵀ B` for
 //! `i ≤ ℓ`, and add `δ` to `Δ`.
 
-use crate::linalg::{SymEigen, View, dgemm, gram_f64, gram_f64_of_f32_after, sgemm_view, sym_eigen, sym_eigenvalues};
+use std::ops::Range;
 
-/// Σ x² of `row` in f64, in eight interleaved partial sums (a fixed order,
-/// so deterministic; independent chains, so fast), then added in order.
-fn sum_sq_f64(row: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += (v as f64) * (v as f64);
-        }
-    }
-    acc.iter().sum::<f64>() + tail
-}
+use crate::linalg::{
+    SymEigen, View, dgemm, gram_f64, gram_f64_of_f32_groups, sgemm_view, sum_sq_f64, sym_eigen, sym_eigenvalues,
+};
 
 /// `x` rounded to `2^k × (nearest f16 of x·2^-k)`; the same expression
 /// decodes an f16 row, so rounding and decoding agree bit for bit.
@@ -124,9 +114,15 @@ pub fn max_ell_for_memory(d: usize, block: usize, memory_mb: u32) -> usize {
     lo
 }
 
-/// Format version [`FdSketch::encode`] writes; version 1 (without the
-/// slack and f16 rows) is still read.
-pub const SKETCH_FORMAT_VERSION: u16 = 2;
+/// Format version [`FdSketch::encode`] writes; versions 1 (without the
+/// slack and f16 rows) and 2 (without the orthogonal groups) are still read.
+///
+/// Version 3, little-endian: magic `GSFD`, version u16, flags u16, d u32,
+/// ℓ u32, rows u32, n u64, Δ f64, Σ‖g‖² f64, slack f64, the number of
+/// orthogonal row groups u32 and each as (start u32, end u32), Σg (d × f64),
+/// the rows (f32, or per row an i16 exponent and d × f16), CRC-32 of all
+/// that.
+pub const SKETCH_FORMAT_VERSION: u16 = 3;
 
 /// Flag bit: rows are stored as f16 with a power-of-two exponent per row.
 const FLAG_F16_ROWS: u16 = 1;
@@ -163,16 +159,16 @@ pub struct FdSketch {
     /// Per-row exponents when every row is `2^k × (an f16 value)`, as left
     /// by [`FdSketch::round_rows_to_f16`]; cleared by any change to the rows.
     f16_exponents: Option<Vec<i16>>,
-    /// How many leading rows are the ones the last shrink left, whose Gram
-    /// block is diagonal by construction. A cache of this process: not
-    /// encoded, not compared, cleared by any change to those rows and by a
-    /// merge (so that a merge gives the same bits whether its inputs were
-    /// decoded or not).
-    orthogonal: usize,
+    /// Groups of rows that a shrink left, orthogonal by construction (up
+    /// to the f32 rounding of the rotation), so their Gram block is taken
+    /// as diagonal by the next shrink. Disjoint and in order. Encoded (from
+    /// format version 3), so that a merge gives the same bits whether its
+    /// inputs travelled or not; cleared by rounding the rows to f16.
+    orthogonal: Vec<Range<usize>>,
 }
 
-/// Two sketches are equal when their contents are: the `orthogonal` cache
-/// is not part of them.
+/// Two sketches are equal when their contents are (the buffer's spare
+/// capacity is not part of them).
 impl PartialEq for FdSketch {
     fn eq(&self, o: &Self) -> bool {
         self.d == o.d
@@ -185,6 +181,7 @@ impl PartialEq for FdSketch {
             && self.sum_sq == o.sum_sq
             && self.slack == o.slack
             && self.f16_exponents == o.f16_exponents
+            && self.orthogonal == o.orthogonal
     }
 }
 
@@ -203,7 +200,7 @@ impl FdSketch {
             sum_sq: 0.0,
             slack: 0.0,
             f16_exponents: None,
-            orthogonal: 0,
+            orthogonal: Vec::new(),
         }
     }
 
@@ -242,7 +239,7 @@ impl FdSketch {
         self.delta += eta;
         self.slack += eta;
         self.f16_exponents = Some(exps);
-        self.orthogonal = 0;
+        self.orthogonal.clear();
     }
 
     /// Dimension of the rows.
@@ -281,22 +278,52 @@ impl FdSketch {
             self.sum_sq += sum_sq_f64(row);
             self.n += 1;
         }
-        self.append_rows(block);
+        self.append_rows(block, &[]);
     }
 
     /// Appends rows to `B` (no moment bookkeeping), shrinking when full.
-    fn append_rows(&mut self, mut block: &[f32]) {
+    /// `groups` are orthogonal groups of `block`'s rows (see `orthogonal`).
+    fn append_rows(&mut self, block: &[f32], groups: &[Range<usize>]) {
         self.f16_exponents = None;
         let cap = 2 * self.ell;
-        while !block.is_empty() {
-            let take = (cap - self.rows).min(block.len() / self.d);
-            self.buf.extend_from_slice(&block[..take * self.d]);
+        let total = block.len() / self.d;
+        let mut from = 0;
+        while from < total {
+            let take = (cap - self.rows).min(total - from);
+            self.buf.extend_from_slice(&block[from * self.d..(from + take) * self.d]);
+            // The parts of the block's groups that landed, where they landed.
+            for g in groups {
+                let (s, e) = (g.start.max(from), g.end.min(from + take));
+                if e > s + 1 {
+                    self.orthogonal.push(self.rows + s - from..self.rows + e - from);
+                }
+            }
             self.rows += take;
-            block = &block[take * self.d..];
+            from += take;
             if self.rows == cap {
                 self.shrink();
             }
         }
+    }
+
+    /// Shrinks the buffer to at most ℓ rows (one Frequent Directions shrink,
+    /// if it holds more), leaving them orthogonal: the smallest form of the
+    /// sketch, in which it travels and is stored, and in which two sketches
+    /// merge cheapest (only their cross Gram block is computed). A sketch
+    /// that is still exact (Δ = 0: every shrink so far discarded nothing,
+    /// or none happened) is left as it is, as compacting it could make it
+    /// approximate.
+    pub fn compact(&mut self) {
+        if self.rows > self.ell && self.delta > 0.0 {
+            self.f16_exponents = None;
+            self.shrink();
+        }
+    }
+
+    /// Rows currently held (at most ℓ once [`FdSketch::compact`]ed, less
+    /// than 2ℓ always).
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     fn shrink(&mut self) {
@@ -304,16 +331,11 @@ impl FdSketch {
         if r <= ell {
             return;
         }
-        // The rows the last shrink left are orthogonal: their block of the
-        // Gram matrix is diagonal, and only its diagonal is computed (f64,
-        // from the stored rows). What their f32 rounding leaves off the
-        // diagonal is of the order of the rotation's own rounding.
-        let p = self.orthogonal.min(r);
-        let mut gram = gram_f64_of_f32_after(r, d, &self.buf, p);
-        for i in 0..p {
-            gram[i * r..i * r + p].fill(0.0);
-            gram[i * r + i] = sum_sq_f64(&self.buf[i * d..(i + 1) * d]);
-        }
+        // The rows a shrink left are orthogonal: their block of the Gram
+        // matrix is diagonal, and only its diagonal is computed (f64, from
+        // the stored rows). What their f32 rounding leaves off the diagonal
+        // is of the order of the rotation's own rounding.
+        let gram = gram_f64_of_f32_groups(r, d, &self.buf, &self.orthogonal);
         let eig = sym_eigen(r, &gram);
         let delta = eig.values[ell].max(0.0);
         // New rows: coef[i, :] = sqrt(λᵢ−δ)/sqrt(λᵢ) · Uᵢ  (i < ℓ, λᵢ > δ).
@@ -341,7 +363,7 @@ impl FdSketch {
         }
         self.buf.truncate(kept * d);
         self.rows = kept;
-        self.orthogonal = kept;
+        self.orthogonal = if kept > 1 { vec![0..kept] } else { vec![] };
         self.delta += delta;
     }
 
@@ -366,11 +388,9 @@ impl FdSketch {
         self.sum_g.iter_mut().zip(&other.sum_g).for_each(|(a, b)| *a += b);
         self.delta += other.delta;
         self.slack += other.slack;
-        // Sketches are merged after they travelled (decoded, nothing known
-        // of their rows) or before (straight from a run): forgetting what is
-        // known of our rows makes both give the same bits.
-        self.orthogonal = 0;
-        self.append_rows(&other.buf[..other.rows * other.d]);
+        // What is known of the other's rows comes along (it travels with
+        // them, so a merge gives the same bits whether they travelled).
+        self.append_rows(&other.buf[..other.rows * other.d], &other.orthogonal);
         Ok(())
     }
 
@@ -515,6 +535,11 @@ impl FdSketch {
         out.extend_from_slice(&self.delta.to_le_bytes());
         out.extend_from_slice(&self.sum_sq.to_le_bytes());
         out.extend_from_slice(&self.slack.to_le_bytes());
+        out.extend_from_slice(&(self.orthogonal.len() as u32).to_le_bytes());
+        for g in &self.orthogonal {
+            out.extend_from_slice(&(g.start as u32).to_le_bytes());
+            out.extend_from_slice(&(g.end as u32).to_le_bytes());
+        }
         self.sum_g.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         match &f16 {
             Some(rows) => rows.iter().for_each(|(k, h)| {
@@ -565,23 +590,37 @@ impl FdSketch {
         {
             return Err(SketchError::Mismatch(format!("sketch has dimension {d}, expected {want}")));
         }
-        let (fixed, per_row) = match (version, f16) {
-            (1, _) => (44usize, 4 * d),
-            (_, false) => (52, 4 * d),
-            (_, true) => (52, 2 + 2 * d),
-        };
-        let need =
-            d.checked_mul(8).and_then(|x| x.checked_add(fixed)).and_then(|x| x.checked_add(rows.checked_mul(per_row)?));
-        if need != Some(body.len()) {
-            return Err(SketchError::Malformed(format!(
-                "length {} does not match shape d={d} rows={rows}",
-                body.len()
-            )));
-        }
         let n = u64::from_le_bytes(cur.take::<8>()?);
         let delta = f64::from_le_bytes(cur.take::<8>()?);
         let sum_sq = f64::from_le_bytes(cur.take::<8>()?);
         let slack = if version >= 2 { f64::from_le_bytes(cur.take::<8>()?) } else { 0.0 };
+        let groups = if version >= 3 { u32::from_le_bytes(cur.take::<4>()?) as usize } else { 0 };
+        let per_row = if f16 { 2 + 2 * d } else { 4 * d };
+        let need = groups
+            .checked_mul(8)
+            .and_then(|x| x.checked_add(cur.at))
+            .and_then(|x| x.checked_add(d.checked_mul(8)?))
+            .and_then(|x| x.checked_add(rows.checked_mul(per_row)?));
+        if need != Some(body.len()) {
+            return Err(SketchError::Malformed(format!(
+                "length {} does not match shape d={d} rows={rows} groups={groups}",
+                body.len()
+            )));
+        }
+        let mut orthogonal: Vec<Range<usize>> = Vec::with_capacity(groups);
+        for _ in 0..groups {
+            let start = u32::from_le_bytes(cur.take::<4>()?) as usize;
+            let end = u32::from_le_bytes(cur.take::<4>()?) as usize;
+            if start >= end || end > rows || orthogonal.last().is_some_and(|g| g.end > start) {
+                return Err(SketchError::Malformed(format!(
+                    "orthogonal row group {start}..{end} is empty, out of order or beyond the {rows} rows"
+                )));
+            }
+            orthogonal.push(start..end);
+        }
+        if f16 && groups > 0 {
+            return Err(bad("f16 rows cannot be marked orthogonal"));
+        }
         let mut sum_g = Vec::with_capacity(d);
         for _ in 0..d {
             sum_g.push(f64::from_le_bytes(cur.take::<8>()?));
@@ -612,7 +651,7 @@ impl FdSketch {
         if !buf.iter().all(|v| v.is_finite()) {
             return Err(SketchError::NonFinite("rows"));
         }
-        Ok(FdSketch { d, ell, buf, rows, delta, n, sum_g, sum_sq, slack, f16_exponents, orthogonal: 0 })
+        Ok(FdSketch { d, ell, buf, rows, delta, n, sum_g, sum_sq, slack, f16_exponents, orthogonal })
     }
 }
 
@@ -643,6 +682,14 @@ impl ExactCovariance {
     /// An empty accumulator of dimension `d`.
     pub fn new(d: usize) -> Self {
         ExactCovariance { d, ata: vec![0.0; d * d], sum_g: vec![0.0; d], n: 0 }
+    }
+
+    /// Adds another accumulator's rows (of the same dimension).
+    pub fn merge(&mut self, other: &ExactCovariance) {
+        assert_eq!(self.d, other.d, "ExactCovariance::merge: dimensions differ");
+        self.ata.iter_mut().zip(&other.ata).for_each(|(a, b)| *a += b);
+        self.sum_g.iter_mut().zip(&other.sum_g).for_each(|(a, b)| *a += b);
+        self.n += other.n;
     }
 
     /// Adds rows.
@@ -819,9 +866,9 @@ mod tests {
 
     /// The rows a shrink leaves are orthogonal up to f32 rounding, so the
     /// next shrink may take their Gram block as diagonal: a sketch that
-    /// does agrees with one that recomputes every block (its cache cleared
-    /// by an encode/decode between blocks) to rounding level, and both
-    /// keep the certificate.
+    /// does agrees with one that recomputes every block (what it knows
+    /// forgotten between blocks) to rounding level, and both keep the
+    /// certificate.
     #[test]
     fn shrinks_that_reuse_the_orthogonal_rows_agree_with_full_ones() {
         let (n, d, ell) = (2000usize, 300usize, 16usize);
@@ -830,11 +877,11 @@ mod tests {
         let mut full = FdSketch::new(d, ell);
         for block in a.chunks(37 * d) {
             reuse.insert_block(block);
-            full = FdSketch::decode(&full.encode(), Some(d)).unwrap();
-            assert_eq!(full.orthogonal, 0);
+            full.orthogonal.clear();
             full.insert_block(block);
-            // What the cache claims holds for the rows it covers.
-            let p = reuse.orthogonal;
+            // What the sketch claims holds for the rows it covers.
+            assert!(reuse.orthogonal.len() <= 1 && reuse.orthogonal.iter().all(|g| g.start == 0));
+            let p = reuse.orthogonal.first().map_or(0, |g| g.end);
             let g = crate::linalg::gram_f64_of_f32(p, d, &reuse.buf);
             for i in 0..p {
                 for j in 0..i {
@@ -854,7 +901,7 @@ mod tests {
         check_bounds(&full, &ex);
         // A merge gives the same bits whether its inputs travelled or not.
         let (a, b) = (reuse.clone(), full.clone());
-        assert!(a.orthogonal > 0);
+        assert!(!a.orthogonal.is_empty());
         let travelled = |s: &FdSketch| FdSketch::decode(&s.encode(), Some(d)).unwrap();
         let mut m1 = a.clone();
         m1.merge(&b).unwrap();
@@ -863,7 +910,7 @@ mod tests {
         assert_eq!(m1.encode(), m2.encode());
         // Rounding rows to f16 breaks their orthogonality: the cache goes.
         reuse.round_rows_to_f16();
-        assert_eq!(reuse.orthogonal, 0);
+        assert!(reuse.orthogonal.is_empty());
     }
 
     #[test]
@@ -927,7 +974,9 @@ mod tests {
         assert!(eta < 1e-3 * lmax * n as f64, "η {eta} vs λ_max·n {}", lmax * n as f64);
         check_bounds(&h, &ex);
         let bytes = h.encode();
-        assert_eq!(full.len() - bytes.len(), rows * (2 * d - 2), "2 bytes per value saved, 2 per row spent");
+        // (f16 rows are not marked orthogonal: their groups' bytes go too.)
+        let groups = 8 * sk.orthogonal.len();
+        assert_eq!(full.len() - bytes.len(), rows * (2 * d - 2) + groups, "2 bytes per value saved, 2 per row spent");
         let back = FdSketch::decode(&bytes, Some(d)).unwrap();
         assert_eq!(back, h);
         assert_eq!(back.encode(), bytes);
@@ -962,7 +1011,10 @@ mod tests {
         sk.buf[..sk.rows * sk.d].iter().for_each(|v| v1.extend_from_slice(&v.to_le_bytes()));
         let crc = crc32fast::hash(&v1);
         v1.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(FdSketch::decode(&v1, Some(20)).unwrap(), sk);
+        // Nothing was known of the rows then.
+        let mut want = sk.clone();
+        want.orthogonal.clear();
+        assert_eq!(FdSketch::decode(&v1, Some(20)).unwrap(), want);
         let mut flagged = sk.encode();
         flagged[6] = 0x02;
         let body = flagged.len() - 4;
@@ -985,5 +1037,52 @@ mod tests {
         assert!(FdSketch::decode(&flipped, None).unwrap_err().to_string().contains("checksum"));
         let mut other = FdSketch::new(21, 8);
         assert!(other.merge(&sk).is_err());
+        // The orthogonal groups travel, and impossible ones are refused.
+        assert_eq!(sk.orthogonal, vec![0..8]);
+        let group_at = 56;
+        let mut bad = bytes.clone();
+        bad[group_at + 4..group_at + 8].copy_from_slice(&(sk.rows as u32 + 1).to_le_bytes());
+        let body = bad.len() - 4;
+        let crc = crc32fast::hash(&bad[..body]);
+        bad[body..].copy_from_slice(&crc.to_le_bytes());
+        let err = FdSketch::decode(&bad, None).unwrap_err().to_string();
+        assert!(err.contains("orthogonal row group 0..13"), "{err}");
+    }
+
+    /// A compacted sketch holds at most ℓ orthogonal rows and keeps the
+    /// certificate; two compact sketches merge through their cross Gram
+    /// block only, to the same bits whether they travelled or not, and the
+    /// merge of shards in order agrees with the whole within the bracket.
+    #[test]
+    fn compact_sketches_merge_and_keep_the_certificate() {
+        let (n, d, ell) = (1200usize, 120usize, 16usize);
+        let a = structured(n, d, 21);
+        let mut ex = ExactCovariance::new(d);
+        ex.insert_block(&a);
+        let shards: Vec<FdSketch> = a
+            .chunks(300 * d)
+            .map(|rows| {
+                let mut s = FdSketch::new(d, ell);
+                s.insert_block(rows);
+                s.compact();
+                assert!(s.rows() <= ell && s.orthogonal == vec![0..s.rows()]);
+                s
+            })
+            .collect();
+        let travelled = |s: &FdSketch| FdSketch::decode(&s.encode(), Some(d)).unwrap();
+        let (mut here, mut there) = (shards[0].clone(), travelled(&shards[0]));
+        for s in &shards[1..] {
+            here.merge(s).unwrap();
+            there.merge(&travelled(s)).unwrap();
+            assert_eq!(here.encode(), there.encode());
+        }
+        here.compact();
+        check_bounds(&here, &ex);
+        let mut whole = FdSketch::new(d, ell);
+        whole.insert_block(&a);
+        let tol = (here.delta() + whole.delta()) / n as f64;
+        for (i, (x, y)) in here.eigenvalues().iter().zip(whole.eigenvalues()).take(ell).enumerate() {
+            assert!((x - y).abs() <= tol, "λ{i}: shards {x}, whole {y}, within {tol}");
+        }
     }
 }

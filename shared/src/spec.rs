@@ -141,6 +141,18 @@ pub struct ProbeConfig {
     /// grows to; a fixed ℓ above it is refused when the grid is checked.
     #[serde(default = "default_memory_mb", skip_serializing_if = "is_default_memory_mb")]
     pub memory_mb: u32,
+    /// Samples per probe shard (0: one shard of all samples). A probe is
+    /// computed shard by shard, by as many threads as the worker has idle
+    /// slots, and the shards' sketches are merged in shard order: the
+    /// layout decides the result, the threads only the time (see
+    /// [`crate::shards`]).
+    #[serde(default = "default_shard_samples", skip_serializing_if = "is_default_shard_samples")]
+    pub shard_samples: u32,
+    /// Keep the first this many per-sample gradient rows of each probe (in
+    /// sample order, eval mode: the rows its sketch saw) and the weights
+    /// that produced them, exported as `.npy` next to the results. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub save_gradients: u32,
     /// Number of directions the trajectory is projected onto.
     pub projections: u32,
     /// Which directions: seeded random ones, or the top eigenvectors of `D`.
@@ -236,6 +248,18 @@ impl TryFrom<SketchSizeRepr> for SketchSize {
 /// Default of `memory_mb`: 2 GiB, enough for ℓ = 2,048 at small-lenet's d = 13,338.
 pub const DEFAULT_MEMORY_MB: u32 = 2048;
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn default_shard_samples() -> u32 {
+    crate::shards::DEFAULT_SHARD_SAMPLES
+}
+
+fn is_default_shard_samples(v: &u32) -> bool {
+    *v == crate::shards::DEFAULT_SHARD_SAMPLES
+}
+
 fn default_memory_mb() -> u32 {
     DEFAULT_MEMORY_MB
 }
@@ -289,6 +313,8 @@ impl Default for ProbeConfig {
             at_epochs: vec![],
             sketch_rank: SketchSize::Auto,
             memory_mb: DEFAULT_MEMORY_MB,
+            shard_samples: crate::shards::DEFAULT_SHARD_SAMPLES,
+            save_gradients: 0,
             projections: 8,
             basis: ProjectionBasis::Random,
             basis_probe: 0,

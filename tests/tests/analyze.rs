@@ -107,3 +107,46 @@ fn malformed_npy_files_are_rejected_with_clear_messages() {
         }
     }
 }
+
+/// Issue 11, item 6: `[probe] save_gradients` makes `local` write each
+/// probe's first rows and its weights as NPY files next to the results;
+/// `gradsweep analyze grads` on a file reproduces that probe's statistics
+/// for those rows (all of them here: the same n, the exact trace, a rank
+/// inside the probe's certified bracket), across probe shards.
+#[test]
+fn saved_gradients_reproduce_each_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = gradsweep_tests::grids::mlp("saved", "[0]", 2, "", 2)
+        .replace("sketch_rank = 16", "sketch_rank = 16\nsave_gradients = 100000\nshard_samples = 300");
+    let file = dir.path().join("grid.toml");
+    std::fs::write(&file, &grid).unwrap();
+    let out = dir.path().join("out");
+    let (ok, _, err) = run(&["local", file.to_str().unwrap(), "--workers", "1", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("wrote 8 gradient and weight files (NPY)"), "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for cell in json["cells"].as_array().unwrap() {
+        let c = cell["index"].as_u64().unwrap();
+        let probe = &cell["runs"][0]["probes"][0];
+        let epoch = probe["meta"]["epoch"].as_u64().unwrap();
+        let stem = out.join("gradients").join(format!("c{c}-s0-probe0-epoch{epoch}"));
+        let weights = std::fs::read(stem.with_extension("weights.npy")).unwrap();
+        assert!(String::from_utf8_lossy(&weights[..80]).contains("'shape': (1210,)"), "weights are a vector of d");
+        let g = stem.with_extension("gradients.npy");
+        let (ok, text, err) = run(&["analyze", "grads", g.to_str().unwrap(), "--format", "json"]);
+        assert!(ok, "{err}");
+        let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let (got, want) = (&got["spectrum"], &probe["spectrum"]);
+        assert_eq!(got["n"], want["n"], "cell {c}: every row kept");
+        assert_eq!(probe["meta"]["saved_rows"], want["n"]);
+        let (t, w) = (got["trace"].as_f64().unwrap(), want["trace"].as_f64().unwrap());
+        assert!((t - w).abs() <= 1e-9 * w, "cell {c}: trace {t} from the file, {w} from the probe");
+        let rank = got["rank"]["lo"].as_f64().unwrap();
+        let (lo, hi) = (want["rank"]["lo"].as_f64().unwrap(), want["rank"]["hi"].as_f64().unwrap());
+        assert!(lo <= rank && rank <= hi, "cell {c}: exact rank {rank} outside the probe's [{lo}, {hi}]");
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+}

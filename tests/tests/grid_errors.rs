@@ -85,6 +85,12 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "`sketch_rank` 4096 needs about 2275 MiB per probe at d = 2410, more than `memory_mb` = 2048",
         ),
         (
+            "saved gradients over the memory cap",
+            BASE.replace("every_epochs = 1", "every_epochs = 1\nmemory_mb = 16\nsave_gradients = 2000"),
+            "11:18",
+            "`save_gradients` 2000 keeps 19 MiB of rows per probe at d = 2410, more than `memory_mb` = 16",
+        ),
+        (
             "probe epoch outside the run",
             BASE.replace("every_epochs = 1", "every_epochs = 1\nat_epochs = [2, 7]"),
             "10:13",

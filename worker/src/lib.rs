@@ -15,6 +15,7 @@
 //! * [`config`] — [`WorkerConfig`].
 //! * [`convert`] — run events → wire reports (chunked blobs), the only wire↔domain code here.
 //! * [`runner`] — one run: compute thread + acknowledged, re-sendable report stream.
+//! * [`slots`] — the worker's slots; idle ones lent to running probes for their shards.
 //! * [`worker`] — registration, heartbeats, acquisition, drain and shutdown.
 //! * [`metrics`] — Prometheus metrics (throughput, probe time, runs), served on `--metrics-listen`.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod convert;
 pub mod metrics;
 pub mod runner;
+pub mod slots;
 pub mod worker;
 
 pub use config::WorkerConfig;

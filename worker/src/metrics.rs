@@ -31,6 +31,8 @@ pub struct WorkerMetrics {
     pub active_runs: Gauge,
     /// Report messages sent and acknowledged.
     pub reports_acked: Counter,
+    /// Idle slots lent to probe passes (one per slot per pass).
+    pub probe_slots_lent: Counter,
     started: Instant,
 }
 
@@ -47,6 +49,7 @@ impl Default for WorkerMetrics {
             runs_lost: Counter::default(),
             active_runs: Gauge::default(),
             reports_acked: Counter::default(),
+            probe_slots_lent: Counter::default(),
             started: Instant::now(),
         }
     }
@@ -67,6 +70,11 @@ impl WorkerMetrics {
                 "gradsweep_worker_reports_acked_total",
                 "Report messages acknowledged by the coordinator.",
                 &self.reports_acked,
+            ),
+            (
+                "gradsweep_worker_probe_slots_lent_total",
+                "Idle slots lent to a running probe's shards, counted once per slot and pass.",
+                &self.probe_slots_lent,
             ),
         ];
         for (name, help, c) in counters {

@@ -19,7 +19,7 @@ use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use gradsweep_shared::checkpoint::Checkpoint;
-use gradsweep_shared::run::{RunError, RunEvent, execute_from, param_count};
+use gradsweep_shared::run::{RunError, RunEvent, execute_with, param_count};
 use gradsweep_shared::spec::RunSpec;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -27,6 +27,7 @@ use tonic::Code;
 use crate::config::{Backoff, WorkerConfig};
 use crate::convert::event_bodies;
 use crate::metrics::WorkerMetrics;
+use crate::slots::Slots;
 
 /// How a run ended on this worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub struct RunContext {
     pub handback: Arc<AtomicBool>,
     /// Where throughput and probe times are recorded.
     pub metrics: Arc<WorkerMetrics>,
+    /// The worker's slots: the idle ones compute this run's probe shards.
+    pub slots: Arc<Slots>,
 }
 
 enum FetchEnd {
@@ -253,10 +256,11 @@ impl RunContext {
         let metrics = self.metrics.clone();
         let batch = spec.train.batch_size as u64;
         let pass_run_id = self.run.run_id.clone();
+        let slots = self.slots.clone();
         let compute = tokio::task::spawn_blocking(move || {
             let (mut last_step, mut last_at) = (0u64, std::time::Instant::now());
             let mut pass_at = std::time::Instant::now();
-            execute_from(&spec, resume, &stop, &mut |event| {
+            execute_with(&spec, resume, &stop, &*slots, &mut |event| {
                 let boundary = matches!(event, RunEvent::Checkpoint(_));
                 match &event {
                     RunEvent::Progress { step, .. } => {

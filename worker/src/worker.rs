@@ -9,13 +9,14 @@ use gradsweep_proto::transport::AuthChannel;
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use gradsweep_proto::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tonic::Code;
 
 use crate::config::{Backoff, WorkerConfig};
 use crate::metrics::WorkerMetrics;
 use crate::runner::{RunContext, RunEnd};
+use crate::slots::Slots;
 
 /// Errors that end a worker.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +169,8 @@ async fn work(
     let (hb_stop_tx, hb_stop_rx) = watch::channel(false);
     let hb = tokio::spawn(heartbeat_loop(shared.clone(), hb_stop_rx));
 
-    let slots = Arc::new(Semaphore::new(shared.cfg.slots as usize));
+    let lender = Arc::new(Slots::new(shared.cfg.slots as usize, metrics.clone()));
+    let slots = lender.semaphore();
     let mut tasks: JoinSet<(String, u64, RunEnd)> = JoinSet::new();
     let mut backoff = Backoff::new(&shared.cfg);
     // Since when this worker has held no run (for --idle-exit-secs).
@@ -194,6 +196,8 @@ async fn work(
         if tasks.is_empty() {
             idle_since.get_or_insert_with(tokio::time::Instant::now);
         }
+        // A probe borrowing idle slots goes first.
+        lender.wait_for_borrowers(Duration::from_secs(1)).await;
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break false },
             _ = shutdown.changed() => continue,
@@ -203,11 +207,21 @@ async fn work(
         let req =
             pb::AcquireRequest { worker_id: shared.worker_id(), wait_ms: shared.cfg.acquire_wait.as_millis() as u32 };
         let mut c = shared.client.clone();
-        let answer = tokio::select! {
-            a = c.acquire(req) => a,
-            _ = shutdown.changed() => continue,
-            _ = shared.drain_requested.notified() => continue,
+        let acquire = c.acquire(req);
+        tokio::pin!(acquire);
+        lender.set_polling(true);
+        let answer = loop {
+            tokio::select! {
+                a = &mut acquire => break Some(a),
+                _ = shutdown.changed() => break None,
+                _ = shared.drain_requested.notified() => break None,
+                // A running probe wants this slot for its shards: it is
+                // idle while we wait for work, so let go of it.
+                _ = lender.release_requested() => if lender.wanted() { break None },
+            }
         };
+        lender.set_polling(false);
+        let Some(answer) = answer else { continue };
         match answer {
             Ok(r) => {
                 backoff.reset();
@@ -241,6 +255,7 @@ async fn work(
                     lost,
                     handback,
                     metrics: metrics.clone(),
+                    slots: lender.clone(),
                 };
                 let shared2 = shared.clone();
                 let m = metrics.clone();

@@ -156,6 +156,28 @@ pub fn write_result_files(
     Ok(())
 }
 
+/// Writes the gradient rows and weights that the sweep's probes kept
+/// (`[probe] save_gradients`) into `dir/gradients/`, one NPY file each;
+/// says so on stderr when there were any. Returns how many.
+pub async fn write_saved_gradients(
+    client: &mut gradsweep_coordinator::client::ControlClient,
+    sweep: &str,
+    dir: &Path,
+) -> anyhow::Result<usize> {
+    let out = dir.join("gradients");
+    let mut write = |f: gradsweep_coordinator::client::SavedGradientsFile| -> std::io::Result<()> {
+        std::fs::create_dir_all(&out)?;
+        let (path, tmp) = (out.join(f.file_name()), out.join(format!(".{}.tmp", f.file_name())));
+        std::fs::write(&tmp, &f.npy)?;
+        std::fs::rename(&tmp, &path)
+    };
+    let n = gradsweep_coordinator::client::export_gradients(client, sweep, &mut write).await?;
+    if n > 0 {
+        eprintln!("wrote {n} gradient and weight files (NPY) to {}", out.display());
+    }
+    Ok(n)
+}
+
 /// Prints results on stdout in `format`.
 pub fn print_results(
     format: OutputFormat,
@@ -190,6 +212,7 @@ pub async fn results(
     if let Some(dir) = out {
         write_result_files(dir, &cells, &summary, th)?;
         eprintln!("wrote {0}/results.csv and {0}/results.json", dir.display());
+        write_saved_gradients(&mut client, sweep, dir).await?;
     }
     Ok(())
 }

@@ -17,7 +17,9 @@ use gradsweep_coordinator::{CoordinatorConfig, serve};
 use gradsweep_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
-use super::commands::{print_results, read_grid, require_complete, watch_with, write_result_files};
+use super::commands::{
+    print_results, read_grid, require_complete, watch_with, write_result_files, write_saved_gradients,
+};
 use crate::OutputFormat;
 
 /// Options of `gradsweep local`.
@@ -161,6 +163,7 @@ async fn drive(
     print_results(args.format, &cells, &summary, &th);
     write_result_files(out, &cells, &summary, &th)?;
     eprintln!("wrote {0}/results.csv and {0}/results.json", out.display());
+    write_saved_gradients(&mut client, &sub.sweep_id, out).await?;
     require_complete(&status)
 }
 
