@@ -565,9 +565,11 @@ fn probe_pass(
     let ranges = crate::shards::shard_ranges(input.train.len(), spec.probe.shard_samples);
     let d = input.model.param_count();
     let block = (spec.probe.block_size as usize).max(1);
-    // Each thread holds a sketch and a block of gradients.
-    let per_thread = crate::sketch::probe_memory_bytes(d, ell, block).max(1);
-    let max_threads = (spec.probe.memory_mb as u64 * 1024 * 1024 / per_thread).max(1) as usize;
+    // The first thread, and each further one, within `memory_mb`.
+    let cap = spec.probe.memory_mb as u64 * 1024 * 1024;
+    let first = crate::sketch::probe_memory_bytes(d, ell, block);
+    let further = crate::sketch::shard_thread_memory_bytes(d, ell, block).max(1);
+    let max_threads = 1 + (cap.saturating_sub(first) / further) as usize;
     let compute = |k: usize| probe_shard(input, ranges[k].clone(), ell, extras, stop);
     let merge = |a: &mut (FdSketch, Option<PassExtras>), b: (FdSketch, Option<PassExtras>)| {
         a.0.merge(&b.0).expect("shards of one probe have one dimension");

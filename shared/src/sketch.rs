@@ -95,6 +95,16 @@ pub fn probe_memory_bytes(d: usize, ell: usize, block: usize) -> u64 {
     4 * d * (2 * ell + block) + 16 * (ell + 1) * d + 4 * 8 * (2 * ell) * (2 * ell)
 }
 
+/// Peak bytes of each further thread computing a probe's shards beside the
+/// first ([`probe_memory_bytes`] counts the first, and the end of the
+/// probe): its row buffer and gradient block (`4·d·(2ℓ + block)`), its
+/// shrink's Gram matrix and decomposition (`128·ℓ²`), and its compacted
+/// shard sketch waiting to be merged (`4·ℓ·d`).
+pub fn shard_thread_memory_bytes(d: usize, ell: usize, block: usize) -> u64 {
+    let (d, ell, block) = (d as u64, ell as u64, block as u64);
+    4 * d * (3 * ell + block) + 4 * 8 * (2 * ell) * (2 * ell)
+}
+
 /// The smallest ℓ at which a sketch of `n` rows of dimension `d` is exact:
 /// with `ℓ ≥ d` every shrink discards nothing (the `2ℓ` buffered rows span
 /// at most `d ≤ ℓ` directions), and with `2ℓ > n` no shrink ever happens.

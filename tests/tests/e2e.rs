@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use gradsweep_coordinator::client::{connect_control, fetch_results};
-use gradsweep_tests::{CoordinatorProc, WorkerProc, cli, grids, verify_against_offline};
+use gradsweep_tests::{CoordinatorProc, WorkerProc, cli, grids, log_field, verify_against_offline};
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -266,6 +266,56 @@ async fn worker_sigkill_mid_sweep() {
     let (cells, summary) = fetch_results(&mut client, &sweep).await.unwrap();
     assert_eq!(summary.runs_done, 8);
     assert_eq!(verify_against_offline(&grid, &cells), 8);
+}
+
+/// Issue 11, acceptance 2: the worker computing a probe's shards (its run's
+/// thread and its idle slot) is SIGKILLed in the middle of a probe pass;
+/// the run's lease lapses, another worker resumes it from its checkpoint
+/// and computes the probe again, and the result is bit-identical to an
+/// undisturbed single-threaded run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_sigkill_mid_probe_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = CoordinatorProc::start(
+        &dir.path().join("state.db"),
+        0,
+        &["--lease-ttl-ms", "1500", "--heartbeat-ms", "300"],
+        dir.path(),
+    );
+    // A wider net (d = 26,378), so that a pass at ℓ ≥ 256 takes a second or
+    // more; one probe, at the end, auto-sized, in shards of 300 samples.
+    let grid = grids::mlp("kill-mid-shard", "[0]", 2, "checkpoint_every_epochs = 1", 2)
+        .replace("mlp:64-16-10", "mlp:64-128-128-10")
+        .replace("sketch_rank = 16", "sketch_rank = \"auto\"\nshard_samples = 300")
+        .replace("lr = [0.05, 0.1]", "lr = [0.05]")
+        .replace("batch_size = [16, 64]", "batch_size = [64]");
+    let mut victim = WorkerProc::start(&coord.url(), "victim", 2, dir.path());
+    let mut client = connect_control(&format!("127.0.0.1:{}", coord.port)).await.unwrap();
+    let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
+    // Kill it as soon as a probe's first pass is over and left the rank
+    // unresolved: the next pass, in shards on both slots, is under way.
+    let log_path = dir.path().join("victim.log");
+    let first_pass = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("probe pass"))
+            .find(|l| log_field(l, "pass") == Some("0") && log_field(l, "resolved") == Some("false"))
+            .and_then(|l| log_field(l, "probe").map(str::to_string))
+    };
+    gradsweep_tests::wait_until(Duration::from_secs(120), "a probe's first pass, unresolved", || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        async move { first_pass(&log).is_some() }
+    })
+    .await;
+    victim.kill9();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let probe = first_pass(&log).unwrap();
+    let later = log.lines().filter(|l| l.contains("probe pass") && log_field(l, "probe") == Some(probe.as_str()));
+    assert_eq!(later.count(), 1, "killed after its first pass, before its next one ended:\n{log}");
+    let _survivor = WorkerProc::start(&coord.url(), "survivor", 2, dir.path());
+    gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(300)).await;
+    assert!(coord.log().contains("lease lapsed; run requeued"), "the kill must have interrupted the run");
+    let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();
+    assert_eq!(verify_against_offline(&grid, &cells), 1);
 }
 
 /// Acceptance 4: the coordinator SIGKILLed mid-sweep and restarted on the
