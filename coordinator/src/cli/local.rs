@@ -27,12 +27,14 @@ use crate::OutputFormat;
 pub struct LocalArgs {
     /// The grid file (TOML).
     pub file: PathBuf,
-    /// Number of worker processes (default: one per CPU).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Concurrent runs per worker.
+    /// Number of worker processes.
     #[arg(long, default_value_t = 1)]
-    pub slots: u32,
+    pub workers: usize,
+    /// Slots per worker: concurrent runs, and threads for the probe shards
+    /// of a running run while slots are idle (default: one per CPU when
+    /// there is one worker, else one).
+    #[arg(long)]
+    pub slots: Option<u32>,
     /// Output folder (default: gradsweep-out/<sweep name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -70,8 +72,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("gradsweep-out").join(&plan.name));
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let workers =
-        args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let workers = args.workers.max(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let slots = args.slots.unwrap_or(if workers == 1 { cpus } else { 1 }).max(1);
 
     let mut config = CoordinatorConfig::new(out.join("state.db"));
     config.lease_ttl = Duration::from_secs(6);
@@ -84,7 +87,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
-    let result = drive(&args, &addr, &text, &file_name, &out, &logs, &worker_bin, workers).await;
+    let result = drive(&args, &addr, &text, &file_name, &out, &logs, &worker_bin, (workers, slots)).await;
 
     let _ = stop_tx.send(());
     match server.await {
@@ -104,7 +107,7 @@ async fn drive(
     out: &Path,
     logs: &Path,
     worker_bin: &Path,
-    workers: usize,
+    (workers, slots): (usize, u32),
 ) -> anyhow::Result<()> {
     let mut client = connect_control(addr).await?;
     let sub = client
@@ -113,7 +116,7 @@ async fn drive(
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
     eprintln!(
-        "sweep {}{}: {} cells, {} runs, {} workers; state in {}",
+        "sweep {}{}: {} cells, {} runs, {} workers × {slots} slots; state in {}",
         sub.sweep_id,
         if sub.existing { " (resumed)" } else { "" },
         sub.cells,
@@ -130,7 +133,7 @@ async fn drive(
             .arg("--coordinator")
             .arg(addr)
             .arg("--slots")
-            .arg(args.slots.to_string())
+            .arg(slots.to_string())
             .arg("--name")
             .arg(format!("{tag}-{i}"))
             .stdin(Stdio::null())
