@@ -10,10 +10,16 @@ use crate::store::{
     BlobKind, Chunk, Lease, Outcome, Report, ReportBody, SavedProbeRef, SweepRow, WorkerRow, run_state,
 };
 
-/// A probe's saved gradient rows and weights as NPY files (rows × d, and
-/// d), each cut into chunks under the message limit. Nothing when the probe
-/// kept none.
-pub fn saved_gradients_to_wire(r: &SavedProbeRef, p: &gradsweep_shared::ProbeRecord) -> Vec<pb::GradientsChunk> {
+/// A stored probe's saved gradient rows and weights as NPY files (rows × d,
+/// and d), each cut into chunks under the message limit. Nothing when the
+/// probe kept none.
+pub fn saved_gradients_from_blob(r: &SavedProbeRef, blob: &[u8]) -> Result<Vec<pb::GradientsChunk>> {
+    let p = gradsweep_shared::ProbeRecord::decode(blob, Some(r.params))
+        .map_err(|e| CoordinatorError::Internal(format!("run {} probe {}: {e}", r.run_id, r.index)))?;
+    Ok(saved_gradients_to_wire(r, &p))
+}
+
+fn saved_gradients_to_wire(r: &SavedProbeRef, p: &gradsweep_shared::ProbeRecord) -> Vec<pb::GradientsChunk> {
     let Some(s) = &p.saved else { return vec![] };
     let d = s.weights.len();
     let files = [

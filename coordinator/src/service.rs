@@ -211,11 +211,15 @@ impl ControlService for ControlApi {
         let state = self.state.clone();
         tokio::spawn(async move {
             for r in refs {
-                let (run_id, index, params) = (r.run_id.clone(), r.index, r.params);
-                let chunks = state
-                    .read_store(move |s| s.probe(&run_id, index, params))
-                    .await
-                    .map(|p| convert::saved_gradients_to_wire(&r, &p));
+                let (run_id, index) = (r.run_id.clone(), r.index);
+                let blob = state.read_store(move |s| s.probe_blob(&run_id, index)).await;
+                // Decoded and converted off the store's lock and off the runtime.
+                let chunks = match blob {
+                    Ok(b) => tokio::task::spawn_blocking(move || convert::saved_gradients_from_blob(&r, &b))
+                        .await
+                        .unwrap_or_else(|e| Err(CoordinatorError::Internal(format!("export task failed: {e}")))),
+                    Err(e) => Err(e),
+                };
                 match chunks {
                     Ok(chunks) => {
                         for c in chunks {

@@ -1043,15 +1043,13 @@ impl Store {
             .collect::<rusqlite::Result<_>>()?)
     }
 
-    /// One stored probe of a run, decoded (with its saved gradients, if any).
-    pub fn probe(&self, run_id: &str, index: u32, params: usize) -> Result<ProbeRecord> {
-        let blob: Vec<u8> = self
-            .conn
+    /// One stored probe of a run, as stored (decode it with
+    /// [`ProbeRecord::decode`] outside the store's lock).
+    pub fn probe_blob(&self, run_id: &str, index: u32) -> Result<Vec<u8>> {
+        self.conn
             .query_row("SELECT data FROM probes WHERE run_id = ?1 AND idx = ?2", params![run_id, index], |r| r.get(0))
             .optional()?
-            .ok_or_else(|| CoordinatorError::NotFound { kind: "probe", id: format!("{run_id}#{index}") })?;
-        ProbeRecord::decode(&blob, Some(params))
-            .map_err(|e| CoordinatorError::Internal(format!("run {run_id} probe {index}: {e}")))
+            .ok_or_else(|| CoordinatorError::NotFound { kind: "probe", id: format!("{run_id}#{index}") })
     }
 
     /// A run's current lease state, for tests and tools: (state, epoch, applied_seq).
