@@ -494,6 +494,9 @@ pub struct ProbePass {
     pub rank: crate::stats::Bracket,
     /// Whether that bracket is resolved.
     pub resolved: bool,
+    /// Threads that computed the pass's shards (the result does not
+    /// depend on them).
+    pub threads: u32,
 }
 
 /// Most passes an auto probe makes (the ℓ at least doubles each time).
@@ -553,14 +556,15 @@ pub struct ProbeInput<'a> {
 /// One pass over the training set at `params`: the shards of
 /// [`crate::shards::shard_ranges`] computed by [`probe_shard`] on this
 /// thread and those `lender` lends (as many as `memory_mb` allows), folded
-/// in shard order, compacted. `None` if `stop` was raised.
+/// in shard order, compacted; with the number of threads that computed it.
+/// `None` if `stop` was raised.
 fn probe_pass(
     input: ProbeInput<'_>,
     ell: usize,
     extras: bool,
     stop: &AtomicBool,
     lender: &dyn crate::shards::ThreadLender,
-) -> Option<(FdSketch, Option<PassExtras>)> {
+) -> Option<(FdSketch, Option<PassExtras>, usize)> {
     let spec = input.spec;
     let ranges = crate::shards::shard_ranges(input.train.len(), spec.probe.shard_samples);
     let d = input.model.param_count();
@@ -577,9 +581,10 @@ fn probe_pass(
             x.merge(y);
         }
     };
-    let (mut sketch, more) = crate::shards::fold_in_order(ranges.len(), max_threads, lender, stop, &compute, &merge)?;
+    let folded = crate::shards::fold_in_order(ranges.len(), max_threads, lender, stop, &compute, &merge)?;
+    let (mut sketch, more) = folded.value;
     sketch.compact();
-    Some((sketch, more))
+    Some((sketch, more, folded.threads))
 }
 
 /// One shard of a probe pass: per-sample gradients (eval mode, with the
@@ -658,18 +663,25 @@ pub fn probe(
     let (index, epoch, step) = at;
     let d = model.param_count();
     let pass = |ell: usize, extras: bool| probe_pass(input, ell, extras, stop, lender);
-    let mut report = |sk: &FdSketch, st: &crate::stats::SpectrumStats, pass: usize| {
-        on_pass(ProbePass { index, pass: pass as u32, ell: sk.ell() as u32, rank: st.rank, resolved: st.rank_resolved })
+    let mut report = |sk: &FdSketch, st: &crate::stats::SpectrumStats, pass: usize, threads: usize| {
+        on_pass(ProbePass {
+            index,
+            pass: pass as u32,
+            ell: sk.ell() as u32,
+            rank: st.rank,
+            resolved: st.rank_resolved,
+            threads: threads as u32,
+        })
     };
     let (mut sketch, sizing, extras) = match spec.probe.sketch_rank.fixed() {
         Some(ell) => {
-            let (sk, x) = pass(ell as usize, true)?;
-            report(&sk, &crate::stats::SpectrumStats::from_sketch(&sk), 0);
+            let (sk, x, threads) = pass(ell as usize, true)?;
+            report(&sk, &crate::stats::SpectrumStats::from_sketch(&sk), 0, threads);
             (sk, ProbeSizing { passes: vec![ell], stop: SizingStop::Fixed }, x)
         }
         None => {
             let (first, cap) = auto_ell_range(spec, d, train.len());
-            let (mut sk, x) = pass(first, true)?;
+            let (mut sk, x, mut threads) = pass(first, true)?;
             let mut passes = vec![first as u32];
             let exact_at = crate::sketch::exact_size(d, train.len());
             // (ℓ, Δ/n) of the previous pass: FD's error falls faster than
@@ -679,7 +691,7 @@ pub fn probe(
             let stop_reason = loop {
                 let eig = sk.eigenvalues();
                 let st = crate::stats::SpectrumStats::from_sketch_eigenvalues(&sk, eig.clone(), &Default::default());
-                report(&sk, &st, passes.len() - 1);
+                report(&sk, &st, passes.len() - 1, threads);
                 if st.rank_resolved {
                     break SizingStop::Resolved;
                 }
@@ -711,7 +723,7 @@ pub fn probe(
                 previous = Some((now, e));
                 let at_least = (now + now / 4).div_ceil(64) * 64;
                 let next = estimate.map_or(4 * now, |l| (l as usize).clamp(at_least, 4 * now)).min(cap);
-                sk = pass(next, false)?.0;
+                (sk, _, threads) = pass(next, false)?;
                 passes.push(next as u32);
             };
             (sk, ProbeSizing { passes, stop: stop_reason }, x)

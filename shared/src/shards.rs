@@ -75,6 +75,16 @@ impl Drop for Borrowed<'_> {
     }
 }
 
+/// What [`fold_in_order`] returns: the folded value, and how many threads
+/// computed it (for logs: the value does not depend on them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Folded<T> {
+    /// The fold of every shard's result, in shard order.
+    pub value: T,
+    /// Threads that computed shards: the caller's plus those borrowed.
+    pub threads: usize,
+}
+
 /// The shared state of a fold: the accumulator, the next shard it takes,
 /// and the shards computed ahead of it.
 struct Fold<T> {
@@ -100,7 +110,7 @@ pub fn fold_in_order<T: Send>(
     stop: &AtomicBool,
     compute: &(dyn Fn(usize) -> Option<T> + Sync),
     merge: &(dyn Fn(&mut T, T) + Sync),
-) -> Option<T> {
+) -> Option<Folded<T>> {
     if count == 0 {
         return None;
     }
@@ -156,12 +166,13 @@ pub fn fold_in_order<T: Send>(
             work();
         });
     }
+    let threads = 1 + borrowed.n;
     drop(borrowed);
     let st = fold.into_inner().ok()?;
     if failed.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) || st.next != count {
         return None;
     }
-    st.acc
+    st.acc.map(|value| Folded { value, threads })
 }
 
 #[cfg(test)]
@@ -202,10 +213,11 @@ mod tests {
         let stop = AtomicBool::new(false);
         let one = fold_in_order(40, 1, &NoThreads, &stop, &compute, &merge).unwrap();
         let want: String = (0..40).map(|k| format!("{k},")).collect();
-        assert_eq!(one, want);
+        assert_eq!(one, Folded { value: want.clone(), threads: 1 });
         let lender = Counting(AtomicUsize::new(0), AtomicUsize::new(0));
         for threads in [2, 3, 8] {
-            assert_eq!(fold_in_order(40, threads, &lender, &stop, &compute, &merge).unwrap(), want);
+            let many = fold_in_order(40, threads, &lender, &stop, &compute, &merge).unwrap();
+            assert_eq!(many, Folded { value: want.clone(), threads });
         }
         assert_eq!(lender.0.load(Ordering::SeqCst), 1 + 2 + 7);
         assert_eq!(lender.1.load(Ordering::SeqCst), 1 + 2 + 7);

@@ -287,6 +287,7 @@ impl RunContext {
                             rank_lo = p.rank.lo,
                             rank_hi = p.rank.hi,
                             resolved = p.resolved,
+                            threads = p.threads,
                             seconds = since.elapsed().as_secs_f64(),
                             "probe pass"
                         );
