@@ -1047,11 +1047,20 @@ mod tests {
         spec.probe.every_epochs = 1;
         spec.probe.sketch_rank = SketchSize::Auto;
         spec.probe.shard_samples = 300;
+        // Every event but the passes' thread counts, which say who computed
+        // them (and must say all the threads lent).
         let run = |threads: usize| {
             let mut events = vec![];
             let lend = crate::shards::FixedThreads(threads - 1);
             let fin = execute_with(&spec, None, &AtomicBool::new(false), &lend, &mut |e| {
-                events.push(format!("{e:?}"));
+                match e {
+                    RunEvent::ProbePass(mut p) => {
+                        assert_eq!(p.threads as usize, threads, "pass {p:?}");
+                        p.threads = 0;
+                        events.push(format!("{:?}", RunEvent::ProbePass(p)));
+                    }
+                    other => events.push(format!("{other:?}")),
+                }
                 ControlFlow::Continue(())
             })
             .unwrap();
