@@ -239,17 +239,18 @@ async fn multi_process_serve_submit_watch_results() {
     assert_eq!(serde_json::to_string(&after).unwrap(), before);
 }
 
+/// A coordinator whose leases lapse 1.5 s after a worker's last heartbeat
+/// (sent every 0.3 s), so that a killed worker's run is requeued quickly.
+fn short_lease_coordinator(dir: &std::path::Path) -> CoordinatorProc {
+    CoordinatorProc::start(&dir.join("state.db"), 0, &["--lease-ttl-ms", "1500", "--heartbeat-ms", "300"], dir)
+}
+
 /// Acceptance 3: a worker SIGKILLed mid-sweep; the sweep completes and each
 /// run appears exactly once, identical to an undisturbed run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_sigkill_mid_sweep() {
     let dir = tempfile::tempdir().unwrap();
-    let coord = CoordinatorProc::start(
-        &dir.path().join("state.db"),
-        0,
-        &["--lease-ttl-ms", "1500", "--heartbeat-ms", "300"],
-        dir.path(),
-    );
+    let coord = short_lease_coordinator(dir.path());
     let addr = format!("127.0.0.1:{}", coord.port);
     let mut victim = WorkerProc::start(&coord.url(), "victim", 1, dir.path());
     let grid = grids::tiny("kill-worker", 12);
@@ -276,12 +277,7 @@ async fn worker_sigkill_mid_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_sigkill_mid_probe_shard() {
     let dir = tempfile::tempdir().unwrap();
-    let coord = CoordinatorProc::start(
-        &dir.path().join("state.db"),
-        0,
-        &["--lease-ttl-ms", "1500", "--heartbeat-ms", "300"],
-        dir.path(),
-    );
+    let coord = short_lease_coordinator(dir.path());
     // A wider net (d = 26,378), so that a pass at ℓ ≥ 256 takes a second or
     // more; one probe, at the end, auto-sized, in shards of 300 samples.
     let grid = grids::mlp("kill-mid-shard", "[0]", 2, "checkpoint_every_epochs = 1", 2)

@@ -34,8 +34,6 @@ pub struct Slots {
     polling: AtomicBool,
     /// Wakes the acquisition loop: a probe wants the slot it holds.
     release: Notify,
-    /// Wakes the acquisition loop: no probe is borrowing any more.
-    done: Notify,
     /// Where lent slots are counted.
     metrics: Arc<WorkerMetrics>,
 }
@@ -49,7 +47,6 @@ impl Slots {
             borrowers: AtomicUsize::new(0),
             polling: AtomicBool::new(false),
             release: Notify::new(),
-            done: Notify::new(),
             metrics,
         }
     }
@@ -82,16 +79,13 @@ impl Slots {
         self.borrowers.load(Ordering::SeqCst) > 0
     }
 
-    /// Waits (at most `limit`) until no probe is asking for threads, so that
-    /// the acquisition loop does not take back the slot it just let go of.
+    /// Waits (at most `limit`, looking every 10 ms) until no probe is asking
+    /// for threads, so that the acquisition loop does not take back the slot
+    /// it just let go of. A borrow asks for at most `BORROW_WAIT`.
     pub async fn wait_for_borrowers(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
-        while self.wanted() {
-            tokio::select! {
-                _ = self.done.notified() => {}
-                _ = tokio::time::sleep_until(deadline) => return,
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-            }
+        while self.wanted() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -118,7 +112,6 @@ impl ThreadLender for Slots {
                 take(&mut got);
             }
             self.borrowers.fetch_sub(1, Ordering::SeqCst);
-            self.done.notify_waiters();
         }
         let n = got.len();
         if n > 0 {
