@@ -6,6 +6,7 @@ use gradsweep_shared::spec::RunFinal;
 use gradsweep_shared::stats::RankThresholds;
 
 use crate::error::{CoordinatorError, Result};
+use crate::shards::{PassOwner, ShardGrant, ShardLease, ShardView};
 use crate::store::{
     BlobKind, Chunk, Lease, Outcome, Report, ReportBody, SavedProbeRef, SweepRow, WorkerRow, run_state,
 };
@@ -129,6 +130,109 @@ pub fn lease_to_wire(l: Lease) -> pb::RunAssignment {
         sweep_id: l.sweep_id,
         spec_json: l.spec_json,
         resume_seq: l.resume_seq,
+    }
+}
+
+/// Shard leases from the wire.
+pub fn shard_leases_from_wire(leases: &[pb::ShardLease]) -> Vec<ShardLease> {
+    leases.iter().map(shard_lease_from_wire).collect()
+}
+
+fn shard_lease_from_wire(l: &pb::ShardLease) -> ShardLease {
+    ShardLease { pass_id: l.pass_id, shard: l.shard, epoch: l.epoch }
+}
+
+/// A shard lease named in a request (required).
+pub fn shard_lease_required(l: Option<&pb::ShardLease>) -> Result<ShardLease> {
+    l.map(shard_lease_from_wire).ok_or_else(|| bad("request without a shard lease"))
+}
+
+/// Shard leases to the wire.
+pub fn shard_leases_to_wire(leases: Vec<ShardLease>) -> Vec<pb::ShardLease> {
+    leases.into_iter().map(|l| pb::ShardLease { pass_id: l.pass_id, shard: l.shard, epoch: l.epoch }).collect()
+}
+
+/// A granted shard to the wire.
+pub fn shard_grant_to_wire(g: ShardGrant) -> pb::ShardAssignment {
+    let l = g.lease;
+    pb::ShardAssignment {
+        lease: Some(pb::ShardLease { pass_id: l.pass_id, shard: l.shard, epoch: l.epoch }),
+        run_id: g.run_id,
+        sweep_id: g.sweep_id,
+        spec_json: g.spec_json.to_string(),
+    }
+}
+
+/// The pass a run's worker names, and the run lease it names it under.
+pub fn pass_ref_from_wire(p: Option<pb::PassRef>) -> Result<(u64, PassOwner)> {
+    let p = p.ok_or_else(|| bad("request without a probe pass"))?;
+    if p.worker_id.is_empty() || p.run_id.is_empty() {
+        return Err(bad("probe pass named without run or worker id"));
+    }
+    Ok((p.pass_id, PassOwner { worker_id: p.worker_id, run_id: p.run_id, epoch: p.epoch }))
+}
+
+/// Where a shard stands, to the wire: one message, or the result's chunks.
+pub fn shard_view_to_wire(v: ShardView) -> Vec<pb::TakeShardChunk> {
+    let state =
+        |s: pb::ShardState| pb::TakeShardChunk { state: s as i32, chunk_index: 0, chunk_count: 0, data: vec![] };
+    match v {
+        ShardView::Pending => vec![state(pb::ShardState::Pending)],
+        ShardView::Claimed => vec![state(pb::ShardState::Claimed)],
+        ShardView::Compute => vec![state(pb::ShardState::Compute)],
+        ShardView::Done(data) => {
+            let parts = gradsweep_proto::chunk_slices(&data);
+            let count = parts.len() as u32;
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| pb::TakeShardChunk {
+                    state: pb::ShardState::Done as i32,
+                    chunk_index: i as u32,
+                    chunk_count: count,
+                    data: d.to_vec(),
+                })
+                .collect()
+        }
+    }
+}
+
+/// Puts a blob sent in chunks back together: the chunks must come in
+/// order, all claiming one count, and stay under `limit` bytes in all.
+#[derive(Debug)]
+pub struct Assembly {
+    what: &'static str,
+    data: Vec<u8>,
+    next: u32,
+    count: Option<u32>,
+    limit: usize,
+}
+
+impl Assembly {
+    /// An empty blob called `what` in errors, of at most `limit` bytes.
+    pub fn new(what: &'static str, limit: usize) -> Self {
+        Assembly { what, data: vec![], next: 0, count: None, limit }
+    }
+
+    /// Adds chunk `index` of `count`.
+    pub fn push(&mut self, index: u32, count: u32, data: &[u8]) -> Result<()> {
+        if index != self.next || count == 0 || self.count.is_some_and(|c| c != count) || index >= count {
+            return Err(bad(format!("{}: chunk {index} of {count} out of order (expected {})", self.what, self.next)));
+        }
+        if self.data.len() + data.len() > self.limit {
+            return Err(bad(format!("{} larger than {} bytes", self.what, self.limit)));
+        }
+        self.data.extend_from_slice(data);
+        (self.next, self.count) = (index + 1, Some(count));
+        Ok(())
+    }
+
+    /// The whole blob, once its last chunk arrived.
+    pub fn finish(self) -> Result<Vec<u8>> {
+        match self.count {
+            Some(c) if c == self.next => Ok(self.data),
+            _ => Err(bad(format!("{}: stream ended after {} chunks of {:?}", self.what, self.next, self.count))),
+        }
     }
 }
 

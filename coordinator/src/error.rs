@@ -40,6 +40,11 @@ pub enum CoordinatorError {
         /// Sequence number the coordinator needs next.
         expected: u64,
     },
+    /// A probe pass or shard lease that no longer exists for the caller
+    /// (its run lease ended, the shard was granted again, the coordinator
+    /// restarted): the caller computes the shard itself, or drops it.
+    #[error("{0}")]
+    ShardGone(String),
     /// The worker speaks another protocol version.
     #[error("protocol version mismatch: worker speaks {worker}, coordinator speaks {coordinator}")]
     ProtocolMismatch {
@@ -91,7 +96,9 @@ impl From<CoordinatorError> for Status {
         let code = match &e {
             CoordinatorError::InvalidGrid(_) | CoordinatorError::InvalidArgument(_) => Code::InvalidArgument,
             CoordinatorError::NotFound { .. } => Code::NotFound,
-            CoordinatorError::StaleEpoch { .. } | CoordinatorError::ProtocolMismatch { .. } => Code::FailedPrecondition,
+            CoordinatorError::StaleEpoch { .. }
+            | CoordinatorError::ShardGone(_)
+            | CoordinatorError::ProtocolMismatch { .. } => Code::FailedPrecondition,
             CoordinatorError::OutOfOrder { .. } => Code::OutOfRange,
             CoordinatorError::Unauthenticated(_) => Code::Unauthenticated,
             CoordinatorError::Halted(_) => Code::Unavailable,

@@ -12,6 +12,7 @@
 //! # Layout
 //! * [`error`] — [`CoordinatorError`] and its mapping to `tonic::Status`.
 //! * [`store`] — the SQLite store; every transition one transaction.
+//! * [`shards`] — [`shards::ShardBoard`]: probe shards leased to idle workers, in memory.
 //! * [`state`] — [`Coordinator`]: the store on the blocking pool, work notification, the lease reaper, the
 //!   cell merger.
 //! * [`convert`] — wire ↔ domain conversions.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod shards;
 pub mod state;
 pub mod store;
 

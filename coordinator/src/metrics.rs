@@ -26,6 +26,18 @@ pub struct CoordinatorMetrics {
     pub merge_seconds: Histogram,
     /// Cells waiting for the merger.
     pub cells_pending_merge: Gauge,
+    /// Probe shards granted to helpers.
+    pub shards_granted: Counter,
+    /// Shard results received from helpers.
+    pub shards_submitted: Counter,
+    /// Shard leases that lapsed (the shard was free again).
+    pub shard_expiries: Counter,
+    /// Probe passes open for helpers.
+    pub shard_passes: Gauge,
+    /// Shards leased to helpers right now.
+    pub shards_leased: Gauge,
+    /// Bytes of shard results waiting for their run's worker.
+    pub shard_result_bytes: Gauge,
     started: Instant,
 }
 
@@ -39,6 +51,12 @@ impl Default for CoordinatorMetrics {
             runs_finished: Counter::default(),
             merge_seconds: Histogram::new(LATENCY_BUCKETS),
             cells_pending_merge: Gauge::default(),
+            shards_granted: Counter::default(),
+            shards_submitted: Counter::default(),
+            shard_expiries: Counter::default(),
+            shard_passes: Gauge::default(),
+            shards_leased: Gauge::default(),
+            shard_result_bytes: Gauge::default(),
             started: Instant::now(),
         }
     }
@@ -88,6 +106,24 @@ impl CoordinatorMetrics {
                 self.cells_pending_merge.get(),
             )
             .single(
+                "gradsweep_probe_passes_open",
+                "Probe passes whose shards are offered to idle workers.",
+                Kind::Gauge,
+                self.shard_passes.get(),
+            )
+            .single(
+                "gradsweep_probe_shards_leased",
+                "Probe shards leased to helper workers right now.",
+                Kind::Gauge,
+                self.shards_leased.get(),
+            )
+            .single(
+                "gradsweep_probe_shard_result_bytes",
+                "Bytes of probe shard results held for their run's worker.",
+                Kind::Gauge,
+                self.shard_result_bytes.get(),
+            )
+            .single(
                 "gradsweep_uptime_seconds",
                 "Seconds since this coordinator process opened its state.",
                 Kind::Gauge,
@@ -103,6 +139,17 @@ impl CoordinatorMetrics {
             ("gradsweep_reports_total", "Report messages accepted (re-sent duplicates included).", &self.reports),
             ("gradsweep_sketch_merges_total", "Run sketches combined by cell merges.", &self.sketch_merges),
             ("gradsweep_runs_finished_total", "Finish calls accepted (retries included).", &self.runs_finished),
+            ("gradsweep_probe_shards_granted_total", "Probe shards granted to helper workers.", &self.shards_granted),
+            (
+                "gradsweep_probe_shards_submitted_total",
+                "Probe shard results received from helpers.",
+                &self.shards_submitted,
+            ),
+            (
+                "gradsweep_probe_shard_expiries_total",
+                "Probe shard leases that lapsed (the shard was free again).",
+                &self.shard_expiries,
+            ),
         ];
         for (name, help, c) in counters {
             e.single(name, help, Kind::Counter, c.get() as f64);

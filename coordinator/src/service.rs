@@ -13,10 +13,27 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::error::CoordinatorError;
+use crate::shards::{PassOwner, ShardView};
 use crate::state::Coordinator;
 
 /// Longest an `Acquire` call is held open.
 const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(20);
+
+/// Longest a `TakeShard` call waits for a result.
+const MAX_TAKE_WAIT: Duration = Duration::from_secs(5);
+
+/// Largest probe pass or shard result accepted (an exact covariance at the
+/// largest d it is offered for is 128 MiB).
+const MAX_SHARD_BYTES: usize = 1 << 30;
+
+/// What an `Acquire` found in the store.
+enum Found {
+    Run(crate::store::Lease),
+    /// No run queued; whether this worker takes work (then a shard may do).
+    Nothing {
+        takes_work: bool,
+    },
+}
 
 /// The worker-facing service.
 #[derive(Clone)]
@@ -57,12 +74,23 @@ impl WorkerService for WorkerApi {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         let runs = convert::leases_from_wire(&r.runs);
-        let answer = self.state.with_store(move |s| s.heartbeat(&r.worker_id, &runs)).await?;
+        let shards = convert::shard_leases_from_wire(&r.shards);
+        let worker = r.worker_id.clone();
+        let answer = self.state.with_store(move |s| s.heartbeat(&worker, &runs)).await?;
+        let now = std::time::Instant::now();
+        let lost_shards = if shards.is_empty() {
+            vec![]
+        } else {
+            convert::shard_leases_to_wire(self.state.with_board(|b| Ok(b.heartbeat(&r.worker_id, &shards, now)))?)
+        };
         Ok(Response::new(match answer {
-            None => pb::HeartbeatResponse { lost: vec![], drain: false, unknown_worker: true },
-            Some(a) => {
-                pb::HeartbeatResponse { lost: convert::leases_to_wire(a.lost), drain: a.drain, unknown_worker: false }
-            }
+            None => pb::HeartbeatResponse { lost: vec![], drain: false, unknown_worker: true, lost_shards },
+            Some(a) => pb::HeartbeatResponse {
+                lost: convert::leases_to_wire(a.lost),
+                drain: a.drain,
+                unknown_worker: false,
+                lost_shards,
+            },
         }))
     }
 
@@ -71,12 +99,39 @@ impl WorkerService for WorkerApi {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_ACQUIRE_WAIT);
         loop {
             let worker = r.worker_id.clone();
-            if let Some(lease) = self.state.with_store(move |s| s.acquire(&worker)).await? {
-                return Ok(Response::new(pb::AcquireResponse { run: Some(convert::lease_to_wire(lease)) }));
+            let found = self
+                .state
+                .with_store(move |s| {
+                    Ok(match s.acquire(&worker)? {
+                        Some(lease) => Found::Run(lease),
+                        None => Found::Nothing { takes_work: s.takes_work(&worker)? },
+                    })
+                })
+                .await?;
+            match found {
+                Found::Run(lease) => {
+                    return Ok(Response::new(pb::AcquireResponse {
+                        run: Some(convert::lease_to_wire(lease)),
+                        shard: None,
+                    }));
+                }
+                // No run waits: an idle worker helps with another's probe.
+                Found::Nothing { takes_work: true } => {
+                    let now = std::time::Instant::now();
+                    if let Some(g) = self.state.with_board(|b| Ok(b.grant(&r.worker_id, now)))? {
+                        tracing::info!(worker_id = %r.worker_id, run_id = %g.run_id, pass_id = g.lease.pass_id, shard = g.lease.shard, epoch = g.lease.epoch, "probe shard leased");
+                        self.state.metrics().shards_granted.inc();
+                        return Ok(Response::new(pb::AcquireResponse {
+                            run: None,
+                            shard: Some(convert::shard_grant_to_wire(g)),
+                        }));
+                    }
+                }
+                Found::Nothing { takes_work: false } => {}
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(Response::new(pb::AcquireResponse { run: None }));
+                return Ok(Response::new(pb::AcquireResponse { run: None, shard: None }));
             }
             // Re-check at least every second: a run may be requeued by a
             // reaper tick that raced with this wait.
@@ -127,11 +182,141 @@ impl WorkerService for WorkerApi {
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = req.into_inner();
         let runs = convert::leases_from_wire(&r.runs);
+        let shards = convert::shard_leases_from_wire(&r.shards);
+        if !shards.is_empty() {
+            let freed = self.state.with_board(|b| Ok(b.release(&r.worker_id, &shards)))?;
+            tracing::info!(worker_id = %r.worker_id, shards = freed, reason = %r.reason, "probe shards handed back");
+            self.state.notify_shards();
+        }
         self.state.with_store(move |s| s.release(&r.worker_id, &runs, r.leaving, &r.reason)).await?;
         self.state.notify_work();
         Ok(Response::new(pb::ReleaseResponse {}))
     }
+
+    async fn publish_pass(
+        &self,
+        req: Request<Streaming<pb::PassChunk>>,
+    ) -> Result<Response<pb::PublishPassResponse>, Status> {
+        let ((owner, count), blob) = gather(req.into_inner(), "probe pass", |c: &pb::PassChunk| {
+            let owner = PassOwner { worker_id: c.worker_id.clone(), run_id: c.run_id.clone(), epoch: c.epoch };
+            Ok(((owner, c.shards), (c.chunk_index, c.chunk_count)))
+        })
+        .await?;
+        if count < 2 {
+            return Err(Status::invalid_argument(format!("a probe pass of {count} shards has nothing to share")));
+        }
+        let o = owner.clone();
+        let (sweep_id, spec_json) = self.state.with_store(move |s| s.pass_source(&o)).await?;
+        let (run_id, bytes) = (owner.run_id.clone(), blob.len());
+        let id = self.state.with_board(|b| Ok(b.publish(owner, sweep_id, spec_json.into(), blob, count)))?;
+        tracing::info!(run_id = %run_id, pass_id = id, shards = count, bytes, "probe pass published");
+        self.state.notify_work();
+        Ok(Response::new(pb::PublishPassResponse { pass_id: id }))
+    }
+
+    async fn claim_shard(
+        &self,
+        req: Request<pb::ClaimShardRequest>,
+    ) -> Result<Response<pb::ClaimShardResponse>, Status> {
+        let (id, owner) = convert::pass_ref_from_wire(req.into_inner().pass)?;
+        let shard = self.state.with_board(|b| b.claim(id, &owner))?;
+        Ok(Response::new(pb::ClaimShardResponse { shard }))
+    }
+
+    type TakeShardStream = TakeShardStream;
+
+    async fn take_shard(&self, req: Request<pb::TakeShardRequest>) -> Result<Response<Self::TakeShardStream>, Status> {
+        let r = req.into_inner();
+        let (id, owner) = convert::pass_ref_from_wire(r.pass)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_TAKE_WAIT);
+        let view = loop {
+            let view = self.state.with_board(|b| b.take(id, &owner, r.shard))?;
+            let now = tokio::time::Instant::now();
+            if view != ShardView::Pending || now >= deadline {
+                break view;
+            }
+            self.state.wait_for_shards((deadline - now).min(Duration::from_secs(1))).await;
+        };
+        let chunks = convert::shard_view_to_wire(view);
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
+    async fn close_pass(&self, req: Request<pb::ClosePassRequest>) -> Result<Response<pb::ClosePassResponse>, Status> {
+        let (id, owner) = convert::pass_ref_from_wire(req.into_inner().pass)?;
+        self.state.with_board(|b| b.close(id, &owner))?;
+        Ok(Response::new(pb::ClosePassResponse {}))
+    }
+
+    type FetchPassStream = CheckpointStream;
+
+    async fn fetch_pass(&self, req: Request<pb::FetchPassRequest>) -> Result<Response<Self::FetchPassStream>, Status> {
+        let r = req.into_inner();
+        let lease = convert::shard_lease_required(r.lease.as_ref())?;
+        let blob = self.state.with_board(|b| b.pass_blob(&r.worker_id, lease))?;
+        let chunks = convert::checkpoint_chunks(&blob);
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
+    async fn submit_shard(
+        &self,
+        req: Request<Streaming<pb::ShardResultChunk>>,
+    ) -> Result<Response<pb::SubmitShardResponse>, Status> {
+        let ((worker, lease), data) = gather(req.into_inner(), "probe shard result", |c: &pb::ShardResultChunk| {
+            let lease = convert::shard_lease_required(c.lease.as_ref())?;
+            Ok(((c.worker_id.clone(), lease), (c.chunk_index, c.chunk_count)))
+        })
+        .await?;
+        let bytes = data.len();
+        self.state.with_board(|b| b.submit(&worker, lease, data))?;
+        tracing::info!(worker_id = %worker, pass_id = lease.pass_id, shard = lease.shard, epoch = lease.epoch, bytes, "probe shard computed");
+        let m = self.state.metrics();
+        m.shards_submitted.inc();
+        m.report_bytes.add(bytes as u64);
+        self.state.notify_shards();
+        Ok(Response::new(pb::SubmitShardResponse {}))
+    }
 }
+
+/// Collects a blob streamed in chunks: `head` reads each chunk's header
+/// (who sends it) and its (index, count); the first chunk's header is kept.
+async fn gather<M, H>(
+    mut stream: Streaming<M>,
+    what: &'static str,
+    head: impl Fn(&M) -> crate::error::Result<(H, (u32, u32))>,
+) -> Result<(H, Vec<u8>), Status>
+where
+    M: ChunkData,
+{
+    let mut blob = convert::Assembly::new(what, MAX_SHARD_BYTES);
+    let mut first = None;
+    while let Some(c) = stream.next().await {
+        let c = c?;
+        let (h, (index, count)) = head(&c)?;
+        blob.push(index, count, c.data())?;
+        first.get_or_insert(h);
+    }
+    let first = first.ok_or_else(|| Status::invalid_argument(format!("{what} without chunks")))?;
+    Ok((first, blob.finish()?))
+}
+
+/// A streamed chunk's payload.
+trait ChunkData {
+    fn data(&self) -> &[u8];
+}
+
+impl ChunkData for pb::PassChunk {
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl ChunkData for pb::ShardResultChunk {
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+type TakeShardStream = Pin<Box<dyn Stream<Item = Result<pb::TakeShardChunk, Status>> + Send>>;
 
 type CheckpointStream = Pin<Box<dyn Stream<Item = Result<pb::CheckpointChunk, Status>> + Send>>;
 

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::CoordinatorMetrics;
+use crate::shards::ShardBoard;
 use crate::store::{CellSource, LeasePolicy, Store};
 
 /// Settings of a coordinator.
@@ -144,6 +145,10 @@ pub struct Coordinator {
     stale_cells: Arc<Mutex<std::collections::BTreeSet<(String, u32)>>>,
     /// Wakes the merger ([`Coordinator::run_merger`]).
     merge_wanted: Arc<Notify>,
+    /// Probe shards leased to idle workers (in memory, its own lock).
+    board: Arc<Mutex<ShardBoard>>,
+    /// Wakes run workers waiting for a shard's result.
+    shards_changed: Arc<Notify>,
 }
 
 impl Coordinator {
@@ -170,11 +175,13 @@ impl Coordinator {
         Ok(Coordinator {
             store: Arc::new(Mutex::new(store)),
             work_available: Arc::new(Notify::new()),
-            config: Arc::new(config),
             metrics: Arc::new(metrics),
             halted: Arc::new(tokio::sync::watch::channel(None).0),
             stale_cells: Arc::new(Mutex::new(stale)),
             merge_wanted: Arc::new(Notify::new()),
+            board: Arc::new(Mutex::new(ShardBoard::new(config.lease_ttl))),
+            shards_changed: Arc::new(Notify::new()),
+            config: Arc::new(config),
         })
     }
 
@@ -334,6 +341,57 @@ impl Coordinator {
         .map_err(|e| CoordinatorError::Internal(format!("store task failed: {e}")))?
     }
 
+    /// Runs `f` on the shard board. Quick, in memory, never under the
+    /// store's lock; refused once the coordinator halted.
+    pub fn with_board<T>(&self, f: impl FnOnce(&mut ShardBoard) -> Result<T>) -> Result<T> {
+        if let Some(why) = self.halted.borrow().clone() {
+            return Err(CoordinatorError::Halted(why));
+        }
+        let mut board = self.board.lock().map_err(|_| CoordinatorError::Internal("shard board poisoned".into()))?;
+        let r = f(&mut board);
+        let c = board.counts();
+        drop(board);
+        self.metrics.shard_passes.set(c.passes as f64);
+        self.metrics.shards_leased.set(c.leased as f64);
+        self.metrics.shard_result_bytes.set(c.result_bytes as f64);
+        r
+    }
+
+    /// Wakes run workers waiting for a shard (a result arrived, a shard
+    /// became free).
+    pub fn notify_shards(&self) {
+        self.shards_changed.notify_waiters();
+    }
+
+    /// Waits until a shard may have changed or `timeout` passes.
+    pub async fn wait_for_shards(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.shards_changed.notified()).await;
+    }
+
+    /// Frees lapsed shard leases and drops the passes whose run lease
+    /// ended; wakes whoever waits for them.
+    async fn reap_shards(&self) -> Result<()> {
+        let now = std::time::Instant::now();
+        let (expired, owners) = self.with_board(|b| Ok((b.expire(now), b.owners())))?;
+        if expired > 0 {
+            self.metrics.shard_expiries.add(expired as u64);
+        }
+        let dropped = if owners.is_empty() {
+            0
+        } else {
+            let current = self.read_store(move |s| s.current_owners(owners)).await?;
+            self.with_board(|b| Ok(b.keep_owners(&current)))?
+        };
+        if dropped > 0 {
+            tracing::info!(passes = dropped, "probe passes dropped: their run leases ended");
+        }
+        if expired > 0 || dropped > 0 {
+            self.notify_shards();
+            self.notify_work();
+        }
+        Ok(())
+    }
+
     /// Wakes every waiting `Acquire`.
     pub fn notify_work(&self) {
         self.work_available.notify_waiters();
@@ -364,6 +422,9 @@ impl Coordinator {
                         }
                         Ok(_) => {}
                         Err(e) => tracing::error!(error = %e, "lease reaper failed"),
+                    }
+                    if let Err(e) = self.reap_shards().await {
+                        tracing::error!(error = %e, "shard reaper failed");
                     }
                 }
             }

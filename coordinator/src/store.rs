@@ -25,6 +25,7 @@ use gradsweep_shared::trajectory::TrajectorySums;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{CoordinatorError, Result};
+use crate::shards::PassOwner;
 
 /// Schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -742,6 +743,40 @@ impl Store {
         tx.commit()?;
         tracing::info!(run_id = %run_id, epoch, worker_id, resume_seq, "run leased");
         Ok(Some(Lease { run_id, epoch: epoch as u64, sweep_id, spec_json, resume_seq }))
+    }
+
+    /// Whether the worker takes work: registered, neither draining nor gone
+    /// (a helper gets probe shards only then).
+    pub fn takes_work(&self, worker_id: &str) -> Result<bool> {
+        let state: Option<String> =
+            self.conn.query_row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
+        Ok(matches!(state.as_deref(), Some(s) if s != "draining" && s != "left"))
+    }
+
+    /// The sweep and spec of a run whose lease `owner` holds (to publish a
+    /// probe pass of it); refused like a report from a stale lease.
+    pub fn pass_source(&mut self, owner: &PassOwner) -> Result<(String, String)> {
+        let tx = self.tx()?;
+        Self::check_lease(&tx, &owner.worker_id, &owner.run_id, owner.epoch)?;
+        let row = tx.query_row("SELECT sweep_id, spec_json FROM runs WHERE id = ?1", [&owner.run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Of the `owners` of probe passes, those whose run lease is current.
+    pub fn current_owners(&self, owners: Vec<PassOwner>) -> Result<Vec<PassOwner>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
+        )?;
+        let mut keep = Vec::with_capacity(owners.len());
+        for o in owners {
+            if stmt.query_row(params![o.run_id, o.epoch as i64, o.worker_id, LEASED], |r| r.get::<_, bool>(0))? {
+                keep.push(o);
+            }
+        }
+        Ok(keep)
     }
 
     /// Marks a worker as draining: it gets no new runs.

@@ -37,7 +37,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// 5: probe sketches in format 3 (compacted, with their orthogonal row
 /// groups), run specs with `shard_samples` (probes split into shards by
 /// sample range and merged in shard order).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: probe shards leased to other workers (PublishPass, ClaimShard,
+/// TakeShard, ClosePass, FetchPass, SubmitShard; shard assignments from
+/// Acquire; shard leases in heartbeats and releases).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// No gRPC message in either direction may exceed this size (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

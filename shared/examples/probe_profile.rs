@@ -23,7 +23,7 @@ use gradsweep_shared::linalg::sgemm;
 use gradsweep_shared::model::Model;
 use gradsweep_shared::rng::{Rng, Stream};
 use gradsweep_shared::run::{ProbeInput, probe};
-use gradsweep_shared::shards::FixedThreads;
+use gradsweep_shared::shards::{FixedThreads, ProbeHelp};
 use gradsweep_shared::spec::{ProbeConfig, RunSpec, SketchSize, TrainConfig};
 use gradsweep_shared::stats::SpectrumStats;
 
@@ -87,14 +87,15 @@ fn main() {
     let input = ProbeInput { model: &model, params: &params, buffers: &buffers, train: &split.train, spec: &spec };
     let stop = AtomicBool::new(false);
     let lend = FixedThreads(threads[0].saturating_sub(1));
-    let record = probe(input, (0, 0, 0), &stop, &lend, &mut on_pass).expect("not stopped");
+    let record = probe(input, (0, 0, 0), &stop, ProbeHelp::threads(&lend), &mut on_pass).expect("not stopped");
     let t_probe = t.elapsed().as_secs_f64();
     // The same probe on the other thread counts, side by side.
     let mut side_by_side = vec![];
     for &th in &threads[1..] {
         let t = Instant::now();
         let other =
-            probe(input, (0, 0, 0), &stop, &FixedThreads(th.saturating_sub(1)), &mut |_| {}).expect("not stopped");
+            probe(input, (0, 0, 0), &stop, ProbeHelp::threads(&FixedThreads(th.saturating_sub(1))), &mut |_| {})
+                .expect("not stopped");
         side_by_side.push((th, t.elapsed().as_secs_f64(), other == record));
     }
     let t = Instant::now();

@@ -18,7 +18,8 @@ use crate::data::{DataError, DatasetName, load_split};
 use crate::linalg::random_orthonormal;
 use crate::model::{Model, ModelError};
 use crate::rng::{Rng, Stream};
-use crate::sketch::{FdSketch, SketchError};
+use crate::shards::{ProbeHelp, Taken};
+use crate::sketch::{ExactCovariance, FdSketch, SketchError};
 use crate::spec::{ProjectionBasis, RunFinal, RunSpec, WirePrecision, hash_f32};
 use crate::trajectory::{TrajectoryRecorder, TrajectorySums, default_lags};
 
@@ -37,6 +38,9 @@ pub enum RunError {
     /// The sink asked to stop.
     #[error("run stopped by its caller")]
     Stopped,
+    /// A probe pass published by another machine could not be read.
+    #[error("unreadable probe pass: {0}")]
+    Pass(#[from] SketchError),
 }
 
 /// One probe: where it was taken and the sketch of `D(x)` there.
@@ -196,18 +200,18 @@ pub fn execute_from(
     stop: &AtomicBool,
     sink: &mut dyn FnMut(RunEvent) -> ControlFlow<()>,
 ) -> Result<RunFinal, RunError> {
-    execute_with(spec, resume, stop, &crate::shards::NoThreads, sink)
+    execute_with(spec, resume, stop, ProbeHelp::none(), sink)
 }
 
-/// [`execute_from`], with probes computed by this thread and whatever
-/// threads `lender` lends (a worker's idle slots): the shards a probe is
-/// split into are folded in shard order, so the threads change the time,
-/// never the result.
+/// [`execute_from`], with probes computed by this thread, whatever threads
+/// `help` lends (a worker's idle slots) and whatever other machines its
+/// exchange finds (idle workers): the shards a probe is split into are
+/// folded in shard order, so the help changes the time, never the result.
 pub fn execute_with(
     spec: &RunSpec,
     resume: Option<Checkpoint>,
     stop: &AtomicBool,
-    lender: &dyn crate::shards::ThreadLender,
+    help: ProbeHelp<'_>,
     sink: &mut dyn FnMut(RunEvent) -> ControlFlow<()>,
 ) -> Result<RunFinal, RunError> {
     let t = &spec.train;
@@ -349,7 +353,7 @@ pub fn execute_with(
                 let _ = sink(RunEvent::ProbePass(p));
             };
             let input = ProbeInput { model: &model, params: &params, buffers: &buffers, train: &split.train, spec };
-            let Some(record) = probe(input, (index as u32, epoch + 1, step), stop, lender, &mut on_pass) else {
+            let Some(record) = probe(input, (index as u32, epoch + 1, step), stop, help, &mut on_pass) else {
                 return Err(RunError::Stopped);
             };
             if !record.meta.train_loss.is_finite() {
@@ -494,9 +498,11 @@ pub struct ProbePass {
     pub rank: crate::stats::Bracket,
     /// Whether that bracket is resolved.
     pub resolved: bool,
-    /// Threads that computed the pass's shards (the result does not
-    /// depend on them).
+    /// Threads of this machine that computed the pass's shards (the result
+    /// does not depend on them).
     pub threads: u32,
+    /// Shards other machines computed.
+    pub remote: u32,
 }
 
 /// Most passes an auto probe makes (the ℓ at least doubles each time).
@@ -555,36 +561,304 @@ pub struct ProbeInput<'a> {
 
 /// One pass over the training set at `params`: the shards of
 /// [`crate::shards::shard_ranges`] computed by [`probe_shard`] on this
-/// thread and those `lender` lends (as many as `memory_mb` allows), folded
-/// in shard order, compacted; with the number of threads that computed it.
-/// `None` if `stop` was raised.
+/// thread, those `help` lends (as many as `memory_mb` allows) and, when its
+/// exchange takes the pass, other machines; folded in shard order,
+/// compacted. `None` if `stop` was raised.
 fn probe_pass(
     input: ProbeInput<'_>,
-    ell: usize,
-    extras: bool,
+    at: PassAt,
     stop: &AtomicBool,
-    lender: &dyn crate::shards::ThreadLender,
-) -> Option<(FdSketch, Option<PassExtras>, usize)> {
+    help: ProbeHelp<'_>,
+) -> Option<(FdSketch, Option<PassExtras>, shards_done::Help)> {
     let spec = input.spec;
     let ranges = crate::shards::shard_ranges(input.train.len(), spec.probe.shard_samples);
     let d = input.model.param_count();
     let block = (spec.probe.block_size as usize).max(1);
+    let ell = at.ell as usize;
     // The first thread, and each further one, within `memory_mb`.
     let cap = spec.probe.memory_mb as u64 * 1024 * 1024;
     let first = crate::sketch::probe_memory_bytes(d, ell, block);
     let further = crate::sketch::shard_thread_memory_bytes(d, ell, block).max(1);
     let max_threads = 1 + (cap.saturating_sub(first) / further) as usize;
-    let compute = |k: usize| probe_shard(input, ranges[k].clone(), ell, extras, stop);
-    let merge = |a: &mut (FdSketch, Option<PassExtras>), b: (FdSketch, Option<PassExtras>)| {
+    let compute = |k: usize| probe_shard(input, ranges[k].clone(), ell, at.extras, stop);
+    let merge = |a: &mut ShardOutput, b: ShardOutput| {
         a.0.merge(&b.0).expect("shards of one probe have one dimension");
         if let (Some(x), Some(y)) = (a.1.as_mut(), b.1) {
             x.merge(y);
         }
     };
-    let folded = crate::shards::fold_in_order(ranges.len(), max_threads, lender, stop, &compute, &merge)?;
+    // Other machines help only when there is more than one shard.
+    let offered = if ranges.len() > 1 {
+        help.exchange.open(&PassBlob::encode(input, at, ranges.len()), ranges.len())
+    } else {
+        None
+    };
+    let folded = match &offered {
+        Some(pass) => {
+            let claims = RemoteShards { pass: pass.as_ref(), d, extras: at.extras, exact: input.spec.probe.exact };
+            crate::shards::fold_claimed(ranges.len(), max_threads, help.threads, &claims, stop, &compute, &merge)
+        }
+        None => crate::shards::fold_in_order(ranges.len(), max_threads, help.threads, stop, &compute, &merge),
+    };
+    drop(offered);
+    let folded = folded?;
     let (mut sketch, more) = folded.value;
     sketch.compact();
-    Some((sketch, more, folded.threads))
+    Some((sketch, more, shards_done::Help { threads: folded.threads, remote: folded.remote }))
+}
+
+/// Who computed a pass (for logs; never part of the result).
+mod shards_done {
+    /// Threads of this machine, and shards other machines computed.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Help {
+        pub threads: usize,
+        pub remote: usize,
+    }
+}
+
+/// A shard's result: its compacted sketch and, on a first pass, its extras.
+type ShardOutput = (FdSketch, Option<PassExtras>);
+
+/// Which pass of which probe, at what size: what a machine helping with it
+/// needs besides the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassAt {
+    /// Probe number within the run.
+    pub index: u32,
+    /// Pass number within the probe.
+    pub pass: u32,
+    /// The pass's sketch size.
+    pub ell: u32,
+    /// Whether the pass gathers the extras (loss, accuracy, exact
+    /// covariance, saved rows): the first pass does.
+    pub extras: bool,
+}
+
+/// The claims of a pass published through an exchange, with the results
+/// of other machines decoded (one that does not decode is computed here).
+struct RemoteShards<'a> {
+    pass: &'a dyn crate::shards::OpenPass,
+    d: usize,
+    extras: bool,
+    exact: bool,
+}
+
+impl crate::shards::ShardClaims<ShardOutput> for RemoteShards<'_> {
+    fn claim(&self) -> Option<usize> {
+        self.pass.claim()
+    }
+    fn take(&self, k: usize, wait: std::time::Duration) -> Taken<ShardOutput> {
+        match self.pass.take(k, wait) {
+            Taken::Done(bytes) => match decode_shard(&bytes, self.d) {
+                Ok(out)
+                    if out.1.is_some() == self.extras
+                        && out.1.as_ref().is_none_or(|x| {
+                            x.exact.is_some() == (self.exact && self.d <= crate::spec::EXACT_MAX_DIM)
+                        }) =>
+                {
+                    Taken::Done(out)
+                }
+                _ => Taken::Compute,
+            },
+            Taken::Local => Taken::Local,
+            Taken::Pending => Taken::Pending,
+            Taken::Compute => Taken::Compute,
+        }
+    }
+}
+
+const PASS_MAGIC: &[u8; 4] = b"GSPS";
+const SHARD_MAGIC: &[u8; 4] = b"GSSR";
+const SHARD_FORMAT_VERSION: u32 = 1;
+
+/// What a machine helping with a pass receives: the pass, the weights and
+/// buffers the gradients are taken at, and the layout's size to check
+/// against the run's spec. Little-endian, CRC-32 protected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassBlob {
+    /// Which pass, at what size.
+    pub at: PassAt,
+    /// Number of shards (checked against the spec's layout).
+    pub shards: u64,
+    /// Number of training samples (checked against the data set).
+    pub samples: u64,
+    /// The weights.
+    pub params: Vec<f32>,
+    /// The buffers (BatchNorm statistics).
+    pub buffers: Vec<f32>,
+}
+
+impl PassBlob {
+    fn encode(input: ProbeInput<'_>, at: PassAt, shards: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 4 * (input.params.len() + input.buffers.len()));
+        out.extend_from_slice(PASS_MAGIC);
+        for v in [SHARD_FORMAT_VERSION, at.index, at.pass, at.ell, at.extras as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [shards, input.train.len(), input.params.len(), input.buffers.len()] {
+            out.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        input.params.iter().chain(input.buffers).for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses a pass published by [`probe`]; rejects a wrong magic number,
+    /// version, length or checksum.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SketchError> {
+        let bad = |m: &str| SketchError::Malformed(format!("probe pass: {m}"));
+        if bytes.len() < 60 {
+            return Err(bad("too short"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("crc"))?) {
+            return Err(bad("checksum mismatch (corrupted or truncated)"));
+        }
+        if &body[..4] != PASS_MAGIC {
+            return Err(bad("wrong magic number"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(body[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4]));
+        let u64_at = |i: usize| u64::from_le_bytes(body[24 + 8 * i..32 + 8 * i].try_into().unwrap_or([0; 8]));
+        if u32_at(0) != SHARD_FORMAT_VERSION {
+            return Err(bad(&format!("version {} (this build reads {SHARD_FORMAT_VERSION})", u32_at(0))));
+        }
+        let at = PassAt { index: u32_at(1), pass: u32_at(2), ell: u32_at(3), extras: u32_at(4) != 0 };
+        let (shards, samples, np, nb) = (u64_at(0), u64_at(1), u64_at(2) as usize, u64_at(3) as usize);
+        let values = &body[56..];
+        if Some(values.len()) != np.checked_add(nb).and_then(|n| n.checked_mul(4)) {
+            return Err(bad(&format!("{} bytes of weights, expected {np} + {nb} values", values.len())));
+        }
+        let mut params: Vec<f32> =
+            values.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let buffers = params.split_off(np);
+        Ok(PassBlob { at, shards, samples, params, buffers })
+    }
+}
+
+/// Encodes a shard's result for the machine that folds it:
+/// `[magic][u32 version][u8 extras]`, with extras `[f64 loss][f64 correct]
+/// [u64 rows len][f32 rows][u64 exact len][exact]`, then `[sketch]` and a
+/// CRC-32; the sketch's own encoding keeps every bit, so a fold over
+/// shards that travelled equals one over shards that did not.
+fn encode_shard(out: &ShardOutput) -> Vec<u8> {
+    let sketch = out.0.encode();
+    let mut b = Vec::with_capacity(64 + sketch.len());
+    b.extend_from_slice(SHARD_MAGIC);
+    b.extend_from_slice(&SHARD_FORMAT_VERSION.to_le_bytes());
+    b.push(out.1.is_some() as u8);
+    if let Some(x) = &out.1 {
+        b.extend_from_slice(&x.loss.to_le_bytes());
+        b.extend_from_slice(&x.correct.to_le_bytes());
+        b.extend_from_slice(&(x.rows.len() as u64).to_le_bytes());
+        x.rows.iter().for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
+        let exact = x.exact.as_ref().map(ExactCovariance::encode).unwrap_or_default();
+        b.extend_from_slice(&(exact.len() as u64).to_le_bytes());
+        b.extend_from_slice(&exact);
+    }
+    b.extend_from_slice(&sketch);
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Parses [`encode_shard`]'s output for dimension `d`.
+fn decode_shard(bytes: &[u8], d: usize) -> Result<ShardOutput, SketchError> {
+    let bad = |m: &str| SketchError::Malformed(format!("probe shard: {m}"));
+    if bytes.len() < 13 {
+        return Err(bad("too short"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("crc"))?) {
+        return Err(bad("checksum mismatch (corrupted or truncated)"));
+    }
+    if &body[..4] != SHARD_MAGIC || body[4..8] != SHARD_FORMAT_VERSION.to_le_bytes() {
+        return Err(bad("wrong magic number or version"));
+    }
+    /// Reads `body` from the front.
+    struct Cur<'b>(&'b [u8]);
+    impl<'b> Cur<'b> {
+        fn take(&mut self, n: usize) -> Result<&'b [u8], SketchError> {
+            if n > self.0.len() {
+                return Err(SketchError::Malformed("probe shard: truncated".into()));
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+        fn f64(&mut self) -> Result<f64, SketchError> {
+            Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap_or([0; 8])))
+        }
+        fn len(&mut self) -> Result<usize, SketchError> {
+            Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or([0; 8])) as usize)
+        }
+    }
+    let mut cur = Cur(&body[9..]);
+    let extras = if body[8] != 0 {
+        let (loss, correct) = (cur.f64()?, cur.f64()?);
+        let n = cur.len()?;
+        let rows: Vec<f32> = cur
+            .take(n.checked_mul(4).ok_or_else(|| bad("rows"))?)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let n = cur.len()?;
+        let exact = if n == 0 { None } else { Some(ExactCovariance::decode(cur.take(n)?, d)?) };
+        Some(PassExtras { loss, correct, exact, rows })
+    } else {
+        None
+    };
+    let sketch = FdSketch::decode(cur.0, Some(d))?;
+    Ok((sketch, extras))
+}
+
+/// Computes shard `shard` of a pass that another machine published
+/// ([`PassBlob`]), for the run `spec` whose training set is `train`:
+/// exactly what that machine would have computed, encoded for it.
+pub fn compute_shard(
+    spec: &RunSpec,
+    train: &crate::data::Dataset,
+    pass: &[u8],
+    shard: usize,
+    stop: &AtomicBool,
+) -> Result<Vec<u8>, RunError> {
+    let blob = PassBlob::decode(pass)?;
+    let model = Model::parse(&spec.train.model)?;
+    let ranges = crate::shards::shard_ranges(train.len(), spec.probe.shard_samples);
+    if blob.params.len() != model.param_count()
+        || blob.buffers.len() != model.init_buffers().len()
+        || blob.samples != train.len() as u64
+        || blob.shards != ranges.len() as u64
+        || shard >= ranges.len()
+        || blob.at.ell == 0
+    {
+        return Err(RunError::Spec(format!(
+            "probe pass of {} weights over {} samples in {} shards does not fit this run (d = {}, {} samples, {} shards; shard {shard})",
+            blob.params.len(),
+            blob.samples,
+            blob.shards,
+            model.param_count(),
+            train.len(),
+            ranges.len()
+        )));
+    }
+    let input = ProbeInput { model: &model, params: &blob.params, buffers: &blob.buffers, train, spec };
+    let out = probe_shard(input, ranges[shard].clone(), blob.at.ell as usize, blob.at.extras, stop)
+        .ok_or(RunError::Stopped)?;
+    Ok(encode_shard(&out))
+}
+
+/// The training set of the run `spec` (what a machine helping with its
+/// probes computes on); checks the model fits it.
+pub fn load_train(spec: &RunSpec) -> Result<crate::data::Dataset, RunError> {
+    let t = &spec.train;
+    let model = Model::parse(&t.model)?;
+    let split = load_split(&DatasetName::parse(&t.dataset)?, &t.data_options())?;
+    if model.input_dim() != split.train.dim || model.classes() != split.train.classes {
+        return Err(RunError::Spec(format!("model `{}` does not fit dataset `{}`", t.model, t.dataset)));
+    }
+    Ok(split.train)
 }
 
 /// One shard of a probe pass: per-sample gradients (eval mode, with the
@@ -656,21 +930,27 @@ pub fn probe(
     input: ProbeInput<'_>,
     at: (u32, u32, u64),
     stop: &AtomicBool,
-    lender: &dyn crate::shards::ThreadLender,
+    help: ProbeHelp<'_>,
     on_pass: &mut dyn FnMut(ProbePass),
 ) -> Option<ProbeRecord> {
     let ProbeInput { model, params, train, spec, .. } = input;
     let (index, epoch, step) = at;
     let d = model.param_count();
-    let pass = |ell: usize, extras: bool| probe_pass(input, ell, extras, stop, lender);
-    let mut report = |sk: &FdSketch, st: &crate::stats::SpectrumStats, pass: usize, threads: usize| {
+    let mut passes_made = 0u32;
+    let mut pass = |ell: usize, extras: bool| {
+        let at = PassAt { index, pass: passes_made, ell: ell as u32, extras };
+        passes_made += 1;
+        probe_pass(input, at, stop, help)
+    };
+    let mut report = |sk: &FdSketch, st: &crate::stats::SpectrumStats, pass: usize, who: shards_done::Help| {
         on_pass(ProbePass {
             index,
             pass: pass as u32,
             ell: sk.ell() as u32,
             rank: st.rank,
             resolved: st.rank_resolved,
-            threads: threads as u32,
+            threads: who.threads as u32,
+            remote: who.remote as u32,
         })
     };
     let (mut sketch, sizing, extras) = match spec.probe.sketch_rank.fixed() {
@@ -1031,6 +1311,76 @@ mod tests {
         }
     }
 
+    /// Another machine, in process: it computes the free shards of each
+    /// published pass, from the highest down, from the pass's bytes
+    /// ([`compute_shard`]), and hands back their bytes.
+    struct HelperExchange(RunSpec);
+
+    #[derive(Clone, PartialEq)]
+    enum Held {
+        Free,
+        Here,
+        There,
+        Done(Vec<u8>),
+    }
+
+    struct HelperPass {
+        board: std::sync::Arc<std::sync::Mutex<Vec<Held>>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl crate::shards::ShardExchange for HelperExchange {
+        fn open(&self, pass: &[u8], count: usize) -> Option<Box<dyn crate::shards::OpenPass + '_>> {
+            let board = std::sync::Arc::new(std::sync::Mutex::new(vec![Held::Free; count]));
+            let (b, spec, pass) = (board.clone(), self.0.clone(), pass.to_vec());
+            let thread = std::thread::spawn(move || {
+                let train = load_train(&spec).unwrap();
+                loop {
+                    let k = {
+                        let mut b = b.lock().unwrap();
+                        let Some(k) = b.iter().rposition(|h| *h == Held::Free) else { return };
+                        b[k] = Held::There;
+                        k
+                    };
+                    let out = compute_shard(&spec, &train, &pass, k, &AtomicBool::new(false)).unwrap();
+                    b.lock().unwrap()[k] = Held::Done(out);
+                }
+            });
+            Some(Box::new(HelperPass { board, thread: Some(thread) }))
+        }
+    }
+
+    impl crate::shards::OpenPass for HelperPass {
+        fn claim(&self) -> Option<usize> {
+            let mut b = self.board.lock().unwrap();
+            let k = b.iter().position(|h| *h == Held::Free)?;
+            b[k] = Held::Here;
+            Some(k)
+        }
+        fn take(&self, k: usize, wait: std::time::Duration) -> Taken<Vec<u8>> {
+            let mut b = self.board.lock().unwrap();
+            match &b[k] {
+                Held::Done(v) => return Taken::Done(v.clone()),
+                Held::Here => return Taken::Local,
+                Held::Free => {
+                    b[k] = Held::Here;
+                    return Taken::Compute;
+                }
+                Held::There => drop(b),
+            }
+            std::thread::sleep(wait.min(std::time::Duration::from_millis(5)));
+            Taken::Pending
+        }
+    }
+
+    impl Drop for HelperPass {
+        fn drop(&mut self) {
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+
     /// Issue 11: with no `sketch_rank` the probe sizes itself: passes of
     /// growing ℓ until the rank at the paper's threshold is resolved, every
     /// pass recorded; the same spec gives the same probes; a memory cap too
@@ -1049,14 +1399,19 @@ mod tests {
         spec.probe.shard_samples = 300;
         // Every event but the passes' thread counts, which say who computed
         // them (and must say all the threads lent).
-        let run = |threads: usize| {
+        let run = |spec: &RunSpec, threads: usize, helper: bool| {
             let mut events = vec![];
             let lend = crate::shards::FixedThreads(threads - 1);
-            let fin = execute_with(&spec, None, &AtomicBool::new(false), &lend, &mut |e| {
+            let exchange = HelperExchange(spec.clone());
+            let help =
+                if helper { ProbeHelp { threads: &lend, exchange: &exchange } } else { ProbeHelp::threads(&lend) };
+            let mut remote = 0;
+            let fin = execute_with(spec, None, &AtomicBool::new(false), help, &mut |e| {
                 match e {
                     RunEvent::ProbePass(mut p) => {
                         assert_eq!(p.threads as usize, threads, "pass {p:?}");
-                        p.threads = 0;
+                        remote += p.remote;
+                        (p.threads, p.remote) = (0, 0);
                         events.push(format!("{:?}", RunEvent::ProbePass(p)));
                     }
                     other => events.push(format!("{other:?}")),
@@ -1064,12 +1419,19 @@ mod tests {
                 ControlFlow::Continue(())
             })
             .unwrap();
+            assert_eq!(remote > 0, helper, "shards computed elsewhere: {remote}");
             (fin, events)
         };
-        let one = run(1);
+        let one = run(&spec, 1, false);
         assert!(one.1.iter().filter(|e| e.starts_with("Probe(")).count() == 2);
-        assert_eq!(run(2), one, "two threads");
-        assert_eq!(run(3), one, "three threads");
+        assert_eq!(run(&spec, 2, false), one, "two threads");
+        assert_eq!(run(&spec, 3, false), one, "three threads");
+        assert_eq!(run(&spec, 1, true), one, "one thread and another machine");
+        assert_eq!(run(&spec, 2, true), one, "two threads and another machine");
+        // The extras travel too: exact covariance and saved rows.
+        let mut extras = spec.clone();
+        (extras.probe.exact, extras.probe.save_gradients, extras.train.epochs) = (true, 700, 1);
+        assert_eq!(run(&extras, 1, true), run(&extras, 1, false), "exact covariance and saved rows");
         spec.probe.exact = true;
         spec.probe.every_epochs = 2;
         let (_, probes, _) = collect(&spec);

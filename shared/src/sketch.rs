@@ -734,6 +734,36 @@ impl ExactCovariance {
         self.n += m as u64;
     }
 
+    /// Serialises the accumulator exactly: `[u64 d][u64 n][d f64 Σg][d² f64
+    /// AᵀA]`, little-endian (a probe shard computed elsewhere travels so).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 8 * (self.d + self.ata.len()));
+        out.extend_from_slice(&(self.d as u64).to_le_bytes());
+        out.extend_from_slice(&self.n.to_le_bytes());
+        self.sum_g.iter().chain(&self.ata).for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        out
+    }
+
+    /// Parses [`ExactCovariance::encode`]'s output of dimension `d`.
+    pub fn decode(bytes: &[u8], d: usize) -> Result<Self, SketchError> {
+        let bad = |m: String| SketchError::Malformed(m);
+        let head = |i: usize| bytes.get(i * 8..i * 8 + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+        let (Some(dim), Some(n)) = (head(0), head(1)) else { return Err(bad("exact covariance too short".into())) };
+        if dim as usize != d || bytes.len() != 16 + 8 * (d + d * d) {
+            return Err(bad(format!(
+                "exact covariance of {} bytes, dimension {dim}; expected dimension {d}",
+                bytes.len()
+            )));
+        }
+        let mut v: Vec<f64> =
+            bytes[16..].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+        if !v.iter().all(|x| x.is_finite()) {
+            return Err(SketchError::NonFinite("exact covariance"));
+        }
+        let ata = v.split_off(d);
+        Ok(ExactCovariance { d, ata, sum_g: v, n })
+    }
+
     /// Dimension.
     pub fn dim(&self) -> usize {
         self.d

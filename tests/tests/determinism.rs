@@ -41,28 +41,56 @@ fn write_fake_mnist(dir: &Path) {
     std::fs::write(m.join("t10k-labels-idx1-ubyte"), idx_labels(64)).unwrap();
 }
 
-/// Runs `grid` on one worker with `slots` slots; checks every run against
-/// an undisturbed offline run (probes included) and returns the runs'
-/// weight hashes and how many idle slots the worker lent to probe passes.
-async fn run_with_slots(grid: &str, db: &Path, slots: u32, runs: usize) -> (Vec<(String, u64)>, f64) {
+/// What the workers of [`run_on_workers`] say they did.
+#[derive(Debug, Default)]
+struct Help {
+    /// Idle slots lent to probe passes.
+    lent: f64,
+    /// Probe shards computed for another worker's run.
+    shards: f64,
+}
+
+/// Runs `grid` on one worker per entry of `slots` (with that many slots);
+/// checks every run against an undisturbed offline run (probes included)
+/// and returns the runs' weight hashes, and what the workers' metrics say
+/// of slots lent and shards computed for others.
+async fn run_on_workers(grid: &str, db: &Path, slots: &[u32], runs: usize) -> (Vec<(String, u64)>, Help) {
     let server = InProcess::start(fast_config(db)).await;
     let mut control = server.control().await;
     let sweep = submit(&mut control, grid).await.sweep_id;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(gradsweep_worker::Shutdown::None);
-    let mut cfg = gradsweep_worker::WorkerConfig::new(server.url.clone(), slots);
-    cfg.name = format!("slots-{slots}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_port = listener.local_addr().unwrap().port();
-    let worker = tokio::spawn(gradsweep_worker::run_worker_with_metrics(cfg, Some(listener), stop_rx));
+    let mut workers = vec![];
+    for (i, &n) in slots.iter().enumerate() {
+        let mut cfg = gradsweep_worker::WorkerConfig::new(server.url.clone(), n);
+        cfg.name = format!("w{i}-slots-{n}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(gradsweep_worker::run_worker_with_metrics(cfg, Some(listener), stop_rx.clone()));
+        workers.push((port, task));
+    }
     wait_sweep_completed(&control, &sweep, Duration::from_secs(300)).await;
-    let text = tokio::task::spawn_blocking(move || http_get(metrics_port, "/metrics").2).await.unwrap();
-    let lent = metric(&text, "gradsweep_worker_probe_slots_lent_total").expect("the worker exports slot lending");
+    let mut help = Help::default();
+    for (port, _) in &workers {
+        let port = *port;
+        let text = tokio::task::spawn_blocking(move || http_get(port, "/metrics").2).await.unwrap();
+        help.lent += metric(&text, "gradsweep_worker_probe_slots_lent_total").expect("the worker exports slot lending");
+        help.shards += metric(&text, "gradsweep_worker_probe_shards_computed_total").expect("and shards computed");
+    }
     let _ = stop_tx.send(gradsweep_worker::Shutdown::Terminate);
-    worker.await.unwrap().unwrap();
+    for (_, task) in workers {
+        task.await.unwrap().unwrap();
+    }
     let (cells, _) = fetch_results(&mut control, &sweep).await.unwrap();
     assert_eq!(verify_against_offline(grid, &cells), runs);
     server.stop().await;
-    (cells.iter().flat_map(|c| c.runs.iter().map(|r| (r.run_id.clone(), r.fin.weights_hash))).collect(), lent)
+    (cells.iter().flat_map(|c| c.runs.iter().map(|r| (r.run_id.clone(), r.fin.weights_hash))).collect(), help)
+}
+
+/// [`run_on_workers`] with one worker.
+async fn run_with_slots(grid: &str, db: &Path, slots: u32, runs: usize) -> (Vec<(String, u64)>, f64) {
+    let (hashes, help) = run_on_workers(grid, db, &[slots], runs).await;
+    assert_eq!(help.shards, 0.0, "one worker computes no shard for another");
+    (hashes, help.lent)
 }
 
 /// small-lenet on the fake MNIST in `dir`, 2 epochs at batch 32, a probe
@@ -128,4 +156,20 @@ async fn probe_shards_use_idle_slots_and_change_no_bit() {
     assert_eq!(one, two);
     assert_eq!(lent_one, 0.0, "one slot: nothing to lend");
     assert!(lent_two >= 2.0, "two slots: the idle one helps each probe pass (lent {lent_two})");
+}
+
+/// Issue 11, acceptance 2, across workers: the same run on two workers of
+/// one slot each. The one without a run is idle, so it is leased shards of
+/// the other's probe passes, computes them from the published pass and
+/// sends them back; the run's worker folds them in shard order. The result
+/// is the undisturbed offline run's, bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_shards_on_two_workers_change_no_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    write_fake_mnist(dir.path());
+    let grid = lenet_grid(dir.path(), "workers", "[3]", "", "sketch_rank = \"auto\"\nshard_samples = 32", "[0.05]");
+    let (alone, _) = run_with_slots(&grid, &dir.path().join("a.db"), 1, 1).await;
+    let (two, help) = run_on_workers(&grid, &dir.path().join("b.db"), &[1, 1], 1).await;
+    assert_eq!(alone, two);
+    assert!(help.shards >= 1.0, "the idle worker computed shards of the other's probes ({help:?})");
 }

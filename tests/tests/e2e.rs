@@ -269,6 +269,35 @@ async fn worker_sigkill_mid_sweep() {
     assert_eq!(verify_against_offline(&grid, &cells), 8);
 }
 
+/// A wider net (d = 26,378), so that a probe pass at ℓ ≥ 256 takes a
+/// second or more: one run, one probe at the end, auto-sized, in shards of
+/// `shard_samples` of the digits' samples.
+fn wide_net_grid(name: &str, train_extra: &str, shard_samples: u32) -> String {
+    grids::mlp(name, "[0]", 2, train_extra, 2)
+        .replace("mlp:64-16-10", "mlp:64-128-128-10")
+        .replace("sketch_rank = 16", &format!("sketch_rank = \"auto\"\nshard_samples = {shard_samples}"))
+        .replace("lr = [0.05, 0.1]", "lr = [0.05]")
+        .replace("batch_size = [16, 64]", "batch_size = [64]")
+}
+
+/// Waits until the worker logging to `log_path` has finished a probe's
+/// first pass without resolving the rank (its next pass is under way);
+/// returns the probe's index.
+async fn wait_first_pass_unresolved(log_path: &std::path::Path) -> String {
+    let first_pass = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("probe pass"))
+            .find(|l| log_field(l, "pass") == Some("0") && log_field(l, "resolved") == Some("false"))
+            .and_then(|l| log_field(l, "probe").map(str::to_string))
+    };
+    gradsweep_tests::wait_until(Duration::from_secs(120), "a probe's first pass, unresolved", || {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        async move { first_pass(&log).is_some() }
+    })
+    .await;
+    first_pass(&std::fs::read_to_string(log_path).unwrap()).unwrap()
+}
+
 /// Issue 11, acceptance 2: the worker computing a probe's shards (its run's
 /// thread and its idle slot) is SIGKILLed in the middle of a probe pass;
 /// the run's lease lapses, another worker resumes it from its checkpoint
@@ -278,33 +307,16 @@ async fn worker_sigkill_mid_sweep() {
 async fn worker_sigkill_mid_probe_shard() {
     let dir = tempfile::tempdir().unwrap();
     let coord = short_lease_coordinator(dir.path());
-    // A wider net (d = 26,378), so that a pass at ℓ ≥ 256 takes a second or
-    // more; one probe, at the end, auto-sized, in shards of 300 samples.
-    let grid = grids::mlp("kill-mid-shard", "[0]", 2, "checkpoint_every_epochs = 1", 2)
-        .replace("mlp:64-16-10", "mlp:64-128-128-10")
-        .replace("sketch_rank = 16", "sketch_rank = \"auto\"\nshard_samples = 300")
-        .replace("lr = [0.05, 0.1]", "lr = [0.05]")
-        .replace("batch_size = [16, 64]", "batch_size = [64]");
+    let grid = wide_net_grid("kill-mid-shard", "checkpoint_every_epochs = 1", 300);
     let mut victim = WorkerProc::start(&coord.url(), "victim", 2, dir.path());
     let mut client = connect_control(&format!("127.0.0.1:{}", coord.port)).await.unwrap();
     let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
     // Kill it as soon as a probe's first pass is over and left the rank
     // unresolved: the next pass, in shards on both slots, is under way.
     let log_path = dir.path().join("victim.log");
-    let first_pass = |log: &str| {
-        log.lines()
-            .filter(|l| l.contains("probe pass"))
-            .find(|l| log_field(l, "pass") == Some("0") && log_field(l, "resolved") == Some("false"))
-            .and_then(|l| log_field(l, "probe").map(str::to_string))
-    };
-    gradsweep_tests::wait_until(Duration::from_secs(120), "a probe's first pass, unresolved", || {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        async move { first_pass(&log).is_some() }
-    })
-    .await;
+    let probe = wait_first_pass_unresolved(&log_path).await;
     victim.kill9();
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let probe = first_pass(&log).unwrap();
     let later = log.lines().filter(|l| l.contains("probe pass") && log_field(l, "probe") == Some(probe.as_str()));
     assert_eq!(later.count(), 1, "killed after its first pass, before its next one ended:\n{log}");
     let _survivor = WorkerProc::start(&coord.url(), "survivor", 2, dir.path());
@@ -312,6 +324,41 @@ async fn worker_sigkill_mid_probe_shard() {
     assert!(coord.log().contains("lease lapsed; run requeued"), "the kill must have interrupted the run");
     let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();
     assert_eq!(verify_against_offline(&grid, &cells), 1);
+}
+
+/// Issue 11, acceptance 2, across workers: a helper computing a shard of
+/// another worker's probe pass is SIGKILLed mid-shard. Its shard lease
+/// lapses, the run's worker computes the shard itself, and the run is
+/// bit-identical to an undisturbed single-threaded run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helper_sigkill_mid_probe_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = short_lease_coordinator(dir.path());
+    // Two shards of 900 samples per pass, so that a shard at ℓ ≥ 256 takes
+    // a second or more.
+    let grid = wide_net_grid("kill-helper", "", 900);
+    let owner = WorkerProc::start(&coord.url(), "owner", 1, dir.path());
+    let mut client = connect_control(&format!("127.0.0.1:{}", coord.port)).await.unwrap();
+    let sweep = gradsweep_tests::submit(&mut client, &grid).await.sweep_id;
+    // The helper joins once the probe's first pass left the rank
+    // unresolved: the next, longer pass is the one it helps with.
+    wait_first_pass_unresolved(&dir.path().join("owner.log")).await;
+    let mut helper = WorkerProc::start(&coord.url(), "helper", 1, dir.path());
+    let helper_log = dir.path().join("helper.log");
+    gradsweep_tests::wait_until(Duration::from_secs(60), "the helper computing a shard", || {
+        let log = std::fs::read_to_string(&helper_log).unwrap_or_default();
+        async move { log.contains("computing a probe shard for another worker") }
+    })
+    .await;
+    helper.kill9();
+    let log = std::fs::read_to_string(&helper_log).unwrap();
+    assert!(!log.contains("probe shard computed for another worker"), "killed mid-shard:\n{log}");
+    gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(300)).await;
+    assert!(coord.log().contains("shard lease lapsed"), "the kill must have interrupted a leased shard");
+    assert!(!coord.log().contains("lease lapsed; run requeued"), "the run itself was never interrupted");
+    let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();
+    assert_eq!(verify_against_offline(&grid, &cells), 1);
+    drop(owner);
 }
 
 /// Acceptance 4: the coordinator SIGKILLed mid-sweep and restarted on the

@@ -128,6 +128,7 @@ async fn stale_epoch_is_refused_and_duplicates_merge_once() {
         .heartbeat(pb::HeartbeatRequest {
             worker_id: a.clone(),
             runs: vec![pb::RunLease { run_id: run.run_id.clone(), epoch: 1 }],
+            shards: vec![],
         })
         .await
         .unwrap()
@@ -275,9 +276,15 @@ async fn leaving_worker_returns_unlisted_leases() {
     let run =
         wc.acquire(pb::AcquireRequest { worker_id: w.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
     assert_eq!(open_store(&db).run_state(&run.run_id).unwrap().0, "leased");
-    wc.release(pb::ReleaseRequest { worker_id: w.clone(), runs: vec![], reason: "shutdown".into(), leaving: true })
-        .await
-        .unwrap();
+    wc.release(pb::ReleaseRequest {
+        worker_id: w.clone(),
+        runs: vec![],
+        reason: "shutdown".into(),
+        leaving: true,
+        shards: vec![],
+    })
+    .await
+    .unwrap();
     assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("queued".into(), 1, 0));
     // Its late report is refused.
     let (bodies, _) = bodies_of(&run.spec_json);
@@ -396,5 +403,119 @@ async fn hostile_values_sizes_replays_and_checkpoints_are_refused() {
     wc.finish(finish(&w, &run, 1, bodies.len() as u64, &fin)).await.unwrap();
     let (cells, _) = gradsweep_coordinator::client::fetch_results(&mut control, &sweep).await.unwrap();
     assert_eq!(gradsweep_tests::verify_against_offline(ONE_RUN, &cells), 1);
+    server.stop().await;
+}
+
+fn pass_ref(worker: &str, run: &pb::RunAssignment, pass_id: u64) -> Option<pb::PassRef> {
+    Some(pb::PassRef { worker_id: worker.into(), run_id: run.run_id.clone(), epoch: run.epoch, pass_id })
+}
+
+fn result_chunk(worker: &str, lease: pb::ShardLease, data: &[u8]) -> pb::ShardResultChunk {
+    pb::ShardResultChunk {
+        worker_id: worker.into(),
+        lease: Some(lease),
+        chunk_index: 0,
+        chunk_count: 1,
+        data: data.to_vec(),
+    }
+}
+
+/// Issue 11: probe shards are fenced like runs, over the wire. A pass is
+/// published only under the current run lease; an idle worker is granted
+/// its shards (never its own run's); a helper whose shard lease lapsed is
+/// refused and told so by its heartbeat, and the shard is granted again at
+/// a higher epoch; the run's worker takes the result in order; the pass
+/// ends with the run lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_shards_are_fenced_like_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcess::start(fast_config(&dir.path().join("state.db"))).await;
+    let mut control = server.control().await;
+    let mut wc = server.worker_client().await;
+    let (owner, h1, h2) =
+        (register(&mut wc, "owner").await, register(&mut wc, "h1").await, register(&mut wc, "h2").await);
+    submit(&mut control, ONE_RUN).await;
+    let run = wc
+        .acquire(pb::AcquireRequest { worker_id: owner.clone(), wait_ms: 1000 })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    let chunk = |worker: &str, epoch: u64| pb::PassChunk {
+        worker_id: worker.into(),
+        run_id: run.run_id.clone(),
+        epoch,
+        shards: 3,
+        chunk_index: 0,
+        chunk_count: 1,
+        data: b"the pass".to_vec(),
+    };
+    // Only the run lease's holder, at its epoch, publishes.
+    for (w, e) in [(h1.as_str(), 1), (owner.as_str(), 2)] {
+        let err = wc.publish_pass(tokio_stream::iter(vec![chunk(w, e)])).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    }
+    let pass_id = wc.publish_pass(tokio_stream::iter(vec![chunk(&owner, 1)])).await.unwrap().into_inner().pass_id;
+    let claimed = wc.claim_shard(pb::ClaimShardRequest { pass: pass_ref(&owner, &run, pass_id) }).await.unwrap();
+    assert_eq!(claimed.into_inner().shard, Some(0));
+    let base = wc.clone();
+    let grant = |w: String| {
+        let mut wc = base.clone();
+        async move {
+            let a = wc.acquire(pb::AcquireRequest { worker_id: w, wait_ms: 200 }).await.unwrap().into_inner();
+            assert!(a.run.is_none());
+            a.shard
+        }
+    };
+    assert!(grant(owner.clone()).await.is_none(), "no shard of its own run");
+    let first = grant(h1.clone()).await.expect("an idle worker helps");
+    let lease = first.lease.unwrap();
+    assert_eq!((first.run_id.as_str(), lease.shard, lease.epoch), (run.run_id.as_str(), 1, 1));
+    let fetched = wc.fetch_pass(pb::FetchPassRequest { worker_id: h1.clone(), lease: Some(lease) }).await.unwrap();
+    let mut stream = fetched.into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().data, b"the pass");
+    // h1 goes silent while the owner heartbeats: h1's shard lease lapses
+    // (fast_config's TTL), h2 gets the shard at epoch 2, and h1 is refused
+    // and told.
+    for _ in 0..10 {
+        let runs = vec![pb::RunLease { run_id: run.run_id.clone(), epoch: run.epoch }];
+        let hb = wc.heartbeat(pb::HeartbeatRequest { worker_id: owner.clone(), runs, shards: vec![] }).await.unwrap();
+        assert!(hb.into_inner().lost.is_empty());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let again = grant(h2.clone()).await.expect("the lapsed shard is granted again").lease.unwrap();
+    assert_eq!((again.shard, again.epoch), (1, 2));
+    let err = wc.submit_shard(tokio_stream::iter(vec![result_chunk(&h1, lease, b"stale")])).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let hb = wc
+        .heartbeat(pb::HeartbeatRequest { worker_id: h1.clone(), runs: vec![], shards: vec![lease] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.lost_shards, vec![lease]);
+    wc.submit_shard(tokio_stream::iter(vec![result_chunk(&h2, again, b"shard one")])).await.unwrap();
+    // The run's worker: shard 0 is its own, shard 1 is done elsewhere,
+    // shard 2 is free and becomes its own.
+    let take = |k: u32| {
+        let mut wc = base.clone();
+        let req = pb::TakeShardRequest { pass: pass_ref(&owner, &run, pass_id), shard: k, wait_ms: 100 };
+        async move {
+            let mut s = wc.take_shard(req).await.unwrap().into_inner();
+            let (mut state, mut data) = (pb::ShardState::Unspecified, vec![]);
+            while let Some(c) = s.message().await.unwrap() {
+                state = c.state();
+                data.extend(c.data);
+            }
+            (state, data)
+        }
+    };
+    assert_eq!(take(0).await.0, pb::ShardState::Claimed);
+    assert_eq!(take(1).await, (pb::ShardState::Done, b"shard one".to_vec()));
+    assert_eq!(take(2).await.0, pb::ShardState::Compute);
+    // The run lease ends (the owner stops heartbeating): the pass goes too.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = wc.claim_shard(pb::ClaimShardRequest { pass: pass_ref(&owner, &run, pass_id) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     server.stop().await;
 }

@@ -9,13 +9,15 @@
 //! and re-sends after reconnecting with backoff. A lease the coordinator says
 //! is lost stops its run without side effects. On SIGTERM the worker stops
 //! its runs and hands their leases back; asked to drain, it finishes its
-//! runs, takes no new ones, and exits.
+//! runs, takes no new ones, and exits. An idle worker helps with other
+//! workers' probes: it computes shards of their passes.
 //!
 //! # Layout
 //! * [`config`] — [`WorkerConfig`].
 //! * [`convert`] — run events → wire reports (chunked blobs), the only wire↔domain code here.
 //! * [`runner`] — one run: compute thread + acknowledged, re-sendable report stream.
 //! * [`slots`] — the worker's slots; idle ones lent to running probes for their shards.
+//! * [`shards`] — probe shards across workers: offering a run's passes, computing other runs' shards.
 //! * [`worker`] — registration, heartbeats, acquisition, drain and shutdown.
 //! * [`metrics`] — Prometheus metrics (throughput, probe time, runs), served on `--metrics-listen`.
 
@@ -23,6 +25,7 @@ pub mod config;
 pub mod convert;
 pub mod metrics;
 pub mod runner;
+pub mod shards;
 pub mod slots;
 pub mod worker;
 

@@ -33,6 +33,12 @@ pub struct WorkerMetrics {
     pub reports_acked: Counter,
     /// Idle slots lent to probe passes (one per slot per pass).
     pub probe_slots_lent: Counter,
+    /// Probe passes this worker's runs offered to other workers.
+    pub probe_passes_published: Counter,
+    /// Other workers' probe shards computed and delivered here.
+    pub probe_shards_computed: Counter,
+    /// Other workers' probe shards dropped (lease lost, pass closed).
+    pub probe_shards_lost: Counter,
     started: Instant,
 }
 
@@ -50,6 +56,9 @@ impl Default for WorkerMetrics {
             active_runs: Gauge::default(),
             reports_acked: Counter::default(),
             probe_slots_lent: Counter::default(),
+            probe_passes_published: Counter::default(),
+            probe_shards_computed: Counter::default(),
+            probe_shards_lost: Counter::default(),
             started: Instant::now(),
         }
     }
@@ -75,6 +84,21 @@ impl WorkerMetrics {
                 "gradsweep_worker_probe_slots_lent_total",
                 "Idle slots lent to a running probe's shards, counted once per slot and pass.",
                 &self.probe_slots_lent,
+            ),
+            (
+                "gradsweep_worker_probe_passes_published_total",
+                "Probe passes of this worker's runs offered to other workers.",
+                &self.probe_passes_published,
+            ),
+            (
+                "gradsweep_worker_probe_shards_computed_total",
+                "Probe shards of other workers' runs computed and delivered.",
+                &self.probe_shards_computed,
+            ),
+            (
+                "gradsweep_worker_probe_shards_lost_total",
+                "Probe shards of other workers' runs dropped (lease lost or pass closed).",
+                &self.probe_shards_lost,
             ),
         ];
         for (name, help, c) in counters {

@@ -20,6 +20,7 @@ use gradsweep_proto::v1::report_request::Body;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use gradsweep_shared::checkpoint::Checkpoint;
 use gradsweep_shared::run::{RunError, RunEvent, execute_with, param_count};
+use gradsweep_shared::shards::ProbeHelp;
 use gradsweep_shared::spec::RunSpec;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -27,6 +28,7 @@ use tonic::Code;
 use crate::config::{Backoff, WorkerConfig};
 use crate::convert::event_bodies;
 use crate::metrics::WorkerMetrics;
+use crate::shards::RemoteExchange;
 use crate::slots::Slots;
 
 /// How a run ended on this worker.
@@ -257,10 +259,20 @@ impl RunContext {
         let batch = spec.train.batch_size as u64;
         let pass_run_id = self.run.run_id.clone();
         let slots = self.slots.clone();
+        // Probe passes are offered to idle workers under this run's lease.
+        let exchange = RemoteExchange {
+            client: self.client.clone(),
+            worker_id: self.worker_id.clone(),
+            run_id: self.run.run_id.clone(),
+            epoch: self.run.epoch,
+            handle: tokio::runtime::Handle::current(),
+            metrics: self.metrics.clone(),
+        };
         let compute = tokio::task::spawn_blocking(move || {
             let (mut last_step, mut last_at) = (0u64, std::time::Instant::now());
             let mut pass_at = std::time::Instant::now();
-            execute_with(&spec, resume, &stop, &*slots, &mut |event| {
+            let help = ProbeHelp { threads: &*slots, exchange: &exchange };
+            execute_with(&spec, resume, &stop, help, &mut |event| {
                 let boundary = matches!(event, RunEvent::Checkpoint(_));
                 match &event {
                     RunEvent::Progress { step, .. } => {
@@ -288,6 +300,7 @@ impl RunContext {
                             rank_hi = p.rank.hi,
                             resolved = p.resolved,
                             threads = p.threads,
+                            remote_shards = p.remote,
                             seconds = since.elapsed().as_secs_f64(),
                             "probe pass"
                         );

@@ -16,6 +16,7 @@ use tonic::Code;
 use crate::config::{Backoff, WorkerConfig};
 use crate::metrics::WorkerMetrics;
 use crate::runner::{RunContext, RunEnd};
+use crate::shards::{ShardJob, TrainCache};
 use crate::slots::Slots;
 
 /// Errors that end a worker.
@@ -45,11 +46,21 @@ struct ActiveRun {
     handback: Arc<AtomicBool>,
 }
 
+/// A shard of another worker's probe being computed here.
+struct ActiveShard {
+    lease: pb::ShardLease,
+    stop: Arc<AtomicBool>,
+}
+
 struct Shared {
     cfg: WorkerConfig,
     client: WorkerServiceClient<AuthChannel>,
     worker_id: Mutex<String>,
     runs: Mutex<HashMap<String, ActiveRun>>,
+    /// Other workers' probe shards computed here, by (pass, shard).
+    shards: Mutex<HashMap<(u64, u32), ActiveShard>>,
+    /// The training set the last shard used.
+    train_cache: Arc<TrainCache>,
     draining: AtomicBool,
     drain_requested: Notify,
     heartbeat_ms: AtomicU64,
@@ -65,6 +76,17 @@ impl Shared {
             .lock()
             .map(|m| m.iter().map(|(id, r)| pb::RunLease { run_id: id.clone(), epoch: r.epoch }).collect())
             .unwrap_or_default()
+    }
+
+    fn shard_leases(&self) -> Vec<pb::ShardLease> {
+        self.shards.lock().map(|m| m.values().map(|a| a.lease).collect()).unwrap_or_default()
+    }
+
+    /// Stops every shard computed here (they have no checkpoint to wait for).
+    fn stop_shards(&self) {
+        if let Ok(m) = self.shards.lock() {
+            m.values().for_each(|a| a.stop.store(true, Ordering::Relaxed));
+        }
     }
 
     /// Registers, retrying transient failures until `shutdown` says stop.
@@ -161,6 +183,8 @@ async fn work(
         cfg,
         worker_id: Mutex::new(String::new()),
         runs: Mutex::new(HashMap::new()),
+        shards: Mutex::new(HashMap::new()),
+        train_cache: Arc::new(TrainCache::default()),
         draining: AtomicBool::new(false),
         drain_requested: Notify::new(),
         heartbeat_ms: AtomicU64::new(1000),
@@ -225,7 +249,38 @@ async fn work(
         match answer {
             Ok(r) => {
                 backoff.reset();
-                let Some(run) = r.into_inner().run else {
+                let r = r.into_inner();
+                if let Some(assignment) = r.shard {
+                    idle_since = None;
+                    let Some(lease) = assignment.lease else { continue };
+                    let stop = Arc::new(AtomicBool::new(false));
+                    if let Ok(mut m) = shared.shards.lock() {
+                        m.insert((lease.pass_id, lease.shard), ActiveShard { lease, stop: stop.clone() });
+                    }
+                    let job = ShardJob {
+                        cfg: shared.cfg.clone(),
+                        client: shared.client.clone(),
+                        worker_id: shared.worker_id(),
+                        assignment,
+                        stop,
+                        metrics: metrics.clone(),
+                        cache: shared.train_cache.clone(),
+                    };
+                    let shared2 = shared.clone();
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        let what = format!("probe shard {} of pass {}", lease.shard, lease.pass_id);
+                        let end = job.execute().await;
+                        if end != RunEnd::Stopped
+                            && let Ok(mut m) = shared2.shards.lock()
+                        {
+                            m.remove(&(lease.pass_id, lease.shard));
+                        }
+                        (what, lease.epoch, end)
+                    });
+                    continue;
+                }
+                let Some(run) = r.run else {
                     if tasks.is_empty() {
                         idle_since.get_or_insert_with(tokio::time::Instant::now);
                     }
@@ -310,6 +365,11 @@ async fn work(
     if let Ok(m) = shared.runs.lock() {
         m.values().for_each(|r| r.handback.store(true, Ordering::Relaxed));
     }
+    // Shards of other workers' probes: finished when draining, handed back
+    // at once when terminated.
+    if terminated {
+        shared.stop_shards();
+    }
     let deadline = tokio::time::sleep(grace);
     tokio::pin!(deadline);
     let mut stopped = false;
@@ -325,6 +385,7 @@ async fn work(
                 if let Ok(m) = shared.runs.lock() {
                     m.values().for_each(|r| r.stop.store(true, Ordering::Relaxed));
                 }
+                shared.stop_shards();
             }
         }
     }
@@ -333,6 +394,7 @@ async fn work(
     let req = pb::ReleaseRequest {
         worker_id: shared.worker_id(),
         runs: leases,
+        shards: shared.shard_leases(),
         reason: if terminated { "worker terminated".into() } else { "worker drained".into() },
         leaving: true,
     };
@@ -348,7 +410,7 @@ async fn work(
 
 fn log_end(done: Result<(String, u64, RunEnd), tokio::task::JoinError>) {
     match done {
-        Ok((run_id, epoch, end)) => tracing::info!(run_id = %run_id, epoch, end = ?end, "run ended"),
+        Ok((task, epoch, end)) => tracing::info!(task = %task, epoch, end = ?end, "task ended"),
         Err(e) => tracing::error!(error = %e, "run task failed"),
     }
 }
@@ -362,12 +424,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
-        let req = pb::HeartbeatRequest { worker_id: shared.worker_id(), runs: shared.leases() };
+        let req = pb::HeartbeatRequest {
+            worker_id: shared.worker_id(),
+            runs: shared.leases(),
+            shards: shared.shard_leases(),
+        };
         match tokio::time::timeout(interval * 3, shared.client.clone().heartbeat(req)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 if r.unknown_worker {
                     tracing::warn!("coordinator forgot this worker; its runs are lost");
+                    shared.stop_shards();
                     if let Ok(m) = shared.runs.lock() {
                         m.values().for_each(|a| {
                             a.lost.store(true, Ordering::Relaxed);
@@ -382,6 +449,21 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     {
                         tracing::warn!(run_id = %l.run_id, epoch = l.epoch, "lease lost; stopping run");
                         a.lost.store(true, Ordering::Relaxed);
+                        a.stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                for l in r.lost_shards {
+                    // Lost: stopped, and no longer named in heartbeats.
+                    if let Ok(mut m) = shared.shards.lock()
+                        && m.get(&(l.pass_id, l.shard)).is_some_and(|a| a.lease.epoch == l.epoch)
+                        && let Some(a) = m.remove(&(l.pass_id, l.shard))
+                    {
+                        tracing::info!(
+                            pass_id = l.pass_id,
+                            shard = l.shard,
+                            epoch = l.epoch,
+                            "probe shard lease lost; stopping it"
+                        );
                         a.stop.store(true, Ordering::Relaxed);
                     }
                 }
