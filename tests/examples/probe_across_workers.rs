@@ -18,6 +18,8 @@
 //! machine's cores: on a machine with fewer cores than slots, more workers
 //! cannot go faster, and the table shows what the wire costs instead.
 
+#![allow(clippy::print_stdout)] // the report is this tool's output
+
 use std::time::Duration;
 
 use gradsweep_coordinator::client::fetch_results;
