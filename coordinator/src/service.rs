@@ -99,12 +99,15 @@ impl WorkerService for WorkerApi {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_ACQUIRE_WAIT);
         loop {
             let worker = r.worker_id.clone();
+            // Whether this worker takes work is asked only when a shard
+            // is free for it: an idle worker's polls cost one query.
+            let shard_free = self.state.with_board(|b| Ok(b.has_free(&worker)))?;
             let found = self
                 .state
                 .with_store(move |s| {
                     Ok(match s.acquire(&worker)? {
                         Some(lease) => Found::Run(lease),
-                        None => Found::Nothing { takes_work: s.takes_work(&worker)? },
+                        None => Found::Nothing { takes_work: shard_free && s.takes_work(&worker)? },
                     })
                 })
                 .await?;

@@ -108,6 +108,10 @@ pub struct ShardBoard {
     passes: BTreeMap<u64, Pass>,
     next_id: u64,
     ttl: Duration,
+    /// Most bytes of results held at once.
+    max_result_bytes: usize,
+    /// Bytes of results held now.
+    result_bytes: usize,
 }
 
 fn gone(what: String) -> CoordinatorError {
@@ -115,12 +119,33 @@ fn gone(what: String) -> CoordinatorError {
 }
 
 impl ShardBoard {
-    /// An empty board whose shard leases last `ttl` past each renewal. Pass
-    /// ids start from the clock, so a restarted coordinator never reuses
-    /// one that helpers may still name.
-    pub fn new(ttl: Duration) -> Self {
+    /// An empty board whose shard leases last `ttl` past each renewal, and
+    /// which holds at most `max_result_bytes` of results. Pass ids start
+    /// from the clock, so a restarted coordinator never reuses one that
+    /// helpers may still name.
+    pub fn new(ttl: Duration, max_result_bytes: usize) -> Self {
         let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis());
-        ShardBoard { passes: BTreeMap::new(), next_id: (base as u64).saturating_mul(1000), ttl }
+        ShardBoard {
+            passes: BTreeMap::new(),
+            next_id: (base as u64).saturating_mul(1000),
+            ttl,
+            max_result_bytes,
+            result_bytes: 0,
+        }
+    }
+
+    /// Drops the results a pass holds (it ends), counting them out.
+    fn forget(&mut self, pass_id: u64) {
+        if let Some(p) = self.passes.remove(&pass_id) {
+            self.result_bytes -= p.shards.iter().map(|(h, _)| held_bytes(h)).sum::<usize>();
+        }
+    }
+
+    /// Whether a shard of another worker's run is free for `worker_id`.
+    pub fn has_free(&self, worker_id: &str) -> bool {
+        self.passes
+            .values()
+            .any(|p| p.owner.worker_id != worker_id && p.shards.iter().any(|(h, _)| matches!(h, Held::Free)))
     }
 
     /// Opens a pass of `count` shards for `owner` (whose run lease the
@@ -172,13 +197,15 @@ impl ShardBoard {
                 k + 1
             )));
         }
+        let mut freed = 0;
         for (h, _) in &mut pass.shards[..k] {
-            if matches!(h, Held::Done(_)) {
+            if let Held::Done(d) = h {
+                freed += d.len();
                 *h = Held::Folded;
             }
         }
         let (held, _) = &mut pass.shards[k];
-        Ok(match held {
+        let view = match held {
             Held::Done(data) => ShardView::Done(data.clone()),
             Held::Leased { .. } => ShardView::Pending,
             Held::Claimed | Held::Folded => ShardView::Claimed,
@@ -186,14 +213,16 @@ impl ShardBoard {
                 *held = Held::Claimed;
                 ShardView::Compute
             }
-        })
+        };
+        self.result_bytes -= freed;
+        Ok(view)
     }
 
     /// The run's worker withdraws its pass (helpers' later messages about
     /// it are refused).
     pub fn close(&mut self, pass_id: u64, owner: &PassOwner) -> Result<()> {
         self.owned(pass_id, owner)?;
-        self.passes.remove(&pass_id);
+        self.forget(pass_id);
         Ok(())
     }
 
@@ -239,9 +268,22 @@ impl ShardBoard {
         Ok(self.passes[&lease.pass_id].blob.clone())
     }
 
-    /// A helper's result for its shard (fenced by its lease).
+    /// A helper's result for its shard (fenced by its lease). Refused when
+    /// the board would hold more than its cap of results: the shard is then
+    /// free again, for its run's worker to compute.
     pub fn submit(&mut self, worker_id: &str, lease: ShardLease, data: Vec<u8>) -> Result<()> {
-        self.leased(worker_id, lease)?.0 = Held::Done(Arc::new(data));
+        let (held, cap, len) = (self.result_bytes, self.max_result_bytes, data.len());
+        let slot = self.leased(worker_id, lease)?;
+        if held + len > cap {
+            slot.0 = Held::Free;
+            return Err(gone(format!(
+                "the coordinator holds {held} bytes of shard results (cap {cap}); shard {} of probe pass {} is \
+                 left to its run's worker",
+                lease.shard, lease.pass_id
+            )));
+        }
+        slot.0 = Held::Done(Arc::new(data));
+        self.result_bytes += len;
         Ok(())
     }
 
@@ -292,23 +334,21 @@ impl ShardBoard {
     /// Drops the passes of owners not in `current` (their run lease ended);
     /// returns how many.
     pub fn keep_owners(&mut self, current: &[PassOwner]) -> usize {
-        let before = self.passes.len();
-        self.passes.retain(|_, p| current.contains(&p.owner));
-        before - self.passes.len()
+        let ended: Vec<u64> =
+            self.passes.iter().filter(|(_, p)| !current.contains(&p.owner)).map(|(&id, _)| id).collect();
+        ended.iter().for_each(|&id| self.forget(id));
+        ended.len()
     }
 
     /// Counts for metrics.
     pub fn counts(&self) -> BoardCounts {
-        let mut c = BoardCounts { passes: self.passes.len(), ..Default::default() };
-        for (h, _) in self.passes.values().flat_map(|p| &p.shards) {
-            match h {
-                Held::Leased { .. } => c.leased += 1,
-                Held::Done(d) => c.result_bytes += d.len(),
-                _ => {}
-            }
-        }
-        c
+        let leased = self.passes.values().flat_map(|p| &p.shards).filter(|(h, _)| matches!(h, Held::Leased { .. }));
+        BoardCounts { passes: self.passes.len(), leased: leased.count(), result_bytes: self.result_bytes }
     }
+}
+
+fn held_bytes(h: &Held) -> usize {
+    if let Held::Done(d) = h { d.len() } else { 0 }
 }
 
 #[cfg(test)]
@@ -320,7 +360,7 @@ mod tests {
     }
 
     fn board_with_pass(count: u32) -> (ShardBoard, u64) {
-        let mut b = ShardBoard::new(Duration::from_secs(10));
+        let mut b = ShardBoard::new(Duration::from_secs(10), 4);
         let id = b.publish(owner(1), "s".into(), Arc::from("{}"), vec![1, 2, 3], count);
         (b, id)
     }
@@ -390,5 +430,25 @@ mod tests {
         assert_eq!(b.counts().passes, 1, "the next pass replaces the previous");
         b.close(id3, &owner(2)).unwrap();
         assert_eq!(b.counts().passes, 0);
+    }
+
+    /// Results past the cap are refused and their shard is free again; the
+    /// bytes held are counted out when results are folded past or their
+    /// pass ends.
+    #[test]
+    fn results_are_held_up_to_the_cap() {
+        let (mut b, id) = board_with_pass(3);
+        let now = Instant::now();
+        let (g0, g1) = (b.grant("w-a", now).unwrap(), b.grant("w-b", now).unwrap());
+        b.submit("w-a", g0.lease, vec![0; 3]).unwrap();
+        assert!(b.submit("w-b", g1.lease, vec![0; 2]).is_err(), "3 + 2 bytes are over the cap of 4");
+        assert!(b.has_free("w-c"));
+        assert_eq!(b.take(id, &owner(1), 1).unwrap(), ShardView::Compute);
+        assert_eq!(b.counts().result_bytes, 0, "shard 0 was folded past");
+        let g2 = b.grant("w-b", now).unwrap();
+        b.submit("w-b", g2.lease, vec![0; 4]).unwrap();
+        assert_eq!(b.counts().result_bytes, 4);
+        assert_eq!(b.keep_owners(&[]), 1);
+        assert_eq!(b.counts().result_bytes, 0);
     }
 }

@@ -38,6 +38,10 @@ pub struct CoordinatorConfig {
     /// Largest size the database may grow to (SQLite `max_page_count`); at
     /// the cap the coordinator stops accepting work, as on a full disk.
     pub max_db_bytes: Option<u64>,
+    /// Most bytes of probe shard results held in memory for their runs'
+    /// workers; past it a helper's result is refused (the run's worker
+    /// computes that shard itself).
+    pub max_shard_result_bytes: usize,
 }
 
 /// Who may call the coordinator, and over what.
@@ -78,6 +82,7 @@ impl CoordinatorConfig {
             grid_limits: GridLimits::default(),
             security: ServerSecurity::default(),
             max_db_bytes: None,
+            max_shard_result_bytes: 2 << 30,
         }
     }
 
@@ -179,7 +184,7 @@ impl Coordinator {
             halted: Arc::new(tokio::sync::watch::channel(None).0),
             stale_cells: Arc::new(Mutex::new(stale)),
             merge_wanted: Arc::new(Notify::new()),
-            board: Arc::new(Mutex::new(ShardBoard::new(config.lease_ttl))),
+            board: Arc::new(Mutex::new(ShardBoard::new(config.lease_ttl, config.max_shard_result_bytes))),
             shards_changed: Arc::new(Notify::new()),
             config: Arc::new(config),
         })

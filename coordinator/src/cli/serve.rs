@@ -36,6 +36,11 @@ pub struct ServeArgs {
     /// accepting work (as on a full disk) and says why; nothing is lost.
     #[arg(long, env = "GRADSWEEP_MAX_DB_MIB")]
     pub max_db_mib: Option<u64>,
+    /// Hold at most this many MiB of probe shard results computed by
+    /// helpers for their runs' workers; past it a helper's result is
+    /// refused and its shard computed by the run's own worker.
+    #[arg(long, env = "GRADSWEEP_MAX_SHARD_RESULTS_MIB", default_value_t = 2048)]
+    pub max_shard_results_mib: u64,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "GRADSWEEP_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -63,6 +68,7 @@ impl ServeArgs {
         c.max_attempts = self.max_attempts;
         c.grid_limits.max_runs = self.max_runs;
         c.max_db_bytes = self.max_db_mib.map(|m| m * 1024 * 1024);
+        c.max_shard_result_bytes = (self.max_shard_results_mib * 1024 * 1024) as usize;
         c.security.token = Token::load(token_file)?;
         c.security.allow_unauthenticated = self.insecure_no_auth;
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
