@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //! * [`error`] — [`CoordinatorError`] and its mapping to `tonic::Status`.
+//! * [`lock`] — [`lock::DbLock`]: one coordinator per database file.
 //! * [`store`] — the SQLite store; every transition one transaction.
 //! * [`shards`] — [`shards::ShardBoard`]: probe shards leased to idle workers, in memory.
 //! * [`state`] — [`Coordinator`]: the store on the blocking pool, work notification, the lease reaper, the
@@ -25,6 +26,7 @@
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod lock;
 pub mod metrics;
 pub mod report;
 pub mod server;

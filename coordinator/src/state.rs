@@ -42,6 +42,9 @@ pub struct CoordinatorConfig {
     /// workers; past it a helper's result is refused (the run's worker
     /// computes that shard itself).
     pub max_shard_result_bytes: usize,
+    /// TCP_NODELAY on accepted connections (on by default; off only to
+    /// measure what Nagle's algorithm costs each call).
+    pub tcp_nodelay: bool,
 }
 
 /// Who may call the coordinator, and over what.
@@ -83,6 +86,7 @@ impl CoordinatorConfig {
             security: ServerSecurity::default(),
             max_db_bytes: None,
             max_shard_result_bytes: 2 << 30,
+            tcp_nodelay: true,
         }
     }
 
@@ -154,6 +158,8 @@ pub struct Coordinator {
     board: Arc<Mutex<ShardBoard>>,
     /// Wakes run workers waiting for a shard's result.
     shards_changed: Arc<Notify>,
+    /// This coordinator's hold on its database file.
+    _lock: Arc<crate::lock::DbLock>,
 }
 
 impl Coordinator {
@@ -161,6 +167,8 @@ impl Coordinator {
     /// so their workers can reconnect.
     pub fn open(config: CoordinatorConfig) -> Result<Self> {
         config.validate()?;
+        // Before anything touches the file: one coordinator per database.
+        let lock = crate::lock::DbLock::acquire(&config.db_path)?;
         let policy = LeasePolicy { ttl_ms: config.lease_ttl.as_millis() as i64, max_attempts: config.max_attempts };
         let mut store = Store::open(&config.db_path, policy)?;
         if let Some(bytes) = config.max_db_bytes {
@@ -186,6 +194,7 @@ impl Coordinator {
             merge_wanted: Arc::new(Notify::new()),
             board: Arc::new(Mutex::new(ShardBoard::new(config.lease_ttl, config.max_shard_result_bytes))),
             shards_changed: Arc::new(Notify::new()),
+            _lock: Arc::new(lock),
             config: Arc::new(config),
         })
     }

@@ -355,6 +355,19 @@ impl InProcess {
     }
 }
 
+/// A worker's registration as a test or benchmark sends it: this build's
+/// protocol version, one slot.
+pub fn register_request(name: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        protocol_version: gradsweep_proto::PROTOCOL_VERSION,
+        name: name.into(),
+        hostname: "test".into(),
+        slots: 1,
+        pid: std::process::id(),
+        build_version: "test".into(),
+    }
+}
+
 /// Fast coordinator settings for tests: short leases.
 pub fn fast_config(db: &Path) -> CoordinatorConfig {
     let mut c = CoordinatorConfig::new(db);

@@ -52,18 +52,7 @@ async fn register(
     c: &mut pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
     name: &str,
 ) -> String {
-    c.register(pb::RegisterRequest {
-        protocol_version: gradsweep_proto::PROTOCOL_VERSION,
-        name: name.into(),
-        hostname: "test".into(),
-        slots: 1,
-        pid: 1,
-        build_version: "test".into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .worker_id
+    c.register(gradsweep_tests::register_request(name)).await.unwrap().into_inner().worker_id
 }
 
 fn open_store(db: &std::path::Path) -> Store {

@@ -61,17 +61,7 @@ async fn token_is_required_on_every_call_off_loopback() {
 
     // Worker service without a token: refused, and nothing registered.
     let mut raw = pb::worker_service_client::WorkerServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    let reg = raw
-        .register(pb::RegisterRequest {
-            protocol_version: gradsweep_proto::PROTOCOL_VERSION,
-            name: "rogue".into(),
-            hostname: "x".into(),
-            slots: 1,
-            pid: 1,
-            build_version: "0".into(),
-        })
-        .await
-        .unwrap_err();
+    let reg = raw.register(gradsweep_tests::register_request("rogue")).await.unwrap_err();
     assert_eq!(reg.code(), tonic::Code::Unauthenticated);
     let authed = Remote {
         addr: addr.clone(),

@@ -168,3 +168,23 @@ fn schema_1_database_is_upgraded() {
     let t: i64 = c.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0)).unwrap();
     assert_eq!(t, 0);
 }
+
+/// Issue 12, item 4: one coordinator per database. A second `gradsweep
+/// serve` on a file in use refuses to start and names the holder (host,
+/// pid, since when); once the holder is SIGKILLed, its lock is gone with
+/// it and a restart on the same file serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_on_one_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let mut first = CoordinatorProc::start(&db, 0, &[], dir.path());
+    let err = serve_fails(&db);
+    assert!(err.contains("in use by another coordinator"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.pid())) && err.contains("since 20"), "names the holder: {err}");
+    assert!(err.contains("state.db.lock"), "names the lock file: {err}");
+    first.kill9();
+    first.restart();
+    let mut client = connect_control(&format!("127.0.0.1:{}", first.port)).await.unwrap();
+    let sweeps = client.list_sweeps(gradsweep_proto::v1::ListSweepsRequest {}).await.unwrap().into_inner();
+    assert!(sweeps.sweeps.is_empty());
+}
