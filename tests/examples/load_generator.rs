@@ -1,0 +1,193 @@
+//! Drives simulated workers against a real `gradsweep serve` process over
+//! real gRPC, and prints lease grants per second and call latencies.
+//!
+//! ```text
+//! cargo build --release --workspace
+//! cargo run --release -p gradsweep-tests --example load_generator -- [WORKERS,...] [RUNS] [SECONDS]
+//! ```
+//!
+//! For each worker count (default `1,10,100`), a fresh coordinator (its
+//! database in a temporary folder on this machine's disk, production lease
+//! settings: 15 s TTL, 3 s heartbeats) gets a sweep of `RUNS` runs (default
+//! 2,000). Each simulated worker registers on its own connection,
+//! heartbeats every 3 s on its own task, and loops: `Acquire` (wait 1 s),
+//! then `Finish` at once, as a run that failed without computing (the same
+//! transaction as any finish, without a cell merge). It stops when the
+//! sweep is done or after `SECONDS` (default 60). Latencies of `Acquire`
+//! count only calls that were granted a run (work queued); `lost` counts
+//! leases that lapsed while the worker held them (a heartbeat said so, or
+//! the finish was refused).
+
+#![allow(clippy::print_stdout)] // the report is this tool's output
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gradsweep_proto::v1 as pb;
+use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
+use gradsweep_tests::{CoordinatorProc, register_request, submit};
+use tokio::sync::Mutex;
+
+fn grid(runs: usize) -> String {
+    let seeds: Vec<String> = (0..runs).map(|s| s.to_string()).collect();
+    format!(
+        "[sweep]\nname = \"load\"\nseeds = [{}]\n[train]\nmodel = \"mlp:64-8-10\"\ndataset = \"digits\"\nepochs = 1\n\
+         batch_size = 64\nlr = 0.05\n",
+        seeds.join(", ")
+    )
+}
+
+/// Latencies in milliseconds, per call kind.
+#[derive(Default)]
+struct Samples {
+    acquire: Vec<f64>,
+    finish: Vec<f64>,
+    heartbeat: Vec<f64>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn simulated_worker(
+    url: String,
+    name: String,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+    granted: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    samples: Arc<Mutex<Samples>>,
+) -> anyhow::Result<()> {
+    let mut client = WorkerServiceClient::connect(url.clone()).await?;
+    let id = client.register(register_request(&name)).await?.into_inner().worker_id;
+    let held: Arc<Mutex<Option<pb::RunLease>>> = Arc::default();
+    let heartbeats = {
+        let (mut c, id, held, stop, lost, samples) =
+            (client.clone(), id.clone(), held.clone(), stop.clone(), lost.clone(), samples.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let runs: Vec<pb::RunLease> = held.lock().await.iter().cloned().collect();
+                let t = Instant::now();
+                if let Ok(r) = c.heartbeat(pb::HeartbeatRequest { worker_id: id.clone(), runs, shards: vec![] }).await {
+                    samples.lock().await.heartbeat.push(t.elapsed().as_secs_f64() * 1e3);
+                    // A lease finished while the heartbeat was under way is
+                    // not lost: count only leases still held.
+                    let still = held.lock().await.clone();
+                    let n = r.into_inner().lost.iter().filter(|l| Some(*l) == still.as_ref()).count();
+                    lost.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut mine = Samples::default();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let t = Instant::now();
+        let a = client.acquire(pb::AcquireRequest { worker_id: id.clone(), wait_ms: 1000 }).await?.into_inner();
+        let Some(run) = a.run else { continue };
+        mine.acquire.push(t.elapsed().as_secs_f64() * 1e3);
+        granted.fetch_add(1, Ordering::Relaxed);
+        *held.lock().await = Some(pb::RunLease { run_id: run.run_id.clone(), epoch: run.epoch });
+        let t = Instant::now();
+        let finished = client
+            .finish(pb::FinishRequest {
+                worker_id: id.clone(),
+                run_id: run.run_id,
+                epoch: run.epoch,
+                last_seq: 0,
+                outcome: pb::RunOutcome::Failed as i32,
+                error: "load generator: not computed".into(),
+                final_json: String::new(),
+            })
+            .await;
+        match finished {
+            Ok(_) => mine.finish.push(t.elapsed().as_secs_f64() * 1e3),
+            // The lease lapsed before the finish arrived: the run was
+            // granted again, to another worker.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                lost.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(s) => return Err(s.into()),
+        }
+        *held.lock().await = None;
+    }
+    heartbeats.abort();
+    let mut s = samples.lock().await;
+    s.acquire.extend(mine.acquire);
+    s.finish.extend(mine.finish);
+    Ok(())
+}
+
+async fn load(workers: usize, runs: usize, seconds: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let max_runs = runs.max(10_000).to_string();
+    let coord = CoordinatorProc::start(
+        &dir.path().join("state.db"),
+        0,
+        &["--lease-ttl-ms", "15000", "--heartbeat-ms", "3000", "--max-runs", &max_runs],
+        dir.path(),
+    );
+    let mut control = gradsweep_coordinator::client::connect_control(&format!("127.0.0.1:{}", coord.port)).await?;
+    submit(&mut control, &grid(runs)).await;
+    let (stop, granted, lost) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::default());
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..workers {
+        tasks.spawn(simulated_worker(
+            coord.url(),
+            format!("sim-{i}"),
+            deadline,
+            stop.clone(),
+            granted.clone(),
+            Arc::clone(&lost),
+            samples.clone(),
+        ));
+    }
+    // Until every run is granted (and so finished), or time is up.
+    while granted.load(Ordering::Relaxed) < runs as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    while let Some(t) = tasks.join_next().await {
+        t??;
+    }
+    let n = granted.load(Ordering::Relaxed);
+    let mut s = samples.lock().await;
+    println!(
+        "{workers:>8} {n:>7} {elapsed:>8.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+        n as f64 / elapsed,
+        pct(&mut s.acquire, 0.5),
+        pct(&mut s.acquire, 0.99),
+        pct(&mut s.finish, 0.5),
+        pct(&mut s.finish, 0.99),
+        pct(&mut s.heartbeat, 0.99),
+        lost.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let counts: Vec<usize> =
+        args.first().map_or("1,10,100", String::as_str).split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let runs: usize = args.get(1).map_or(Ok(2000), |s| s.parse())?;
+    let seconds: u64 = args.get(2).map_or(Ok(60), |s| s.parse())?;
+    println!("simulated workers against `gradsweep serve`, {runs} runs, at most {seconds} s each; latencies in ms");
+    println!(
+        "{:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "workers", "granted", "seconds", "grants/s", "acq p50", "acq p99", "fin p50", "fin p99", "hb p99", "lost"
+    );
+    for w in counts {
+        load(w, runs, seconds).await?;
+    }
+    Ok(())
+}
