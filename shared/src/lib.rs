@@ -14,7 +14,8 @@
 //! * [`nn`] — layers (linear, conv, pooling, BatchNorm, dropout, activations) with per-sample gradients.
 //! * [`model`] — networks by name (the paper's four and generic MLPs) with batch and per-sample gradients.
 //! * [`sketch`] — the Frequent Directions sketch with its Δ certificate, and the exact path.
-//! * [`shards`] — probes split by sample range, computed by the free threads, folded in shard order.
+//! * [`shards`] — probes split by sample range, computed by free threads and other machines (claims, an
+//!   exchange of encoded passes and results), folded in shard order.
 //! * [`stats`] — spectral statistics of `D` with certified brackets; seed summaries.
 //! * [`trajectory`] — projected trajectories: lagged covariances, area-enclosing rates, cycling
 //!   frequencies, MSD, autocorrelation, Welch spectra.

@@ -10,7 +10,10 @@
 //! many do.
 //!
 //! Threads come from a [`ThreadLender`]: the caller's own thread always
-//! works; a worker lends its idle slots for the length of one pass.
+//! works; a worker lends its idle slots for the length of one pass. Other
+//! machines come through a [`ShardExchange`]: a pass is published (as
+//! bytes), this machine claims shards one at a time ([`ShardClaims`]) and
+//! takes the others' results in order ([`fold_claimed`]).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
