@@ -569,7 +569,7 @@ fn probe_pass(
     at: PassAt,
     stop: &AtomicBool,
     help: ProbeHelp<'_>,
-) -> Option<(FdSketch, Option<PassExtras>, shards_done::Help)> {
+) -> Option<(FdSketch, Option<PassExtras>, PassHelp)> {
     let spec = input.spec;
     let ranges = crate::shards::shard_ranges(input.train.len(), spec.probe.shard_samples);
     let d = input.model.param_count();
@@ -604,17 +604,15 @@ fn probe_pass(
     let folded = folded?;
     let (mut sketch, more) = folded.value;
     sketch.compact();
-    Some((sketch, more, shards_done::Help { threads: folded.threads, remote: folded.remote }))
+    Some((sketch, more, PassHelp { threads: folded.threads, remote: folded.remote }))
 }
 
-/// Who computed a pass (for logs; never part of the result).
-mod shards_done {
-    /// Threads of this machine, and shards other machines computed.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Help {
-        pub threads: usize,
-        pub remote: usize,
-    }
+/// Who computed a pass (for logs; never part of the result): threads of
+/// this machine, and shards other machines computed.
+#[derive(Debug, Clone, Copy)]
+struct PassHelp {
+    threads: usize,
+    remote: usize,
 }
 
 /// A shard's result: its compacted sketch and, on a first pass, its extras.
@@ -709,21 +707,9 @@ impl PassBlob {
     /// version, length or checksum.
     pub fn decode(bytes: &[u8]) -> Result<Self, SketchError> {
         let bad = |m: &str| SketchError::Malformed(format!("probe pass: {m}"));
-        if bytes.len() < 60 {
-            return Err(bad("too short"));
-        }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("crc"))?) {
-            return Err(bad("checksum mismatch (corrupted or truncated)"));
-        }
-        if &body[..4] != PASS_MAGIC {
-            return Err(bad("wrong magic number"));
-        }
+        let body = framed(bytes, PASS_MAGIC, 56, "probe pass")?;
         let u32_at = |i: usize| u32::from_le_bytes(body[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4]));
         let u64_at = |i: usize| u64::from_le_bytes(body[24 + 8 * i..32 + 8 * i].try_into().unwrap_or([0; 8]));
-        if u32_at(0) != SHARD_FORMAT_VERSION {
-            return Err(bad(&format!("version {} (this build reads {SHARD_FORMAT_VERSION})", u32_at(0))));
-        }
         let at = PassAt { index: u32_at(1), pass: u32_at(2), ell: u32_at(3), extras: u32_at(4) != 0 };
         let (shards, samples, np, nb) = (u64_at(0), u64_at(1), u64_at(2) as usize, u64_at(3) as usize);
         let values = &body[56..];
@@ -735,6 +721,28 @@ impl PassBlob {
         let buffers = params.split_off(np);
         Ok(PassBlob { at, shards, samples, params, buffers })
     }
+}
+
+/// The body of a `[magic][u32 version]…[u32 CRC-32]` blob (the CRC
+/// stripped) of at least `min_body` bytes; rejects a wrong length,
+/// checksum, magic number or version.
+fn framed<'b>(bytes: &'b [u8], magic: &[u8; 4], min_body: usize, what: &str) -> Result<&'b [u8], SketchError> {
+    let bad = |m: String| SketchError::Malformed(format!("{what}: {m}"));
+    if bytes.len() < min_body.max(8) + 4 {
+        return Err(bad("too short".into()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap_or([0; 4])) {
+        return Err(bad("checksum mismatch (corrupted or truncated)".into()));
+    }
+    if &body[..4] != magic {
+        return Err(bad("wrong magic number".into()));
+    }
+    let version = u32::from_le_bytes(body[4..8].try_into().unwrap_or([0; 4]));
+    if version != SHARD_FORMAT_VERSION {
+        return Err(bad(format!("version {version} (this build reads {SHARD_FORMAT_VERSION})")));
+    }
+    Ok(body)
 }
 
 /// Encodes a shard's result for the machine that folds it:
@@ -766,16 +774,7 @@ fn encode_shard(out: &ShardOutput) -> Vec<u8> {
 /// Parses [`encode_shard`]'s output for dimension `d`.
 fn decode_shard(bytes: &[u8], d: usize) -> Result<ShardOutput, SketchError> {
     let bad = |m: &str| SketchError::Malformed(format!("probe shard: {m}"));
-    if bytes.len() < 13 {
-        return Err(bad("too short"));
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("crc"))?) {
-        return Err(bad("checksum mismatch (corrupted or truncated)"));
-    }
-    if &body[..4] != SHARD_MAGIC || body[4..8] != SHARD_FORMAT_VERSION.to_le_bytes() {
-        return Err(bad("wrong magic number or version"));
-    }
+    let body = framed(bytes, SHARD_MAGIC, 9, "probe shard")?;
     /// Reads `body` from the front.
     struct Cur<'b>(&'b [u8]);
     impl<'b> Cur<'b> {
@@ -942,7 +941,7 @@ pub fn probe(
         passes_made += 1;
         probe_pass(input, at, stop, help)
     };
-    let mut report = |sk: &FdSketch, st: &crate::stats::SpectrumStats, pass: usize, who: shards_done::Help| {
+    let mut report = |sk: &FdSketch, st: &crate::stats::SpectrumStats, pass: usize, who: PassHelp| {
         on_pass(ProbePass {
             index,
             pass: pass as u32,

@@ -23,7 +23,7 @@
 use std::time::Duration;
 
 use gradsweep_coordinator::client::fetch_results;
-use gradsweep_tests::{InProcess, fast_config, http_get, metric, submit, wait_sweep_completed};
+use gradsweep_tests::{InProcess, InProcessWorkers, fast_config, submit, wait_sweep_completed};
 
 fn grid(data_dir: &str, ell: u32) -> String {
     format!(
@@ -68,31 +68,13 @@ async fn run_shape(grid: &str, shape: &[u32]) -> anyhow::Result<Outcome> {
     let server = InProcess::start(config).await;
     let mut control = server.control().await;
     let sweep = submit(&mut control, grid).await.sweep_id;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(gradsweep_worker::Shutdown::None);
-    let mut workers = vec![];
-    for (i, &slots) in shape.iter().enumerate() {
-        let mut cfg = gradsweep_worker::WorkerConfig::new(server.url.clone(), slots);
-        cfg.name = format!("w{i}");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        workers.push((
-            port,
-            tokio::spawn(gradsweep_worker::run_worker_with_metrics(cfg, Some(listener), stop_rx.clone())),
-        ));
-    }
+    let workers = InProcessWorkers::start(&server.url, shape).await;
     wait_sweep_completed(&control, &sweep, Duration::from_secs(3600)).await;
-    let (mut probe_seconds, mut threads_lent, mut shards_elsewhere) = (0.0, 0.0, 0.0);
-    for (port, _) in &workers {
-        let port = *port;
-        let text = tokio::task::spawn_blocking(move || http_get(port, "/metrics").2).await?;
-        probe_seconds += metric(&text, "gradsweep_worker_probe_seconds_sum").unwrap_or(0.0);
-        threads_lent += metric(&text, "gradsweep_worker_probe_slots_lent_total").unwrap_or(0.0);
-        shards_elsewhere += metric(&text, "gradsweep_worker_probe_shards_computed_total").unwrap_or(0.0);
-    }
-    let _ = stop_tx.send(gradsweep_worker::Shutdown::Terminate);
-    for (_, w) in workers {
-        w.await??;
-    }
+    let sum = |name: &'static str| workers.metric_sum(name);
+    let probe_seconds = sum("gradsweep_worker_probe_seconds_sum").await.unwrap_or(0.0);
+    let threads_lent = sum("gradsweep_worker_probe_slots_lent_total").await.unwrap_or(0.0);
+    let shards_elsewhere = sum("gradsweep_worker_probe_shards_computed_total").await.unwrap_or(0.0);
+    workers.stop().await;
     let (cells, _) = fetch_results(&mut control, &sweep).await?;
     server.stop().await;
     let mut result =

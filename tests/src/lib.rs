@@ -355,6 +355,50 @@ impl InProcess {
     }
 }
 
+/// Workers run in this process, each with its Prometheus endpoint on a
+/// port of its own.
+pub struct InProcessWorkers {
+    stop: tokio::sync::watch::Sender<gradsweep_worker::Shutdown>,
+    workers: Vec<(u16, tokio::task::JoinHandle<Result<(), gradsweep_worker::worker::WorkerError>>)>,
+}
+
+impl InProcessWorkers {
+    /// One worker per entry of `slots` (with that many slots), named
+    /// `w{i}-slots-{n}`, against the coordinator at `url`.
+    pub async fn start(url: &str, slots: &[u32]) -> Self {
+        let (stop, stop_rx) = tokio::sync::watch::channel(gradsweep_worker::Shutdown::None);
+        let mut workers = vec![];
+        for (i, &n) in slots.iter().enumerate() {
+            let mut cfg = gradsweep_worker::WorkerConfig::new(url, n);
+            cfg.name = format!("w{i}-slots-{n}");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a metrics port");
+            let port = listener.local_addr().expect("metrics port").port();
+            let task = tokio::spawn(gradsweep_worker::run_worker_with_metrics(cfg, Some(listener), stop_rx.clone()));
+            workers.push((port, task));
+        }
+        InProcessWorkers { stop, workers }
+    }
+
+    /// The sum over the workers of metric `name`; `None` if one of them
+    /// does not export it.
+    pub async fn metric_sum(&self, name: &str) -> Option<f64> {
+        let mut sum = 0.0;
+        for &(port, _) in &self.workers {
+            let text = tokio::task::spawn_blocking(move || http_get(port, "/metrics").2).await.ok()?;
+            sum += metric(&text, name)?;
+        }
+        Some(sum)
+    }
+
+    /// Terminates every worker and waits for them; panics if one failed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(gradsweep_worker::Shutdown::Terminate);
+        for (_, task) in self.workers {
+            task.await.expect("worker task").expect("worker");
+        }
+    }
+}
+
 /// A worker's registration as a test or benchmark sends it: this build's
 /// protocol version, one slot.
 pub fn register_request(name: &str) -> pb::RegisterRequest {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gradsweep_coordinator::client::fetch_results;
-use gradsweep_tests::{InProcess, fast_config, http_get, metric, submit, verify_against_offline, wait_sweep_completed};
+use gradsweep_tests::{InProcess, InProcessWorkers, fast_config, submit, verify_against_offline, wait_sweep_completed};
 
 fn idx_images(n: u32, seed: u32) -> Vec<u8> {
     let mut b = vec![0, 0, 8, 3];
@@ -58,28 +58,16 @@ async fn run_on_workers(grid: &str, db: &Path, slots: &[u32], runs: usize) -> (V
     let server = InProcess::start(fast_config(db)).await;
     let mut control = server.control().await;
     let sweep = submit(&mut control, grid).await.sweep_id;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(gradsweep_worker::Shutdown::None);
-    let mut workers = vec![];
-    for (i, &n) in slots.iter().enumerate() {
-        let mut cfg = gradsweep_worker::WorkerConfig::new(server.url.clone(), n);
-        cfg.name = format!("w{i}-slots-{n}");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(gradsweep_worker::run_worker_with_metrics(cfg, Some(listener), stop_rx.clone()));
-        workers.push((port, task));
-    }
+    let workers = InProcessWorkers::start(&server.url, slots).await;
     wait_sweep_completed(&control, &sweep, Duration::from_secs(300)).await;
-    let mut help = Help::default();
-    for (port, _) in &workers {
-        let port = *port;
-        let text = tokio::task::spawn_blocking(move || http_get(port, "/metrics").2).await.unwrap();
-        help.lent += metric(&text, "gradsweep_worker_probe_slots_lent_total").expect("the worker exports slot lending");
-        help.shards += metric(&text, "gradsweep_worker_probe_shards_computed_total").expect("and shards computed");
-    }
-    let _ = stop_tx.send(gradsweep_worker::Shutdown::Terminate);
-    for (_, task) in workers {
-        task.await.unwrap().unwrap();
-    }
+    let help = Help {
+        lent: workers
+            .metric_sum("gradsweep_worker_probe_slots_lent_total")
+            .await
+            .expect("the workers export slot lending"),
+        shards: workers.metric_sum("gradsweep_worker_probe_shards_computed_total").await.expect("and shards computed"),
+    };
+    workers.stop().await;
     let (cells, _) = fetch_results(&mut control, &sweep).await.unwrap();
     assert_eq!(verify_against_offline(grid, &cells), runs);
     server.stop().await;
