@@ -7,9 +7,7 @@ use gradsweep_shared::stats::RankThresholds;
 
 use crate::error::{CoordinatorError, Result};
 use crate::shards::{PassOwner, ShardGrant, ShardLease, ShardView};
-use crate::store::{
-    BlobKind, Chunk, Lease, Outcome, Report, ReportBody, SavedProbeRef, SweepRow, WorkerRow, run_state,
-};
+use crate::store::{BlobKind, Chunk, Lease, Outcome, Report, ReportBody, RunState, SavedProbeRef, SweepRow, WorkerRow};
 
 /// A stored probe's saved gradient rows and weights as NPY files (rows × d,
 /// and d), each cut into chunks under the message limit. Nothing when the
@@ -252,15 +250,15 @@ pub fn sweep_to_wire(s: &SweepRow) -> pb::SweepStatus {
     pb::SweepStatus {
         sweep_id: s.id.clone(),
         name: s.name.clone(),
-        state: s.state.clone(),
+        state: s.state.to_string(),
         cells: s.cells,
         runs_total: s.total(),
-        runs_queued: s.count(run_state::QUEUED),
-        runs_running: s.count(run_state::LEASED),
-        runs_completed: s.count(run_state::COMPLETED),
-        runs_failed: s.count(run_state::FAILED),
-        runs_diverged: s.count(run_state::DIVERGED),
-        runs_cancelled: s.count(run_state::CANCELLED),
+        runs_queued: s.count(RunState::Queued),
+        runs_running: s.count(RunState::Leased),
+        runs_completed: s.count(RunState::Completed),
+        runs_failed: s.count(RunState::Failed),
+        runs_diverged: s.count(RunState::Diverged),
+        runs_cancelled: s.count(RunState::Cancelled),
         progress: s.progress,
         created_at_ms: s.created_ms,
     }
@@ -273,7 +271,7 @@ pub fn worker_to_wire(w: WorkerRow) -> pb::WorkerInfo {
         name: w.name,
         hostname: w.hostname,
         slots: w.slots,
-        state: w.state,
+        state: w.state.to_string(),
         runs: w.runs,
         last_heartbeat_ms: w.last_heartbeat_ms,
     }

@@ -4,7 +4,9 @@
 //! fences every report with the lease's epoch and a sequence number, stores
 //! everything durably in SQLite, and merges finished runs into per-cell and
 //! sweep-level statistics. Handlers are thin: they convert the wire message,
-//! call the state machine on the blocking pool, and map its error to a gRPC
+//! send the transition to the store's writer thread (group commit: one
+//! fsync covers every transition waiting, and none is answered before it is
+//! durable) or read on a read-only connection, and map errors to a gRPC
 //! status in one place. Merges are heavy (sketch shrinks and
 //! eigendecompositions) and run on a merger task with the store unlocked,
 //! never inside a worker's request.
@@ -12,10 +14,12 @@
 //! # Layout
 //! * [`error`] — [`CoordinatorError`] and its mapping to `tonic::Status`.
 //! * [`lock`] — [`lock::DbLock`]: one coordinator per database file.
-//! * [`store`] — the SQLite store; every transition one transaction.
+//! * [`store`] — the SQLite store, by concern (schema, states, sweeps, leases, reports, merges); every transition
+//!   atomic, many per commit.
+//! * [`writer`] — [`writer::Writer`]: group commit; one thread owns the write connection and the lock.
 //! * [`shards`] — [`shards::ShardBoard`]: probe shards leased to idle workers, in memory.
-//! * [`state`] — [`Coordinator`]: the store on the blocking pool, work notification, the lease reaper, the
-//!   cell merger.
+//! * [`state`] — [`Coordinator`]: transitions to the writer, reads on read-only connections, work notification,
+//!   the lease reaper, the cell merger.
 //! * [`convert`] — wire ↔ domain conversions.
 //! * [`service`] — the `WorkerService` and `ControlService` handlers.
 //! * [`server`] — [`serve`]: both services, health and reflection on a listener until shutdown; token and TLS.
@@ -34,6 +38,7 @@ pub mod service;
 pub mod shards;
 pub mod state;
 pub mod store;
+pub mod writer;
 
 pub use error::CoordinatorError;
 pub use server::{serve, serve_with_metrics};

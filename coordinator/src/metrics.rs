@@ -7,7 +7,7 @@ use std::time::Instant;
 use gradsweep_proto::metrics::{Counter, Exposition, Gauge, Histogram, Kind, LATENCY_BUCKETS};
 
 use crate::store::StateCounts;
-use crate::store::run_state::{CANCELLED, COMPLETED, DIVERGED, FAILED, LEASED, QUEUED};
+use crate::store::{RunState, WorkerState};
 
 /// Counters and histograms updated as the coordinator works.
 #[derive(Debug)]
@@ -38,6 +38,10 @@ pub struct CoordinatorMetrics {
     pub shards_leased: Gauge,
     /// Bytes of shard results waiting for their run's worker.
     pub shard_result_bytes: Gauge,
+    /// Batches of transitions committed by the store writer (one fsync each).
+    pub commits: Counter,
+    /// Transitions committed (their ratio to `commits` is the batch size).
+    pub committed_transitions: Counter,
     started: Instant,
 }
 
@@ -57,30 +61,24 @@ impl Default for CoordinatorMetrics {
             shard_passes: Gauge::default(),
             shards_leased: Gauge::default(),
             shard_result_bytes: Gauge::default(),
+            commits: Counter::default(),
+            committed_transitions: Counter::default(),
             started: Instant::now(),
         }
     }
 }
 
-const RUN_STATES: [&str; 6] = [QUEUED, LEASED, COMPLETED, DIVERGED, FAILED, CANCELLED];
-const WORKER_STATES: [&str; 4] = ["active", "draining", "lost", "left"];
-
-/// Every known state with its count (0 when absent), then any unknown ones.
-fn by_state(known: &[&str], counts: &[(String, u64)]) -> Vec<(String, f64)> {
-    let mut rows: Vec<(String, f64)> = known
-        .iter()
-        .map(|k| (k.to_string(), counts.iter().find(|(s, _)| s == k).map_or(0.0, |(_, n)| *n as f64)))
-        .collect();
-    rows.extend(counts.iter().filter(|(s, _)| !known.contains(&s.as_str())).map(|(s, n)| (s.clone(), *n as f64)));
-    rows
+/// Every state with its count (0 when absent), in declaration order.
+fn by_state<S: Copy + PartialEq + std::fmt::Display>(all: &[S], counts: &[(S, u64)]) -> Vec<(String, f64)> {
+    all.iter().map(|k| (k.to_string(), counts.iter().find(|(s, _)| s == k).map_or(0.0, |(_, n)| *n as f64))).collect()
 }
 
 impl CoordinatorMetrics {
     /// The text exposition, with the store's counts.
     pub fn render(&self, counts: &StateCounts) -> String {
-        let queued = counts.runs.iter().filter(|(s, _)| s == QUEUED || s == LEASED).map(|(_, n)| *n).sum::<u64>();
+        let queued = counts.runs.iter().filter(|(s, _)| s.is_open()).map(|(_, n)| *n).sum::<u64>();
         let mut e = Exposition::default();
-        e.family("gradsweep_runs", "Runs by state.", Kind::Gauge, "state", &by_state(&RUN_STATES, &counts.runs))
+        e.family("gradsweep_runs", "Runs by state.", Kind::Gauge, "state", &by_state(RunState::ALL, &counts.runs))
             .single(
                 "gradsweep_pending_runs",
                 "Runs queued or leased: the work an autoscaler should size workers for.",
@@ -92,7 +90,7 @@ impl CoordinatorMetrics {
                 "Registered workers by state.",
                 Kind::Gauge,
                 "state",
-                &by_state(&WORKER_STATES, &counts.workers),
+                &by_state(WorkerState::ALL, &counts.workers),
             )
             .histogram(
                 "gradsweep_merge_seconds",
@@ -139,6 +137,12 @@ impl CoordinatorMetrics {
             ("gradsweep_reports_total", "Report messages accepted (re-sent duplicates included).", &self.reports),
             ("gradsweep_sketch_merges_total", "Run sketches combined by cell merges.", &self.sketch_merges),
             ("gradsweep_runs_finished_total", "Finish calls accepted (retries included).", &self.runs_finished),
+            ("gradsweep_store_commits_total", "Store commits (each one fsync, covering a batch).", &self.commits),
+            (
+                "gradsweep_store_transitions_total",
+                "State transitions committed (divided by commits: the group-commit batch size).",
+                &self.committed_transitions,
+            ),
             ("gradsweep_probe_shards_granted_total", "Probe shards granted to helper workers.", &self.shards_granted),
             (
                 "gradsweep_probe_shards_submitted_total",

@@ -1,9 +1,12 @@
 //! The coordinator's state machine over the [`Store`].
 //!
-//! [`Coordinator`] owns the store behind a mutex and runs every store call on
-//! tokio's blocking pool, so SQLite I/O and result merging never stall the
-//! async workers. It wakes long-polling `Acquire` calls when runs become
-//! available and runs the lease reaper.
+//! [`Coordinator`] sends every state transition to the store's writer
+//! thread ([`crate::writer`]: group commit, one fsync per batch, answers
+//! only once durable) and runs reads on read-only connections on tokio's
+//! blocking pool, so neither SQLite I/O nor result merging stalls the async
+//! workers, and status and results never wait for a commit. It wakes
+//! long-polling `Acquire` calls when runs become available and runs the
+//! lease reaper and the cell merger.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::metrics::CoordinatorMetrics;
 use crate::shards::ShardBoard;
 use crate::store::{CellSource, LeasePolicy, Store};
+use crate::writer::Writer;
 
 /// Settings of a coordinator.
 #[derive(Debug, Clone)]
@@ -144,7 +148,10 @@ fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>,
 /// Shared handle to the coordinator's state.
 #[derive(Clone)]
 pub struct Coordinator {
-    store: Arc<Mutex<Store>>,
+    /// The write connection's thread (group commit).
+    writer: Arc<Writer>,
+    /// Read-only connections for status, results and merge inputs.
+    readers: Arc<Readers>,
     work_available: Arc<Notify>,
     config: Arc<CoordinatorConfig>,
     metrics: Arc<CoordinatorMetrics>,
@@ -158,9 +165,36 @@ pub struct Coordinator {
     board: Arc<Mutex<ShardBoard>>,
     /// Wakes run workers waiting for a shard's result.
     shards_changed: Arc<Notify>,
-    /// This coordinator's hold on its database file.
-    _lock: Arc<crate::lock::DbLock>,
 }
+
+/// A few read-only connections; a read takes a free one, or waits for one.
+struct Readers {
+    conns: Vec<Mutex<Store>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    fn open(path: &std::path::Path, policy: LeasePolicy, n: usize) -> Result<Self> {
+        let conns = (0..n.max(1)).map(|_| Store::open_reader(path, policy).map(Mutex::new)).collect::<Result<_>>()?;
+        Ok(Readers { conns, next: std::sync::atomic::AtomicUsize::new(0) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        let poisoned = || CoordinatorError::Internal("a store reader's mutex is poisoned".into());
+        let mut guard = match self.conns.iter().find_map(|c| c.try_lock().ok()) {
+            Some(g) => g,
+            None => {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.conns.len();
+                self.conns[i].lock().map_err(|_| poisoned())?
+            }
+        };
+        f(&mut guard)
+    }
+}
+
+/// Read-only connections: enough that a long merge-input read does not
+/// hold up `status`.
+const READERS: usize = 3;
 
 impl Coordinator {
     /// Opens the database and reconciles: outstanding leases get a fresh TTL
@@ -183,18 +217,20 @@ impl Coordinator {
             cells_to_merge = stale.len(),
             "coordinator state opened"
         );
-        let metrics = CoordinatorMetrics::default();
+        let metrics = Arc::new(CoordinatorMetrics::default());
         metrics.cells_pending_merge.set(stale.len() as f64);
+        let readers = Readers::open(&config.db_path, policy, READERS)?;
+        let writer = Writer::start(store, lock, metrics.clone())?;
         Ok(Coordinator {
-            store: Arc::new(Mutex::new(store)),
+            writer: Arc::new(writer),
+            readers: Arc::new(readers),
             work_available: Arc::new(Notify::new()),
-            metrics: Arc::new(metrics),
+            metrics,
             halted: Arc::new(tokio::sync::watch::channel(None).0),
             stale_cells: Arc::new(Mutex::new(stale)),
             merge_wanted: Arc::new(Notify::new()),
             board: Arc::new(Mutex::new(ShardBoard::new(config.lease_ttl, config.max_shard_result_bytes))),
             shards_changed: Arc::new(Notify::new()),
-            _lock: Arc::new(lock),
             config: Arc::new(config),
         })
     }
@@ -311,10 +347,10 @@ impl Coordinator {
         self.halted.subscribe()
     }
 
-    /// Runs `f` (which may write) on the store, on the blocking pool. Once
-    /// the storage has failed, nothing more is attempted: every call is
-    /// refused with the reason, and the state on disk stays as it was at
-    /// the last committed transaction.
+    /// Runs the transition `f` on the writer thread, in the next batch, and
+    /// returns once it is durable. Once the storage has failed, nothing more
+    /// is attempted: every call is refused with the reason, and the state on
+    /// disk stays as it was at the last commit.
     pub async fn with_store<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -323,7 +359,7 @@ impl Coordinator {
         if let Some(why) = self.halted.borrow().clone() {
             return Err(CoordinatorError::Halted(why));
         }
-        let r = self.read_store(f).await;
+        let r = self.writer.run(f).await;
         if let Err(e) = &r
             && e.is_storage_failure()
         {
@@ -339,20 +375,19 @@ impl Coordinator {
         r
     }
 
-    /// Runs a read-only `f` on the store; allowed after a storage failure,
-    /// so status and results stay available.
+    /// Runs a read-only `f` on a read connection, on the blocking pool; it
+    /// sees every acknowledged transition and never waits for a commit.
+    /// Allowed after a storage failure, so status and results stay
+    /// available. A write in `f` fails.
     pub async fn read_store<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
     {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = store.lock().map_err(|_| CoordinatorError::Internal("store mutex poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| CoordinatorError::Internal(format!("store task failed: {e}")))?
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| CoordinatorError::Internal(format!("store task failed: {e}")))?
     }
 
     /// Runs `f` on the shard board. Quick, in memory, never under the

@@ -17,6 +17,11 @@
 //! count only calls that were granted a run (work queued); `lost` counts
 //! leases that lapsed while the worker held them (a heartbeat said so, or
 //! the finish was refused).
+//!
+//! With `GRADSWEEP_BASELINE=/path/to/an/older/gradsweep` set, each worker
+//! count runs first against that build, then against this one, and a ratio
+//! line compares them: a side-by-side measure on the same machine, minutes
+//! apart.
 
 #![allow(clippy::print_stdout)] // the report is this tool's output
 
@@ -123,10 +128,25 @@ async fn simulated_worker(
     Ok(())
 }
 
-async fn load(workers: usize, runs: usize, seconds: u64) -> anyhow::Result<()> {
+/// What one load run measured.
+struct Measured {
+    grants_per_s: f64,
+    acquire_p99: f64,
+    heartbeat_p99: f64,
+}
+
+async fn load(
+    binary: &std::path::Path,
+    label: &str,
+    workers: usize,
+    runs: usize,
+    seconds: u64,
+) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let max_runs = runs.max(10_000).to_string();
-    let coord = CoordinatorProc::start(
+    let coord = CoordinatorProc::start_binary(
+        binary,
+        "127.0.0.1",
         &dir.path().join("state.db"),
         0,
         &["--lease-ttl-ms", "15000", "--heartbeat-ms", "3000", "--max-runs", &max_runs],
@@ -161,9 +181,14 @@ async fn load(workers: usize, runs: usize, seconds: u64) -> anyhow::Result<()> {
     }
     let n = granted.load(Ordering::Relaxed);
     let mut s = samples.lock().await;
+    let m = Measured {
+        grants_per_s: n as f64 / elapsed,
+        acquire_p99: pct(&mut s.acquire, 0.99),
+        heartbeat_p99: pct(&mut s.heartbeat, 0.99),
+    };
     println!(
-        "{workers:>8} {n:>7} {elapsed:>8.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6}",
-        n as f64 / elapsed,
+        "{label:>9} {workers:>8} {n:>7} {elapsed:>8.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+        m.grants_per_s,
         pct(&mut s.acquire, 0.5),
         pct(&mut s.acquire, 0.99),
         pct(&mut s.finish, 0.5),
@@ -171,7 +196,7 @@ async fn load(workers: usize, runs: usize, seconds: u64) -> anyhow::Result<()> {
         pct(&mut s.heartbeat, 0.99),
         lost.load(Ordering::Relaxed)
     );
-    Ok(())
+    Ok(m)
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -183,11 +208,35 @@ async fn main() -> anyhow::Result<()> {
     let seconds: u64 = args.get(2).map_or(Ok(60), |s| s.parse())?;
     println!("simulated workers against `gradsweep serve`, {runs} runs, at most {seconds} s each; latencies in ms");
     println!(
-        "{:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
-        "workers", "granted", "seconds", "grants/s", "acq p50", "acq p99", "fin p50", "fin p99", "hb p99", "lost"
+        "{:>9} {:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "build",
+        "workers",
+        "granted",
+        "seconds",
+        "grants/s",
+        "acq p50",
+        "acq p99",
+        "fin p50",
+        "fin p99",
+        "hb p99",
+        "lost"
     );
+    let baseline = std::env::var_os("GRADSWEEP_BASELINE").map(std::path::PathBuf::from);
+    let this = gradsweep_tests::bin("gradsweep");
     for w in counts {
-        load(w, runs, seconds).await?;
+        let Some(old) = &baseline else {
+            load(&this, "this", w, runs, seconds).await?;
+            continue;
+        };
+        let before = load(old, "baseline", w, runs, seconds).await?;
+        let after = load(&this, "this", w, runs, seconds).await?;
+        println!(
+            "{:>9} {w:>8}  grants/s ×{:.2}, Acquire p99 ×{:.3}, Heartbeat p99 ×{:.3} (this / baseline)",
+            "ratio",
+            after.grants_per_s / before.grants_per_s,
+            after.acquire_p99 / before.acquire_p99,
+            after.heartbeat_p99 / before.heartbeat_p99
+        );
     }
     Ok(())
 }

@@ -89,6 +89,7 @@ pub struct CoordinatorProc {
     args: Vec<String>,
     host: String,
     log: PathBuf,
+    binary: PathBuf,
 }
 
 impl CoordinatorProc {
@@ -100,9 +101,23 @@ impl CoordinatorProc {
     /// Starts a coordinator listening on `host` (e.g. `0.0.0.0`, still
     /// reached through 127.0.0.1 by the tests).
     pub fn start_on(host: &str, db: &Path, port: u16, extra: &[&str], log_dir: &Path) -> Self {
+        Self::start_binary(&bin("gradsweep"), host, db, port, extra, log_dir)
+    }
+
+    /// Starts the `gradsweep` executable at `binary` (another build, for a
+    /// side-by-side benchmark) as [`CoordinatorProc::start_on`] does.
+    pub fn start_binary(binary: &Path, host: &str, db: &Path, port: u16, extra: &[&str], log_dir: &Path) -> Self {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let log = log_dir.join("coordinator.log");
-        let mut me = CoordinatorProc { child: None, port, db: db.to_path_buf(), args, host: host.into(), log };
+        let mut me = CoordinatorProc {
+            child: None,
+            port,
+            db: db.to_path_buf(),
+            args,
+            host: host.into(),
+            log,
+            binary: binary.to_path_buf(),
+        };
         me.spawn();
         me
     }
@@ -111,7 +126,7 @@ impl CoordinatorProc {
         let port_file = self.db.with_extension("port");
         let _ = std::fs::remove_file(&port_file);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(bin("gradsweep"))
+        let child = Command::new(&self.binary)
             .arg("serve")
             .arg("--listen")
             .arg(format!("{}:{}", self.host, self.port))

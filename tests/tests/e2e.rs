@@ -487,7 +487,7 @@ async fn local_interrupted_and_rerun_resumes() {
                     gradsweep_coordinator::store::LeasePolicy { ttl_ms: 6000, max_attempts: 10 },
                 )
                 .and_then(|s| s.sweeps())
-                .map(|s| s.first().is_some_and(|r| r.count("completed") >= 1))
+                .map(|s| s.first().is_some_and(|r| r.count(gradsweep_coordinator::store::RunState::Completed) >= 1))
                 .unwrap_or(false)
         }
     })

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use gradsweep_coordinator::store::{LeasePolicy, Store};
+use gradsweep_coordinator::store::{LeasePolicy, RunState, Store};
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_shared::run::{RunEvent, execute};
@@ -96,13 +96,13 @@ async fn stale_epoch_is_refused_and_duplicates_merge_once() {
     // A gap is refused.
     let err = wc.report(tokio_stream::iter(vec![msg(&a, &run, 1, 3, bodies[2].clone())])).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("leased".into(), 1, 1));
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), (RunState::Leased, 1, 1));
 
     // A stops heartbeating; its lease lapses and B gets the run at epoch 2.
     let run_b =
         wc.acquire(pb::AcquireRequest { worker_id: b.clone(), wait_ms: 5000 }).await.unwrap().into_inner().run.unwrap();
     assert_eq!((run_b.run_id.as_str(), run_b.epoch), (run.run_id.as_str(), 2));
-    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("leased".into(), 2, 0));
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), (RunState::Leased, 2, 0));
 
     // A's late messages carry epoch 1: refused, nothing changes.
     let err = wc.report(tokio_stream::iter(vec![msg(&a, &run, 1, 2, bodies[1].clone())])).await.unwrap_err();
@@ -112,7 +112,7 @@ async fn stale_epoch_is_refused_and_duplicates_merge_once() {
     // Even A with the current epoch number is not the holder.
     let err = wc.report(tokio_stream::iter(vec![msg(&a, &run, 2, 1, bodies[0].clone())])).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("leased".into(), 2, 0));
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), (RunState::Leased, 2, 0));
     let hb = wc
         .heartbeat(pb::HeartbeatRequest {
             worker_id: a.clone(),
@@ -193,7 +193,7 @@ async fn hostile_payloads_are_rejected_without_changing_state() {
     let err = wc.finish(finish(&w, &run, 1, 0, &fin)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("leased".into(), 1, 0), "nothing was applied");
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), (RunState::Leased, 1, 0), "nothing was applied");
 
     // The honest reports still go through afterwards.
     let all: Vec<pb::ReportRequest> =
@@ -264,7 +264,7 @@ async fn leaving_worker_returns_unlisted_leases() {
     submit(&mut control, ONE_RUN).await;
     let run =
         wc.acquire(pb::AcquireRequest { worker_id: w.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
-    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap().0, "leased");
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap().0, RunState::Leased);
     wc.release(pb::ReleaseRequest {
         worker_id: w.clone(),
         runs: vec![],
@@ -274,7 +274,7 @@ async fn leaving_worker_returns_unlisted_leases() {
     })
     .await
     .unwrap();
-    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), ("queued".into(), 1, 0));
+    assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), (RunState::Queued, 1, 0));
     // Its late report is refused.
     let (bodies, _) = bodies_of(&run.spec_json);
     let err = wc.report(tokio_stream::iter(vec![msg(&w, &run, 1, 1, bodies[0].clone())])).await.unwrap_err();

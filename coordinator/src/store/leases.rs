@@ -1,0 +1,434 @@
+//! Workers and leases: registration, grants, heartbeats, releases, expiry,
+//! and the fencing every report and finish goes through.
+//!
+//! A grant bumps the run's epoch; every later message about the run names
+//! (worker, run, epoch) and is refused unless that is the current lease
+//! ([`check_lease`]). A lease lapses a TTL after its last heartbeat or
+//! report; the run goes back to the queue rewound to its last checkpoint
+//! ([`requeue`]), or fails after too many lapses.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{RunState, Store, SweepState, WorkerState, now_ms};
+use crate::error::{CoordinatorError, Result};
+use crate::shards::PassOwner;
+
+/// A run granted to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// Run identifier.
+    pub run_id: String,
+    /// Lease epoch.
+    pub epoch: u64,
+    /// Sweep identifier.
+    pub sweep_id: String,
+    /// The run spec as JSON.
+    pub spec_json: String,
+    /// 0, or the sequence number of the checkpoint to resume from.
+    pub resume_seq: u64,
+}
+
+/// A worker as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRow {
+    /// Identifier.
+    pub id: String,
+    /// Name given by the worker.
+    pub name: String,
+    /// Host.
+    pub hostname: String,
+    /// Concurrent runs.
+    pub slots: u32,
+    /// What the coordinator knows of it.
+    pub state: WorkerState,
+    /// Runs it holds.
+    pub runs: Vec<String>,
+    /// Last heartbeat.
+    pub last_heartbeat_ms: i64,
+}
+
+/// A lease named by run and epoch.
+pub type LeaseRef = (String, u64);
+
+/// The coordinator's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatAnswer {
+    /// Leases the worker named but no longer holds.
+    pub lost: Vec<LeaseRef>,
+    /// The worker is asked to drain.
+    pub drain: bool,
+}
+
+impl Store {
+    /// After a restart: give every outstanding lease a fresh TTL so workers
+    /// that kept computing while the coordinator was away can reconnect.
+    pub fn grant_restart_grace(&mut self) -> Result<usize> {
+        let until = now_ms() + self.policy.ttl_ms;
+        Ok(self.conn.execute(
+            "UPDATE runs SET lease_expires_ms = max(lease_expires_ms, ?1) WHERE state = ?2",
+            params![until, RunState::Leased],
+        )?)
+    }
+
+    /// Registers a worker.
+    pub fn register_worker(&mut self, name: &str, hostname: &str, slots: u32, pid: u32) -> Result<String> {
+        let now = now_ms();
+        let tx = self.tx()?;
+        let n: i64 = tx.query_row("SELECT count(*) FROM workers", [], |r| r.get(0))?;
+        let id = format!("w{}-{:x}", n + 1, (now as u64 ^ ((pid as u64) << 20)) & 0xff_ffff);
+        tx.execute(
+            "INSERT INTO workers (id, name, hostname, slots, state, registered_ms, last_heartbeat_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![id, name, hostname, slots, WorkerState::Active, now],
+        )?;
+        tx.commit()?;
+        tracing::info!(worker_id = %id, name, hostname, slots, "worker registered");
+        Ok(id)
+    }
+
+    /// Records a heartbeat and extends the leases the worker still holds.
+    /// `None` for an unknown worker.
+    pub fn heartbeat(&mut self, worker_id: &str, runs: &[LeaseRef]) -> Result<Option<HeartbeatAnswer>> {
+        let now = now_ms();
+        let ttl = self.policy.ttl_ms;
+        let tx = self.tx()?;
+        let state: Option<WorkerState> =
+            tx.query_row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
+        let Some(state) = state else { return Ok(None) };
+        let state = if state == WorkerState::Lost { WorkerState::Active } else { state };
+        tx.execute(
+            "UPDATE workers SET last_heartbeat_ms = ?1, state = ?2 WHERE id = ?3",
+            params![now, state, worker_id],
+        )?;
+        let mut lost = vec![];
+        for (run_id, epoch) in runs {
+            let n = tx.execute(
+                "UPDATE runs SET lease_expires_ms = ?1 WHERE id = ?2 AND epoch = ?3 AND worker_id = ?4 AND state = ?5",
+                params![now + ttl, run_id, *epoch as i64, worker_id, RunState::Leased],
+            )?;
+            if n == 0 {
+                lost.push((run_id.clone(), *epoch));
+            }
+        }
+        tx.commit()?;
+        Ok(Some(HeartbeatAnswer { lost, drain: state == WorkerState::Draining }))
+    }
+
+    /// Grants the oldest queued run of an active sweep to the worker.
+    pub fn acquire(&mut self, worker_id: &str) -> Result<Option<Lease>> {
+        let now = now_ms();
+        let ttl = self.policy.ttl_ms;
+        let tx = self.tx()?;
+        let state: Option<WorkerState> =
+            tx.query_row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
+        match state {
+            None => return Err(CoordinatorError::NotFound { kind: "worker", id: worker_id.into() }),
+            Some(s) if !s.takes_work() => return Ok(None),
+            Some(_) => {}
+        }
+        let next: Option<(String, String, i64, String)> = tx
+            .query_row(
+                "SELECT r.id, r.sweep_id, r.epoch, r.spec_json FROM runs r JOIN sweeps s ON s.id = r.sweep_id \
+                 WHERE r.state = ?1 AND s.state = ?2 ORDER BY r.queue_order LIMIT 1",
+                params![RunState::Queued, SweepState::Active],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((run_id, sweep_id, epoch, spec_json)) = next else { return Ok(None) };
+        let epoch = epoch + 1;
+        // Rewinds to the last checkpoint (a no-op for a run requeued that way).
+        let resume_seq = requeue(&tx, &run_id)?;
+        tx.execute(
+            "UPDATE runs SET state = ?1, epoch = ?2, worker_id = ?3, lease_expires_ms = ?4, \
+             attempts = attempts + 1, updated_ms = ?5 WHERE id = ?6",
+            params![RunState::Leased, epoch, worker_id, now + ttl, now, run_id],
+        )?;
+        tx.execute(
+            "UPDATE workers SET last_heartbeat_ms = ?1, state = ?2 WHERE id = ?3 AND state = ?4",
+            params![now, WorkerState::Active, worker_id, WorkerState::Lost],
+        )?;
+        tx.commit()?;
+        tracing::info!(run_id = %run_id, epoch, worker_id, resume_seq, "run leased");
+        Ok(Some(Lease { run_id, epoch: epoch as u64, sweep_id, spec_json, resume_seq }))
+    }
+
+    /// Whether the worker takes work: registered, neither draining nor gone
+    /// (a helper gets probe shards only then).
+    pub fn takes_work(&self, worker_id: &str) -> Result<bool> {
+        let state: Option<WorkerState> =
+            self.conn.query_row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
+        Ok(state.is_some_and(WorkerState::takes_work))
+    }
+
+    /// The sweep and spec of a run whose lease `owner` holds (to publish a
+    /// probe pass of it); refused like a report from a stale lease.
+    pub fn pass_source(&mut self, owner: &PassOwner) -> Result<(String, String)> {
+        let tx = self.tx()?;
+        check_lease(&tx, &owner.worker_id, &owner.run_id, owner.epoch)?;
+        let row = tx.query_row("SELECT sweep_id, spec_json FROM runs WHERE id = ?1", [&owner.run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Of the `owners` of probe passes, those whose run lease is current.
+    pub fn current_owners(&self, owners: Vec<PassOwner>) -> Result<Vec<PassOwner>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
+        )?;
+        let mut keep = Vec::with_capacity(owners.len());
+        for o in owners {
+            if stmt
+                .query_row(params![o.run_id, o.epoch as i64, o.worker_id, RunState::Leased], |r| r.get::<_, bool>(0))?
+            {
+                keep.push(o);
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Marks a worker as draining: it gets no new runs.
+    pub fn drain(&mut self, worker_id: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE workers SET state = ?1 WHERE id = ?2 AND state != ?3",
+            params![WorkerState::Draining, worker_id, WorkerState::Left],
+        )?;
+        if n == 0 {
+            return Err(CoordinatorError::NotFound { kind: "worker", id: worker_id.into() });
+        }
+        tracing::info!(worker_id, "worker draining");
+        Ok(())
+    }
+
+    /// Returns leases to the queue (epoch fencing makes any late message
+    /// from them stale); `leaving` returns all the worker's leases and
+    /// forgets the worker.
+    pub fn release(&mut self, worker_id: &str, runs: &[(String, u64)], leaving: bool, reason: &str) -> Result<()> {
+        let tx = self.tx()?;
+        for (run_id, epoch) in runs {
+            let holds: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
+                params![run_id, *epoch as i64, worker_id, RunState::Leased],
+                |r| r.get(0),
+            )?;
+            if holds {
+                requeue(&tx, run_id)?;
+                tracing::info!(run_id = %run_id, epoch, worker_id, reason, "lease released");
+            }
+        }
+        if leaving {
+            // A leaving worker gives back every lease it holds, including any
+            // whose grant it never saw (an Acquire answer lost to shutdown).
+            let held: Vec<String> = tx
+                .prepare("SELECT id FROM runs WHERE worker_id = ?1 AND state = ?2")?
+                .query_map(params![worker_id, RunState::Leased], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for run_id in held {
+                requeue(&tx, &run_id)?;
+                tracing::info!(run_id = %run_id, worker_id, reason, "lease released");
+            }
+            tx.execute("UPDATE workers SET state = ?1 WHERE id = ?2", params![WorkerState::Left, worker_id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Workers, with the runs they hold.
+    pub fn workers(&self) -> Result<Vec<WorkerRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, hostname, slots, state, last_heartbeat_ms FROM workers ORDER BY registered_ms, id",
+        )?;
+        let mut out: Vec<WorkerRow> = stmt
+            .query_map([], |r| {
+                Ok(WorkerRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    hostname: r.get(2)?,
+                    slots: r.get(3)?,
+                    state: r.get(4)?,
+                    runs: vec![],
+                    last_heartbeat_ms: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = self.conn.prepare("SELECT worker_id, id FROM runs WHERE state = ?1 ORDER BY id")?;
+        let held: Vec<(String, String)> =
+            stmt.query_map([RunState::Leased], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        for (w, run) in held {
+            if let Some(row) = out.iter_mut().find(|x| x.id == w) {
+                row.runs.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------ reports
+
+    /// Requeues runs whose lease lapsed (or fails them after too many
+    /// attempts) and marks silent workers lost. Returns the runs requeued.
+    pub fn expire_leases(&mut self) -> Result<Vec<String>> {
+        let now = now_ms();
+        let max_attempts = self.policy.max_attempts as i64;
+        let ttl = self.policy.ttl_ms;
+        let tx = self.tx()?;
+        let lapsed: Vec<(String, i64, Option<String>)> = tx
+            .prepare("SELECT id, attempts, worker_id FROM runs WHERE state = ?1 AND lease_expires_ms < ?2")?
+            .query_map(params![RunState::Leased, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut requeued = vec![];
+        for (run_id, attempts, worker) in lapsed {
+            if attempts >= max_attempts {
+                tx.execute(
+                    "UPDATE runs SET state = ?1, error = ?2, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?3 WHERE id = ?4",
+                    params![RunState::Failed, format!("lease lapsed {attempts} times"), now, run_id],
+                )?;
+                tracing::warn!(run_id = %run_id, attempts, "run failed: too many lapsed leases");
+            } else {
+                requeue(&tx, &run_id)?;
+                tracing::warn!(run_id = %run_id, worker_id = ?worker, "lease lapsed; run requeued");
+                requeued.push(run_id);
+            }
+        }
+        tx.execute(
+            "UPDATE workers SET state = ?1 WHERE state IN (?2, ?3) AND last_heartbeat_ms < ?4",
+            params![WorkerState::Lost, WorkerState::Active, WorkerState::Draining, now - ttl],
+        )?;
+        // A sweep whose last open run just failed is finished.
+        tx.execute(
+            "UPDATE sweeps SET state = ?1 WHERE state = ?2 AND NOT EXISTS \
+             (SELECT 1 FROM runs WHERE runs.sweep_id = sweeps.id AND runs.state IN (?3, ?4))",
+            params![SweepState::Completed, SweepState::Active, RunState::Queued, RunState::Leased],
+        )?;
+        tx.commit()?;
+        Ok(requeued)
+    }
+}
+
+/// Checks that `worker_id` holds `run_id`'s lease at `epoch`; returns the
+/// run's applied sequence number and its parameter count d. A lease that
+/// lapsed, moved on or ended is [`CoordinatorError::StaleEpoch`].
+pub(super) fn check_lease(tx: &Connection, worker_id: &str, run_id: &str, epoch: u64) -> Result<(u64, i64)> {
+    let row: Option<(RunState, i64, Option<String>, i64, i64)> = tx
+        .query_row("SELECT state, epoch, worker_id, applied_seq, params FROM runs WHERE id = ?1", [run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((state, cur_epoch, holder, applied, d)) = row else {
+        return Err(CoordinatorError::NotFound { kind: "run", id: run_id.into() });
+    };
+    if state != RunState::Leased || cur_epoch as u64 != epoch || holder.as_deref() != Some(worker_id) {
+        return Err(CoordinatorError::StaleEpoch {
+            run_id: run_id.into(),
+            epoch,
+            current: format!("run is {state} at epoch {cur_epoch}"),
+        });
+    }
+    Ok((applied as u64, d))
+}
+
+/// The run's last checkpoint: (report seq, step, probes done), if any.
+pub(super) fn checkpoint_position(tx: &Connection, run_id: &str) -> Result<Option<(u64, u64, u32)>> {
+    Ok(tx
+        .query_row("SELECT seq, step, probes_done FROM checkpoints WHERE run_id = ?1", [run_id], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?))
+        })
+        .optional()?)
+}
+
+/// Puts a run back in the queue, rewound to its last checkpoint: the
+/// reports after it (partial blobs, later probes, the trajectory) are
+/// discarded, the ones up to it are kept. Without a checkpoint the run
+/// starts over. Returns the sequence number to resume after (0: none).
+pub(super) fn requeue(tx: &Connection, run_id: &str) -> Result<u64> {
+    let (seq, step, probes) = checkpoint_position(tx, run_id)?.unwrap_or((0, 0, 0));
+    tx.execute(
+        "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, applied_seq = ?2, step = ?3, \
+         updated_ms = ?4 WHERE id = ?5",
+        params![RunState::Queued, seq as i64, step as i64, now_ms(), run_id],
+    )?;
+    tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
+    tx.execute("DELETE FROM probes WHERE run_id = ?1 AND idx >= ?2", params![run_id, probes])?;
+    tx.execute("DELETE FROM trajectories WHERE run_id = ?1", [run_id])?;
+    Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::LeasePolicy;
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_keeps_held_leases_and_names_the_others_lost() {
+        let (_dir, mut s, w, l) = leased(2, 1);
+        let gone = ("elsewhere/c0/s0".to_string(), 1);
+        let a = s.heartbeat(&w, &[(l.run_id.clone(), l.epoch), (l.run_id.clone(), l.epoch + 1), gone.clone()]);
+        let a = a.unwrap().unwrap();
+        assert_eq!(a.lost, vec![(l.run_id.clone(), l.epoch + 1), gone]);
+        assert!(!a.drain);
+        assert!(s.heartbeat("nobody", &[]).unwrap().is_none(), "an unknown worker is told so");
+    }
+
+    #[test]
+    fn a_lapsed_lease_requeues_its_run_and_fences_its_holder() {
+        let (_dir, mut s) = store_with(LeasePolicy { ttl_ms: -1000, max_attempts: 3 });
+        submit(&mut s, 1, 1);
+        let (a, b) = (worker(&mut s, "a"), worker(&mut s, "b"));
+        let first = s.acquire(&a).unwrap().unwrap();
+        assert_eq!(s.expire_leases().unwrap(), vec![first.run_id.clone()]);
+        assert!(s.workers().unwrap().iter().all(|w| w.state == WorkerState::Lost), "both were silent");
+        let second = s.acquire(&b).unwrap().unwrap();
+        assert_eq!((second.run_id.as_str(), second.epoch), (first.run_id.as_str(), first.epoch + 1));
+        let stale = s.apply_report(&report(&a, &first, 1, progress(1))).unwrap_err();
+        assert!(matches!(stale, CoordinatorError::StaleEpoch { .. }), "{stale}");
+        assert_eq!(s.apply_report(&report(&b, &second, 1, progress(1))).unwrap(), 1);
+        assert_eq!(s.workers().unwrap()[1].state, WorkerState::Active, "a grant revives a lost worker");
+    }
+
+    #[test]
+    fn a_run_that_lapses_too_often_fails_and_ends_its_sweep() {
+        let (_dir, mut s) = store_with(LeasePolicy { ttl_ms: -1000, max_attempts: 2 });
+        let sweep = submit(&mut s, 1, 1);
+        let w = worker(&mut s, "a");
+        for _ in 0..2 {
+            s.acquire(&w).unwrap().unwrap();
+            s.expire_leases().unwrap();
+        }
+        let row = s.sweep(&sweep).unwrap();
+        assert_eq!((row.count(RunState::Failed), row.state), (1, SweepState::Completed));
+        assert!(s.acquire(&w).unwrap().is_none());
+    }
+
+    #[test]
+    fn release_and_leave_return_leases_and_draining_takes_nothing_new() {
+        let (_dir, mut s) = store();
+        let sweep = submit(&mut s, 3, 1);
+        let w = worker(&mut s, "a");
+        let l1 = s.acquire(&w).unwrap().unwrap();
+        let l2 = s.acquire(&w).unwrap().unwrap();
+        s.release(&w, &[(l1.run_id.clone(), l1.epoch)], false, "test").unwrap();
+        assert_eq!(s.sweep(&sweep).unwrap().count(RunState::Queued), 2);
+        s.drain(&w).unwrap();
+        assert!(s.heartbeat(&w, &[]).unwrap().unwrap().drain);
+        assert!(s.acquire(&w).unwrap().is_none(), "a draining worker is granted nothing");
+        assert!(!s.takes_work(&w).unwrap());
+        // Leaving returns every lease, including one never named.
+        s.release(&w, &[], true, "bye").unwrap();
+        assert_eq!(s.sweep(&sweep).unwrap().count(RunState::Queued), 3);
+        let row = s.workers().unwrap().remove(0);
+        assert_eq!((row.state, row.runs.len()), (WorkerState::Left, 0));
+        assert!(s.apply_report(&report(&w, &l2, 1, progress(1))).is_err(), "its late reports are fenced");
+        assert!(matches!(s.drain("nobody"), Err(CoordinatorError::NotFound { .. })));
+    }
+
+    #[test]
+    fn pass_owners_are_current_only_while_their_lease_is() {
+        let (_dir, mut s, w, l) = leased(1, 1);
+        let owner = PassOwner { worker_id: w.clone(), run_id: l.run_id.clone(), epoch: l.epoch };
+        assert_eq!(s.pass_source(&owner).unwrap().0, l.sweep_id);
+        assert_eq!(s.current_owners(vec![owner.clone()]).unwrap().len(), 1);
+        s.release(&w, &[(l.run_id.clone(), l.epoch)], false, "test").unwrap();
+        assert!(s.current_owners(vec![owner.clone()]).unwrap().is_empty());
+        assert!(matches!(s.pass_source(&owner), Err(CoordinatorError::StaleEpoch { .. })));
+    }
+}

@@ -1,0 +1,281 @@
+//! Sweeps: a grid file becomes a sweep and its runs; status, plan and
+//! cancellation.
+//!
+//! A submit validates the grid ([`parse_grid`]), stores its normalised plan
+//! and one queued run per (cell, seed). Runs are queued seeds-outermost so
+//! the first replica of every cell finishes first. Submitting an identical
+//! normalised grid again returns the existing sweep.
+
+use std::collections::BTreeMap;
+
+use gradsweep_shared::grid::{GridLimits, SweepPlan, parse_grid};
+use rusqlite::{OptionalExtension, params};
+
+use super::{RunState, Store, SweepState, now_ms};
+use crate::error::{CoordinatorError, Result};
+
+/// Counts of a sweep's runs by state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepRow {
+    /// Identifier.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Whether it still has work.
+    pub state: SweepState,
+    /// Cells.
+    pub cells: u32,
+    /// Runs by state.
+    pub counts: BTreeMap<RunState, u32>,
+    /// Completed-run equivalents (leased runs count by their step fraction).
+    pub progress: f64,
+    /// Creation time.
+    pub created_ms: i64,
+}
+
+impl SweepRow {
+    /// Runs in all.
+    pub fn total(&self) -> u32 {
+        self.counts.values().sum()
+    }
+
+    /// Runs in `state`.
+    pub fn count(&self, state: RunState) -> u32 {
+        self.counts.get(&state).copied().unwrap_or(0)
+    }
+
+    /// True when no run is queued or leased.
+    pub fn finished(&self) -> bool {
+        self.count(RunState::Queued) + self.count(RunState::Leased) == 0
+    }
+}
+
+/// Outcome of a successful submit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    /// Sweep identifier.
+    pub sweep_id: String,
+    /// True when an identical sweep already existed and was returned.
+    pub existing: bool,
+    /// Cells.
+    pub cells: u32,
+    /// Runs.
+    pub runs: u32,
+}
+
+impl Store {
+    /// Validates and stores a grid. An identical normalised grid returns the
+    /// existing sweep unless `force_new`.
+    pub fn submit(&mut self, text: &str, file_name: &str, force_new: bool, limits: GridLimits) -> Result<Submitted> {
+        let plan = parse_grid(text, file_name, limits)?;
+        let fingerprint = plan.fingerprint();
+        let tx = self.tx()?;
+        if !force_new {
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM sweeps WHERE fingerprint = ?1 ORDER BY created_ms LIMIT 1",
+                    [&fingerprint],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = existing {
+                return Ok(Submitted {
+                    sweep_id: id,
+                    existing: true,
+                    cells: plan.cells.len() as u32,
+                    runs: plan.run_count() as u32,
+                });
+            }
+        }
+        let same: i64 =
+            tx.query_row("SELECT count(*) FROM sweeps WHERE fingerprint = ?1", [&fingerprint], |r| r.get(0))?;
+        let slug: String = plan
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' })
+            .take(40)
+            .collect();
+        let id = if same == 0 {
+            format!("{slug}-{}", &fingerprint[..8])
+        } else {
+            format!("{slug}-{}-{}", &fingerprint[..8], same + 1)
+        };
+        let now = now_ms();
+        let plan_json = serde_json::to_string(&plan).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO sweeps (id, name, fingerprint, file_name, grid_toml, plan_json, state, created_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![id, plan.name, fingerprint, file_name, text, plan_json, SweepState::Active, now],
+        )?;
+        let base_order: i64 = tx.query_row("SELECT coalesce(max(queue_order), 0) FROM runs", [], |r| r.get(0))?;
+        let mut order = base_order;
+        {
+            let mut ins = tx.prepare(
+                "INSERT INTO runs (id, sweep_id, cell, seed, spec_json, params, state, queue_order, updated_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            // Seeds outermost: the first replica of every cell finishes first.
+            for &seed in &plan.seeds {
+                for cell in &plan.cells {
+                    order += 1;
+                    let spec = cell.run_spec(seed);
+                    let d = gradsweep_shared::run::param_count(&spec)
+                        .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
+                    let spec_json =
+                        serde_json::to_string(&spec).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+                    let run_id = format!("{id}/c{}/s{seed}", cell.index);
+                    ins.execute(params![
+                        run_id,
+                        id,
+                        cell.index,
+                        seed as i64,
+                        spec_json,
+                        d as i64,
+                        RunState::Queued,
+                        order,
+                        now
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        tracing::info!(sweep_id = %id, cells = plan.cells.len(), runs = plan.run_count(), "sweep submitted");
+        Ok(Submitted { sweep_id: id, existing: false, cells: plan.cells.len() as u32, runs: plan.run_count() as u32 })
+    }
+
+    /// The sweep's expanded plan.
+    pub fn plan(&self, sweep_id: &str) -> Result<SweepPlan> {
+        let json: String = self
+            .conn
+            .query_row("SELECT plan_json FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| CoordinatorError::NotFound { kind: "sweep", id: sweep_id.into() })?;
+        serde_json::from_str(&json).map_err(|e| CoordinatorError::Internal(format!("stored plan unreadable: {e}")))
+    }
+
+    /// Status of one sweep.
+    pub fn sweep(&self, sweep_id: &str) -> Result<SweepRow> {
+        let mut row = self
+            .conn
+            .query_row("SELECT id, name, state, plan_json, created_ms FROM sweeps WHERE id = ?1", [sweep_id], |r| {
+                let plan_json: String = r.get(3)?;
+                let cells = serde_json::from_str::<SweepPlan>(&plan_json).map(|p| p.cells.len() as u32).unwrap_or(0);
+                Ok(SweepRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    state: r.get(2)?,
+                    cells,
+                    counts: BTreeMap::new(),
+                    progress: 0.0,
+                    created_ms: r.get(4)?,
+                })
+            })
+            .optional()?
+            .ok_or_else(|| CoordinatorError::NotFound { kind: "sweep", id: sweep_id.into() })?;
+        let mut stmt = self.conn.prepare(
+            "SELECT state, count(*), sum(CASE WHEN total_steps > 0 THEN CAST(step AS REAL) / total_steps ELSE 0 END) \
+             FROM runs WHERE sweep_id = ?1 GROUP BY state",
+        )?;
+        let mut rows = stmt.query([sweep_id])?;
+        while let Some(r) = rows.next()? {
+            let state: RunState = r.get(0)?;
+            let n: u32 = r.get(1)?;
+            let frac: f64 = r.get(2)?;
+            row.progress += if state.is_open() { frac } else { n as f64 };
+            row.counts.insert(state, n);
+        }
+        Ok(row)
+    }
+
+    /// All sweeps, newest first.
+    pub fn sweeps(&self) -> Result<Vec<SweepRow>> {
+        let ids: Vec<String> = self
+            .conn
+            .prepare("SELECT id FROM sweeps ORDER BY created_ms DESC, id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        ids.iter().map(|id| self.sweep(id)).collect()
+    }
+
+    /// Cancels a sweep: its queued and leased runs end as cancelled.
+    pub fn cancel(&mut self, sweep_id: &str) -> Result<u32> {
+        let tx = self.tx()?;
+        let n = tx.execute(
+            "UPDATE sweeps SET state = ?1 WHERE id = ?2 AND state = ?3",
+            params![SweepState::Cancelled, sweep_id, SweepState::Active],
+        )?;
+        if n == 0 {
+            let exists: bool =
+                tx.query_row("SELECT count(*) > 0 FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))?;
+            if !exists {
+                return Err(CoordinatorError::NotFound { kind: "sweep", id: sweep_id.into() });
+            }
+        }
+        let runs = tx.execute(
+            "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?2 \
+             WHERE sweep_id = ?3 AND state IN (?4, ?5)",
+            params![RunState::Cancelled, now_ms(), sweep_id, RunState::Queued, RunState::Leased],
+        )?;
+        tx.execute(
+            "DELETE FROM chunks WHERE run_id IN (SELECT id FROM runs WHERE sweep_id = ?1 AND state = ?2)",
+            params![sweep_id, RunState::Cancelled],
+        )?;
+        tx.commit()?;
+        tracing::info!(sweep_id, runs_cancelled = runs, "sweep cancelled");
+        Ok(runs as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn an_identical_grid_returns_its_sweep_unless_forced() {
+        let (_dir, mut s) = store();
+        let a = s.submit(&grid(2, 3), "a.toml", false, GridLimits::default()).unwrap();
+        assert!(!a.existing);
+        assert_eq!((a.cells, a.runs), (2, 6));
+        let again = s.submit(&grid(2, 3), "b.toml", false, GridLimits::default()).unwrap();
+        assert!(again.existing);
+        assert_eq!(again.sweep_id, a.sweep_id);
+        let forced = s.submit(&grid(2, 3), "a.toml", true, GridLimits::default()).unwrap();
+        assert!(!forced.existing);
+        assert_ne!(forced.sweep_id, a.sweep_id);
+        assert_eq!(s.sweeps().unwrap().len(), 2);
+        assert_eq!(s.sweep(&a.sweep_id).unwrap().count(RunState::Queued), 6);
+    }
+
+    #[test]
+    fn a_bad_grid_stores_nothing() {
+        let (_dir, mut s) = store();
+        let e = s.submit("[sweep]\nname = 1\n", "bad.toml", false, GridLimits::default()).unwrap_err();
+        assert!(e.to_string().contains("bad.toml"), "{e}");
+        assert!(s.sweeps().unwrap().is_empty());
+    }
+
+    #[test]
+    fn runs_queue_seeds_outermost() {
+        let (_dir, mut s) = store();
+        submit(&mut s, 2, 2);
+        let w = worker(&mut s, "a");
+        let order: Vec<String> = (0..4).map(|_| s.acquire(&w).unwrap().unwrap().run_id).collect();
+        let tails: Vec<&str> = order.iter().map(|id| id.rsplit_once("/c").unwrap().1).collect();
+        assert_eq!(tails, ["0/s0", "1/s0", "0/s1", "1/s1"]);
+    }
+
+    #[test]
+    fn cancel_ends_open_runs_and_keeps_finished_sweeps_alone() {
+        let (_dir, mut s) = store();
+        let sweep = submit(&mut s, 2, 1);
+        let w = worker(&mut s, "a");
+        s.acquire(&w).unwrap().unwrap();
+        assert_eq!(s.cancel(&sweep).unwrap(), 2, "the leased run and the queued one");
+        let row = s.sweep(&sweep).unwrap();
+        assert_eq!((row.state, row.count(RunState::Cancelled)), (SweepState::Cancelled, 2));
+        assert_eq!(s.cancel(&sweep).unwrap(), 0, "cancelling twice changes nothing");
+        assert!(matches!(s.cancel("nope"), Err(CoordinatorError::NotFound { .. })));
+        assert!(s.acquire(&w).unwrap().is_none());
+    }
+}
