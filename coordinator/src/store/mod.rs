@@ -120,6 +120,7 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| db_error(path, format!("cannot open: {e}")))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| file_error(path, e.into()))?;
+        schema::set_cache(&conn).map_err(|e| file_error(path, e))?;
         Ok(Store { conn, policy, in_batch: false })
     }
 
