@@ -219,4 +219,56 @@ mod tests {
         drop(w);
         DbLock::acquire(&dir.path().join("w.db")).expect("the lock is released once the writer is dropped");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn when_a_full_disk_rolls_back_a_batch_nobody_in_it_is_told_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let lock = DbLock::acquire(&path).unwrap();
+        let mut store = Store::open(&path, LeasePolicy { ttl_ms: 60_000, max_attempts: 3 }).unwrap();
+        store.limit_size(256 << 10).unwrap();
+        let w = Arc::new(Writer::start(store, lock, Arc::new(CoordinatorMetrics::default())).unwrap());
+        // Hold the writer so the next three transitions share one batch.
+        let hold = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.run(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let before = {
+            let w = w.clone();
+            tokio::spawn(async move { w.run(|s| s.register_worker("before", "h", 1, 1)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let huge = {
+            let w = w.clone();
+            // A grid whose text alone (a comment of 1 MiB) outgrows the cap.
+            let text = format!("# {}\n{}", "x".repeat(1 << 20), crate::store::testing::grid(1, 1));
+            tokio::spawn(async move {
+                w.run(move |s| s.submit(&text, "huge.toml", false, Default::default()).map(|_| ())).await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let after = {
+            let w = w.clone();
+            tokio::spawn(async move { w.run(|s| s.register_worker("after", "h", 1, 1)).await })
+        };
+        hold.await.unwrap().unwrap();
+        let huge = huge.await.unwrap().unwrap_err();
+        assert!(huge.is_storage_failure(), "the failing transition says why: {huge}");
+        let (before, after) = (before.await.unwrap(), after.await.unwrap());
+        let names: Vec<String> = w.run(|s| Ok(s.workers()?.into_iter().map(|r| r.name).collect())).await.unwrap();
+        // Acknowledged exactly when kept, on either side of the failure
+        // (SQLite may roll back the whole batch on a full disk, or only the
+        // failing statement).
+        assert_eq!(before.is_ok(), names.contains(&"before".to_string()), "{before:?} {names:?}");
+        assert_eq!(after.is_ok(), names.contains(&"after".to_string()), "{after:?} {names:?}");
+        assert!(after.is_ok(), "a transition after the failure goes on in a new batch: {after:?}");
+        assert!(w.run(|s| s.sweeps()).await.unwrap().is_empty());
+    }
 }

@@ -36,7 +36,7 @@ use crate::model::Model;
 use crate::spec::{ProbeConfig, RunSpec, TrainConfig};
 
 /// Default cap on the number of runs a grid may expand to.
-pub const DEFAULT_MAX_RUNS: usize = 10_000;
+pub const DEFAULT_MAX_RUNS: usize = 1_000_000;
 
 /// One problem in a grid file, with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]

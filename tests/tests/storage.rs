@@ -146,28 +146,9 @@ fn rusqlite_free_update(db: &std::path::Path, sql: &str) -> Result<(), String> {
     c.execute_batch(sql).map_err(|e| e.to_string())
 }
 
-/// A database written by the previous schema (1, before checkpoints) is
-/// upgraded in place at open, keeping its sweeps.
-#[test]
-fn schema_1_database_is_upgraded() {
-    use gradsweep_coordinator::store::{LeasePolicy, SCHEMA_VERSION, Store};
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("old.db");
-    let policy = LeasePolicy { ttl_ms: 1000, max_attempts: 3 };
-    {
-        let mut s = Store::open(&db, policy).unwrap();
-        s.submit(&grids::tiny("old", 2), "old.toml", false, Default::default()).unwrap();
-    }
-    rusqlite_free_update(&db, "DROP TABLE checkpoints; UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-        .unwrap();
-    let s = Store::open(&db, policy).unwrap();
-    assert_eq!(s.sweeps().unwrap().len(), 1, "the sweep survives the upgrade");
-    let c = rusqlite::Connection::open(&db).unwrap();
-    let v: String = c.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(v, SCHEMA_VERSION.to_string());
-    let t: i64 = c.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0)).unwrap();
-    assert_eq!(t, 0);
-}
+// The upgrade of files written by older schemas (1 and 2, with real rows in
+// them) is `gradsweep_coordinator::store::schema`'s unit test
+// `a_version_1_file_is_upgraded_with_its_runs_counted_and_their_specs_kept`.
 
 /// Issue 12, item 4: one coordinator per database. A second `gradsweep
 /// serve` on a file in use refuses to start and names the holder (host,

@@ -9,6 +9,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::sweeps::{run_spec, spec_with_seed};
 use super::{RunState, Store, SweepState, WorkerState, now_ms};
 use crate::error::{CoordinatorError, Result};
 use crate::shards::PassOwner;
@@ -125,15 +126,23 @@ impl Store {
             Some(s) if !s.takes_work() => return Ok(None),
             Some(_) => {}
         }
-        let next: Option<(String, String, i64, String)> = tx
-            .query_row(
-                "SELECT r.id, r.sweep_id, r.epoch, r.spec_json FROM runs r JOIN sweeps s ON s.id = r.sweep_id \
+        let next: Option<(String, String, i64, i64, String)> = tx
+            .prepare_cached(
+                // The queue's order, read off its index: the first queued
+                // run of an active sweep, without sorting a sweep's runs
+                // (CROSS JOIN keeps runs the outer loop).
+                "SELECT r.id, r.sweep_id, r.epoch, r.seed, c.spec_json FROM runs r INDEXED BY runs_queue \
+                 CROSS JOIN sweeps s ON s.id = r.sweep_id \
+                 CROSS JOIN cell_specs c ON c.sweep_id = r.sweep_id AND c.cell = r.cell \
                  WHERE r.state = ?1 AND s.state = ?2 ORDER BY r.queue_order LIMIT 1",
-                params![RunState::Queued, SweepState::Active],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
+            )?
+            .query_row(params![RunState::Queued, SweepState::Active], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
-        let Some((run_id, sweep_id, epoch, spec_json)) = next else { return Ok(None) };
+        let Some((run_id, sweep_id, epoch, seed, cell_spec)) = next else { return Ok(None) };
+        let spec_json = serde_json::to_string(&spec_with_seed(&cell_spec, seed as u64)?)
+            .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
         let epoch = epoch + 1;
         // Rewinds to the last checkpoint (a no-op for a run requeued that way).
         let resume_seq = requeue(&tx, &run_id)?;
@@ -164,11 +173,11 @@ impl Store {
     pub fn pass_source(&mut self, owner: &PassOwner) -> Result<(String, String)> {
         let tx = self.tx()?;
         check_lease(&tx, &owner.worker_id, &owner.run_id, owner.epoch)?;
-        let row = tx.query_row("SELECT sweep_id, spec_json FROM runs WHERE id = ?1", [&owner.run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        let sweep_id: String =
+            tx.query_row("SELECT sweep_id FROM runs WHERE id = ?1", [&owner.run_id], |r| r.get(0))?;
+        let spec = run_spec(&tx, &owner.run_id)?;
         tx.commit()?;
-        Ok(row)
+        Ok((sweep_id, serde_json::to_string(&spec).map_err(|e| CoordinatorError::Internal(e.to_string()))?))
     }
 
     /// Of the `owners` of probe passes, those whose run lease is current.
@@ -296,7 +305,7 @@ impl Store {
         // A sweep whose last open run just failed is finished.
         tx.execute(
             "UPDATE sweeps SET state = ?1 WHERE state = ?2 AND NOT EXISTS \
-             (SELECT 1 FROM runs WHERE runs.sweep_id = sweeps.id AND runs.state IN (?3, ?4))",
+             (SELECT 1 FROM run_counts k WHERE k.sweep_id = sweeps.id AND k.state IN (?3, ?4) AND k.n > 0)",
             params![SweepState::Completed, SweepState::Active, RunState::Queued, RunState::Leased],
         )?;
         tx.commit()?;

@@ -207,9 +207,12 @@ impl Store {
         }
     }
 
-    /// How many runs and workers are in each state (for metrics).
+    /// How many runs and workers are in each state (for metrics): the runs
+    /// from the per-sweep counts, without reading a run.
     pub fn counts(&self) -> Result<StateCounts> {
-        let mut runs = self.conn.prepare_cached("SELECT state, count(*) FROM runs GROUP BY state")?;
+        let mut runs = self
+            .conn
+            .prepare_cached("SELECT state, sum(n) FROM run_counts GROUP BY state HAVING sum(n) > 0 ORDER BY state")?;
         let runs =
             runs.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?.collect::<rusqlite::Result<_>>()?;
         let mut workers = self.conn.prepare_cached("SELECT state, count(*) FROM workers GROUP BY state")?;
@@ -289,6 +292,11 @@ pub(crate) mod testing {
             seeds.join(", "),
             lrs.join(", ")
         )
+    }
+
+    /// [`grid`]'s plan.
+    pub(crate) fn plan(cells: usize, seeds: usize) -> gradsweep_shared::grid::SweepPlan {
+        gradsweep_shared::grid::parse_grid(&grid(cells, seeds), "unit.toml", GridLimits::default()).unwrap()
     }
 
     /// Submits [`grid`] and returns the sweep's identifier.

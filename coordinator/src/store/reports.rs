@@ -8,12 +8,13 @@
 
 use gradsweep_shared::checkpoint::Checkpoint;
 use gradsweep_shared::run::ProbeRecord;
-use gradsweep_shared::spec::{RunFinal, RunSpec};
+use gradsweep_shared::spec::RunFinal;
 use gradsweep_shared::trajectory::TrajectorySums;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::leases::check_lease;
 use super::merges::SavedProbeRef;
+use super::sweeps::run_spec;
 use super::{RunState, Store, SweepState, now_ms};
 use crate::error::{CoordinatorError, Result};
 
@@ -142,10 +143,8 @@ impl Store {
             return Ok(None); // a retried finish whose answer was lost
         }
         let (applied, _) = check_lease(&tx, worker_id, run_id, epoch)?;
-        let (sweep_id, cell, spec_json): (String, u32, String) =
-            tx.query_row("SELECT sweep_id, cell, spec_json FROM runs WHERE id = ?1", [run_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
+        let (sweep_id, cell): (String, u32) =
+            tx.query_row("SELECT sweep_id, cell FROM runs WHERE id = ?1", [run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let (state, fin_json, error) = match outcome {
             Outcome::Failed(msg) => (RunState::Failed, None, Some(msg.clone())),
             Outcome::Completed(fin) | Outcome::Diverged(fin) => {
@@ -160,8 +159,7 @@ impl Store {
                     tx.query_row("SELECT count(*) FROM probes WHERE run_id = ?1", [run_id], |r| r.get(0))?;
                 let has_traj: bool =
                     tx.query_row("SELECT count(*) > 0 FROM trajectories WHERE run_id = ?1", [run_id], |r| r.get(0))?;
-                let spec: RunSpec =
-                    serde_json::from_str(&spec_json).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+                let spec = run_spec(&tx, run_id)?;
                 let completed = matches!(outcome, Outcome::Completed(_));
                 if completed && (probes as usize != spec.probe_epochs().len() || !has_traj) {
                     return Err(CoordinatorError::InvalidArgument(format!(
@@ -186,7 +184,7 @@ impl Store {
         tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
         let stale = state.has_results().then(|| (sweep_id.clone(), cell));
         let open: i64 = tx.query_row(
-            "SELECT count(*) FROM runs WHERE sweep_id = ?1 AND state IN (?2, ?3)",
+            "SELECT coalesce(sum(n), 0) FROM run_counts WHERE sweep_id = ?1 AND state IN (?2, ?3)",
             params![sweep_id, RunState::Queued, RunState::Leased],
             |r| r.get(0),
         )?;
@@ -224,7 +222,8 @@ impl Store {
             .prepare(
                 "SELECT r.id, r.cell, r.seed, p.idx, r.params FROM runs r JOIN probes p ON p.run_id = r.id \
                  WHERE r.sweep_id = ?1 AND r.state IN (?2, ?3) \
-                 AND coalesce(json_extract(r.spec_json, '$.probe.save_gradients'), 0) > 0 \
+                 AND coalesce((SELECT json_extract(c.spec_json, '$.probe.save_gradients') FROM cell_specs c \
+                 WHERE c.sweep_id = r.sweep_id AND c.cell = r.cell), 0) > 0 \
                  ORDER BY r.cell, r.seed, p.idx",
             )?
             .query_map(params![sweep_id, RunState::Completed, RunState::Diverged], |r| {
@@ -309,9 +308,7 @@ fn apply_chunk(tx: &Connection, run_id: &str, seq: u64, d: usize, c: &Chunk) -> 
             tx.execute("INSERT OR REPLACE INTO trajectories (run_id, data) VALUES (?1, ?2)", params![run_id, blob])?;
         }
         BlobKind::Checkpoint => {
-            let spec_json: String = tx.query_row("SELECT spec_json FROM runs WHERE id = ?1", [run_id], |r| r.get(0))?;
-            let spec: RunSpec =
-                serde_json::from_str(&spec_json).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+            let spec = run_spec(tx, run_id)?;
             let ck = Checkpoint::decode(&blob, &spec, d).map_err(|e| bad(format!("checkpoint: {e}")))?;
             let h = &ck.header;
             let prev: Option<i64> =

@@ -2,16 +2,25 @@
 //!
 //! A gradsweep database carries an `application_id` ("GSWP") and a schema
 //! version in its `meta` table. A new file gets the current schema; an
-//! older version is upgraded in one transaction; a foreign file, a newer
-//! version or a file that fails SQLite's quick check is refused with an
-//! error saying what to do.
+//! older version is upgraded in one transaction per step; a foreign file, a
+//! newer version or a file that fails SQLite's quick check is refused with
+//! an error saying what to do.
+//!
+//! What makes big sweeps cheap (version 3):
+//! * a run row holds no spec: a cell's spec is stored once (`cell_specs`,
+//!   seed 0) and a run's is that with the run's seed;
+//! * `run_counts` holds each sweep's number of runs per state, kept by a
+//!   trigger in the same transaction as every change of a run's state, so
+//!   `status`, the metrics and a finish never count a sweep's runs;
+//! * a sweep row holds its numbers of cells and seeds (no plan to parse).
 
+use gradsweep_shared::grid::SweepPlan;
 use rusqlite::Connection;
 
 use crate::error::{CoordinatorError, Result};
 
 /// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// SQLite `application_id` marking a gradsweep database ("GSWP").
 const APPLICATION_ID: i64 = 0x4753_5750;
 
@@ -25,15 +34,19 @@ CREATE TABLE sweeps (
     grid_toml TEXT NOT NULL,
     plan_json TEXT NOT NULL,
     state TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    cells INTEGER NOT NULL DEFAULT 0,
+    seeds INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE cell_specs (
+    sweep_id TEXT NOT NULL, cell INTEGER NOT NULL, spec_json TEXT NOT NULL, PRIMARY KEY (sweep_id, cell)
+) WITHOUT ROWID;
 CREATE INDEX sweeps_fingerprint ON sweeps(fingerprint);
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     sweep_id TEXT NOT NULL REFERENCES sweeps(id),
     cell INTEGER NOT NULL,
     seed INTEGER NOT NULL,
-    spec_json TEXT NOT NULL,
     params INTEGER NOT NULL,
     state TEXT NOT NULL,
     epoch INTEGER NOT NULL DEFAULT 0,
@@ -69,6 +82,20 @@ CREATE TABLE workers (
 );
 "#;
 
+/// Each sweep's runs per state, and the trigger that keeps it exact as runs
+/// change state. A submit adds its sweep's row itself (one row, not a
+/// trigger per inserted run).
+const RUN_COUNTS: &str = r#"
+CREATE TABLE run_counts (
+    sweep_id TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (sweep_id, state)
+) WITHOUT ROWID;
+CREATE TRIGGER run_counts_move AFTER UPDATE OF state ON runs WHEN OLD.state IS NOT NEW.state BEGIN
+    UPDATE run_counts SET n = n - 1 WHERE sweep_id = OLD.sweep_id AND state = OLD.state;
+    INSERT INTO run_counts (sweep_id, state, n) VALUES (NEW.sweep_id, NEW.state, 1)
+        ON CONFLICT (sweep_id, state) DO UPDATE SET n = n + 1;
+END;
+"#;
+
 /// Makes `conn` a current gradsweep database: creates the schema in an
 /// empty file, upgrades an older one, refuses anything else, checks the
 /// file's integrity and sets WAL with `synchronous = FULL`.
@@ -80,7 +107,7 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
     if app == 0 && tables == 0 {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); \
+            "BEGIN; {SCHEMA} {RUN_COUNTS} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); \
              PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
         ))?;
     } else if app != APPLICATION_ID {
@@ -96,7 +123,10 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
              {SCHEMA_VERSION}. Use the newer build, or another database file"
         )));
     }
-    if version == 1 {
+    if version < 1 {
+        return Err(refuse(format!("schema version {version}, this build reads version {SCHEMA_VERSION}")));
+    }
+    if version < 2 {
         // Version 2 added checkpoints; nothing else changed.
         conn.execute_batch(
             "BEGIN IMMEDIATE; CREATE TABLE checkpoints (run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, \
@@ -104,8 +134,10 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
              UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;",
         )?;
         tracing::info!("database upgraded from schema version 1 to 2");
-    } else if version != SCHEMA_VERSION {
-        return Err(refuse(format!("schema version {version}, this build reads version {SCHEMA_VERSION}")));
+    }
+    if version < 3 {
+        upgrade_2_to_3(conn)?;
+        tracing::info!("database upgraded from schema version 2 to 3");
     }
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
@@ -113,15 +145,58 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
             "the file is corrupted (integrity check: {check}); restore it from a backup or start a new file"
         )));
     }
-    // Finishes and status count a sweep's runs by state: an index range,
-    // not a scan of the sweep. Files written before it get it here (an
-    // older build reading the file ignores it).
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS runs_sweep_state ON runs(sweep_id, state)")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     set_cache(conn)?;
     Ok(())
+}
+
+/// Version 3: specs move from runs to cells, sweeps learn their sizes, and
+/// runs are counted per state by triggers. One transaction: a failure
+/// leaves the file at version 2.
+fn upgrade_2_to_3(conn: &Connection) -> Result<()> {
+    let bad = |m: String| CoordinatorError::Database { path: String::new(), message: m };
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| -> Result<()> {
+        conn.execute_batch(
+            "ALTER TABLE sweeps ADD COLUMN cells INTEGER NOT NULL DEFAULT 0; \
+             ALTER TABLE sweeps ADD COLUMN seeds INTEGER NOT NULL DEFAULT 0; \
+             CREATE TABLE cell_specs (sweep_id TEXT NOT NULL, cell INTEGER NOT NULL, spec_json TEXT NOT NULL, \
+             PRIMARY KEY (sweep_id, cell)) WITHOUT ROWID;",
+        )?;
+        let plans: Vec<(String, String)> = conn
+            .prepare("SELECT id, plan_json FROM sweeps")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, json) in plans {
+            let plan: SweepPlan =
+                serde_json::from_str(&json).map_err(|e| bad(format!("sweep {id}: stored plan unreadable: {e}")))?;
+            conn.execute(
+                "UPDATE sweeps SET cells = ?1, seeds = ?2 WHERE id = ?3",
+                rusqlite::params![plan.cells.len() as i64, plan.seeds.len() as i64, id],
+            )?;
+            let mut ins = conn.prepare("INSERT INTO cell_specs (sweep_id, cell, spec_json) VALUES (?1, ?2, ?3)")?;
+            for cell in &plan.cells {
+                let spec = serde_json::to_string(&cell.run_spec(0)).map_err(|e| bad(e.to_string()))?;
+                ins.execute(rusqlite::params![id, cell.index, spec])?;
+            }
+        }
+        conn.execute_batch(&format!(
+            "ALTER TABLE runs DROP COLUMN spec_json; \
+             {RUN_COUNTS} \
+             INSERT INTO run_counts (sweep_id, state, n) SELECT sweep_id, state, count(*) FROM runs GROUP BY 1, 2; \
+             UPDATE meta SET value = '3' WHERE key = 'schema_version';"
+        ))?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// A page cache of 64 MiB per connection (SQLite's default is 2 MiB): the
@@ -155,24 +230,139 @@ mod tests {
         assert_eq!(mode, "wal");
     }
 
-    #[test]
-    fn a_version_1_file_is_upgraded_and_a_newer_or_foreign_one_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let old = dir.path().join("v1.db");
-        {
-            let conn = Connection::open(&old).unwrap();
-            prepare(&conn).unwrap();
-            conn.execute_batch("DROP TABLE checkpoints; UPDATE meta SET value = '1' WHERE key = 'schema_version';")
+    /// The schema of versions 1 and 2 (version 1 had no `checkpoints`),
+    /// as gradsweep wrote it before version 3.
+    const SCHEMA_V2: &str = r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE sweeps (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        file_name TEXT NOT NULL,
+        grid_toml TEXT NOT NULL,
+        plan_json TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX sweeps_fingerprint ON sweeps(fingerprint);
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        sweep_id TEXT NOT NULL REFERENCES sweeps(id),
+        cell INTEGER NOT NULL,
+        seed INTEGER NOT NULL,
+        spec_json TEXT NOT NULL,
+        params INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        worker_id TEXT,
+        lease_expires_ms INTEGER,
+        applied_seq INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        step INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER NOT NULL DEFAULT 0,
+        last_loss REAL,
+        error TEXT,
+        final_json TEXT,
+        queue_order INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE INDEX runs_queue ON runs(state, queue_order);
+    CREATE INDEX runs_sweep ON runs(sweep_id, cell);
+    CREATE TABLE probes (run_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, idx));
+    CREATE TABLE trajectories (run_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+    CREATE TABLE checkpoints (
+        run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, step INTEGER NOT NULL, probes_done INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE chunks (
+        run_id TEXT NOT NULL, kind INTEGER NOT NULL, idx INTEGER NOT NULL, chunk INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (run_id, kind, idx, chunk)
+    );
+    CREATE TABLE cells (sweep_id TEXT NOT NULL, cell INTEGER NOT NULL, runs_merged INTEGER NOT NULL, result_json TEXT NOT NULL,
+        PRIMARY KEY (sweep_id, cell));
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, hostname TEXT NOT NULL, slots INTEGER NOT NULL, state TEXT NOT NULL,
+        registered_ms INTEGER NOT NULL, last_heartbeat_ms INTEGER NOT NULL
+    );
+    "#;
+
+    /// A version-1 file as an old gradsweep left it: one sweep of two
+    /// cells × two seeds, one run finished, one leased.
+    fn version_1_file(path: &std::path::Path) {
+        let conn = Connection::open(path).unwrap();
+        let plan = crate::store::testing::plan(2, 2);
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V2} DROP TABLE checkpoints; INSERT INTO meta VALUES ('schema_version', '1'); \
+             PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
+        ))
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sweeps VALUES ('old', 'old', 'f', 'old.toml', '', ?1, 'active', 1)",
+            [serde_json::to_string(&plan).unwrap()],
+        )
+        .unwrap();
+        let mut order = 0;
+        for &seed in &plan.seeds {
+            for cell in &plan.cells {
+                order += 1;
+                let state = match order {
+                    1 => "completed",
+                    2 => "leased",
+                    _ => "queued",
+                };
+                conn.execute(
+                    "INSERT INTO runs (id, sweep_id, cell, seed, spec_json, params, state, queue_order, updated_ms) \
+                     VALUES (?1, 'old', ?2, ?3, ?4, 650, ?5, ?6, 1)",
+                    rusqlite::params![
+                        format!("old/c{}/s{seed}", cell.index),
+                        cell.index,
+                        seed as i64,
+                        serde_json::to_string(&cell.run_spec(seed)).unwrap(),
+                        state,
+                        order
+                    ],
+                )
                 .unwrap();
+            }
         }
-        let conn = Connection::open(&old).unwrap();
-        prepare(&conn).unwrap();
-        assert_eq!(version(&conn), 2);
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_with_its_runs_counted_and_their_specs_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        version_1_file(&path);
+        let policy = crate::store::LeasePolicy { ttl_ms: 60_000, max_attempts: 3 };
+        let mut s = crate::store::Store::open(&path, policy).unwrap();
+        let row = s.sweep("old").unwrap();
+        assert_eq!((row.cells, row.total()), (2, 4));
+        use crate::store::RunState;
+        assert_eq!(
+            (row.count(RunState::Completed), row.count(RunState::Leased), row.count(RunState::Queued)),
+            (1, 1, 2)
+        );
+        // The queued runs' specs are their cells' with their own seeds.
+        let w = s.register_worker("a", "h", 1, 1).unwrap();
+        let l = s.acquire(&w).unwrap().unwrap();
+        assert_eq!(l.run_id, "old/c0/s1");
+        let plan = crate::store::testing::plan(2, 2);
+        assert_eq!(l.spec_json, serde_json::to_string(&plan.cells[0].run_spec(1)).unwrap());
+        assert_eq!(s.sweep("old").unwrap().count(RunState::Leased), 2, "the counts follow transitions");
+        drop(s);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
         let n: i64 = conn.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0, "the upgrade created the checkpoints table");
+    }
 
+    #[test]
+    fn a_newer_or_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let conn = Connection::open(&path).unwrap();
+        prepare(&conn).unwrap();
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
-        let e = prepare(&Connection::open(&old).unwrap()).unwrap_err().to_string();
+        let e = prepare(&Connection::open(&path).unwrap()).unwrap_err().to_string();
         assert!(e.contains("schema version 99") && e.contains("newer gradsweep"), "{e}");
 
         let foreign = dir.path().join("other.db");

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use gradsweep_shared::grid::{GridLimits, SweepPlan, parse_grid};
-use rusqlite::{OptionalExtension, params};
+use gradsweep_shared::spec::RunSpec;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{RunState, Store, SweepState, now_ms};
 use crate::error::{CoordinatorError, Result};
@@ -103,41 +104,60 @@ impl Store {
         let now = now_ms();
         let plan_json = serde_json::to_string(&plan).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
         tx.execute(
-            "INSERT INTO sweeps (id, name, fingerprint, file_name, grid_toml, plan_json, state, created_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![id, plan.name, fingerprint, file_name, text, plan_json, SweepState::Active, now],
+            "INSERT INTO sweeps (id, name, fingerprint, file_name, grid_toml, plan_json, state, created_ms, cells, seeds) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                id,
+                plan.name,
+                fingerprint,
+                file_name,
+                text,
+                plan_json,
+                SweepState::Active,
+                now,
+                plan.cells.len() as i64,
+                plan.seeds.len() as i64
+            ],
         )?;
+        // A cell's spec once (seed 0), with its parameter count.
+        let mut params_of = Vec::with_capacity(plan.cells.len());
+        {
+            let mut ins = tx.prepare("INSERT INTO cell_specs (sweep_id, cell, spec_json) VALUES (?1, ?2, ?3)")?;
+            for cell in &plan.cells {
+                let spec = cell.run_spec(0);
+                let d = gradsweep_shared::run::param_count(&spec)
+                    .map_err(|e| CoordinatorError::InvalidArgument(format!("cell {}: {e}", cell.index)))?;
+                params_of.push(d as i64);
+                let json = serde_json::to_string(&spec).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+                ins.execute(params![id, cell.index, json])?;
+            }
+        }
         let base_order: i64 = tx.query_row("SELECT coalesce(max(queue_order), 0) FROM runs", [], |r| r.get(0))?;
-        let mut order = base_order;
         {
             let mut ins = tx.prepare(
-                "INSERT INTO runs (id, sweep_id, cell, seed, spec_json, params, state, queue_order, updated_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO runs (id, sweep_id, cell, seed, params, state, queue_order, updated_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            // Seeds outermost: the first replica of every cell finishes first.
-            for &seed in &plan.seeds {
-                for cell in &plan.cells {
-                    order += 1;
-                    let spec = cell.run_spec(seed);
-                    let d = gradsweep_shared::run::param_count(&spec)
-                        .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
-                    let spec_json =
-                        serde_json::to_string(&spec).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-                    let run_id = format!("{id}/c{}/s{seed}", cell.index);
-                    ins.execute(params![
-                        run_id,
-                        id,
-                        cell.index,
-                        seed as i64,
-                        spec_json,
-                        d as i64,
-                        RunState::Queued,
-                        order,
-                        now
-                    ])?;
+            // Queued seeds outermost (the first replica of every cell
+            // finishes first), but inserted cell by cell: a cell's rows are
+            // neighbours in the id and (sweep, cell) indexes, so a big sweep
+            // fills their pages in order instead of touching a page per run.
+            let cells = plan.cells.len() as i64;
+            let mut run_id = String::with_capacity(id.len() + 24);
+            for (pos, (cell, &d)) in plan.cells.iter().zip(&params_of).enumerate() {
+                for (k, &seed) in plan.seeds.iter().enumerate() {
+                    let order = base_order + k as i64 * cells + pos as i64 + 1;
+                    run_id.clear();
+                    use std::fmt::Write as _;
+                    let _ = write!(run_id, "{id}/c{}/s{seed}", cell.index);
+                    ins.execute(params![run_id, id, cell.index, seed as i64, d, RunState::Queued, order, now])?;
                 }
             }
         }
+        tx.execute(
+            "INSERT INTO run_counts (sweep_id, state, n) VALUES (?1, ?2, ?3)",
+            params![id, RunState::Queued, plan.run_count() as i64],
+        )?;
         tx.commit()?;
         tracing::info!(sweep_id = %id, cells = plan.cells.len(), runs = plan.run_count(), "sweep submitted");
         Ok(Submitted { sweep_id: id, existing: false, cells: plan.cells.len() as u32, runs: plan.run_count() as u32 })
@@ -153,18 +173,20 @@ impl Store {
         serde_json::from_str(&json).map_err(|e| CoordinatorError::Internal(format!("stored plan unreadable: {e}")))
     }
 
-    /// Status of one sweep.
+    /// Status of one sweep: its runs per state from the per-sweep counts,
+    /// and the progress of the leased runs (a range of the queue index, as
+    /// many rows as leases out). Reads neither the plan nor the sweep's
+    /// other runs.
     pub fn sweep(&self, sweep_id: &str) -> Result<SweepRow> {
         let mut row = self
             .conn
-            .query_row("SELECT id, name, state, plan_json, created_ms FROM sweeps WHERE id = ?1", [sweep_id], |r| {
-                let plan_json: String = r.get(3)?;
-                let cells = serde_json::from_str::<SweepPlan>(&plan_json).map(|p| p.cells.len() as u32).unwrap_or(0);
+            .prepare_cached("SELECT id, name, state, cells, created_ms FROM sweeps WHERE id = ?1")?
+            .query_row([sweep_id], |r| {
                 Ok(SweepRow {
                     id: r.get(0)?,
                     name: r.get(1)?,
                     state: r.get(2)?,
-                    cells,
+                    cells: r.get(3)?,
                     counts: BTreeMap::new(),
                     progress: 0.0,
                     created_ms: r.get(4)?,
@@ -172,18 +194,23 @@ impl Store {
             })
             .optional()?
             .ok_or_else(|| CoordinatorError::NotFound { kind: "sweep", id: sweep_id.into() })?;
-        let mut stmt = self.conn.prepare(
-            "SELECT state, count(*), sum(CASE WHEN total_steps > 0 THEN CAST(step AS REAL) / total_steps ELSE 0 END) \
-             FROM runs WHERE sweep_id = ?1 GROUP BY state",
-        )?;
+        let mut stmt = self.conn.prepare_cached("SELECT state, n FROM run_counts WHERE sweep_id = ?1 AND n > 0")?;
         let mut rows = stmt.query([sweep_id])?;
         while let Some(r) = rows.next()? {
             let state: RunState = r.get(0)?;
             let n: u32 = r.get(1)?;
-            let frac: f64 = r.get(2)?;
-            row.progress += if state.is_open() { frac } else { n as f64 };
+            if !state.is_open() {
+                row.progress += n as f64;
+            }
             row.counts.insert(state, n);
         }
+        row.progress += self
+            .conn
+            .prepare_cached(
+                "SELECT coalesce(sum(CASE WHEN total_steps > 0 THEN CAST(step AS REAL) / total_steps ELSE 0 END), 0) \
+             FROM runs INDEXED BY runs_queue WHERE state = ?2 AND sweep_id = ?1",
+            )?
+            .query_row(params![sweep_id, RunState::Leased], |r| r.get::<_, f64>(0))?;
         Ok(row)
     }
 
@@ -191,7 +218,7 @@ impl Store {
     pub fn sweeps(&self) -> Result<Vec<SweepRow>> {
         let ids: Vec<String> = self
             .conn
-            .prepare("SELECT id FROM sweeps ORDER BY created_ms DESC, id")?
+            .prepare_cached("SELECT id FROM sweeps ORDER BY created_ms DESC, id")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         ids.iter().map(|id| self.sweep(id)).collect()
@@ -224,6 +251,27 @@ impl Store {
         tracing::info!(sweep_id, runs_cancelled = runs, "sweep cancelled");
         Ok(runs as u32)
     }
+}
+
+/// A run's spec: its cell's, with the run's seed.
+pub(super) fn run_spec(conn: &Connection, run_id: &str) -> Result<RunSpec> {
+    let (json, seed): (String, i64) = conn
+        .prepare_cached(
+            "SELECT c.spec_json, r.seed FROM runs r JOIN cell_specs c ON c.sweep_id = r.sweep_id AND c.cell = r.cell \
+             WHERE r.id = ?1",
+        )?
+        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .ok_or_else(|| CoordinatorError::NotFound { kind: "run", id: run_id.into() })?;
+    spec_with_seed(&json, seed as u64)
+}
+
+/// A cell's stored spec with `seed`.
+pub(super) fn spec_with_seed(cell_spec_json: &str, seed: u64) -> Result<RunSpec> {
+    let mut spec: RunSpec = serde_json::from_str(cell_spec_json)
+        .map_err(|e| CoordinatorError::Internal(format!("stored cell spec unreadable: {e}")))?;
+    spec.seed = seed;
+    Ok(spec)
 }
 
 #[cfg(test)]
