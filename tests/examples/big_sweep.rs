@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
-use gradsweep_tests::{CoordinatorProc, register_request};
+use gradsweep_tests::{CoordinatorProc, finish_uncomputed, register_request};
 
 fn grid(cells: usize, seeds: usize) -> String {
     format!(
@@ -66,17 +66,7 @@ async fn churn(url: String, name: String, stop: Arc<AtomicBool>, done: Arc<Atomi
     while !stop.load(Ordering::Relaxed) {
         let a = client.acquire(pb::AcquireRequest { worker_id: id.clone(), wait_ms: 200 }).await?.into_inner();
         let Some(run) = a.run else { continue };
-        client
-            .finish(pb::FinishRequest {
-                worker_id: id.clone(),
-                run_id: run.run_id,
-                epoch: run.epoch,
-                last_seq: 0,
-                outcome: pb::RunOutcome::Failed as i32,
-                error: "big_sweep: not computed".into(),
-                final_json: String::new(),
-            })
-            .await?;
+        client.finish(finish_uncomputed(&id, &run, "big_sweep: not computed")).await?;
         done.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
-use gradsweep_tests::{CoordinatorProc, register_request, submit};
+use gradsweep_tests::{CoordinatorProc, finish_uncomputed, register_request, submit};
 use tokio::sync::Mutex;
 
 fn grid(runs: usize) -> String {
@@ -94,17 +94,7 @@ async fn simulated_worker(
         granted.fetch_add(1, Ordering::Relaxed);
         *held.lock().await = Some(pb::RunLease { run_id: run.run_id.clone(), epoch: run.epoch });
         let t = Instant::now();
-        let finished = client
-            .finish(pb::FinishRequest {
-                worker_id: id.clone(),
-                run_id: run.run_id,
-                epoch: run.epoch,
-                last_seq: 0,
-                outcome: pb::RunOutcome::Failed as i32,
-                error: "load generator: not computed".into(),
-                final_json: String::new(),
-            })
-            .await;
+        let finished = client.finish(finish_uncomputed(&id, &run, "load generator: not computed")).await;
         match finished {
             Ok(_) => mine.finish.push(t.elapsed().as_secs_f64() * 1e3),
             // The lease lapsed before the finish arrived (the run was

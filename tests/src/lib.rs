@@ -427,6 +427,21 @@ pub fn register_request(name: &str) -> pb::RegisterRequest {
     }
 }
 
+/// A simulated worker's finish of a granted run, as failed without
+/// computing: the same transaction as any finish, without a cell merge
+/// (the load benchmarks' way to end a run at once).
+pub fn finish_uncomputed(worker_id: &str, run: &pb::RunAssignment, why: &str) -> pb::FinishRequest {
+    pb::FinishRequest {
+        worker_id: worker_id.into(),
+        run_id: run.run_id.clone(),
+        epoch: run.epoch,
+        last_seq: 0,
+        outcome: pb::RunOutcome::Failed as i32,
+        error: why.into(),
+        final_json: String::new(),
+    }
+}
+
 /// Fast coordinator settings for tests: short leases.
 pub fn fast_config(db: &Path) -> CoordinatorConfig {
     let mut c = CoordinatorConfig::new(db);
