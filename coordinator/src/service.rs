@@ -75,8 +75,7 @@ impl WorkerService for WorkerApi {
         let r = req.into_inner();
         let runs = convert::leases_from_wire(&r.runs);
         let shards = convert::shard_leases_from_wire(&r.shards);
-        let worker = r.worker_id.clone();
-        let answer = self.state.with_store(move |s| s.heartbeat(&worker, &runs)).await?;
+        let answer = self.state.heartbeat(r.worker_id.clone(), runs).await?;
         let now = std::time::Instant::now();
         let lost_shards = if shards.is_empty() {
             vec![]

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::CoordinatorMetrics;
 use crate::shards::ShardBoard;
-use crate::store::{CellSource, LeasePolicy, Store};
+use crate::store::{CellSource, HeartbeatAnswer, LeasePolicy, LeaseRef, Seen, Store, now_ms};
 use crate::writer::Writer;
 
 /// Settings of a coordinator.
@@ -165,6 +165,8 @@ pub struct Coordinator {
     board: Arc<Mutex<ShardBoard>>,
     /// Wakes run workers waiting for a shard's result.
     shards_changed: Arc<Notify>,
+    /// Heartbeats heard since the reaper last wrote them.
+    seen: Arc<Mutex<Seen>>,
 }
 
 /// A few read-only connections; a read takes a free one, or waits for one.
@@ -231,6 +233,7 @@ impl Coordinator {
             merge_wanted: Arc::new(Notify::new()),
             board: Arc::new(Mutex::new(ShardBoard::new(config.lease_ttl, config.max_shard_result_bytes))),
             shards_changed: Arc::new(Notify::new()),
+            seen: Arc::new(Mutex::new(Seen::default())),
             config: Arc::new(config),
         })
     }
@@ -441,6 +444,29 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Answers a worker's heartbeat from a read connection (no write, no
+    /// wait for a commit) and records, in memory, the renewal of the leases
+    /// it still holds; the reaper writes renewals once per tick, in the
+    /// transition that judges which leases lapsed. `None` for an unknown
+    /// worker.
+    pub async fn heartbeat(&self, worker_id: String, runs: Vec<LeaseRef>) -> Result<Option<HeartbeatAnswer>> {
+        if let Some(why) = self.halted.borrow().clone() {
+            return Err(CoordinatorError::Halted(why));
+        }
+        let at = now_ms();
+        let (id, named) = (worker_id.clone(), runs.clone());
+        let answer = self.read_store(move |s| s.heartbeat(&id, &named)).await?;
+        if let Some(a) = &answer {
+            let held = runs.into_iter().filter(|l| !a.lost.contains(l));
+            self.seen.lock().map_err(|_| CoordinatorError::Internal("heartbeats mutex poisoned".into()))?.record(
+                &worker_id,
+                held,
+                at,
+            );
+        }
+        Ok(answer)
+    }
+
     /// Wakes every waiting `Acquire`.
     pub fn notify_work(&self) {
         self.work_available.notify_waiters();
@@ -464,7 +490,16 @@ impl Coordinator {
                     if self.halted.borrow().is_some() {
                         continue;
                     }
-                    match self.with_store(|s| s.expire_leases()).await {
+                    // The heartbeats heard are taken when the transition
+                    // runs, so every renewal before it counts.
+                    let seen = self.seen.clone();
+                    let expired = self
+                        .with_store(move |s| {
+                            let heard = seen.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default();
+                            s.expire_leases(now_ms(), &heard)
+                        })
+                        .await;
+                    match expired {
                         Ok(requeued) if !requeued.is_empty() => {
                             self.metrics.lease_expiries.add(requeued.len() as u64);
                             self.notify_work();

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace
-//! cargo run --release -p gradsweep-tests --example load_generator -- [WORKERS,...] [RUNS] [SECONDS]
+//! cargo run --release -p gradsweep-tests --example load_generator -- [WORKERS,...] [RUNS] [SECONDS] [HOLD_MS]
 //! ```
 //!
 //! For each worker count (default `1,10,100`), a fresh coordinator (its
@@ -11,8 +11,13 @@
 //! settings: 15 s TTL, 3 s heartbeats) gets a sweep of `RUNS` runs (default
 //! 2,000). Each simulated worker registers on its own connection,
 //! heartbeats every 3 s on its own task, and loops: `Acquire` (wait 1 s),
-//! then `Finish` at once, as a run that failed without computing (the same
-//! transaction as any finish, without a cell merge). It stops when the
+//! then, after `HOLD_MS` (default 0) standing in for the run's compute,
+//! `Finish`, as a run that failed without computing (the same transaction
+//! as any finish, without a cell merge). With no hold the workers form a
+//! closed loop without think time: every call waits for the one before, so
+//! grants/s is the coordinator's saturation throughput and latency is
+//! queueing (workers ÷ throughput). A hold offers a fixed load instead,
+//! up to workers ÷ hold grants/s. It stops when the
 //! sweep is done or after `SECONDS` (default 60). Latencies of `Acquire`
 //! count only calls that were granted a run (work queued); `lost` counts
 //! the run leases the coordinator let lapse (its log's lines for them):
@@ -67,6 +72,7 @@ async fn simulated_worker(
     stop: Arc<AtomicBool>,
     granted: Arc<AtomicU64>,
     samples: Arc<Mutex<Samples>>,
+    hold: Duration,
 ) -> anyhow::Result<()> {
     let mut client = WorkerServiceClient::connect(url.clone()).await?;
     let id = client.register(register_request(&name)).await?.into_inner().worker_id;
@@ -93,6 +99,9 @@ async fn simulated_worker(
         mine.acquire.push(t.elapsed().as_secs_f64() * 1e3);
         granted.fetch_add(1, Ordering::Relaxed);
         *held.lock().await = Some(pb::RunLease { run_id: run.run_id.clone(), epoch: run.epoch });
+        if !hold.is_zero() {
+            tokio::time::sleep(hold).await;
+        }
         let t = Instant::now();
         let finished = client.finish(finish_uncomputed(&id, &run, "load generator: not computed")).await;
         match finished {
@@ -124,6 +133,7 @@ async fn load(
     workers: usize,
     runs: usize,
     seconds: u64,
+    hold: Duration,
 ) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let max_runs = runs.max(10_000).to_string();
@@ -150,6 +160,7 @@ async fn load(
             stop.clone(),
             granted.clone(),
             samples.clone(),
+            hold,
         ));
     }
     // Until every run is granted (and so finished), or time is up.
@@ -191,7 +202,12 @@ async fn main() -> anyhow::Result<()> {
         args.first().map_or("1,10,100", String::as_str).split(',').map(str::parse).collect::<Result<_, _>>()?;
     let runs: usize = args.get(1).map_or(Ok(2000), |s| s.parse())?;
     let seconds: u64 = args.get(2).map_or(Ok(60), |s| s.parse())?;
-    println!("simulated workers against `gradsweep serve`, {runs} runs, at most {seconds} s each; latencies in ms");
+    let hold = Duration::from_millis(args.get(3).map_or(Ok(0), |s| s.parse())?);
+    println!(
+        "simulated workers against `gradsweep serve`, {runs} runs, at most {seconds} s each, each run held {} ms; \
+         latencies in ms",
+        hold.as_millis()
+    );
     println!(
         "{:>9} {:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
         "build",
@@ -210,11 +226,11 @@ async fn main() -> anyhow::Result<()> {
     let this = gradsweep_tests::bin("gradsweep");
     for w in counts {
         let Some(old) = &baseline else {
-            load(&this, "this", w, runs, seconds).await?;
+            load(&this, "this", w, runs, seconds, hold).await?;
             continue;
         };
-        let before = load(old, "baseline", w, runs, seconds).await?;
-        let after = load(&this, "this", w, runs, seconds).await?;
+        let before = load(old, "baseline", w, runs, seconds, hold).await?;
+        let after = load(&this, "this", w, runs, seconds, hold).await?;
         println!(
             "{:>9} {w:>8}  grants/s ×{:.2}, Acquire p99 ×{:.3}, Heartbeat p99 ×{:.3} (this / baseline)",
             "ratio",

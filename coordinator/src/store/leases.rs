@@ -86,31 +86,27 @@ impl Store {
         Ok(id)
     }
 
-    /// Records a heartbeat and extends the leases the worker still holds.
-    /// `None` for an unknown worker.
-    pub fn heartbeat(&mut self, worker_id: &str, runs: &[LeaseRef]) -> Result<Option<HeartbeatAnswer>> {
-        let now = now_ms();
-        let ttl = self.policy.ttl_ms;
-        let tx = self.tx()?;
-        let state: Option<WorkerState> =
-            tx.query_row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
+    /// Answers a heartbeat without writing: which of the named leases the
+    /// worker no longer holds, and whether it is asked to drain. `None` for
+    /// an unknown worker. Runs on a read connection: the renewal itself is
+    /// recorded in memory ([`Seen`]) and written by the next
+    /// [`Store::expire_leases`], so heartbeats never wait for a commit.
+    pub fn heartbeat(&self, worker_id: &str, runs: &[LeaseRef]) -> Result<Option<HeartbeatAnswer>> {
+        let state: Option<WorkerState> = self
+            .conn
+            .prepare_cached("SELECT state FROM workers WHERE id = ?1")?
+            .query_row([worker_id], |r| r.get(0))
+            .optional()?;
         let Some(state) = state else { return Ok(None) };
-        let state = if state == WorkerState::Lost { WorkerState::Active } else { state };
-        tx.execute(
-            "UPDATE workers SET last_heartbeat_ms = ?1, state = ?2 WHERE id = ?3",
-            params![now, state, worker_id],
+        let mut holds = self.conn.prepare_cached(
+            "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
         )?;
         let mut lost = vec![];
         for (run_id, epoch) in runs {
-            let n = tx.execute(
-                "UPDATE runs SET lease_expires_ms = ?1 WHERE id = ?2 AND epoch = ?3 AND worker_id = ?4 AND state = ?5",
-                params![now + ttl, run_id, *epoch as i64, worker_id, RunState::Leased],
-            )?;
-            if n == 0 {
+            if !holds.query_row(params![run_id, *epoch as i64, worker_id, RunState::Leased], |r| r.get::<_, bool>(0))? {
                 lost.push((run_id.clone(), *epoch));
             }
         }
-        tx.commit()?;
         Ok(Some(HeartbeatAnswer { lost, drain: state == WorkerState::Draining }))
     }
 
@@ -273,13 +269,31 @@ impl Store {
 
     // ------------------------------------------------------------ reports
 
-    /// Requeues runs whose lease lapsed (or fails them after too many
+    /// Writes the heartbeats `seen` since the last call (workers' last
+    /// heartbeats, revived lost workers, renewed leases), then requeues
+    /// runs whose lease lapsed by `now` (or fails them after too many
     /// attempts) and marks silent workers lost. Returns the runs requeued.
-    pub fn expire_leases(&mut self) -> Result<Vec<String>> {
-        let now = now_ms();
+    /// One transaction: a lease is judged with every renewal heard.
+    pub fn expire_leases(&mut self, now: i64, seen: &Seen) -> Result<Vec<String>> {
         let max_attempts = self.policy.max_attempts as i64;
         let ttl = self.policy.ttl_ms;
         let tx = self.tx()?;
+        {
+            let mut worker = tx.prepare_cached(
+                "UPDATE workers SET last_heartbeat_ms = max(last_heartbeat_ms, ?1), \
+                 state = CASE WHEN state = ?2 THEN ?3 ELSE state END WHERE id = ?4",
+            )?;
+            for (id, &at) in &seen.workers {
+                worker.execute(params![at, WorkerState::Lost, WorkerState::Active, id])?;
+            }
+            let mut lease = tx.prepare_cached(
+                "UPDATE runs SET lease_expires_ms = max(coalesce(lease_expires_ms, 0), ?1) \
+                 WHERE id = ?2 AND epoch = ?3 AND worker_id = ?4 AND state = ?5",
+            )?;
+            for ((run_id, epoch), (worker_id, at)) in &seen.leases {
+                lease.execute(params![at + ttl, run_id, *epoch as i64, worker_id, RunState::Leased])?;
+            }
+        }
         let lapsed: Vec<(String, i64, Option<String>)> = tx
             .prepare("SELECT id, attempts, worker_id FROM runs WHERE state = ?1 AND lease_expires_ms < ?2")?
             .query_map(params![RunState::Leased, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -310,6 +324,34 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(requeued)
+    }
+}
+
+/// Heartbeats heard since the last [`Store::expire_leases`]: when each
+/// worker last called, and when each lease it still held was last renewed
+/// (milliseconds since the Unix epoch). Kept in memory by the coordinator;
+/// losing it (a restart) loses nothing, as a restart grants every lease a
+/// fresh TTL.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    /// Worker → last heartbeat.
+    pub workers: std::collections::HashMap<String, i64>,
+    /// (run, epoch) → (holder, last renewal).
+    pub leases: std::collections::HashMap<(String, u64), (String, i64)>,
+}
+
+impl Seen {
+    /// Records a heartbeat of `worker_id` at `at` that renewed `held`.
+    pub fn record(&mut self, worker_id: &str, held: impl IntoIterator<Item = LeaseRef>, at: i64) {
+        self.workers.insert(worker_id.to_string(), at);
+        for lease in held {
+            self.leases.insert(lease, (worker_id.to_string(), at));
+        }
+    }
+
+    /// True when nothing was heard.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty() && self.leases.is_empty()
     }
 }
 
@@ -369,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_keeps_held_leases_and_names_the_others_lost() {
-        let (_dir, mut s, w, l) = leased(2, 1);
+        let (_dir, s, w, l) = leased(2, 1);
         let gone = ("elsewhere/c0/s0".to_string(), 1);
         let a = s.heartbeat(&w, &[(l.run_id.clone(), l.epoch), (l.run_id.clone(), l.epoch + 1), gone.clone()]);
         let a = a.unwrap().unwrap();
@@ -384,7 +426,7 @@ mod tests {
         submit(&mut s, 1, 1);
         let (a, b) = (worker(&mut s, "a"), worker(&mut s, "b"));
         let first = s.acquire(&a).unwrap().unwrap();
-        assert_eq!(s.expire_leases().unwrap(), vec![first.run_id.clone()]);
+        assert_eq!(s.expire_leases(now_ms(), &Seen::default()).unwrap(), vec![first.run_id.clone()]);
         assert!(s.workers().unwrap().iter().all(|w| w.state == WorkerState::Lost), "both were silent");
         let second = s.acquire(&b).unwrap().unwrap();
         assert_eq!((second.run_id.as_str(), second.epoch), (first.run_id.as_str(), first.epoch + 1));
@@ -395,13 +437,39 @@ mod tests {
     }
 
     #[test]
+    fn renewals_heard_keep_a_lease_and_revive_a_lost_worker() {
+        let (_dir, mut s) = store_with(LeasePolicy { ttl_ms: 1000, max_attempts: 3 });
+        submit(&mut s, 2, 1);
+        let w = worker(&mut s, "a");
+        let l = s.acquire(&w).unwrap().unwrap();
+        let t = now_ms();
+        // Silent for 5 s: the worker is lost, but a renewal heard at
+        // t + 4.5 s keeps its lease to t + 5.5 s.
+        let mut seen = Seen::default();
+        seen.record("someone-else", [(l.run_id.clone(), l.epoch)], t + 4_500);
+        assert_eq!(s.expire_leases(t + 5_000, &seen).unwrap(), vec![l.run_id.clone()], "only its holder renews it");
+        let l = s.acquire(&w).unwrap().unwrap();
+        let mut seen = Seen::default();
+        seen.record(&w, [(l.run_id.clone(), l.epoch)], t + 4_500);
+        assert!(s.expire_leases(t + 5_000, &seen).unwrap().is_empty());
+        assert_eq!(s.workers().unwrap()[0].last_heartbeat_ms, t + 4_500);
+        assert!(s.expire_leases(t + 5_400, &Seen::default()).unwrap().is_empty());
+        assert_eq!(s.expire_leases(t + 5_600, &Seen::default()).unwrap(), vec![l.run_id.clone()]);
+        assert_eq!(s.workers().unwrap()[0].state, WorkerState::Lost);
+        let mut seen = Seen::default();
+        seen.record(&w, [], t + 5_700);
+        s.expire_leases(t + 5_800, &seen).unwrap();
+        assert_eq!(s.workers().unwrap()[0].state, WorkerState::Active, "a heartbeat heard revives it");
+    }
+
+    #[test]
     fn a_run_that_lapses_too_often_fails_and_ends_its_sweep() {
         let (_dir, mut s) = store_with(LeasePolicy { ttl_ms: -1000, max_attempts: 2 });
         let sweep = submit(&mut s, 1, 1);
         let w = worker(&mut s, "a");
         for _ in 0..2 {
             s.acquire(&w).unwrap().unwrap();
-            s.expire_leases().unwrap();
+            s.expire_leases(now_ms(), &Seen::default()).unwrap();
         }
         let row = s.sweep(&sweep).unwrap();
         assert_eq!((row.count(RunState::Failed), row.state), (1, SweepState::Completed));

@@ -38,7 +38,7 @@ pub mod schema;
 pub mod states;
 pub mod sweeps;
 
-pub use leases::{HeartbeatAnswer, Lease, LeaseRef, WorkerRow};
+pub use leases::{HeartbeatAnswer, Lease, LeaseRef, Seen, WorkerRow};
 pub use merges::{CellInputs, CellSource, SavedProbeRef};
 pub use reports::{BlobKind, Chunk, Outcome, Report, ReportBody};
 pub use schema::SCHEMA_VERSION;
