@@ -458,11 +458,10 @@ impl Coordinator {
         let answer = self.read_store(move |s| s.heartbeat(&id, &named)).await?;
         if let Some(a) = &answer {
             let held = runs.into_iter().filter(|l| !a.lost.contains(l));
-            self.seen.lock().map_err(|_| CoordinatorError::Internal("heartbeats mutex poisoned".into()))?.record(
-                &worker_id,
-                held,
-                at,
-            );
+            self.seen
+                .lock()
+                .map_err(|_| CoordinatorError::Internal("heartbeats mutex poisoned".into()))?
+                .record(&worker_id, held, at);
         }
         Ok(answer)
     }

@@ -119,9 +119,11 @@ impl Store {
     /// Ends a run. Completed runs must have had every report up to
     /// `last_seq` applied and all their probes and trajectory stored.
     /// Repeating a finish that already took effect is a no-op. Returns the
-    /// cell whose merged statistics are now stale (`None` for a failed run
-    /// or a repeat): the caller merges it off the lock ([`Store::cell_inputs`],
-    /// [`Store::store_cell`]).
+    /// run's cell when this finish ended the cell's last open run (`None`
+    /// otherwise, and for a repeat): merges are deferred to then, once per
+    /// cell, instead of once per seed, and the caller runs that merge off
+    /// the writer ([`Store::cell_inputs`], [`Store::store_cell`]). A cell
+    /// read before it is complete is merged on demand by `results`.
     pub fn finish(
         &mut self,
         worker_id: &str,
@@ -182,7 +184,10 @@ impl Store {
             params![state, fin_json, error, now_ms(), run_id],
         )?;
         tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
-        let stale = state.has_results().then(|| (sweep_id.clone(), cell));
+        let cell_open: i64 = tx
+            .prepare_cached("SELECT count(*) FROM runs WHERE sweep_id = ?1 AND cell = ?2 AND state IN (?3, ?4)")?
+            .query_row(params![sweep_id, cell, RunState::Queued, RunState::Leased], |r| r.get(0))?;
+        let stale = (cell_open == 0).then(|| (sweep_id.clone(), cell));
         let open: i64 = tx.query_row(
             "SELECT coalesce(sum(n), 0) FROM run_counts WHERE sweep_id = ?1 AND state IN (?2, ?3)",
             params![sweep_id, RunState::Queued, RunState::Leased],
@@ -335,6 +340,7 @@ fn apply_chunk(tx: &Connection, run_id: &str, seq: u64, d: usize, c: &Chunk) -> 
 
 #[cfg(test)]
 mod tests {
+    use super::super::Lease;
     use super::super::testing::*;
     use super::*;
 
@@ -394,6 +400,19 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_is_merged_once_when_its_last_run_ends() {
+        let (_dir, mut s, w, l) = leased(2, 2);
+        let cell0: Vec<Lease> = std::iter::once(l).chain((0..3).map(|_| s.acquire(&w).unwrap().unwrap())).collect();
+        let fail =
+            |s: &mut Store, l: &Lease| s.finish(&w, &l.run_id, l.epoch, 0, &Outcome::Failed("x".into())).unwrap();
+        // Queue order: c0/s0, c1/s0, c0/s1, c1/s1.
+        assert_eq!(fail(&mut s, &cell0[0]), None, "c0 still has s1 open");
+        assert_eq!(fail(&mut s, &cell0[1]), None);
+        assert_eq!(fail(&mut s, &cell0[2]), Some((cell0[2].sweep_id.clone(), 0)));
+        assert_eq!(fail(&mut s, &cell0[3]), Some((cell0[3].sweep_id.clone(), 1)));
+    }
+
+    #[test]
     fn a_finish_needs_every_result_and_repeats_are_harmless() {
         let (_dir, mut s, w, l) = leased(1, 1);
         let sweep = l.sweep_id.clone();
@@ -411,7 +430,7 @@ mod tests {
         let e = s.finish(&w, &l.run_id, l.epoch, 1, &Outcome::Completed(fin)).unwrap_err().to_string();
         assert!(e.contains("0 of 1 probes") && e.contains("no trajectory"), "{e}");
         let e = s.finish(&w, &l.run_id, l.epoch, 5, &Outcome::Failed("x".into()));
-        assert!(e.unwrap().is_none(), "a failed run leaves no cell to merge");
+        assert_eq!(e.unwrap(), Some((sweep.clone(), 0)), "the cell's last run ended: merge it now");
         assert!(s.finish(&w, &l.run_id, l.epoch, 5, &Outcome::Failed("x".into())).unwrap().is_none());
         let row = s.sweep(&sweep).unwrap();
         assert_eq!((row.count(RunState::Failed), row.state), (1, SweepState::Completed));
