@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::sweeps::{run_spec, spec_with_seed};
 use super::{RunState, Store, SweepState, WorkerState, now_ms};
+use super::Cached;
 use crate::error::{CoordinatorError, Result};
 use crate::shards::PassOwner;
 
@@ -65,7 +66,7 @@ impl Store {
     /// that kept computing while the coordinator was away can reconnect.
     pub fn grant_restart_grace(&mut self) -> Result<usize> {
         let until = now_ms() + self.policy.ttl_ms;
-        Ok(self.conn.execute(
+        Ok(self.conn.exec(
             "UPDATE runs SET lease_expires_ms = max(lease_expires_ms, ?1) WHERE state = ?2",
             params![until, RunState::Leased],
         )?)
@@ -75,9 +76,9 @@ impl Store {
     pub fn register_worker(&mut self, name: &str, hostname: &str, slots: u32, pid: u32) -> Result<String> {
         let now = now_ms();
         let tx = self.tx()?;
-        let n: i64 = tx.query_row("SELECT count(*) FROM workers", [], |r| r.get(0))?;
+        let n: i64 = tx.row("SELECT count(*) FROM workers", [], |r| r.get(0))?;
         let id = format!("w{}-{:x}", n + 1, (now as u64 ^ ((pid as u64) << 20)) & 0xff_ffff);
-        tx.execute(
+        tx.exec(
             "INSERT INTO workers (id, name, hostname, slots, state, registered_ms, last_heartbeat_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             params![id, name, hostname, slots, WorkerState::Active, now],
         )?;
@@ -116,7 +117,7 @@ impl Store {
         let ttl = self.policy.ttl_ms;
         let tx = self.tx()?;
         let state: Option<WorkerState> =
-            tx.query_row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
+            tx.row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
         match state {
             None => return Err(CoordinatorError::NotFound { kind: "worker", id: worker_id.into() }),
             Some(s) if !s.takes_work() => return Ok(None),
@@ -142,12 +143,12 @@ impl Store {
         let epoch = epoch + 1;
         // Rewinds to the last checkpoint (a no-op for a run requeued that way).
         let resume_seq = requeue(&tx, &run_id)?;
-        tx.execute(
+        tx.exec(
             "UPDATE runs SET state = ?1, epoch = ?2, worker_id = ?3, lease_expires_ms = ?4, \
              attempts = attempts + 1, updated_ms = ?5 WHERE id = ?6",
             params![RunState::Leased, epoch, worker_id, now + ttl, now, run_id],
         )?;
-        tx.execute(
+        tx.exec(
             "UPDATE workers SET last_heartbeat_ms = ?1, state = ?2 WHERE id = ?3 AND state = ?4",
             params![now, WorkerState::Active, worker_id, WorkerState::Lost],
         )?;
@@ -160,7 +161,7 @@ impl Store {
     /// (a helper gets probe shards only then).
     pub fn takes_work(&self, worker_id: &str) -> Result<bool> {
         let state: Option<WorkerState> =
-            self.conn.query_row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
+            self.conn.row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
         Ok(state.is_some_and(WorkerState::takes_work))
     }
 
@@ -170,7 +171,7 @@ impl Store {
         let tx = self.tx()?;
         check_lease(&tx, &owner.worker_id, &owner.run_id, owner.epoch)?;
         let sweep_id: String =
-            tx.query_row("SELECT sweep_id FROM runs WHERE id = ?1", [&owner.run_id], |r| r.get(0))?;
+            tx.row("SELECT sweep_id FROM runs WHERE id = ?1", [&owner.run_id], |r| r.get(0))?;
         let spec = run_spec(&tx, &owner.run_id)?;
         tx.commit()?;
         Ok((sweep_id, serde_json::to_string(&spec).map_err(|e| CoordinatorError::Internal(e.to_string()))?))
@@ -194,7 +195,7 @@ impl Store {
 
     /// Marks a worker as draining: it gets no new runs.
     pub fn drain(&mut self, worker_id: &str) -> Result<()> {
-        let n = self.conn.execute(
+        let n = self.conn.exec(
             "UPDATE workers SET state = ?1 WHERE id = ?2 AND state != ?3",
             params![WorkerState::Draining, worker_id, WorkerState::Left],
         )?;
@@ -211,7 +212,7 @@ impl Store {
     pub fn release(&mut self, worker_id: &str, runs: &[(String, u64)], leaving: bool, reason: &str) -> Result<()> {
         let tx = self.tx()?;
         for (run_id, epoch) in runs {
-            let holds: bool = tx.query_row(
+            let holds: bool = tx.row(
                 "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
                 params![run_id, *epoch as i64, worker_id, RunState::Leased],
                 |r| r.get(0),
@@ -232,7 +233,7 @@ impl Store {
                 requeue(&tx, &run_id)?;
                 tracing::info!(run_id = %run_id, worker_id, reason, "lease released");
             }
-            tx.execute("UPDATE workers SET state = ?1 WHERE id = ?2", params![WorkerState::Left, worker_id])?;
+            tx.exec("UPDATE workers SET state = ?1 WHERE id = ?2", params![WorkerState::Left, worker_id])?;
         }
         tx.commit()?;
         Ok(())
@@ -301,7 +302,7 @@ impl Store {
         let mut requeued = vec![];
         for (run_id, attempts, worker) in lapsed {
             if attempts >= max_attempts {
-                tx.execute(
+                tx.exec(
                     "UPDATE runs SET state = ?1, error = ?2, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?3 WHERE id = ?4",
                     params![RunState::Failed, format!("lease lapsed {attempts} times"), now, run_id],
                 )?;
@@ -312,12 +313,12 @@ impl Store {
                 requeued.push(run_id);
             }
         }
-        tx.execute(
+        tx.exec(
             "UPDATE workers SET state = ?1 WHERE state IN (?2, ?3) AND last_heartbeat_ms < ?4",
             params![WorkerState::Lost, WorkerState::Active, WorkerState::Draining, now - ttl],
         )?;
         // A sweep whose last open run just failed is finished.
-        tx.execute(
+        tx.exec(
             "UPDATE sweeps SET state = ?1 WHERE state = ?2 AND NOT EXISTS \
              (SELECT 1 FROM run_counts k WHERE k.sweep_id = sweeps.id AND k.state IN (?3, ?4) AND k.n > 0)",
             params![SweepState::Completed, SweepState::Active, RunState::Queued, RunState::Leased],
@@ -392,14 +393,14 @@ pub(super) fn checkpoint_position(tx: &Connection, run_id: &str) -> Result<Optio
 /// starts over. Returns the sequence number to resume after (0: none).
 pub(super) fn requeue(tx: &Connection, run_id: &str) -> Result<u64> {
     let (seq, step, probes) = checkpoint_position(tx, run_id)?.unwrap_or((0, 0, 0));
-    tx.execute(
+    tx.exec(
         "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, applied_seq = ?2, step = ?3, \
          updated_ms = ?4 WHERE id = ?5",
         params![RunState::Queued, seq as i64, step as i64, now_ms(), run_id],
     )?;
-    tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
-    tx.execute("DELETE FROM probes WHERE run_id = ?1 AND idx >= ?2", params![run_id, probes])?;
-    tx.execute("DELETE FROM trajectories WHERE run_id = ?1", [run_id])?;
+    tx.exec("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
+    tx.exec("DELETE FROM probes WHERE run_id = ?1 AND idx >= ?2", params![run_id, probes])?;
+    tx.exec("DELETE FROM trajectories WHERE run_id = ?1", [run_id])?;
     Ok(seq)
 }
 

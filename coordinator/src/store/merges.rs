@@ -17,6 +17,7 @@ use gradsweep_shared::trajectory::TrajectorySums;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{RunState, Store};
+use super::Cached;
 use crate::error::{CoordinatorError, Result};
 
 impl Store {
@@ -109,7 +110,7 @@ impl Store {
             Some((merged, version)) => (merged as usize) < result.seeds_done || version < RESULTS_VERSION as i64,
         };
         if newer {
-            tx.execute(
+            tx.exec(
                 "INSERT OR REPLACE INTO cells (sweep_id, cell, runs_merged, result_json) VALUES (?1, ?2, ?3, ?4)",
                 params![sweep_id, result.index, result.seeds_done as i64, json],
             )?;
@@ -153,7 +154,7 @@ fn load_cell_runs(conn: &Connection, sweep_id: &str, cell: u32) -> Result<Vec<Ru
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| internal(format!("run {run_id} probe: {e}")))?;
         let traj: Option<Vec<u8>> =
-            conn.query_row("SELECT data FROM trajectories WHERE run_id = ?1", [&run_id], |r| r.get(0)).optional()?;
+            conn.row("SELECT data FROM trajectories WHERE run_id = ?1", [&run_id], |r| r.get(0)).optional()?;
         let trajectory = traj
             .map(|b| serde_json::from_slice::<TrajectorySums>(&b))
             .transpose()

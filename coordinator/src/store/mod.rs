@@ -110,6 +110,7 @@ impl Store {
     pub fn open(path: &Path, policy: LeasePolicy) -> Result<Self> {
         let conn = Connection::open(path).map_err(|e| db_error(path, format!("cannot open: {e}")))?;
         schema::prepare(&conn).map_err(|e| file_error(path, e))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Store { conn, policy, in_batch: false })
     }
 
@@ -121,6 +122,7 @@ impl Store {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| db_error(path, format!("cannot open: {e}")))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| file_error(path, e.into()))?;
         schema::set_cache(&conn).map_err(|e| file_error(path, e))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Store { conn, policy, in_batch: false })
     }
 
@@ -234,6 +236,40 @@ impl Store {
         })
     }
 }
+
+/// Statements through the connection's cache of prepared statements: the
+/// hot transitions (grants, reports, finishes) run the same few dozen
+/// statements thousands of times a second, and parsing and planning them
+/// each time cost more than running them.
+pub(crate) trait Cached {
+    /// `execute`, with the statement prepared once per connection.
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    /// `query_row`, with the statement prepared once per connection.
+    fn row<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Prepared statements each connection keeps (rusqlite's default is 16).
+const STATEMENT_CACHE: usize = 128;
 
 fn db_error(path: &Path, message: String) -> CoordinatorError {
     CoordinatorError::Database { path: path.display().to_string(), message }

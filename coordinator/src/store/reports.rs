@@ -16,6 +16,7 @@ use super::leases::check_lease;
 use super::merges::SavedProbeRef;
 use super::sweeps::run_spec;
 use super::{RunState, Store, SweepState, now_ms};
+use super::Cached;
 use crate::error::{CoordinatorError, Result};
 
 /// Which result a blob chunk belongs to.
@@ -101,14 +102,14 @@ impl Store {
         }
         match &r.body {
             ReportBody::Progress { step, total_steps, train_loss } => {
-                tx.execute(
+                tx.exec(
                     "UPDATE runs SET step = ?1, total_steps = ?2, last_loss = ?3 WHERE id = ?4",
                     params![*step as i64, *total_steps as i64, train_loss, r.run_id],
                 )?;
             }
             ReportBody::Chunk(c) => apply_chunk(&tx, &r.run_id, r.seq, d as usize, c)?,
         }
-        tx.execute(
+        tx.exec(
             "UPDATE runs SET applied_seq = ?1, lease_expires_ms = ?2, updated_ms = ?3 WHERE id = ?4",
             params![r.seq as i64, now_ms() + ttl, now_ms(), r.run_id],
         )?;
@@ -146,7 +147,7 @@ impl Store {
         }
         let (applied, _) = check_lease(&tx, worker_id, run_id, epoch)?;
         let (sweep_id, cell): (String, u32) =
-            tx.query_row("SELECT sweep_id, cell FROM runs WHERE id = ?1", [run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            tx.row("SELECT sweep_id, cell FROM runs WHERE id = ?1", [run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let (state, fin_json, error) = match outcome {
             Outcome::Failed(msg) => (RunState::Failed, None, Some(msg.clone())),
             Outcome::Completed(fin) | Outcome::Diverged(fin) => {
@@ -158,9 +159,9 @@ impl Store {
                     });
                 }
                 let probes: i64 =
-                    tx.query_row("SELECT count(*) FROM probes WHERE run_id = ?1", [run_id], |r| r.get(0))?;
+                    tx.row("SELECT count(*) FROM probes WHERE run_id = ?1", [run_id], |r| r.get(0))?;
                 let has_traj: bool =
-                    tx.query_row("SELECT count(*) > 0 FROM trajectories WHERE run_id = ?1", [run_id], |r| r.get(0))?;
+                    tx.row("SELECT count(*) > 0 FROM trajectories WHERE run_id = ?1", [run_id], |r| r.get(0))?;
                 let spec = run_spec(&tx, run_id)?;
                 let completed = matches!(outcome, Outcome::Completed(_));
                 if completed && (probes as usize != spec.probe_epochs().len() || !has_traj) {
@@ -179,22 +180,24 @@ impl Store {
                 (if completed { RunState::Completed } else { RunState::Diverged }, Some(json), None)
             }
         };
-        tx.execute(
+        tx.exec(
             "UPDATE runs SET state = ?1, final_json = ?2, error = ?3, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?4 WHERE id = ?5",
             params![state, fin_json, error, now_ms(), run_id],
         )?;
-        tx.execute("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
-        let cell_open: i64 = tx
-            .prepare_cached("SELECT count(*) FROM runs WHERE sweep_id = ?1 AND cell = ?2 AND state IN (?3, ?4)")?
+        tx.exec("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;
+        let cell_open: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE sweep_id = ?1 AND cell = ?2 AND state IN (?3, ?4))",
+            )?
             .query_row(params![sweep_id, cell, RunState::Queued, RunState::Leased], |r| r.get(0))?;
-        let stale = (cell_open == 0).then(|| (sweep_id.clone(), cell));
-        let open: i64 = tx.query_row(
+        let stale = (!cell_open).then(|| (sweep_id.clone(), cell));
+        let open: i64 = tx.row(
             "SELECT coalesce(sum(n), 0) FROM run_counts WHERE sweep_id = ?1 AND state IN (?2, ?3)",
             params![sweep_id, RunState::Queued, RunState::Leased],
             |r| r.get(0),
         )?;
         if open == 0 {
-            tx.execute(
+            tx.exec(
                 "UPDATE sweeps SET state = ?1 WHERE id = ?2 AND state = ?3",
                 params![SweepState::Completed, sweep_id, SweepState::Active],
             )?;
@@ -209,14 +212,14 @@ impl Store {
         let tx = self.tx()?;
         check_lease(&tx, worker_id, run_id, epoch)?;
         let data: Option<Vec<u8>> =
-            tx.query_row("SELECT data FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
+            tx.row("SELECT data FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
         data.ok_or_else(|| CoordinatorError::NotFound { kind: "checkpoint of run", id: run_id.into() })
     }
 
     /// The last stored checkpoint of a run (kept after it finishes), for
     /// tests and tools.
     pub fn last_checkpoint(&self, run_id: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.conn.query_row("SELECT data FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?)
+        Ok(self.conn.row("SELECT data FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?)
     }
 
     /// The probes of `sweep_id`'s finished runs whose spec kept gradient
@@ -276,7 +279,7 @@ fn apply_chunk(tx: &Connection, run_id: &str, seq: u64, d: usize, c: &Chunk) -> 
         BlobKind::Trajectory => 1,
         BlobKind::Checkpoint => 2,
     };
-    tx.execute(
+    tx.exec(
         "INSERT OR REPLACE INTO chunks (run_id, kind, idx, chunk, data) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![run_id, kind, c.index, c.chunk_index, c.data],
     )?;
@@ -297,7 +300,7 @@ fn apply_chunk(tx: &Connection, run_id: &str, seq: u64, d: usize, c: &Chunk) -> 
             if rec.meta.index != c.index {
                 return Err(bad(format!("probe record says index {} but was sent as {}", rec.meta.index, c.index)));
             }
-            let exists: bool = tx.query_row(
+            let exists: bool = tx.row(
                 "SELECT count(*) > 0 FROM probes WHERE run_id = ?1 AND idx = ?2",
                 params![run_id, c.index],
                 |r| r.get(0),
@@ -305,36 +308,36 @@ fn apply_chunk(tx: &Connection, run_id: &str, seq: u64, d: usize, c: &Chunk) -> 
             if exists {
                 return Err(bad(format!("probe {} was already stored", c.index)));
             }
-            tx.execute("INSERT INTO probes (run_id, idx, data) VALUES (?1, ?2, ?3)", params![run_id, c.index, blob])?;
+            tx.exec("INSERT INTO probes (run_id, idx, data) VALUES (?1, ?2, ?3)", params![run_id, c.index, blob])?;
         }
         BlobKind::Trajectory => {
             let sums: TrajectorySums = serde_json::from_slice(&blob).map_err(|e| bad(format!("trajectory: {e}")))?;
             sums.validate().map_err(|m| bad(format!("trajectory: {m}")))?;
-            tx.execute("INSERT OR REPLACE INTO trajectories (run_id, data) VALUES (?1, ?2)", params![run_id, blob])?;
+            tx.exec("INSERT OR REPLACE INTO trajectories (run_id, data) VALUES (?1, ?2)", params![run_id, blob])?;
         }
         BlobKind::Checkpoint => {
             let spec = run_spec(tx, run_id)?;
             let ck = Checkpoint::decode(&blob, &spec, d).map_err(|e| bad(format!("checkpoint: {e}")))?;
             let h = &ck.header;
             let prev: Option<i64> =
-                tx.query_row("SELECT step FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
+                tx.row("SELECT step FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;
             if prev.is_some_and(|p| p as u64 >= h.step) {
                 return Err(bad(format!("checkpoint at step {} is not after the stored one", h.step)));
             }
-            let probes: i64 = tx.query_row("SELECT count(*) FROM probes WHERE run_id = ?1", [run_id], |r| r.get(0))?;
+            let probes: i64 = tx.row("SELECT count(*) FROM probes WHERE run_id = ?1", [run_id], |r| r.get(0))?;
             if probes as u32 != h.probes_done {
                 return Err(bad(format!(
                     "checkpoint at step {} counts {} probes, {probes} were reported",
                     h.step, h.probes_done
                 )));
             }
-            tx.execute(
+            tx.exec(
                 "INSERT OR REPLACE INTO checkpoints (run_id, seq, step, probes_done, data) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![run_id, seq as i64, h.step as i64, h.probes_done, blob],
             )?;
         }
     }
-    tx.execute("DELETE FROM chunks WHERE run_id = ?1 AND kind = ?2 AND idx = ?3", params![run_id, kind, c.index])?;
+    tx.exec("DELETE FROM chunks WHERE run_id = ?1 AND kind = ?2 AND idx = ?3", params![run_id, kind, c.index])?;
     Ok(())
 }
 

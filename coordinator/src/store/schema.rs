@@ -12,7 +12,9 @@
 //! * `run_counts` holds each sweep's number of runs per state, kept by a
 //!   trigger in the same transaction as every change of a run's state, so
 //!   `status`, the metrics and a finish never count a sweep's runs;
-//! * a sweep row holds its numbers of cells and seeds (no plan to parse).
+//! * a sweep row holds its numbers of cells and seeds (no plan to parse);
+//! * runs are indexed by (sweep, cell, state): whether a cell has open runs
+//!   is one index probe, whatever the number of seeds.
 
 use gradsweep_shared::grid::SweepPlan;
 use rusqlite::Connection;
@@ -63,7 +65,7 @@ CREATE TABLE runs (
     updated_ms INTEGER NOT NULL
 );
 CREATE INDEX runs_queue ON runs(state, queue_order);
-CREATE INDEX runs_sweep ON runs(sweep_id, cell);
+CREATE INDEX runs_sweep ON runs(sweep_id, cell, state);
 CREATE TABLE probes (run_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, idx));
 CREATE TABLE trajectories (run_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE checkpoints (
@@ -184,7 +186,7 @@ fn upgrade_2_to_3(conn: &Connection) -> Result<()> {
         }
         conn.execute_batch(&format!(
             "ALTER TABLE runs DROP COLUMN spec_json; \
-             {RUN_COUNTS} \
+             DROP INDEX runs_sweep; CREATE INDEX runs_sweep ON runs(sweep_id, cell, state); {RUN_COUNTS} \
              INSERT INTO run_counts (sweep_id, state, n) SELECT sweep_id, state, count(*) FROM runs GROUP BY 1, 2; \
              UPDATE meta SET value = '3' WHERE key = 'schema_version';"
         ))?;

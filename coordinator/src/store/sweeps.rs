@@ -13,6 +13,7 @@ use gradsweep_shared::spec::RunSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{RunState, Store, SweepState, now_ms};
+use super::Cached;
 use crate::error::{CoordinatorError, Result};
 
 /// Counts of a sweep's runs by state.
@@ -89,7 +90,7 @@ impl Store {
             }
         }
         let same: i64 =
-            tx.query_row("SELECT count(*) FROM sweeps WHERE fingerprint = ?1", [&fingerprint], |r| r.get(0))?;
+            tx.row("SELECT count(*) FROM sweeps WHERE fingerprint = ?1", [&fingerprint], |r| r.get(0))?;
         let slug: String = plan
             .name
             .chars()
@@ -103,7 +104,7 @@ impl Store {
         };
         let now = now_ms();
         let plan_json = serde_json::to_string(&plan).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO sweeps (id, name, fingerprint, file_name, grid_toml, plan_json, state, created_ms, cells, seeds) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -132,7 +133,7 @@ impl Store {
                 ins.execute(params![id, cell.index, json])?;
             }
         }
-        let base_order: i64 = tx.query_row("SELECT coalesce(max(queue_order), 0) FROM runs", [], |r| r.get(0))?;
+        let base_order: i64 = tx.row("SELECT coalesce(max(queue_order), 0) FROM runs", [], |r| r.get(0))?;
         {
             let mut ins = tx.prepare(
                 "INSERT INTO runs (id, sweep_id, cell, seed, params, state, queue_order, updated_ms) \
@@ -154,7 +155,7 @@ impl Store {
                 }
             }
         }
-        tx.execute(
+        tx.exec(
             "INSERT INTO run_counts (sweep_id, state, n) VALUES (?1, ?2, ?3)",
             params![id, RunState::Queued, plan.run_count() as i64],
         )?;
@@ -227,23 +228,23 @@ impl Store {
     /// Cancels a sweep: its queued and leased runs end as cancelled.
     pub fn cancel(&mut self, sweep_id: &str) -> Result<u32> {
         let tx = self.tx()?;
-        let n = tx.execute(
+        let n = tx.exec(
             "UPDATE sweeps SET state = ?1 WHERE id = ?2 AND state = ?3",
             params![SweepState::Cancelled, sweep_id, SweepState::Active],
         )?;
         if n == 0 {
             let exists: bool =
-                tx.query_row("SELECT count(*) > 0 FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))?;
+                tx.row("SELECT count(*) > 0 FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))?;
             if !exists {
                 return Err(CoordinatorError::NotFound { kind: "sweep", id: sweep_id.into() });
             }
         }
-        let runs = tx.execute(
+        let runs = tx.exec(
             "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?2 \
              WHERE sweep_id = ?3 AND state IN (?4, ?5)",
             params![RunState::Cancelled, now_ms(), sweep_id, RunState::Queued, RunState::Leased],
         )?;
-        tx.execute(
+        tx.exec(
             "DELETE FROM chunks WHERE run_id IN (SELECT id FROM runs WHERE sweep_id = ?1 AND state = ?2)",
             params![sweep_id, RunState::Cancelled],
         )?;
