@@ -41,11 +41,9 @@ use gradsweep_tests::{CoordinatorProc, finish_uncomputed, register_request, subm
 use tokio::sync::Mutex;
 
 fn grid(runs: usize) -> String {
-    let seeds: Vec<String> = (0..runs).map(|s| s.to_string()).collect();
     format!(
-        "[sweep]\nname = \"load\"\nseeds = [{}]\n[train]\nmodel = \"mlp:64-8-10\"\ndataset = \"digits\"\nepochs = 1\n\
-         batch_size = 64\nlr = 0.05\n",
-        seeds.join(", ")
+        "[sweep]\nname = \"load\"\nseeds = {runs}\n[train]\nmodel = \"mlp:64-8-10\"\ndataset = \"digits\"\nepochs = 1\n\
+         batch_size = 64\nlr = 0.05\n"
     )
 }
 
