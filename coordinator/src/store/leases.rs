@@ -9,9 +9,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::Cached;
 use super::sweeps::{run_spec, spec_with_seed};
 use super::{RunState, Store, SweepState, WorkerState, now_ms};
-use super::Cached;
 use crate::error::{CoordinatorError, Result};
 use crate::shards::PassOwner;
 
@@ -170,8 +170,7 @@ impl Store {
     pub fn pass_source(&mut self, owner: &PassOwner) -> Result<(String, String)> {
         let tx = self.tx()?;
         check_lease(&tx, &owner.worker_id, &owner.run_id, owner.epoch)?;
-        let sweep_id: String =
-            tx.row("SELECT sweep_id FROM runs WHERE id = ?1", [&owner.run_id], |r| r.get(0))?;
+        let sweep_id: String = tx.row("SELECT sweep_id FROM runs WHERE id = ?1", [&owner.run_id], |r| r.get(0))?;
         let spec = run_spec(&tx, &owner.run_id)?;
         tx.commit()?;
         Ok((sweep_id, serde_json::to_string(&spec).map_err(|e| CoordinatorError::Internal(e.to_string()))?))

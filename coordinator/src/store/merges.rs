@@ -16,8 +16,8 @@ use gradsweep_shared::stats::RankThresholds;
 use gradsweep_shared::trajectory::TrajectorySums;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{RunState, Store};
 use super::Cached;
+use super::{RunState, Store};
 use crate::error::{CoordinatorError, Result};
 
 impl Store {

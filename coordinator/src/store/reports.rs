@@ -12,11 +12,11 @@ use gradsweep_shared::spec::RunFinal;
 use gradsweep_shared::trajectory::TrajectorySums;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::Cached;
 use super::leases::check_lease;
 use super::merges::SavedProbeRef;
 use super::sweeps::run_spec;
 use super::{RunState, Store, SweepState, now_ms};
-use super::Cached;
 use crate::error::{CoordinatorError, Result};
 
 /// Which result a blob chunk belongs to.
@@ -158,8 +158,7 @@ impl Store {
                         expected: applied,
                     });
                 }
-                let probes: i64 =
-                    tx.row("SELECT count(*) FROM probes WHERE run_id = ?1", [run_id], |r| r.get(0))?;
+                let probes: i64 = tx.row("SELECT count(*) FROM probes WHERE run_id = ?1", [run_id], |r| r.get(0))?;
                 let has_traj: bool =
                     tx.row("SELECT count(*) > 0 FROM trajectories WHERE run_id = ?1", [run_id], |r| r.get(0))?;
                 let spec = run_spec(&tx, run_id)?;

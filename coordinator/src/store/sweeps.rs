@@ -12,8 +12,8 @@ use gradsweep_shared::grid::{GridLimits, SweepPlan, parse_grid};
 use gradsweep_shared::spec::RunSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{RunState, Store, SweepState, now_ms};
 use super::Cached;
+use super::{RunState, Store, SweepState, now_ms};
 use crate::error::{CoordinatorError, Result};
 
 /// Counts of a sweep's runs by state.
@@ -89,8 +89,7 @@ impl Store {
                 });
             }
         }
-        let same: i64 =
-            tx.row("SELECT count(*) FROM sweeps WHERE fingerprint = ?1", [&fingerprint], |r| r.get(0))?;
+        let same: i64 = tx.row("SELECT count(*) FROM sweeps WHERE fingerprint = ?1", [&fingerprint], |r| r.get(0))?;
         let slug: String = plan
             .name
             .chars()
@@ -233,8 +232,7 @@ impl Store {
             params![SweepState::Cancelled, sweep_id, SweepState::Active],
         )?;
         if n == 0 {
-            let exists: bool =
-                tx.row("SELECT count(*) > 0 FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))?;
+            let exists: bool = tx.row("SELECT count(*) > 0 FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))?;
             if !exists {
                 return Err(CoordinatorError::NotFound { kind: "sweep", id: sweep_id.into() });
             }
