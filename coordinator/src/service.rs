@@ -400,7 +400,7 @@ impl ControlService for ControlApi {
             for r in refs {
                 let (run_id, index) = (r.run_id.clone(), r.index);
                 let blob = state.read_store(move |s| s.probe_blob(&run_id, index)).await;
-                // Decoded and converted off the store's lock and off the runtime.
+                // Decoded and converted off the store's connections and off the runtime.
                 let chunks = match blob {
                     Ok(b) => tokio::task::spawn_blocking(move || convert::saved_gradients_from_blob(&r, &b))
                         .await

@@ -248,10 +248,10 @@ impl Coordinator {
     }
 
     /// Merges stale cells one at a time until `shutdown` resolves: the
-    /// cell's runs are read under the store's lock, merged on the blocking
-    /// pool with the lock released (heartbeats, grants and reports go on),
-    /// and stored unless a merge of as many runs already was. A worker's
-    /// `Finish` never waits for this.
+    /// cell's runs are read on a read connection, merged on the blocking
+    /// pool (heartbeats, grants and reports go on), and stored by the writer
+    /// unless a merge of as many runs already was. A worker's `Finish`
+    /// never waits for this.
     pub async fn run_merger(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
@@ -301,7 +301,7 @@ impl Coordinator {
 
     /// Every cell's results, with ranks at the user's thresholds `th` too.
     /// Current stored merges are read as they are; the rest are merged here,
-    /// off the store's lock, and (without `th`) stored for next time.
+    /// off the writer, and (without `th`) stored for next time.
     pub async fn cell_results(&self, sweep_id: String, th: RankThresholds) -> Result<Vec<CellResult>> {
         let th2 = th.clone();
         let sources = self.read_store(move |s| s.cell_sources(&sweep_id, &th2)).await?;
@@ -393,8 +393,8 @@ impl Coordinator {
             .map_err(|e| CoordinatorError::Internal(format!("store task failed: {e}")))?
     }
 
-    /// Runs `f` on the shard board. Quick, in memory, never under the
-    /// store's lock; refused once the coordinator halted.
+    /// Runs `f` on the shard board. Quick, in memory, never inside a store
+    /// transition; refused once the coordinator halted.
     pub fn with_board<T>(&self, f: impl FnOnce(&mut ShardBoard) -> Result<T>) -> Result<T> {
         if let Some(why) = self.halted.borrow().clone() {
             return Err(CoordinatorError::Halted(why));

@@ -96,7 +96,7 @@ impl Store {
         let json = serde_json::to_string(result).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
         let tx = self.tx()?;
         // SQLite reads the version out of the stored JSON: no parse of a
-        // whole cell under the lock.
+        // whole cell inside the transition.
         let current: Option<(i64, i64)> = tx
             .query_row(
                 "SELECT runs_merged, coalesce(json_extract(result_json, '$.results_version'), 0) FROM cells \
@@ -203,7 +203,7 @@ pub struct CellInputs {
 }
 
 impl CellInputs {
-    /// Merges the cell: the heavy part, to run without the store's lock.
+    /// Merges the cell: the heavy part, to run off the store's connections.
     pub fn compute(&self, th: &RankThresholds) -> CellResult {
         cell_result(&self.cell, self.seeds_total, &self.runs, th)
     }

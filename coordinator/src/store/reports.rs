@@ -246,7 +246,7 @@ impl Store {
     }
 
     /// One stored probe of a run, as stored (decode it with
-    /// [`ProbeRecord::decode`] outside the store's lock).
+    /// [`ProbeRecord::decode`] off the store's connections).
     pub fn probe_blob(&self, run_id: &str, index: u32) -> Result<Vec<u8>> {
         self.conn
             .query_row("SELECT data FROM probes WHERE run_id = ?1 AND idx = ?2", params![run_id, index], |r| r.get(0))
