@@ -161,6 +161,17 @@ async fn grid_errors_name_place_and_rule_and_store_nothing() {
         "{err}"
     );
 
+    // A valid grid too long for one message (800,000 seeds listed one by
+    // one, 6 MB) is refused by the CLI with what to do, not a transport error.
+    let seeds: Vec<String> = (0..800_000).map(|s| s.to_string()).collect();
+    let long = BASE.replace("seeds = [0, 1]", &format!("seeds = [{}]", seeds.join(", ")));
+    let file = dir.path().join("long.toml");
+    std::fs::write(&file, long).unwrap();
+    let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains(&format!("grid file {} is", file.display())) && err.contains("`seeds = N`"), "{err}");
+
     let o = cli(&["--coordinator", &addr, "status"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "no sweeps");
 }

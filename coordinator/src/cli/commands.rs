@@ -22,6 +22,24 @@ pub fn read_grid(file: &Path) -> anyhow::Result<(String, String, gradsweep_share
     Ok((text, name, plan))
 }
 
+/// Refuses, before anything is sent, a grid whose text would not fit one
+/// gRPC message (the coordinator's limit), naming the file and what to do,
+/// instead of letting the transport fail with an opaque protocol error.
+pub fn fits_one_message(text: &str, name: &str) -> anyhow::Result<()> {
+    // Room for the request's other fields and framing.
+    let limit = gradsweep_proto::MAX_MESSAGE_BYTES - 64 * 1024;
+    if text.len() > limit {
+        anyhow::bail!(
+            "grid file {name} is {:.1} MiB; a grid sent to a coordinator may be at most {:.1} MiB. Write long lists \
+             compactly: `seeds = N` for seeds 0..N, and `{{ lin = [a, b], num = n }}` or `{{ log = [a, b], num = n }}` \
+             for axes",
+            text.len() as f64 / (1 << 20) as f64,
+            limit as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
 /// `gradsweep submit`.
 pub async fn submit(remote: &Remote, file: &Path, new: bool, check: bool) -> anyhow::Result<()> {
     let (text, name, plan) = read_grid(file)?;
@@ -29,6 +47,7 @@ pub async fn submit(remote: &Remote, file: &Path, new: bool, check: bool) -> any
         println!("{name}: valid: {} cells × {} seeds = {} runs", plan.cells.len(), plan.seeds.len(), plan.run_count());
         return Ok(());
     }
+    fits_one_message(&text, &name)?;
     let mut client = remote.connect().await?;
     let r = client
         .submit(pb::SubmitRequest { grid_toml: text, file_name: name, force_new: new })

@@ -18,7 +18,7 @@ use gradsweep_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
 use super::commands::{
-    print_results, read_grid, require_complete, watch_with, write_result_files, write_saved_gradients,
+    fits_one_message, print_results, read_grid, require_complete, watch_with, write_result_files, write_saved_gradients,
 };
 use crate::OutputFormat;
 
@@ -68,6 +68,7 @@ fn worker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     args.thresholds.thresholds()?; // bad thresholds fail before anything starts
     let (text, file_name, plan) = read_grid(&args.file)?;
+    fits_one_message(&text, &file_name)?;
     let worker_bin = worker_binary(args.worker_bin.as_deref())?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("gradsweep-out").join(&plan.name));
     let logs = out.join("logs");
