@@ -99,12 +99,9 @@ impl Store {
             .query_row([worker_id], |r| r.get(0))
             .optional()?;
         let Some(state) = state else { return Ok(None) };
-        let mut holds = self.conn.prepare_cached(
-            "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
-        )?;
         let mut lost = vec![];
         for (run_id, epoch) in runs {
-            if !holds.query_row(params![run_id, *epoch as i64, worker_id, RunState::Leased], |r| r.get::<_, bool>(0))? {
+            if !holds_lease(&self.conn, worker_id, run_id, *epoch)? {
                 lost.push((run_id.clone(), *epoch));
             }
         }
@@ -178,14 +175,9 @@ impl Store {
 
     /// Of the `owners` of probe passes, those whose run lease is current.
     pub fn current_owners(&self, owners: Vec<PassOwner>) -> Result<Vec<PassOwner>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
-        )?;
         let mut keep = Vec::with_capacity(owners.len());
         for o in owners {
-            if stmt
-                .query_row(params![o.run_id, o.epoch as i64, o.worker_id, RunState::Leased], |r| r.get::<_, bool>(0))?
-            {
+            if holds_lease(&self.conn, &o.worker_id, &o.run_id, o.epoch)? {
                 keep.push(o);
             }
         }
@@ -211,12 +203,7 @@ impl Store {
     pub fn release(&mut self, worker_id: &str, runs: &[(String, u64)], leaving: bool, reason: &str) -> Result<()> {
         let tx = self.tx()?;
         for (run_id, epoch) in runs {
-            let holds: bool = tx.row(
-                "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
-                params![run_id, *epoch as i64, worker_id, RunState::Leased],
-                |r| r.get(0),
-            )?;
-            if holds {
+            if holds_lease(&tx, worker_id, run_id, *epoch)? {
                 requeue(&tx, run_id)?;
                 tracing::info!(run_id = %run_id, epoch, worker_id, reason, "lease released");
             }
@@ -348,11 +335,15 @@ impl Seen {
             self.leases.insert(lease, (worker_id.to_string(), at));
         }
     }
+}
 
-    /// True when nothing was heard.
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty() && self.leases.is_empty()
-    }
+/// Whether `worker_id` holds `run_id`'s lease at `epoch` right now.
+fn holds_lease(conn: &Connection, worker_id: &str, run_id: &str, epoch: u64) -> Result<bool> {
+    Ok(conn.row(
+        "SELECT count(*) > 0 FROM runs WHERE id = ?1 AND epoch = ?2 AND worker_id = ?3 AND state = ?4",
+        params![run_id, epoch as i64, worker_id, RunState::Leased],
+        |r| r.get(0),
+    )?)
 }
 
 /// Checks that `worker_id` holds `run_id`'s lease at `epoch`; returns the

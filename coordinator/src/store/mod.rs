@@ -223,11 +223,6 @@ impl Store {
         Ok(StateCounts { runs, workers })
     }
 
-    /// The lease policy this store applies.
-    pub fn policy(&self) -> LeasePolicy {
-        self.policy
-    }
-
     fn tx(&mut self) -> Result<Tx<'_>> {
         Ok(if self.in_batch {
             Tx::Nested(self.conn.savepoint()?)
