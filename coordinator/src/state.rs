@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::CoordinatorMetrics;
 use crate::shards::ShardBoard;
-use crate::store::{CellSource, HeartbeatAnswer, LeasePolicy, LeaseRef, Seen, Store, now_ms};
+use crate::store::{CellSource, EncodedMerge, HeartbeatAnswer, LeasePolicy, LeaseRef, Seen, Store, now_ms};
 use crate::writer::Writer;
 
 /// Settings of a coordinator.
@@ -112,27 +112,37 @@ impl CoordinatorConfig {
 /// Every cell's results from its source, merging the stale ones on as many
 /// threads as the machine has (cells are independent, so the results do not
 /// depend on the thread count). Returns the cells in order, and the ones
-/// merged here with their sweep, to store when `th` is empty.
-fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>, Vec<(String, CellResult)>) {
+/// merged here with their sweep, to store whatever `th` was: a stored
+/// merge keeps its spectra, so later thresholds are added from it.
+fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>, Vec<FreshMerge>) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(sources.len()).max(1);
     let mut parts: Vec<Vec<(usize, CellSource)>> = (0..threads).map(|_| vec![]).collect();
     for (i, src) in sources.into_iter().enumerate() {
         parts[i % threads].push((i, src));
     }
-    let mut done: Vec<(usize, CellResult, Option<String>)> = std::thread::scope(|scope| {
+    let mut done: Vec<(usize, CellResult, Option<FreshMerge>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .into_iter()
             .map(|part| {
                 scope.spawn(move || {
                     part.into_iter()
                         .map(|(i, src)| {
-                            let fresh = match &src {
-                                CellSource::Compute(inp) if !inp.runs.is_empty() && th.is_empty() => {
-                                    Some(inp.sweep_id.clone())
-                                }
-                                _ => None,
+                            let sweep_id = match &src {
+                                CellSource::Compute(inp) => Some(inp.sweep_id.clone()),
+                                CellSource::Ready(_) => None,
                             };
-                            (i, src.compute(th), fresh)
+                            let (result, merge) = src.compute(th);
+                            // A fresh merge is kept for next time; one that
+                            // cannot be encoded is merely not kept.
+                            let encoded = merge.and_then(|m| {
+                                EncodedMerge::of(&m)
+                                    .inspect_err(
+                                        |e| tracing::warn!(cell = m.result.index, error = %e, "merge not kept"),
+                                    )
+                                    .ok()
+                            });
+                            let fresh = encoded.zip(sweep_id).map(|(e, id)| (id, e));
+                            (i, result, fresh)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -141,9 +151,19 @@ fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>,
         handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     });
     done.sort_by_key(|x| x.0);
-    let fresh = done.iter().filter_map(|(_, c, f)| f.clone().map(|s| (s, c.clone()))).collect();
-    (done.into_iter().map(|(_, c, _)| c).collect(), fresh)
+    let mut fresh = Vec::new();
+    let cells = done
+        .into_iter()
+        .map(|(_, c, f)| {
+            fresh.extend(f);
+            c
+        })
+        .collect();
+    (cells, fresh)
 }
+
+/// A merge computed while serving results, with its sweep: stored after.
+type FreshMerge = (String, EncodedMerge);
 
 /// Shared handle to the coordinator's state.
 #[derive(Clone)]
@@ -287,28 +307,32 @@ impl Coordinator {
         }
     }
 
-    /// One cell's merge, off the lock; returns how many runs it combined.
+    /// One cell's merge, off the lock; returns how many runs it combined
+    /// (none when the cell is pruned: its merge is final).
     async fn merge_cell(&self, sweep_id: String, cell: u32) -> Result<usize> {
-        let inputs = self.read_store(move |s| s.cell_inputs(&sweep_id, cell)).await?;
+        let Some(inputs) = self.read_store(move |s| s.cell_inputs(&sweep_id, cell)).await? else {
+            return Ok(0);
+        };
         let runs = inputs.runs.len();
-        let (sweep_id, result) =
-            tokio::task::spawn_blocking(move || (inputs.sweep_id.clone(), inputs.compute(&RankThresholds::default())))
-                .await
-                .map_err(|e| CoordinatorError::Internal(format!("merge task failed: {e}")))?;
-        self.with_store(move |s| s.store_cell(&sweep_id, &result)).await?;
+        let (sweep_id, merge) = tokio::task::spawn_blocking(move || {
+            let m = inputs.merge();
+            EncodedMerge::of(&m).map(|e| (inputs.sweep_id.clone(), e))
+        })
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("merge task failed: {e}")))??;
+        self.with_store(move |s| s.store_cell(&sweep_id, &merge)).await?;
         Ok(runs)
     }
 
     /// Every cell's results, with ranks at the user's thresholds `th` too.
-    /// Current stored merges are read as they are; the rest are merged here,
-    /// off the writer, and (without `th`) stored for next time.
+    /// Stored merges that can serve them are read (thresholds added from
+    /// their kept eigenvalues); the rest are merged here, off the writer,
+    /// and stored for next time.
     pub async fn cell_results(&self, sweep_id: String, th: RankThresholds) -> Result<Vec<CellResult>> {
         let th2 = th.clone();
         let sources = self.read_store(move |s| s.cell_sources(&sweep_id, &th2)).await?;
         // The cells merged here need no merger: take them off its queue.
-        if th.is_empty()
-            && let Ok(mut set) = self.stale_cells.lock()
-        {
+        if let Ok(mut set) = self.stale_cells.lock() {
             for src in &sources {
                 if let CellSource::Compute(i) = src {
                     set.remove(&(i.sweep_id.clone(), i.cell.index));

@@ -212,6 +212,7 @@ const KEYS: &[(&str, Section, Kind)] = &[
     ("memory_mb", Section::Probe, Kind::Int(16)),
     ("shard_samples", Section::Probe, Kind::Int(0)),
     ("save_gradients", Section::Probe, Kind::Int(0)),
+    ("keep_sketches", Section::Probe, Kind::Bool),
     ("projections", Section::Probe, Kind::Int(2)),
     ("basis", Section::Probe, Kind::Choice(&["random", "eigen"])),
     ("basis_probe", Section::Probe, Kind::Int(0)),

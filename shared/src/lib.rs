@@ -28,12 +28,14 @@
 //! * [`controls`] — OU and double-well processes with known drift, validating the statistics.
 //! * [`npy`] — NumPy `.npy` arrays (read and write).
 //! * [`results`] — per-run, per-cell and sweep-level statistics.
+//! * [`digest`] — what is kept of a probe once its cell is merged, and the eigenvalues that add thresholds later.
 //! * [`scaling`] — does η/b govern a statistic: the collapse score across the grid, with bootstrap intervals.
 
 pub mod analyze;
 pub mod checkpoint;
 pub mod controls;
 pub mod data;
+pub mod digest;
 pub mod grid;
 pub mod json_f64;
 pub mod linalg;

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::{CellSpectra, ProbeDigest};
 use crate::grid::Cell;
 use crate::run::{ProbeMeta, ProbeRecord, SizingStop};
 use crate::sketch::FdSketch;
 use crate::spec::RunFinal;
-use crate::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
+use crate::stats::{Bracket, RankThresholds, SketchMoments, SpectrumStats, Summary};
 use crate::trajectory::{DriftStats, TrajectorySums};
 
 /// A completed run as stored by the coordinator.
@@ -322,17 +323,41 @@ impl CellResult {
 
 /// Statistics of one run, with ranks at the user's thresholds `th` too.
 pub fn run_result(r: &RunData, th: &RankThresholds) -> RunResult {
+    run_merge(r, th, &mut CellSpectra::default(), None)
+}
+
+/// [`run_result`], appending the eigenvalue lower ends behind each of its
+/// spectra to `spectra` (probes in order, then the pooled one) and, when
+/// `digests` is given, each probe's [`ProbeDigest`] to it.
+fn run_merge(
+    r: &RunData,
+    th: &RankThresholds,
+    spectra: &mut CellSpectra,
+    mut digests: Option<&mut Vec<(String, ProbeDigest)>>,
+) -> RunResult {
     // One decomposition per probe gives its spectrum and its eigenspace.
-    let (probes, spaces): (Vec<ProbeSummary>, Vec<Vec<Vec<f64>>>) = r
-        .probes
-        .iter()
-        .map(|p| {
-            let (values, vectors) = p.sketch.eigen_summary(OVERLAP_K);
-            let spectrum = SpectrumStats::from_sketch_eigenvalues(&p.sketch, values, th);
-            (ProbeSummary { meta: p.meta.clone(), spectrum }, vectors)
-        })
-        .unzip();
-    let pooled = merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| SpectrumStats::from_sketch_with(&s, th));
+    let mut spaces: Vec<Vec<Vec<f64>>> = Vec::with_capacity(r.probes.len());
+    let mut probes = Vec::with_capacity(r.probes.len());
+    for p in &r.probes {
+        let (values, vectors) = p.sketch.eigen_summary(OVERLAP_K);
+        let (spectrum, eig) = SpectrumStats::from_sketch_eigenvalues_keeping(&p.sketch, &values, th);
+        spectra.lists.push(eig);
+        if let Some(out) = digests.as_deref_mut() {
+            let top_vectors = vectors.iter().map(|v| v.iter().map(|&x| x as f32).collect()).collect();
+            let moments = SketchMoments::of(&p.sketch);
+            out.push((
+                r.run_id.clone(),
+                ProbeDigest { meta: p.meta.clone(), moments, eigenvalues: values, top_vectors },
+            ));
+        }
+        probes.push(ProbeSummary { meta: p.meta.clone(), spectrum });
+        spaces.push(vectors);
+    }
+    let pooled = merge_sketches(r.probes.iter().map(|p| &p.sketch)).map(|s| {
+        let (stats, eig) = SpectrumStats::from_sketch_eigenvalues_keeping(&s, &s.eigenvalues(), th);
+        spectra.lists.push(eig);
+        stats
+    });
     let eigenspace_overlap =
         spaces.windows(2).map(|w| crate::json_f64::F64(crate::sketch::subspace_overlap(&w[0], &w[1]))).collect();
     let grad_norm = probes
@@ -368,12 +393,49 @@ pub fn merge_sketches<'a>(sketches: impl IntoIterator<Item = &'a FdSketch>) -> O
 /// Statistics of `cell` from its completed runs (any order: they are sorted
 /// by seed), with ranks at the user's thresholds `th` too.
 pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData], th: &RankThresholds) -> CellResult {
+    merge_runs(cell, seeds_total, runs, th, None).result
+}
+
+/// A cell merged at the default thresholds, with what lets it do without
+/// its runs' sketches from then on: the eigenvalues behind its spectra
+/// (to add any thresholds, [`CellResult::add_thresholds`]) and each
+/// probe's digest, by run.
+#[derive(Debug, Clone)]
+pub struct CellMerge {
+    /// The statistics (no user thresholds).
+    pub result: CellResult,
+    /// The eigenvalue lower ends behind every spectrum of `result`.
+    pub spectra: CellSpectra,
+    /// (run, digest) for every probe of every run, in the runs' seed order.
+    pub digests: Vec<(String, ProbeDigest)>,
+}
+
+/// Merges `cell` from its completed runs ([`cell_result`] with no user
+/// thresholds), keeping its spectra's eigenvalues and its probes' digests.
+pub fn merge_cell(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellMerge {
+    let mut digests = Vec::new();
+    let mut m = merge_runs(cell, seeds_total, runs, &RankThresholds::default(), Some(&mut digests));
+    m.digests = digests;
+    m
+}
+
+fn merge_runs(
+    cell: &Cell,
+    seeds_total: usize,
+    runs: &[RunData],
+    th: &RankThresholds,
+    mut digests: Option<&mut Vec<(String, ProbeDigest)>>,
+) -> CellMerge {
     let mut runs: Vec<&RunData> = runs.iter().collect();
     runs.sort_by_key(|r| r.seed);
-    let results: Vec<RunResult> = runs.iter().map(|r| run_result(r, th)).collect();
+    let mut spectra = CellSpectra::default();
+    let results: Vec<RunResult> = runs.iter().map(|r| run_merge(r, th, &mut spectra, digests.as_deref_mut())).collect();
     let finals: Vec<&SpectrumStats> = results.iter().filter_map(|r| r.probes.last().map(|p| &p.spectrum)).collect();
-    let merged_final = merge_sketches(runs.iter().filter_map(|r| r.probes.last().map(|p| &p.sketch)))
-        .map(|s| SpectrumStats::from_sketch_with(&s, th));
+    let merged_final = merge_sketches(runs.iter().filter_map(|r| r.probes.last().map(|p| &p.sketch))).map(|s| {
+        let (stats, eig) = SpectrumStats::from_sketch_eigenvalues_keeping(&s, &s.eigenvalues(), th);
+        spectra.lists.push(eig);
+        stats
+    });
     let lr = cell.train.lr;
     let b = cell.train.batch_size;
     let drifts: Vec<&DriftStats> = results.iter().filter_map(|r| r.drift.as_ref()).collect();
@@ -382,7 +444,7 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData], th: &RankT
         .ok()
         .flatten()
         .map(|m| DriftStats::from_sums(&m));
-    CellResult {
+    let result = CellResult {
         results_version: RESULTS_VERSION,
         index: cell.index,
         params: cell.params.clone(),
@@ -412,6 +474,52 @@ pub fn cell_result(cell: &Cell, seeds_total: usize, runs: &[RunData], th: &RankT
         grad_norm: Summary::of(results.iter().filter_map(|r| r.grad_norm.last().map(|x| x.1.0))),
         merged_drift,
         runs: results,
+    };
+    CellMerge { result, spectra, digests: vec![] }
+}
+
+/// Why stored spectra cannot give a cell's thresholds.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the stored spectra hold {got} eigenvalue lists, the cell's results have {want} spectra")]
+pub struct SpectraMismatch {
+    /// Lists stored.
+    pub got: usize,
+    /// Spectra in the results.
+    pub want: usize,
+}
+
+impl CellResult {
+    /// Every spectrum of the cell, in the order [`CellSpectra`] lists them.
+    fn spectra_mut(&mut self) -> impl Iterator<Item = &mut SpectrumStats> {
+        self.runs
+            .iter_mut()
+            .flat_map(|r| r.probes.iter_mut().map(|p| &mut p.spectrum).chain(r.pooled.as_mut()))
+            .chain(self.merged_final.as_mut())
+    }
+
+    /// Whether `spectra` are this cell's (one list per spectrum).
+    pub fn fits(&self, spectra: &CellSpectra) -> bool {
+        let want = self.runs.iter().map(|r| r.probes.len() + r.pooled.is_some() as usize).sum::<usize>()
+            + self.merged_final.is_some() as usize;
+        want == spectra.lists.len()
+    }
+
+    /// Adds ranks at the user's thresholds `th` to every spectrum of the
+    /// cell, from the eigenvalues its merge kept ([`merge_cell`]): the same
+    /// statistics as a merge with `th` from the sketches. Spectra that are
+    /// not this cell's are refused and nothing is changed.
+    pub fn add_thresholds(&mut self, spectra: &CellSpectra, th: &RankThresholds) -> Result<(), SpectraMismatch> {
+        if !self.fits(spectra) {
+            let got = spectra.lists.len();
+            let want = self.spectra_mut().count();
+            return Err(SpectraMismatch { got, want });
+        }
+        if !th.is_empty() {
+            for (s, eig) in self.spectra_mut().zip(&spectra.lists) {
+                s.add_thresholds(eig, th);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -562,5 +670,64 @@ mod tests {
         rank.seeds = 1;
         let frac = rank.scaled(0.5);
         assert_eq!((frac.kind, frac.display(f)), (BracketKind::Value, "[135.5, 141.5]".to_string()));
+    }
+
+    /// Two seeds of a small net on the digits, two probes each.
+    pub(crate) fn tiny_cell() -> (Cell, Vec<RunData>) {
+        let grid = "[sweep]\nname = \"t\"\nseeds = 2\n[train]\nmodel = \"mlp:64-8-10\"\ndataset = \"digits\"\n\
+                    epochs = 2\n[probe]\nevery_epochs = 1\nsketch_rank = 12\nwire_precision = \"f16\"\n";
+        let plan = crate::parse_grid(grid, "t.toml", Default::default()).unwrap();
+        let cell = plan.cells[0].clone();
+        let runs = plan
+            .seeds
+            .iter()
+            .map(|&seed| {
+                let (mut probes, mut trajectory) = (vec![], None);
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                let fin = crate::run::execute(&cell.run_spec(seed), &stop, &mut |e| {
+                    match e {
+                        crate::run::RunEvent::Probe(p) => probes.push(*p),
+                        crate::run::RunEvent::Trajectory(t) => trajectory = Some(*t),
+                        _ => {}
+                    }
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap();
+                RunData { run_id: format!("t/c0/s{seed}"), seed, fin, probes, trajectory }
+            })
+            .collect();
+        (cell, runs)
+    }
+
+    /// Issue 11, item 7: a merged cell answers new thresholds from the
+    /// eigenvalues it kept exactly as a merge from the sketches would, and
+    /// its probes' digests state the same spectra.
+    #[test]
+    fn thresholds_added_from_kept_spectra_equal_a_merge_from_the_sketches() {
+        let (cell, runs) = tiny_cell();
+        let th = RankThresholds { relative: vec![1e-3, 0.2], absolute: vec![1e-6, 1e-2] };
+        let m = merge_cell(&cell, 2, &runs);
+        assert_eq!(m.result, cell_result(&cell, 2, &runs, &RankThresholds::default()));
+        let json = |c: &CellResult| serde_json::to_string(c).unwrap();
+        let mut added = m.result.clone();
+        added.add_thresholds(&m.spectra, &th).unwrap();
+        assert_eq!(json(&added), json(&cell_result(&cell, 2, &runs, &th)));
+        assert_ne!(json(&added), json(&m.result), "the thresholds were added");
+        // 2 runs × (2 probes + pooled) + the merged final spectrum.
+        assert_eq!(m.spectra.lists.len(), 7);
+        assert_eq!(m.digests.len(), 4);
+        for ((run, digest), r) in
+            m.digests.iter().zip(m.result.runs.iter().flat_map(|r| r.probes.iter().map(move |p| (r, p))))
+        {
+            assert_eq!((run, &digest.meta), (&r.0.run_id, &r.1.meta));
+            assert_eq!(digest.spectrum(&RankThresholds::default()), r.1.spectrum);
+            assert_eq!(digest.top_vectors.len(), OVERLAP_K.min(digest.eigenvalues.len()));
+        }
+        // Spectra of another cell are refused, not misapplied.
+        let mut short = m.spectra.clone();
+        short.lists.pop();
+        let mut other = m.result.clone();
+        assert_eq!(other.add_thresholds(&short, &th).unwrap_err(), SpectraMismatch { got: 6, want: 7 });
+        assert_eq!(other, m.result, "nothing changed");
     }
 }

@@ -153,6 +153,13 @@ pub struct ProbeConfig {
     /// that produced them, exported as `.npy` next to the results. 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub save_gradients: u32,
+    /// Keep every probe's whole sketch after its cell is merged. By default
+    /// (false) the coordinator keeps, once a cell's merge covers all its
+    /// seeds, only each probe's digest (eigenvalues, Δ, moments, the top
+    /// eigenvectors): what the results and any threshold need, at a
+    /// fraction of the bytes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub keep_sketches: bool,
     /// Number of directions the trajectory is projected onto.
     pub projections: u32,
     /// Which directions: seeded random ones, or the top eigenvectors of `D`.
@@ -248,6 +255,10 @@ impl TryFrom<SketchSizeRepr> for SketchSize {
 /// Default of `memory_mb`: 2 GiB, enough for ℓ = 2,048 at small-lenet's d = 13,338.
 pub const DEFAULT_MEMORY_MB: u32 = 2048;
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }
@@ -315,6 +326,7 @@ impl Default for ProbeConfig {
             memory_mb: DEFAULT_MEMORY_MB,
             shard_samples: crate::shards::DEFAULT_SHARD_SAMPLES,
             save_gradients: 0,
+            keep_sketches: false,
             projections: 8,
             basis: ProjectionBasis::Random,
             basis_probe: 0,

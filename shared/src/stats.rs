@@ -252,16 +252,21 @@ impl SpectrumStats {
     /// [`SpectrumStats::from_sketch_with`] given the sketch's eigenvalues
     /// (from [`FdSketch::eigenvalues`] or [`FdSketch::eigen_summary`]).
     pub fn from_sketch_eigenvalues(sk: &FdSketch, eigenvalues: Vec<f64>, th: &RankThresholds) -> Self {
-        let n = sk.count();
-        let (e, lower) = if n == 0 { (0.0, 0.0) } else { (sk.delta() / n as f64, sk.slack() / n as f64) };
-        // With a lower slack s (f16 rows), λᵢ ∈ [λ̂ᵢ − s, λ̂ᵢ + e]: pass the
-        // lower ends and the whole width.
-        let eig: Vec<f64> = eigenvalues.iter().map(|l| l - lower).collect();
-        let mut s = Self::from_parts(&eig, e + lower, sk.dim(), n, sk.ell(), sk.trace(), sk.grad_norm_sq_unbiased());
-        if !th.is_empty() {
-            s.add_thresholds(&eig, th);
-        }
-        s
+        Self::from_sketch_eigenvalues_keeping(sk, &eigenvalues, th).0
+    }
+
+    /// [`SpectrumStats::from_sketch_eigenvalues`], also returning the
+    /// eigenvalue lower ends the statistics were made from: what
+    /// [`SpectrumStats::add_thresholds`] needs to add ranks at other
+    /// thresholds later without the sketch.
+    pub fn from_sketch_eigenvalues_keeping(
+        sk: &FdSketch,
+        eigenvalues: &[f64],
+        th: &RankThresholds,
+    ) -> (Self, Vec<f64>) {
+        let m = SketchMoments::of(sk);
+        let eig = m.lower_ends(eigenvalues);
+        (m.spectrum(&eig, th), eig)
     }
 
     /// Adds rank brackets at the user's thresholds, from the same
@@ -474,6 +479,66 @@ fn student_t95(dof: usize) -> f64 {
         0 => f64::NAN,
         1..=30 => TABLE[dof - 1],
         _ => 1.96 + 2.4 / dof as f64,
+    }
+}
+
+/// What a sketch's statistics need besides its eigenvalues: its size, the
+/// certificate (Δ and the lower slack) and the exact moments. Kept with a
+/// probe's digest once its sketch is dropped, so that its spectrum (at any
+/// threshold) can still be stated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SketchMoments {
+    /// Samples sketched.
+    pub n: u64,
+    /// Dimension.
+    pub d: usize,
+    /// Sketch size ℓ.
+    pub ell: usize,
+    /// The certificate's Δ (upper width, times n).
+    pub delta: f64,
+    /// The lower slack s (times n; f16 rows).
+    pub slack: f64,
+    /// tr D, exact.
+    pub trace: f64,
+    /// Unbiased ‖∇f‖².
+    pub grad_norm_sq: f64,
+}
+
+impl SketchMoments {
+    /// The moments of `sk`.
+    pub fn of(sk: &FdSketch) -> Self {
+        SketchMoments {
+            n: sk.count(),
+            d: sk.dim(),
+            ell: sk.ell(),
+            delta: sk.delta(),
+            slack: sk.slack(),
+            trace: sk.trace(),
+            grad_norm_sq: sk.grad_norm_sq_unbiased(),
+        }
+    }
+
+    /// (upper width, lower slack) of every eigenvalue, per sample.
+    fn widths(&self) -> (f64, f64) {
+        if self.n == 0 { (0.0, 0.0) } else { (self.delta / self.n as f64, self.slack / self.n as f64) }
+    }
+
+    /// The lower ends of the eigenvalues' brackets: with a lower slack s
+    /// (f16 rows), λᵢ ∈ [λ̂ᵢ − s, λ̂ᵢ + e].
+    pub fn lower_ends(&self, eigenvalues: &[f64]) -> Vec<f64> {
+        let lower = self.widths().1;
+        eigenvalues.iter().map(|l| l - lower).collect()
+    }
+
+    /// The statistics from the lower ends `eig` ([`SketchMoments::lower_ends`]),
+    /// with ranks at the user's thresholds `th` too.
+    pub fn spectrum(&self, eig: &[f64], th: &RankThresholds) -> SpectrumStats {
+        let (e, lower) = self.widths();
+        let mut s = SpectrumStats::from_parts(eig, e + lower, self.d, self.n, self.ell, self.trace, self.grad_norm_sq);
+        if !th.is_empty() {
+            s.add_thresholds(eig, th);
+        }
+        s
     }
 }
 

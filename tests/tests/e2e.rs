@@ -222,19 +222,33 @@ async fn multi_process_serve_submit_watch_results() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("absolute rank threshold -1 is not a positive number"), "{}", err.message());
 
-    // Cells merged by an older build (no results version, fewer statistics)
-    // are recomputed when read, to the same statistics.
-    let before = serde_json::to_string(&fetch_results(&mut client, &sweep).await.unwrap().0).unwrap();
+    // Issue 11, item 7: every cell is merged over all its seeds, so its
+    // probes keep digests, not sketches, and the ranks at new thresholds
+    // above came from the eigenvalues the merges kept.
     let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
-    let stale = db
-        .execute(
-            "UPDATE cells SET result_json = json_remove(result_json, '$.results_version', '$.cycling_frequency', \
-             '$.merged_drift')",
-            [],
-        )
-        .unwrap();
-    assert_eq!(stale, 4);
-    let (after, _) = fetch_results(&mut client, &sweep).await.unwrap();
+    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(count("SELECT count(*) FROM cells WHERE pruned = 1 AND spectra IS NOT NULL"), 4);
+    assert_eq!(count("SELECT count(*) FROM probes"), 0);
+    assert_eq!(count("SELECT count(*) FROM probe_digests"), 8 * 2, "8 runs × 2 probes");
+
+    // Cells merged by an older build (no results version, fewer statistics)
+    // are recomputed when read while their sketches are kept
+    // (`keep_sketches`), to the same statistics; a pruned cell's merge is
+    // final and is served as it was stored.
+    let strip = "UPDATE cells SET result_json = json_remove(result_json, '$.results_version', '$.cycling_frequency', \
+                 '$.merged_drift') WHERE sweep_id = ?1";
+    assert_eq!(db.execute(strip, [&sweep]).unwrap(), 4);
+    let (old, _) = fetch_results(&mut client, &sweep).await.unwrap();
+    assert!(old.iter().all(|c| c.merged_drift.is_none() && c.results_version == 0));
+    let kept_grid = grid.replace("[probe]\n", "[probe]\nkeep_sketches = true\n");
+    assert_ne!(kept_grid, grid);
+    let kept = gradsweep_tests::submit(&mut client, &kept_grid).await.sweep_id;
+    gradsweep_tests::wait_sweep_completed(&client, &kept, Duration::from_secs(120)).await;
+    let before = serde_json::to_string(&fetch_results(&mut client, &kept).await.unwrap().0).unwrap();
+    assert_eq!(count("SELECT count(*) FROM cells WHERE pruned = 1"), 4, "the kept sweep's cells are not pruned");
+    assert_eq!(count("SELECT count(*) FROM probes"), 8 * 2);
+    assert_eq!(db.execute(strip, [&kept]).unwrap(), 4);
+    let (after, _) = fetch_results(&mut client, &kept).await.unwrap();
     assert!(after.iter().all(|c| c.merged_drift.is_some()));
     assert_eq!(serde_json::to_string(&after).unwrap(), before);
 }

@@ -6,10 +6,19 @@
 //! (the finished runs, sketches decoded, in seed order) are read here and
 //! merged by the caller with the store released. A merge never replaces
 //! one that covers more runs, so merges finishing out of order are safe.
+//!
+//! A merge keeps the eigenvalues behind its spectra, so results at the
+//! user's rank thresholds are served from it without touching a sketch.
+//! Once a merge covers every seed of its cell, the cell is pruned (unless
+//! its grid says `keep_sketches` or saves gradients): each probe's sketch
+//! gives way to its digest ([`ProbeDigest`]: eigenvalues, Δ, moments, top
+//! eigenvectors), and the stored merge is final: a later build serves it
+//! as it is rather than recomputing it.
 
 use std::collections::BTreeMap;
 
-use gradsweep_shared::results::{CellResult, RESULTS_VERSION, RunData, cell_result};
+use gradsweep_shared::digest::{CellSpectra, ProbeDigest};
+use gradsweep_shared::results::{CellMerge, CellResult, RESULTS_VERSION, RunData, merge_cell};
 use gradsweep_shared::run::ProbeRecord;
 use gradsweep_shared::spec::RunFinal;
 use gradsweep_shared::stats::RankThresholds;
@@ -21,23 +30,34 @@ use super::{RunState, Store};
 use crate::error::{CoordinatorError, Result};
 
 impl Store {
-    /// What each cell's results need: a stored merge when it is current
+    /// What each cell's results need: a stored merge when it can serve them
     /// (it covers every finished run of the cell, was computed by this
-    /// build, and no rank thresholds `th` are asked for), otherwise the
-    /// inputs to compute it from. Loading is quick; merging is not, so the
-    /// caller merges after releasing the store ([`CellSource::compute`]).
+    /// build, and, when rank thresholds `th` are asked for, kept the
+    /// eigenvalues to add them; or its sketches were pruned, so it is
+    /// final), otherwise the inputs to compute it from. Loading is quick;
+    /// merging is not, so the caller merges after releasing the store
+    /// ([`CellSource::compute`]).
     pub fn cell_sources(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellSource>> {
         let plan = self.plan(sweep_id)?;
-        let mut stored: BTreeMap<u32, (usize, CellResult)> = BTreeMap::new();
-        if th.is_empty() {
-            let mut stmt = self.conn.prepare("SELECT cell, runs_merged, result_json FROM cells WHERE sweep_id = ?1")?;
-            let mut rows = stmt.query([sweep_id])?;
-            while let Some(r) = rows.next()? {
-                let json: String = r.get(2)?;
-                let c: CellResult = serde_json::from_str(&json)
-                    .map_err(|e| CoordinatorError::Internal(format!("stored cell unreadable: {e}")))?;
-                stored.insert(r.get(0)?, (r.get::<_, i64>(1)? as usize, c));
-            }
+        let mut stored: BTreeMap<u32, (usize, bool, StoredCell)> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cell, runs_merged, result_json, spectra, pruned FROM cells WHERE sweep_id = ?1")?;
+        let mut rows = stmt.query([sweep_id])?;
+        while let Some(r) = rows.next()? {
+            let cell: u32 = r.get(0)?;
+            let unreadable = |what: &str, e: String| {
+                CoordinatorError::Internal(format!("sweep {sweep_id} cell {cell}: stored {what} unreadable: {e}"))
+            };
+            let json: String = r.get(2)?;
+            let result: CellResult = serde_json::from_str(&json).map_err(|e| unreadable("results", e.to_string()))?;
+            let spectra = r
+                .get::<_, Option<Vec<u8>>>(3)?
+                .map(|b| CellSpectra::decode(&b))
+                .transpose()
+                .map_err(|e| unreadable("spectra", e.to_string()))?
+                .filter(|sp| result.fits(sp));
+            stored.insert(cell, (r.get::<_, i64>(1)? as usize, r.get(4)?, StoredCell { result, spectra }));
         }
         let done = self.finished_per_cell(sweep_id)?;
         plan.cells
@@ -45,8 +65,18 @@ impl Store {
             .map(|cell| {
                 let finished = done.get(&cell.index).copied().unwrap_or(0);
                 match stored.remove(&cell.index) {
-                    Some((merged, c)) if merged == finished && c.results_version >= RESULTS_VERSION => {
-                        Ok(CellSource::Ready(Box::new(c)))
+                    Some((_, true, s)) if th.is_empty() || s.spectra.is_some() => Ok(CellSource::Ready(Box::new(s))),
+                    Some((_, true, _)) => Err(CoordinatorError::Internal(format!(
+                        "sweep {sweep_id} cell {}: its sketches were pruned and no spectra were kept to add \
+                         thresholds to",
+                        cell.index
+                    ))),
+                    Some((merged, false, s))
+                        if merged == finished
+                            && s.result.results_version >= RESULTS_VERSION
+                            && (th.is_empty() || s.spectra.is_some()) =>
+                    {
+                        Ok(CellSource::Ready(Box::new(s)))
                     }
                     _ => Ok(CellSource::Compute(Box::new(CellInputs {
                         sweep_id: sweep_id.to_string(),
@@ -73,50 +103,95 @@ impl Store {
     }
 
     /// The inputs of one cell's merge: its finished runs as they are now.
-    pub fn cell_inputs(&self, sweep_id: &str, cell: u32) -> Result<CellInputs> {
+    /// `None` when the cell is pruned: its merge is final.
+    pub fn cell_inputs(&self, sweep_id: &str, cell: u32) -> Result<Option<CellInputs>> {
+        let pruned: bool = self
+            .conn
+            .row("SELECT pruned FROM cells WHERE sweep_id = ?1 AND cell = ?2", params![sweep_id, cell], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false);
+        if pruned {
+            return Ok(None);
+        }
         let plan = self.plan(sweep_id)?;
         let c = plan
             .cells
             .iter()
             .find(|c| c.index == cell)
             .ok_or_else(|| CoordinatorError::Internal(format!("no cell {cell} in sweep {sweep_id}")))?;
-        Ok(CellInputs {
+        Ok(Some(CellInputs {
             sweep_id: sweep_id.to_string(),
             cell: c.clone(),
             seeds_total: plan.seeds.len(),
             runs: load_cell_runs(&self.conn, sweep_id, cell)?,
-        })
+        }))
     }
 
-    /// Stores a cell's merged statistics (computed with no user thresholds)
-    /// unless what is stored already covers as many runs and was computed
-    /// by this build: merges that finish out of order never replace a newer
-    /// one. Returns whether it was stored.
-    pub fn store_cell(&mut self, sweep_id: &str, result: &CellResult) -> Result<bool> {
-        let json = serde_json::to_string(result).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+    /// Stores a cell's merge unless what is stored already covers as many
+    /// runs and was computed by this build, or is pruned: merges that
+    /// finish out of order never replace a newer one. When the merge covers
+    /// every seed of the cell and the grid neither keeps sketches nor saves
+    /// gradients, the cell is pruned in the same transaction: each probe's
+    /// sketch is replaced by its digest. Returns whether it was stored.
+    pub fn store_cell(&mut self, sweep_id: &str, m: &EncodedMerge) -> Result<bool> {
         let tx = self.tx()?;
         // SQLite reads the version out of the stored JSON: no parse of a
         // whole cell inside the transition.
-        let current: Option<(i64, i64)> = tx
+        let current: Option<(i64, i64, bool)> = tx
             .query_row(
-                "SELECT runs_merged, coalesce(json_extract(result_json, '$.results_version'), 0) FROM cells \
+                "SELECT runs_merged, coalesce(json_extract(result_json, '$.results_version'), 0), pruned FROM cells \
                  WHERE sweep_id = ?1 AND cell = ?2",
-                params![sweep_id, result.index],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                params![sweep_id, m.cell],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         let newer = match current {
             None => true,
-            Some((merged, version)) => (merged as usize) < result.seeds_done || version < RESULTS_VERSION as i64,
+            Some((_, _, true)) => false,
+            Some((merged, version, false)) => (merged as usize) < m.seeds_done || version < RESULTS_VERSION as i64,
         };
-        if newer {
-            tx.exec(
-                "INSERT OR REPLACE INTO cells (sweep_id, cell, runs_merged, result_json) VALUES (?1, ?2, ?3, ?4)",
-                params![sweep_id, result.index, result.seeds_done as i64, json],
-            )?;
-            tx.commit()?;
+        if !newer {
+            return Ok(false);
         }
-        Ok(newer)
+        let prune = m.seeds_done == m.seeds_total && m.seeds_total > 0 && prunable(&tx, sweep_id, m)?;
+        tx.exec(
+            "INSERT OR REPLACE INTO cells (sweep_id, cell, runs_merged, result_json, spectra, pruned) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![sweep_id, m.cell, m.seeds_done as i64, m.result_json, m.spectra, prune],
+        )?;
+        if prune {
+            for (run_id, idx, blob) in &m.digests {
+                tx.exec(
+                    "INSERT OR REPLACE INTO probe_digests (run_id, idx, data) VALUES (?1, ?2, ?3)",
+                    params![run_id, idx, blob],
+                )?;
+            }
+            tx.exec(
+                "DELETE FROM probes WHERE run_id IN (SELECT id FROM runs WHERE sweep_id = ?1 AND cell = ?2)",
+                params![sweep_id, m.cell],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// A pruned cell's probe digests, by run (seed order) and probe.
+    pub fn probe_digests(&self, sweep_id: &str, cell: u32) -> Result<Vec<(String, ProbeDigest)>> {
+        let rows: Vec<(String, i64, Vec<u8>)> = self
+            .conn
+            .prepare(
+                "SELECT r.id, r.params, p.data FROM runs r JOIN probe_digests p ON p.run_id = r.id \
+                 WHERE r.sweep_id = ?1 AND r.cell = ?2 ORDER BY r.seed, p.idx",
+            )?
+            .query_map(params![sweep_id, cell], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(run_id, d, blob)| {
+                let digest = ProbeDigest::decode(&blob, Some(d as usize))
+                    .map_err(|e| CoordinatorError::Internal(format!("run {run_id} probe digest: {e}")))?;
+                Ok((run_id, digest))
+            })
+            .collect()
     }
 
     /// Cells whose stored merge is missing or behind their finished runs
@@ -132,6 +207,31 @@ impl Store {
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
+}
+
+/// Whether a merge covering every seed may drop its cell's sketches: the
+/// grid does not ask to keep them nor to save gradient rows (which travel
+/// in the probe records), every run of the cell has finished, and the
+/// merge carries a digest for each stored probe.
+fn prunable(tx: &Connection, sweep_id: &str, m: &EncodedMerge) -> Result<bool> {
+    let (keep, saves): (bool, i64) = tx.row(
+        "SELECT coalesce(json_extract(spec_json, '$.probe.keep_sketches'), 0), \
+         coalesce(json_extract(spec_json, '$.probe.save_gradients'), 0) FROM cell_specs \
+         WHERE sweep_id = ?1 AND cell = ?2",
+        params![sweep_id, m.cell],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if keep || saves > 0 {
+        return Ok(false);
+    }
+    let (runs, finished, probes): (i64, i64, i64) = tx.row(
+        "SELECT count(*), sum(state IN (?3, ?4)), \
+         (SELECT count(*) FROM probes p JOIN runs r ON p.run_id = r.id WHERE r.sweep_id = ?1 AND r.cell = ?2) \
+         FROM runs WHERE sweep_id = ?1 AND cell = ?2",
+        params![sweep_id, m.cell, RunState::Completed, RunState::Diverged],
+        |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0), r.get(2)?)),
+    )?;
+    Ok(runs == finished && finished as usize == m.seeds_done && probes as usize == m.digests.len())
 }
 
 fn load_cell_runs(conn: &Connection, sweep_id: &str, cell: u32) -> Result<Vec<RunData>> {
@@ -179,11 +279,20 @@ pub struct SavedProbeRef {
     pub params: usize,
 }
 
+/// A stored merge as [`Store::cell_sources`] read it.
+#[derive(Debug)]
+pub struct StoredCell {
+    /// The statistics at the default thresholds.
+    pub result: CellResult,
+    /// The eigenvalues behind its spectra, when kept (and this cell's).
+    pub spectra: Option<CellSpectra>,
+}
+
 /// A cell's results, stored or to be computed ([`Store::cell_sources`]).
 #[derive(Debug)]
 pub enum CellSource {
-    /// A current stored merge.
-    Ready(Box<CellResult>),
+    /// A stored merge that can serve the request.
+    Ready(Box<StoredCell>),
     /// The inputs to merge from.
     Compute(Box<CellInputs>),
 }
@@ -203,34 +312,140 @@ pub struct CellInputs {
 }
 
 impl CellInputs {
-    /// Merges the cell: the heavy part, to run off the store's connections.
-    pub fn compute(&self, th: &RankThresholds) -> CellResult {
-        cell_result(&self.cell, self.seeds_total, &self.runs, th)
+    /// Merges the cell (at the default thresholds, keeping its spectra and
+    /// digests): the heavy part, to run off the store's connections.
+    pub fn merge(&self) -> CellMerge {
+        merge_cell(&self.cell, self.seeds_total, &self.runs)
+    }
+}
+
+/// A merge ready to store, encoded off the writer: what
+/// [`Store::store_cell`] writes.
+#[derive(Debug)]
+pub struct EncodedMerge {
+    /// The cell.
+    pub cell: u32,
+    /// Runs the merge covers.
+    pub seeds_done: usize,
+    /// Seeds per cell in the sweep.
+    pub seeds_total: usize,
+    /// The statistics (no user thresholds), as JSON.
+    pub result_json: String,
+    /// [`CellSpectra::encode`].
+    pub spectra: Vec<u8>,
+    /// (run, probe index, [`ProbeDigest::encode`]) for every probe merged.
+    pub digests: Vec<(String, u32, Vec<u8>)>,
+}
+
+impl EncodedMerge {
+    /// Encodes `m` (heavy for big d: the digests' eigenvectors).
+    pub fn of(m: &CellMerge) -> Result<Self> {
+        let r = &m.result;
+        Ok(EncodedMerge {
+            cell: r.index,
+            seeds_done: r.seeds_done,
+            seeds_total: r.seeds_total,
+            result_json: serde_json::to_string(r).map_err(|e| CoordinatorError::Internal(e.to_string()))?,
+            spectra: m.spectra.encode(),
+            digests: m.digests.iter().map(|(run, d)| (run.clone(), d.meta.index, d.encode())).collect(),
+        })
     }
 }
 
 impl CellSource {
-    /// The cell's results: the stored ones, or merged now (heavy).
-    pub fn compute(self, th: &RankThresholds) -> CellResult {
-        match self {
-            CellSource::Ready(c) => *c,
-            CellSource::Compute(i) => i.compute(th),
+    /// The cell's results with ranks at the user's thresholds `th`: the
+    /// stored ones, or merged now (heavy). A fresh merge of finished runs
+    /// comes back too, to be stored.
+    pub fn compute(self, th: &RankThresholds) -> (CellResult, Option<CellMerge>) {
+        let (mut result, spectra, merge) = match self {
+            CellSource::Ready(s) => (s.result, s.spectra, None),
+            CellSource::Compute(i) => {
+                let m = i.merge();
+                let fresh = !i.runs.is_empty();
+                (m.result.clone(), Some(m.spectra.clone()), fresh.then_some(m))
+            }
+        };
+        if !th.is_empty()
+            && let Some(sp) = spectra
+            && let Err(e) = result.add_thresholds(&sp, th)
+        {
+            // Loaded spectra were checked to fit and fresh ones are the
+            // cell's own: this would be a bug.
+            tracing::error!(cell = result.index, error = %e, "thresholds not added");
         }
+        (result, merge)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
+    use super::super::{BlobKind, Chunk, Outcome, ReportBody};
     use super::*;
+    use gradsweep_shared::grid::GridLimits;
 
-    fn result(index: u32, seeds_done: usize) -> CellResult {
+    fn result(index: u32, seeds_done: usize) -> EncodedMerge {
         let (_dir, mut s) = store();
         let sweep = submit(&mut s, 1, 1);
-        let mut c = s.cell_inputs(&sweep, 0).unwrap().compute(&RankThresholds::default());
-        c.index = index;
-        c.seeds_done = seeds_done;
-        c
+        let mut m = s.cell_inputs(&sweep, 0).unwrap().unwrap().merge();
+        m.result.index = index;
+        m.result.seeds_done = seeds_done;
+        m.result.seeds_total = 3;
+        EncodedMerge::of(&m).unwrap()
+    }
+
+    /// Computes every queued run of the store for real (one epoch of
+    /// [`grid`]'s small net, `extra` lines in its `[probe]` section) on one
+    /// worker and reports it as a worker does: each probe and the
+    /// trajectory in one chunk, then the finish. Returns the cells whose
+    /// last run ended.
+    fn run_all(s: &mut Store) -> Vec<(String, u32)> {
+        let w = worker(s, "w");
+        let mut to_merge = vec![];
+        while let Some(l) = s.acquire(&w).unwrap() {
+            let spec: gradsweep_shared::RunSpec = serde_json::from_str(&l.spec_json).unwrap();
+            let mut blobs = vec![];
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let fin = gradsweep_shared::run::execute(&spec, &stop, &mut |e| {
+                match e {
+                    gradsweep_shared::RunEvent::Probe(p) => blobs.push((BlobKind::Probe, p.meta.index, p.encode())),
+                    gradsweep_shared::RunEvent::Trajectory(t) => {
+                        blobs.push((BlobKind::Trajectory, 0, serde_json::to_vec(&*t).unwrap()))
+                    }
+                    _ => {}
+                }
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            for (seq, (kind, index, data)) in blobs.into_iter().enumerate() {
+                let chunk = Chunk { kind, index, chunk_index: 0, chunk_count: 1, data };
+                s.apply_report(&report(&w, &l, seq as u64 + 1, ReportBody::Chunk(chunk))).unwrap();
+            }
+            let seq = s.run_state(&l.run_id).unwrap().2;
+            to_merge.extend(s.finish(&w, &l.run_id, l.epoch, seq, &Outcome::Completed(fin)).unwrap());
+        }
+        to_merge
+    }
+
+    fn count(s: &Store, table: &str) -> i64 {
+        s.conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    }
+
+    fn merge_and_store(s: &mut Store, sweep: &str, cell: u32) -> CellMerge {
+        let m = s.cell_inputs(sweep, cell).unwrap().expect("not pruned").merge();
+        assert!(s.store_cell(sweep, &EncodedMerge::of(&m).unwrap()).unwrap());
+        m
+    }
+
+    fn ready(s: &Store, sweep: &str, th: &RankThresholds) -> Vec<CellResult> {
+        s.cell_sources(sweep, th)
+            .unwrap()
+            .into_iter()
+            .map(|src| {
+                assert!(matches!(src, CellSource::Ready(_)), "served from the store");
+                src.compute(th).0
+            })
+            .collect()
     }
 
     #[test]
@@ -254,5 +469,72 @@ mod tests {
         }
         assert!(s.stale_cells().unwrap().is_empty());
         assert!(matches!(s.cell_inputs(&sweep, 9), Err(CoordinatorError::Internal(_))));
+    }
+
+    /// Issue 11, item 7: once a cell's merge covers all its seeds, its
+    /// probes keep digests instead of sketches; results, with or without
+    /// new thresholds, are served from the store and equal a merge from the
+    /// sketches; the merge is final.
+    #[test]
+    fn a_cell_merged_over_all_its_seeds_keeps_digests_and_answers_any_threshold() {
+        let (_dir, mut s) = store();
+        // ℓ well above the digest's 10 eigenvectors, as in any real probe.
+        let wide = grid(1, 2).replace("sketch_rank = 8\n", "sketch_rank = 48\n");
+        let sweep = s.submit(&wide, "unit.toml", false, GridLimits::default()).unwrap().sweep_id;
+        assert_eq!(run_all(&mut s), vec![(sweep.clone(), 0)]);
+        let th = RankThresholds { relative: vec![1e-4, 0.3], absolute: vec![1e-7] };
+        // From the sketches, before anything is stored.
+        let inputs = s.cell_inputs(&sweep, 0).unwrap().unwrap();
+        let (plain, with_th) = (inputs.merge().result, cell_result_with(&inputs, &th));
+        let sketch_bytes: i64 = s.conn.query_row("SELECT sum(length(data)) FROM probes", [], |r| r.get(0)).unwrap();
+        let m = merge_and_store(&mut s, &sweep, 0);
+        assert_eq!((count(&s, "probes"), count(&s, "probe_digests")), (0, 2), "sketches gave way to digests");
+        let digest_bytes: i64 =
+            s.conn.query_row("SELECT sum(length(data)) FROM probe_digests", [], |r| r.get(0)).unwrap();
+        assert!(digest_bytes * 2 < sketch_bytes, "{digest_bytes} B of digests for {sketch_bytes} B of sketches");
+        let json = |c: &[CellResult]| serde_json::to_string(c).unwrap();
+        assert_eq!(json(&ready(&s, &sweep, &RankThresholds::default())), json(&[plain]));
+        assert_eq!(json(&ready(&s, &sweep, &th)), json(&[with_th]));
+        let digests = s.probe_digests(&sweep, 0).unwrap();
+        assert_eq!(digests, m.digests);
+        assert!(s.cell_inputs(&sweep, 0).unwrap().is_none(), "a pruned cell is not merged again");
+        assert!(!s.store_cell(&sweep, &EncodedMerge::of(&m).unwrap()).unwrap());
+        assert!(s.stale_cells().unwrap().is_empty());
+    }
+
+    fn cell_result_with(inputs: &CellInputs, th: &RankThresholds) -> CellResult {
+        gradsweep_shared::results::cell_result(&inputs.cell, inputs.seeds_total, &inputs.runs, th)
+    }
+
+    /// Sketches stay while a cell has seeds to come, and always when the
+    /// grid says `keep_sketches` (or saves gradient rows); a stored merge
+    /// still serves thresholds from its kept eigenvalues.
+    #[test]
+    fn sketches_stay_for_seeds_to_come_and_when_the_grid_keeps_them() {
+        let (_dir, mut s) = store();
+        let kept = grid(1, 2).replace("sketch_rank = 8\n", "sketch_rank = 8\nkeep_sketches = true\n");
+        let sweep = s.submit(&kept, "keep.toml", false, GridLimits::default()).unwrap().sweep_id;
+        run_all(&mut s);
+        merge_and_store(&mut s, &sweep, 0);
+        assert_eq!((count(&s, "probes"), count(&s, "probe_digests")), (2, 0));
+        let th = RankThresholds { relative: vec![], absolute: vec![1e-6] };
+        let inputs = s.cell_inputs(&sweep, 0).unwrap().expect("kept cells may be merged again");
+        let served = ready(&s, &sweep, &th);
+        assert_eq!(
+            serde_json::to_string(&served).unwrap(),
+            serde_json::to_string(&[cell_result_with(&inputs, &th)]).unwrap()
+        );
+
+        // One seed of two merged: nothing is dropped yet.
+        let (_dir2, mut s2) = store();
+        let sweep2 = submit(&mut s2, 1, 2);
+        let w = worker(&mut s2, "x");
+        let first = s2.acquire(&w).unwrap().unwrap();
+        s2.finish(&w, &first.run_id, first.epoch, 0, &Outcome::Failed("x".into())).unwrap();
+        let rest = run_all(&mut s2);
+        assert_eq!(rest, vec![(sweep2.clone(), 0)]);
+        let m = merge_and_store(&mut s2, &sweep2, 0);
+        assert_eq!((m.result.seeds_done, m.result.seeds_total), (1, 2));
+        assert_eq!((count(&s2, "probes"), count(&s2, "probe_digests")), (1, 0), "a failed seed may be retried");
     }
 }

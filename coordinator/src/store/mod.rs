@@ -39,7 +39,7 @@ pub mod states;
 pub mod sweeps;
 
 pub use leases::{HeartbeatAnswer, Lease, LeaseRef, Seen, WorkerRow};
-pub use merges::{CellInputs, CellSource, SavedProbeRef};
+pub use merges::{CellInputs, CellSource, EncodedMerge, SavedProbeRef, StoredCell};
 pub use reports::{BlobKind, Chunk, Outcome, Report, ReportBody};
 pub use schema::SCHEMA_VERSION;
 pub use states::{RunState, SweepState, UnknownState, WorkerState};

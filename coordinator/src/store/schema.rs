@@ -15,6 +15,12 @@
 //! * a sweep row holds its numbers of cells and seeds (no plan to parse);
 //! * runs are indexed by (sweep, cell, state): whether a cell has open runs
 //!   is one index probe, whatever the number of seeds.
+//!
+//! What keeps a database small (version 4): once a cell's merge covers all
+//! its seeds, its runs' probe sketches are replaced by digests
+//! (`probe_digests`), and the cell row keeps the eigenvalues behind its
+//! spectra (`cells.spectra`), from which ranks at any threshold are added;
+//! `cells.pruned` marks such a cell, which is never merged again.
 
 use gradsweep_shared::grid::SweepPlan;
 use rusqlite::Connection;
@@ -22,7 +28,7 @@ use rusqlite::Connection;
 use crate::error::{CoordinatorError, Result};
 
 /// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// SQLite `application_id` marking a gradsweep database ("GSWP").
 const APPLICATION_ID: i64 = 0x4753_5750;
 
@@ -77,7 +83,8 @@ CREATE TABLE chunks (
     PRIMARY KEY (run_id, kind, idx, chunk)
 );
 CREATE TABLE cells (sweep_id TEXT NOT NULL, cell INTEGER NOT NULL, runs_merged INTEGER NOT NULL, result_json TEXT NOT NULL,
-    PRIMARY KEY (sweep_id, cell));
+    spectra BLOB, pruned INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (sweep_id, cell));
+CREATE TABLE probe_digests (run_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, idx));
 CREATE TABLE workers (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, hostname TEXT NOT NULL, slots INTEGER NOT NULL, state TEXT NOT NULL,
     registered_ms INTEGER NOT NULL, last_heartbeat_ms INTEGER NOT NULL
@@ -140,6 +147,18 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
     if version < 3 {
         upgrade_2_to_3(conn)?;
         tracing::info!("database upgraded from schema version 2 to 3");
+    }
+    if version < 4 {
+        // Version 4 keeps, per merged cell, the eigenvalues behind its
+        // spectra, and per probe of a pruned cell its digest.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; ALTER TABLE cells ADD COLUMN spectra BLOB; \
+             ALTER TABLE cells ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0; \
+             CREATE TABLE probe_digests (run_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, \
+             PRIMARY KEY (run_id, idx)); \
+             UPDATE meta SET value = '4' WHERE key = 'schema_version'; COMMIT;",
+        )?;
+        tracing::info!("database upgraded from schema version 3 to 4");
     }
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
