@@ -1,4 +1,4 @@
-//! The gradsweep coordinator and the `gradsweep` command line.
+//! The gradsweep coordinator: the server behind `gradsweep serve`.
 //!
 //! The coordinator turns a grid file into runs, leases them to workers,
 //! fences every report with the lease's epoch and a sequence number, stores
@@ -10,6 +10,9 @@
 //! status in one place. Merges are heavy (sketch shrinks and
 //! eigendecompositions) and run on a merger task with the store unlocked,
 //! never inside a worker's request.
+//!
+//! The command line (`gradsweep`, in the `gradsweep-cli` crate) starts it
+//! through [`serve_with_metrics`]; nothing here parses flags or prints.
 //!
 //! # Layout
 //! * [`error`] — [`CoordinatorError`] and its mapping to `tonic::Status`.
@@ -24,15 +27,11 @@
 //! * [`service`] — the `WorkerService` and `ControlService` handlers.
 //! * [`server`] — [`serve`]: both services, health and reflection on a listener until shutdown; token and TLS.
 //! * [`metrics`] — the Prometheus metrics the coordinator serves.
-//! * [`client`] — connecting to a coordinator from the CLI and tests.
-//! * [`report`] — results as a table, CSV or JSON.
 
-pub mod client;
 pub mod convert;
 pub mod error;
 pub mod lock;
 pub mod metrics;
-pub mod report;
 pub mod server;
 pub mod service;
 pub mod shards;

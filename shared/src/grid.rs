@@ -307,6 +307,24 @@ impl Ctx<'_> {
     }
 }
 
+/// Why a sweep name cannot be one folder inside the output folder (`local`
+/// writes to `gradsweep-out/<name>`), if it cannot: a path separator,
+/// `.` or `..`, a control character, or a length past what file systems
+/// take.
+fn unusable_as_folder(name: &str) -> Option<&'static str> {
+    if name.contains(['/', '\\']) {
+        Some("it may not contain `/` or `\\`")
+    } else if name == "." || name == ".." {
+        Some("it may not be `.` or `..`")
+    } else if name.chars().any(char::is_control) {
+        Some("it may not contain control characters")
+    } else if name.len() > 200 {
+        Some("it may be at most 200 bytes long")
+    } else {
+        None
+    }
+}
+
 /// 1-based line and character column of byte `offset`.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -484,6 +502,8 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
     let name = raw.sweep.get_ref().name.get_ref().trim().to_string();
     if name.is_empty() {
         ctx.push(raw.sweep.get_ref().name.span(), "`name` must not be empty");
+    } else if let Some(why) = unusable_as_folder(&name) {
+        ctx.push(raw.sweep.get_ref().name.span(), format!("`name` {name:?} names the sweep's output folder: {why}"));
     }
 
     // Axes.
@@ -526,7 +546,10 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
     let cells_count: usize = axes.iter().map(|a| a.points.len()).product();
     let runs = cells_count.saturating_mul(seeds.len());
     if runs > limits.max_runs {
-        ctx.push(grid_span, format!("the grid expands to {runs} runs, more than the limit of {}", limits.max_runs));
+        ctx.push(
+            grid_span,
+            format!("the grid expands to {runs} runs, more than the limit of {} (--max-runs)", limits.max_runs),
+        );
         return Err(GridError { issues: ctx.issues });
     }
 
@@ -902,6 +925,23 @@ batch_size = [8, 32, 128]
         let e = err("[sweep\nname='x'");
         assert_eq!(e.line, 1);
         assert_eq!(e.to_string().split(':').next(), Some("g.toml"));
+    }
+
+    /// Issue 13: a sweep's name becomes `gradsweep-out/<name>`, so a name
+    /// that would lead anywhere else is refused where it is written.
+    #[test]
+    fn a_sweep_name_that_would_leave_the_output_folder_is_refused_at_its_line() {
+        for bad in ["../../escaped", "a/b", "..", ".", "a\\\\b", "tab\there"] {
+            let text = QUICK.replace("name = \"quickstart\"", &format!("name = \"{bad}\""));
+            let e = parse_grid(&text, "g.toml", GridLimits::default()).unwrap_err().issues[0].clone();
+            assert_eq!((e.line, e.message.contains("output folder")), (3, true), "{bad}: {e}");
+        }
+        let long = QUICK.replace("name = \"quickstart\"", &format!("name = \"{}\"", "n".repeat(201)));
+        assert!(parse_grid(&long, "g.toml", GridLimits::default()).is_err());
+        for good in ["quickstart", "lenet η/b".replace('/', " over ").as_str(), "a.b-c_d", "..x"] {
+            let text = QUICK.replace("name = \"quickstart\"", &format!("name = \"{good}\""));
+            assert!(parse_grid(&text, "g.toml", GridLimits::default()).is_ok(), "{good}");
+        }
     }
 
     #[test]

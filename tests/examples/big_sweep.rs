@@ -46,7 +46,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 /// `calls` sequential `Status` calls; their latencies in ms.
 async fn status_latencies(
-    control: &mut gradsweep_coordinator::client::ControlClient,
+    control: &mut gradsweep_cli::client::ControlClient,
     sweep: &str,
     calls: usize,
 ) -> anyhow::Result<Vec<f64>> {
@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("state.db");
     let coord = CoordinatorProc::start(&db, 0, &[], dir.path());
-    let mut control = gradsweep_coordinator::client::connect_control(&format!("127.0.0.1:{}", coord.port)).await?;
+    let mut control = gradsweep_cli::client::connect_control(&format!("127.0.0.1:{}", coord.port)).await?;
     let rss_before = proc_kb(coord.pid(), "VmRSS");
 
     let t = Instant::now();

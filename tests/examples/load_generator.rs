@@ -143,7 +143,7 @@ async fn load(
         &["--lease-ttl-ms", "15000", "--heartbeat-ms", "3000", "--max-runs", &max_runs],
         dir.path(),
     );
-    let mut control = gradsweep_coordinator::client::connect_control(&format!("127.0.0.1:{}", coord.port)).await?;
+    let mut control = gradsweep_cli::client::connect_control(&format!("127.0.0.1:{}", coord.port)).await?;
     submit(&mut control, &grid(runs)).await;
     let (stop, granted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let samples = Arc::new(Mutex::new(Samples::default()));

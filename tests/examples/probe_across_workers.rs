@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use gradsweep_coordinator::client::fetch_results;
+use gradsweep_cli::client::fetch_results;
 use gradsweep_tests::{InProcess, InProcessWorkers, fast_config, submit, wait_sweep_completed};
 
 fn grid(data_dir: &str, ell: u32) -> String {

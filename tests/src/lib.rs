@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use gradsweep_cli::client::{ControlClient, connect_control};
 use gradsweep_coordinator::CoordinatorConfig;
-use gradsweep_coordinator::client::{ControlClient, connect_control};
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use tonic::transport::Channel;

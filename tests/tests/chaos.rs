@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use gradsweep_coordinator::client::{connect_control, fetch_results};
+use gradsweep_cli::client::{connect_control, fetch_results};
 use gradsweep_proto::v1 as pb;
 use gradsweep_tests::{
     Audit, CoordinatorProc, Proxy, WorkerProc, audit, cli, log_field, poll_until, wait_until, worker_holds_run,
@@ -169,7 +169,7 @@ async fn chaos_suite() {
         WorkerProc::start(&coord.url(), "direct-0", 1, dir.path()),
         WorkerProc::start(&via_proxy, "proxied-0", 2, dir.path()),
     ];
-    let progressed = |c: &gradsweep_coordinator::client::ControlClient, min: u32| {
+    let progressed = |c: &gradsweep_cli::client::ControlClient, min: u32| {
         let mut c = c.clone();
         let sweep = sweep.clone();
         async move {
@@ -213,7 +213,7 @@ async fn chaos_suite() {
     workers.push(WorkerProc::start(&via_proxy, "joiner", 1, dir.path()));
     faults += 1;
     let victim = worker_named(&client, &workers[0].name).await.expect("direct worker registered").worker_id;
-    let o = cli(&["--coordinator", &addr, "drain", &victim]);
+    let o = cli(&["drain", "--coordinator", &addr, &victim]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     faults += 1;
     workers.push(WorkerProc::start(&coord.url(), "finisher", 2, dir.path()));

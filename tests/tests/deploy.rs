@@ -259,8 +259,8 @@ fn compose_file_is_consistent() {
     assert_eq!(flag(&cmd, "token-file"), format!("/run/secrets/{secret}"));
     assert!(at(c, "secrets").get(secret.as_str()).is_some());
     let hc = strings(coord, "healthcheck.test");
-    assert_eq!(&hc[..2], ["CMD", "gradsweep"]);
-    assert_flags_accepted(&hc[2..], &help("gradsweep", &[]), "healthcheck");
+    assert_eq!(&hc[..3], ["CMD", "gradsweep", "status"]);
+    assert_flags_accepted(&hc[3..], &help("gradsweep", &["status"]), "healthcheck");
 
     let worker = at(c, "services.worker");
     let wcmd = strings(worker, "command");
@@ -280,7 +280,7 @@ fn dockerfile_builds_and_ships_both_binaries() {
     assert_eq!(froms.len(), 2, "a build stage and a runtime stage");
     assert!(froms[0].ends_with(" AS build"));
     let build = text.lines().find(|l| l.contains("cargo build")).unwrap();
-    for pkg in ["gradsweep-coordinator", "gradsweep-worker"] {
+    for pkg in ["gradsweep-cli", "gradsweep-worker"] {
         assert!(build.contains(&format!("-p {pkg}")), "{pkg} is built");
         assert!(
             read(&format!("{}/Cargo.toml", pkg.trim_start_matches("gradsweep-")))

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gradsweep_coordinator::client::fetch_results;
+use gradsweep_cli::client::fetch_results;
 use gradsweep_tests::{InProcess, InProcessWorkers, fast_config, submit, verify_against_offline, wait_sweep_completed};
 
 fn idx_images(n: u32, seed: u32) -> Vec<u8> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gradsweep_coordinator::client::{connect_control, fetch_results};
+use gradsweep_cli::client::{connect_control, fetch_results};
 use gradsweep_tests::{CoordinatorProc, WorkerProc, cli, grids, log_field, verify_against_offline};
 
 fn stdout(o: &std::process::Output) -> String {
@@ -130,35 +130,35 @@ async fn multi_process_serve_submit_watch_results() {
     let file = dir.path().join("grid.toml");
     std::fs::write(&file, &grid).unwrap();
 
-    let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+    let o = cli(&["submit", "--coordinator", &addr, file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let sweep = stdout(&o).trim().to_string();
     assert!(sweep.starts_with("multi-"), "{sweep}");
 
-    let o = cli(&["--coordinator", &addr, "watch", &sweep]);
+    let o = cli(&["watch", "--coordinator", &addr, &sweep]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("8/8 runs done"), "{}", stderr(&o));
 
-    let o = cli(&["--coordinator", &addr, "status", &sweep]);
+    let o = cli(&["status", "--coordinator", &addr, &sweep]);
     assert!(stdout(&o).contains("completed"), "{}", stdout(&o));
 
-    let o = cli(&["--coordinator", &addr, "workers"]);
+    let o = cli(&["workers", "--coordinator", &addr]);
     let workers = stdout(&o);
     assert!(workers.contains("w-a") && workers.contains("w-b"), "{workers}");
 
     let out = dir.path().join("res");
-    let o = cli(&["--coordinator", &addr, "results", &sweep, "--format", "csv", "--out", out.to_str().unwrap()]);
+    let o = cli(&["results", "--coordinator", &addr, &sweep, "--format", "csv", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().count(), 5);
     assert!(out.join("results.json").exists());
 
     // Submitting the same grid again returns the same sweep; --new makes another.
-    let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+    let o = cli(&["submit", "--coordinator", &addr, file.to_str().unwrap()]);
     assert!(stdout(&o).starts_with(&format!("{sweep} (existing")), "{}", stdout(&o));
-    let o = cli(&["--coordinator", &addr, "submit", "--new", file.to_str().unwrap()]);
+    let o = cli(&["submit", "--coordinator", &addr, "--new", file.to_str().unwrap()]);
     let second = stdout(&o).trim().to_string();
     assert_ne!(second, sweep);
-    let o = cli(&["--coordinator", &addr, "cancel", &second]);
+    let o = cli(&["cancel", "--coordinator", &addr, &second]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let mut client = connect_control(&addr).await.unwrap();
@@ -169,9 +169,9 @@ async fn multi_process_serve_submit_watch_results() {
     // a relative threshold the defaults also hold gives the same counts,
     // and an absolute one gives a bracket around its count.
     let o = cli(&[
+        "results",
         "--coordinator",
         &addr,
-        "results",
         &sweep,
         "--format",
         "csv",
@@ -209,7 +209,7 @@ async fn multi_process_serve_submit_watch_results() {
             assert!(!field("rank_needs_ell").is_empty() || col("rank_hi") > col("rank_lo"), "{line}");
         }
     }
-    let o = cli(&["--coordinator", &addr, "results", &sweep, "--rank-threshold-rel", "2"]);
+    let o = cli(&["results", "--coordinator", &addr, &sweep, "--rank-threshold-rel", "2"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("relative rank threshold 2 is not in (0, 1]"), "{}", stderr(&o));
     // The coordinator checks too, for clients that do not.
@@ -454,15 +454,23 @@ async fn sigterm_hands_leases_back_and_drain_exits_when_idle() {
     let mut drained = WorkerProc::start(&coord.url(), "drained", 1, dir.path());
     gradsweep_tests::wait_worker_holds_run(&client, "drained", Duration::from_secs(60)).await;
     let id = gradsweep_tests::worker_named(&client, "drained").await.expect("registered").worker_id;
-    let o = cli(&["--coordinator", &addr, "drain", &id]);
+    // By the name `workers` lists (issue 13); an unknown one says where to look.
+    let o = cli(&["drain", "--coordinator", &addr, "nobody"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no worker has the identifier or name `nobody`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cli(&["drain", "--coordinator", &addr, "drained"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(&format!("{id} (drained): draining")), "{}", stdout(&o));
     let status = drained.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let _rest = WorkerProc::start(&coord.url(), "rest", 2, dir.path());
     gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(120)).await;
     let log = coord.log();
     assert!(!log.contains("lease lapsed"), "no lease had to lapse:\n{log}");
-    let o = cli(&["--coordinator", &addr, "workers"]);
+    let o = cli(&["workers", "--coordinator", &addr]);
     assert!(stdout(&o).lines().filter(|l| l.contains(" left ")).count() >= 2, "{}", stdout(&o));
     let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();
     assert_eq!(verify_against_offline(&grid, &cells), 8);

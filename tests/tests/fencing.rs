@@ -136,7 +136,7 @@ async fn stale_epoch_is_refused_and_duplicates_merge_once() {
     // A finish retried after a lost answer is harmless.
     wc.finish(finish(&b, &run_b, 2, all.len() as u64, &fin)).await.unwrap();
 
-    let (cells, _) = gradsweep_coordinator::client::fetch_results(&mut control, &sweep).await.unwrap();
+    let (cells, _) = gradsweep_cli::client::fetch_results(&mut control, &sweep).await.unwrap();
     assert_eq!(gradsweep_tests::verify_against_offline(ONE_RUN, &cells), 1);
     assert_eq!(cells[0].runs[0].probes.len(), 2, "each probe stored once");
     server.stop().await;
@@ -224,7 +224,7 @@ async fn cell_statistics_equal_offline_merge() {
     for w in workers {
         w.await.unwrap().unwrap();
     }
-    let (cells, _) = gradsweep_coordinator::client::fetch_results(&mut control, &sweep).await.unwrap();
+    let (cells, _) = gradsweep_cli::client::fetch_results(&mut control, &sweep).await.unwrap();
     let plan = gradsweep_shared::parse_grid(&grid, "g", Default::default()).unwrap();
     for (cell, got) in plan.cells.iter().zip(&cells) {
         let mut merged: Option<gradsweep_shared::FdSketch> = None;
@@ -390,7 +390,7 @@ async fn hostile_values_sizes_replays_and_checkpoints_are_refused() {
         send(i as u64 + 1, b.clone()).await.unwrap();
     }
     wc.finish(finish(&w, &run, 1, bodies.len() as u64, &fin)).await.unwrap();
-    let (cells, _) = gradsweep_coordinator::client::fetch_results(&mut control, &sweep).await.unwrap();
+    let (cells, _) = gradsweep_cli::client::fetch_results(&mut control, &sweep).await.unwrap();
     assert_eq!(gradsweep_tests::verify_against_offline(ONE_RUN, &cells), 1);
     server.stop().await;
 }

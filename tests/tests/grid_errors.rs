@@ -143,7 +143,7 @@ async fn grid_errors_name_place_and_rule_and_store_nothing() {
     for (name, text, at, words) in cases() {
         let file = dir.path().join(format!("{}.toml", name.replace(' ', "-")));
         std::fs::write(&file, &text).unwrap();
-        let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+        let o = cli(&["submit", "--coordinator", &addr, file.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{name}: submit must fail");
         let place = format!("{}:{at}:", file.display());
@@ -153,7 +153,7 @@ async fn grid_errors_name_place_and_rule_and_store_nothing() {
     // The cap is the coordinator's (--max-runs 20; the grid has 24 runs).
     let file = dir.path().join("big.toml");
     std::fs::write(&file, BASE).unwrap();
-    let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+    let o = cli(&["submit", "--coordinator", &addr, file.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
@@ -167,12 +167,12 @@ async fn grid_errors_name_place_and_rule_and_store_nothing() {
     let long = BASE.replace("seeds = [0, 1]", &format!("seeds = [{}]", seeds.join(", ")));
     let file = dir.path().join("long.toml");
     std::fs::write(&file, long).unwrap();
-    let o = cli(&["--coordinator", &addr, "submit", file.to_str().unwrap()]);
+    let o = cli(&["submit", "--coordinator", &addr, file.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains(&format!("grid file {} is", file.display())) && err.contains("`seeds = N`"), "{err}");
 
-    let o = cli(&["--coordinator", &addr, "status"]);
+    let o = cli(&["status", "--coordinator", &addr]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "no sweeps");
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use gradsweep_coordinator::client::{connect_control, fetch_results};
+use gradsweep_cli::client::{connect_control, fetch_results};
 use gradsweep_tests::{CoordinatorProc, WorkerProc, grids, http_get, metric, read_port_file};
 use tokio_stream::StreamExt;
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gradsweep_coordinator::client::{ClientError, Remote, connect_control, fetch_results};
+use gradsweep_cli::client::{ClientError, Remote, connect_control, fetch_results};
 use gradsweep_proto::transport::{ClientSecurity, Token};
 use gradsweep_proto::v1 as pb;
 use gradsweep_tests::{CoordinatorProc, WorkerProc, bin, cli_env, grids};
@@ -50,13 +50,13 @@ async fn token_is_required_on_every_call_off_loopback() {
     let addr = format!("127.0.0.1:{}", coord.port);
 
     // CLI: no token, wrong token, right token (from the environment).
-    let none = cli_env(&["--coordinator", &addr, "status"], &[]);
+    let none = cli_env(&["status", "--coordinator", &addr], &[]);
     assert!(!none.status.success());
     assert!(text(&none).contains("requires a token"), "{}", text(&none));
-    let wrong = cli_env(&["--coordinator", &addr, "status"], &[("GRADSWEEP_TOKEN", "guess")]);
+    let wrong = cli_env(&["status", "--coordinator", &addr], &[("GRADSWEEP_TOKEN", "guess")]);
     assert!(!wrong.status.success());
     assert!(text(&wrong).contains("wrong token"), "{}", text(&wrong));
-    let right = cli_env(&["--coordinator", &addr, "status"], &[("GRADSWEEP_TOKEN", "correct-horse-battery-staple")]);
+    let right = cli_env(&["status", "--coordinator", &addr], &[("GRADSWEEP_TOKEN", "correct-horse-battery-staple")]);
     assert!(right.status.success(), "{}", text(&right));
 
     // Worker service without a token: refused, and nothing registered.
@@ -142,7 +142,7 @@ async fn tls_with_a_generated_certificate() {
     std::fs::write(&grid_file, &grid).unwrap();
     let mut args = vec!["--coordinator", &addr];
     args.extend_from_slice(&tls_args);
-    let submit = cli_env(&[&args[..], &["submit", grid_file.to_str().unwrap()]].concat(), &[]);
+    let submit = cli_env(&[&["submit", grid_file.to_str().unwrap()], &args[..]].concat(), &[]);
     assert!(submit.status.success(), "{}", text(&submit));
     let secure = Remote {
         addr: addr.clone(),
@@ -151,7 +151,7 @@ async fn tls_with_a_generated_certificate() {
     let mut client = secure.connect().await.unwrap();
     let sweep = client.list_sweeps(pb::ListSweepsRequest {}).await.unwrap().into_inner().sweeps[0].sweep_id.clone();
     gradsweep_tests::wait_sweep_completed(&client, &sweep, Duration::from_secs(120)).await;
-    let results = cli_env(&[&args[..], &["results", &sweep, "--format", "csv"]].concat(), &[]);
+    let results = cli_env(&[&["results", &sweep, "--format", "csv"], &args[..]].concat(), &[]);
     assert!(results.status.success(), "{}", text(&results));
     assert_eq!(String::from_utf8_lossy(&results.stdout).lines().count(), 5, "header + 4 cells");
     let (cells, _) = fetch_results(&mut client, &sweep).await.unwrap();

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use gradsweep_coordinator::client::{connect_control, fetch_results};
+use gradsweep_cli::client::{connect_control, fetch_results};
 use gradsweep_tests::{Audit, CoordinatorProc, WorkerProc, audit, bin, cli, grids, wait_until};
 
 /// Starts `gradsweep serve` on `db`, expects it to refuse the file within
@@ -61,11 +61,11 @@ async fn full_disk_halts_the_coordinator_without_losing_anything() {
     // It says why, to workers and users alike, and health turns NOT_SERVING.
     let grid_file = dir.path().join("g.toml");
     std::fs::write(&grid_file, grids::tiny("other", 2)).unwrap();
-    let o = cli(&["--coordinator", &addr, "submit", grid_file.to_str().unwrap()]);
+    let o = cli(&["submit", "--coordinator", &addr, grid_file.to_str().unwrap()]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("stopped accepting work") && err.contains("cannot grow"), "{err}");
-    let o = cli(&["--coordinator", &addr, "status", &sweep]);
+    let o = cli(&["status", "--coordinator", &addr, &sweep]);
     assert!(o.status.success(), "reads still work: {}", String::from_utf8_lossy(&o.stderr));
     let ch = tonic::transport::Endpoint::from_shared(coord.url()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);

@@ -72,22 +72,13 @@ impl Store {
         let plan = parse_grid(text, file_name, limits)?;
         let fingerprint = plan.fingerprint();
         let tx = self.tx()?;
-        if !force_new {
-            let existing: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM sweeps WHERE fingerprint = ?1 ORDER BY created_ms LIMIT 1",
-                    [&fingerprint],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(id) = existing {
-                return Ok(Submitted {
-                    sweep_id: id,
-                    existing: true,
-                    cells: plan.cells.len() as u32,
-                    runs: plan.run_count() as u32,
-                });
-            }
+        if !force_new && let Some(id) = first_with_fingerprint(&tx, &fingerprint)? {
+            return Ok(Submitted {
+                sweep_id: id,
+                existing: true,
+                cells: plan.cells.len() as u32,
+                runs: plan.run_count() as u32,
+            });
         }
         let same: i64 = tx.row("SELECT count(*) FROM sweeps WHERE fingerprint = ?1", [&fingerprint], |r| r.get(0))?;
         let slug: String = plan
@@ -214,6 +205,12 @@ impl Store {
         Ok(row)
     }
 
+    /// The first sweep submitted with this grid fingerprint
+    /// ([`SweepPlan::fingerprint`]), if any: what `submit` resumes.
+    pub fn sweep_with_fingerprint(&self, fingerprint: &str) -> Result<Option<String>> {
+        first_with_fingerprint(&self.conn, fingerprint)
+    }
+
     /// All sweeps, newest first.
     pub fn sweeps(&self) -> Result<Vec<SweepRow>> {
         let ids: Vec<String> = self
@@ -271,6 +268,12 @@ pub(super) fn spec_with_seed(cell_spec_json: &str, seed: u64) -> Result<RunSpec>
         .map_err(|e| CoordinatorError::Internal(format!("stored cell spec unreadable: {e}")))?;
     spec.seed = seed;
     Ok(spec)
+}
+
+fn first_with_fingerprint(conn: &Connection, fingerprint: &str) -> Result<Option<String>> {
+    Ok(conn
+        .row("SELECT id FROM sweeps WHERE fingerprint = ?1 ORDER BY created_ms LIMIT 1", [fingerprint], |r| r.get(0))
+        .optional()?)
 }
 
 #[cfg(test)]

@@ -1,34 +1,17 @@
 //! `gradsweep`: the coordinator daemon and every user command.
 
-mod cli;
-
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand, ValueEnum};
-use gradsweep_coordinator::client::Remote;
-use gradsweep_proto::transport::ClientSecurity;
+use gradsweep_cli::args::{ConnectArgs, OutputFormat, ThresholdArgs};
+use gradsweep_cli::{analyze, commands, local, serve};
 
 /// Distributed sweeps of SGD hyperparameters that measure the diffusion
 /// matrix D(x) and the non-equilibrium drift of the trajectories.
 #[derive(Parser, Debug)]
 #[command(name = "gradsweep", version, about)]
 struct Cli {
-    /// Coordinator address for client commands.
-    #[arg(long, global = true, env = "GRADSWEEP_COORDINATOR", default_value = "127.0.0.1:7878")]
-    coordinator: String,
     /// Log format on stderr (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "GRADSWEEP_LOG_FORMAT")]
     log_format: LogFormat,
-    /// File holding the shared token (else $GRADSWEEP_TOKEN). `serve`
-    /// requires it on every call; client commands send it.
-    #[arg(long, global = true, env = "GRADSWEEP_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-    /// Client commands: connect with TLS, trusting this CA (PEM).
-    #[arg(long, global = true, env = "GRADSWEEP_TLS_CA")]
-    tls_ca: Option<PathBuf>,
-    /// Client commands: the name to verify in the coordinator's certificate.
-    #[arg(long, global = true, env = "GRADSWEEP_TLS_DOMAIN")]
-    tls_domain: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,72 +22,80 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
-enum Format {
-    Table,
-    Csv,
-    Json,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the coordinator daemon.
-    Serve(cli::serve::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Validate a grid file and submit it.
     Submit {
         /// The grid file (TOML).
-        file: PathBuf,
+        file: std::path::PathBuf,
         /// Create a new sweep even if the same grid was submitted before.
         #[arg(long)]
         new: bool,
-        /// Only validate the file; submit nothing.
+        /// Only validate the file; submit nothing (needs no coordinator).
         #[arg(long)]
         check: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Show one sweep, or all of them.
     Status {
         /// Sweep identifier.
         sweep: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Show a progress bar until the sweep finishes.
     Watch {
         /// Sweep identifier.
         sweep: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Print a sweep's per-cell statistics.
     Results {
         /// Sweep identifier.
         sweep: String,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
         /// Also write results.csv and results.json into this folder.
         #[arg(long)]
-        out: Option<PathBuf>,
+        out: Option<std::path::PathBuf>,
         /// Extra rank thresholds.
         #[command(flatten)]
-        thresholds: cli::ThresholdArgs,
+        thresholds: ThresholdArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Cancel a sweep's unfinished runs.
     Cancel {
         /// Sweep identifier.
         sweep: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// List workers with their state, runs and last heartbeat.
-    Workers,
+    Workers {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Ask a worker to take no new runs and exit when idle.
     Drain {
-        /// Worker identifier.
+        /// The worker's identifier or its name, as `gradsweep workers` lists them.
         worker: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// List the named models with their parameter counts and layer shapes.
     Models,
     /// Statistics of NPY data produced by any framework.
     #[command(subcommand)]
-    Analyze(cli::analyze::AnalyzeCommand),
+    Analyze(analyze::AnalyzeCommand),
     /// Run a whole sweep on this machine: a coordinator on loopback, N worker
     /// processes, progress, the table, and results.csv / results.json.
-    Local(cli::local::LocalArgs),
+    Local(local::LocalArgs),
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -127,6 +118,8 @@ async fn main() -> std::process::ExitCode {
     init_tracing(cli.log_format, level);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader went away (`gradsweep … | head`): nothing to say.
+        Err(e) if gradsweep_cli::closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -135,28 +128,19 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let remote = || -> anyhow::Result<Remote> {
-        Ok(Remote {
-            addr: cli.coordinator.clone(),
-            security: ClientSecurity::load(cli.token_file.as_deref(), cli.tls_ca.as_deref(), cli.tls_domain.clone())?,
-        })
-    };
-    let addr = &remote;
     match cli.command {
-        Command::Serve(args) => cli::serve::run(args, cli.token_file.as_deref()).await,
-        Command::Submit { file, new, check } => cli::commands::submit(&addr()?, &file, new, check).await,
-        Command::Status { sweep } => cli::commands::status(&addr()?, sweep.as_deref()).await,
-        Command::Watch { sweep } => cli::commands::watch(&addr()?, &sweep).await.map(|_| ()),
-        Command::Results { sweep, format, out, thresholds } => {
-            cli::commands::results(&addr()?, &sweep, format, out.as_deref(), &thresholds.thresholds()?).await
+        Command::Serve(args) => serve::run(args).await,
+        Command::Submit { file, new, check, connect } => commands::submit(&connect, &file, new, check).await,
+        Command::Status { sweep, connect } => commands::status(&connect.remote()?, sweep.as_deref()).await,
+        Command::Watch { sweep, connect } => commands::watch(&connect.remote()?, &sweep).await.map(|_| ()),
+        Command::Results { sweep, format, out, thresholds, connect } => {
+            commands::results(&connect.remote()?, &sweep, format, out.as_deref(), &thresholds.thresholds()?).await
         }
-        Command::Cancel { sweep } => cli::commands::cancel(&addr()?, &sweep).await,
-        Command::Workers => cli::commands::workers(&addr()?).await,
-        Command::Drain { worker } => cli::commands::drain(&addr()?, &worker).await,
-        Command::Local(args) => cli::local::run(args).await,
-        Command::Models => cli::commands::models(),
-        Command::Analyze(cmd) => cli::analyze::run(cmd),
+        Command::Cancel { sweep, connect } => commands::cancel(&connect.remote()?, &sweep).await,
+        Command::Workers { connect } => commands::workers(&connect.remote()?).await,
+        Command::Drain { worker, connect } => commands::drain(&connect.remote()?, &worker).await,
+        Command::Local(args) => local::run(args).await,
+        Command::Models => commands::models(),
+        Command::Analyze(cmd) => analyze::run(cmd),
     }
 }
-
-pub(crate) use Format as OutputFormat;

@@ -10,17 +10,19 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::client::{ClientError, connect_control, fetch_results_with};
 use anyhow::{Context, bail};
 use clap::Args;
-use gradsweep_coordinator::client::{connect_control, fetch_results_with};
+use gradsweep_coordinator::store::{LeasePolicy, Store};
 use gradsweep_coordinator::{CoordinatorConfig, serve};
 use gradsweep_proto::v1 as pb;
+use gradsweep_shared::grid::GridLimits;
 use tokio::process::{Child, Command};
 
 use super::commands::{
     fits_one_message, print_results, read_grid, require_complete, watch_with, write_result_files, write_saved_gradients,
 };
-use crate::OutputFormat;
+use crate::args::OutputFormat;
 
 /// Options of `gradsweep local`.
 #[derive(Args, Debug)]
@@ -35,9 +37,15 @@ pub struct LocalArgs {
     /// there is one worker, else one).
     #[arg(long)]
     pub slots: Option<u32>,
-    /// Output folder (default: gradsweep-out/<sweep name>).
+    /// Output folder (default: gradsweep-out/<sweep name>, or
+    /// gradsweep-out/<sweep name>-2, -3, … when that folder holds a
+    /// different grid of the same name). A folder that holds another
+    /// grid's sweep is never written over.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Largest number of runs the grid may expand to (as `serve --max-runs`).
+    #[arg(long, env = "GRADSWEEP_MAX_RUNS", default_value_t = gradsweep_shared::grid::DEFAULT_MAX_RUNS)]
+    pub max_runs: usize,
     /// The worker binary (default: gradsweep-worker next to this program).
     #[arg(long, env = "GRADSWEEP_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
@@ -46,7 +54,7 @@ pub struct LocalArgs {
     pub format: OutputFormat,
     /// Extra rank thresholds.
     #[command(flatten)]
-    pub thresholds: super::ThresholdArgs,
+    pub thresholds: crate::args::ThresholdArgs,
 }
 
 fn worker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -67,10 +75,11 @@ fn worker_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// Runs the sweep.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     args.thresholds.thresholds()?; // bad thresholds fail before anything starts
-    let (text, file_name, plan) = read_grid(&args.file)?;
+    let limits = GridLimits { max_runs: args.max_runs };
+    let (text, file_name, plan) = read_grid(&args.file, limits)?;
     fits_one_message(&text, &file_name)?;
     let worker_bin = worker_binary(args.worker_bin.as_deref())?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("gradsweep-out").join(&plan.name));
+    let out = output_folder(args.out.as_deref(), &plan)?;
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let workers = args.workers.max(1);
@@ -80,7 +89,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(out.join("state.db"));
     config.lease_ttl = Duration::from_secs(6);
     config.heartbeat_interval = Duration::from_secs(1);
-    config.grid_limits.max_runs = usize::MAX;
+    config.grid_limits = limits;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port")?;
     let addr = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -99,6 +108,71 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     result
 }
 
+/// What an output folder holds, as far as one grid is concerned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Folder {
+    /// No sweep yet: the grid may start there.
+    Fresh,
+    /// This grid's sweep: running again resumes it.
+    Resume,
+    /// Sweeps of other grids (their identifiers): not to be written over.
+    Other(Vec<String>),
+}
+
+/// What `dir` holds for a grid of this fingerprint, read from its database
+/// without changing it.
+pub fn folder_state(dir: &Path, fingerprint: &str) -> anyhow::Result<Folder> {
+    let db = dir.join("state.db");
+    if !db.exists() {
+        return Ok(Folder::Fresh);
+    }
+    let policy = LeasePolicy { ttl_ms: 0, max_attempts: 1 };
+    let store = Store::open_reader(&db, policy).with_context(|| format!("cannot read {}", db.display()))?;
+    if store.sweep_with_fingerprint(fingerprint)?.is_some() {
+        return Ok(Folder::Resume);
+    }
+    let others: Vec<String> = store.sweeps()?.into_iter().map(|s| s.id).collect();
+    Ok(if others.is_empty() { Folder::Fresh } else { Folder::Other(others) })
+}
+
+/// Where the sweep's state and results go: `given`, unless it holds other
+/// grids' sweeps (an error: nothing is written over); by default
+/// `gradsweep-out/<name>`, or the first of `<name>-2`, `<name>-3`, … that
+/// is free or already this grid's, said on stderr.
+pub fn output_folder(given: Option<&Path>, plan: &gradsweep_shared::SweepPlan) -> anyhow::Result<PathBuf> {
+    let fingerprint = plan.fingerprint();
+    if let Some(dir) = given {
+        return match folder_state(dir, &fingerprint)? {
+            Folder::Fresh | Folder::Resume => Ok(dir.to_path_buf()),
+            Folder::Other(ids) => bail!(
+                "{} holds sweep {} of a different grid; its results stay as they are. Pass another --out, or delete \
+                 the folder to start over",
+                dir.display(),
+                ids.join(", ")
+            ),
+        };
+    }
+    let base = PathBuf::from("gradsweep-out");
+    for n in 1..=1000 {
+        let dir = if n == 1 { base.join(&plan.name) } else { base.join(format!("{}-{n}", plan.name)) };
+        match folder_state(&dir, &fingerprint)? {
+            Folder::Fresh | Folder::Resume => {
+                if n > 1 {
+                    eprintln!(
+                        "{} holds a different grid named {:?}; this one goes to {}",
+                        base.join(&plan.name).display(),
+                        plan.name,
+                        dir.display()
+                    );
+                }
+                return Ok(dir);
+            }
+            Folder::Other(_) => continue,
+        }
+    }
+    bail!("gradsweep-out holds 1000 different grids named {:?}; pass --out", plan.name)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     args: &LocalArgs,
@@ -114,7 +188,7 @@ async fn drive(
     let sub = client
         .submit(pb::SubmitRequest { grid_toml: text.to_string(), file_name: file_name.to_string(), force_new: false })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(ClientError::from)?
         .into_inner();
     eprintln!(
         "sweep {}{}: {} cells, {} runs, {} workers × {slots} slots; state in {}",
@@ -164,16 +238,17 @@ async fn drive(
 
     let th = args.thresholds.thresholds()?;
     let (cells, summary) = fetch_results_with(&mut client, &sub.sweep_id, &th).await?;
-    print_results(args.format, &cells, &summary, &th);
+    // Files first: a reader that stops early (`| head`) loses none of them.
     write_result_files(out, &cells, &summary, &th)?;
     eprintln!("wrote {0}/results.csv and {0}/results.json", out.display());
     write_saved_gradients(&mut client, &sub.sweep_id, out).await?;
+    print_results(args.format, &cells, &summary, &th)?;
     require_complete(&status)
 }
 
 /// Drains our workers through the coordinator, waits for them to exit, and
 /// kills any that do not within 10 s.
-async fn stop_workers(client: &mut gradsweep_coordinator::client::ControlClient, tag: &str, children: &mut [Child]) {
+async fn stop_workers(client: &mut crate::client::ControlClient, tag: &str, children: &mut [Child]) {
     if let Ok(ws) = client.list_workers(pb::ListWorkersRequest {}).await {
         for w in ws.into_inner().workers.into_iter().filter(|w| w.name.starts_with(tag) && w.state != "left") {
             let _ = client.drain(pb::DrainRequest { worker_id: w.worker_id }).await;

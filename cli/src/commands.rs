@@ -4,21 +4,21 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::client::{ClientError, Remote, fetch_results_with};
+use crate::report;
 use anyhow::{Context, bail};
-use gradsweep_coordinator::client::{Remote, fetch_results_with};
-use gradsweep_coordinator::report;
 use gradsweep_proto::v1 as pb;
 use gradsweep_shared::grid::{GridLimits, parse_grid};
 use gradsweep_shared::stats::RankThresholds;
 
-use crate::OutputFormat;
+use crate::args::{ConnectArgs, OutputFormat};
 
-/// Reads and validates a grid file locally; errors carry file:line:col.
-pub fn read_grid(file: &Path) -> anyhow::Result<(String, String, gradsweep_shared::SweepPlan)> {
+/// Reads and validates a grid file locally within `limits`; errors carry
+/// file:line:col.
+pub fn read_grid(file: &Path, limits: GridLimits) -> anyhow::Result<(String, String, gradsweep_shared::SweepPlan)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read grid file {}", file.display()))?;
     let name = file.display().to_string();
-    let plan = parse_grid(&text, &name, GridLimits { max_runs: usize::MAX })
-        .map_err(|e| anyhow::anyhow!("invalid grid file:\n{e}"))?;
+    let plan = parse_grid(&text, &name, limits).map_err(|e| anyhow::anyhow!("invalid grid file:\n{e}"))?;
     Ok((text, name, plan))
 }
 
@@ -41,30 +41,32 @@ pub fn fits_one_message(text: &str, name: &str) -> anyhow::Result<()> {
 }
 
 /// `gradsweep submit`.
-pub async fn submit(remote: &Remote, file: &Path, new: bool, check: bool) -> anyhow::Result<()> {
-    let (text, name, plan) = read_grid(file)?;
+pub async fn submit(connect: &ConnectArgs, file: &Path, new: bool, check: bool) -> anyhow::Result<()> {
+    // The coordinator applies its own run cap (`serve --max-runs`).
+    let (text, name, plan) = read_grid(file, GridLimits { max_runs: usize::MAX })?;
     if check {
-        println!("{name}: valid: {} cells × {} seeds = {} runs", plan.cells.len(), plan.seeds.len(), plan.run_count());
+        crate::outln!(
+            "{name}: valid: {} cells × {} seeds = {} runs",
+            plan.cells.len(),
+            plan.seeds.len(),
+            plan.run_count()
+        )?;
         return Ok(());
     }
     fits_one_message(&text, &name)?;
-    let mut client = remote.connect().await?;
+    let mut client = connect.remote()?.connect().await?;
     let r = client
         .submit(pb::SubmitRequest { grid_toml: text, file_name: name, force_new: new })
         .await
-        .map_err(status_err)?
+        .map_err(ClientError::from)?
         .into_inner();
     if r.existing {
-        println!("{} (existing sweep with the same grid; pass --new for another)", r.sweep_id);
+        crate::outln!("{} (existing sweep with the same grid; pass --new for another)", r.sweep_id)?;
     } else {
-        println!("{}", r.sweep_id);
+        crate::outln!("{}", r.sweep_id)?;
     }
     eprintln!("{} cells, {} runs", r.cells, r.runs);
     Ok(())
-}
-
-fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 
 fn status_line(s: &pb::SweepStatus) -> String {
@@ -88,15 +90,17 @@ pub async fn status(remote: &Remote, sweep: Option<&str>) -> anyhow::Result<()> 
     let mut client = remote.connect().await?;
     let rows = match sweep {
         Some(id) => {
-            vec![client.status(pb::StatusRequest { sweep_id: id.into() }).await.map_err(status_err)?.into_inner()]
+            vec![
+                client.status(pb::StatusRequest { sweep_id: id.into() }).await.map_err(ClientError::from)?.into_inner(),
+            ]
         }
-        None => client.list_sweeps(pb::ListSweepsRequest {}).await.map_err(status_err)?.into_inner().sweeps,
+        None => client.list_sweeps(pb::ListSweepsRequest {}).await.map_err(ClientError::from)?.into_inner().sweeps,
     };
     if rows.is_empty() {
-        println!("no sweeps");
+        crate::outln!("no sweeps")?;
     }
     for r in rows {
-        println!("{}", status_line(&r));
+        crate::outln!("{}", status_line(&r))?;
     }
     Ok(())
 }
@@ -115,7 +119,7 @@ pub async fn watch(remote: &Remote, sweep: &str) -> anyhow::Result<pb::SweepStat
 /// [`watch`] on an open client, calling `check` each poll (to notice that
 /// local workers died).
 pub async fn watch_with(
-    client: &mut gradsweep_coordinator::client::ControlClient,
+    client: &mut crate::client::ControlClient,
     sweep: &str,
     mut check: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<pb::SweepStatus> {
@@ -123,7 +127,8 @@ pub async fn watch_with(
     let start = Instant::now();
     let mut last_print = Instant::now() - Duration::from_secs(60);
     loop {
-        let s = client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(status_err)?.into_inner();
+        let s =
+            client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?.into_inner();
         let done = finished(&s);
         let total = s.runs_total.max(1) as f64;
         let frac = (s.progress / total).clamp(0.0, 1.0);
@@ -179,18 +184,18 @@ pub fn write_result_files(
 /// (`[probe] save_gradients`) into `dir/gradients/`, one NPY file each;
 /// says so on stderr when there were any. Returns how many.
 pub async fn write_saved_gradients(
-    client: &mut gradsweep_coordinator::client::ControlClient,
+    client: &mut crate::client::ControlClient,
     sweep: &str,
     dir: &Path,
 ) -> anyhow::Result<usize> {
     let out = dir.join("gradients");
-    let mut write = |f: gradsweep_coordinator::client::SavedGradientsFile| -> std::io::Result<()> {
+    let mut write = |f: crate::client::SavedGradientsFile| -> std::io::Result<()> {
         std::fs::create_dir_all(&out)?;
         let (path, tmp) = (out.join(f.file_name()), out.join(format!(".{}.tmp", f.file_name())));
         std::fs::write(&tmp, &f.npy)?;
         std::fs::rename(&tmp, &path)
     };
-    let n = gradsweep_coordinator::client::export_gradients(client, sweep, &mut write).await?;
+    let n = crate::client::export_gradients(client, sweep, &mut write).await?;
     if n > 0 {
         eprintln!("wrote {n} gradient and weight files (NPY) to {}", out.display());
     }
@@ -203,18 +208,19 @@ pub fn print_results(
     cells: &[gradsweep_shared::results::CellResult],
     summary: &gradsweep_shared::results::SweepSummary,
     th: &RankThresholds,
-) {
+) -> anyhow::Result<()> {
     match format {
         OutputFormat::Table => {
-            print!("{}", report::table(cells, th));
-            println!();
-            print!("{}", report::drift_table(cells));
-            println!();
-            print!("{}", report::eta_table(summary));
+            crate::out!("{}", report::table(cells, th))?;
+            crate::outln!()?;
+            crate::out!("{}", report::drift_table(cells))?;
+            crate::outln!()?;
+            crate::out!("{}", report::eta_table(summary))?;
         }
-        OutputFormat::Csv => print!("{}", report::csv(cells, th)),
-        OutputFormat::Json => println!("{}", report::json(cells, summary)),
+        OutputFormat::Csv => crate::out!("{}", report::csv(cells, th))?,
+        OutputFormat::Json => crate::outln!("{}", report::json(cells, summary))?,
     }
+    Ok(())
 }
 
 /// `gradsweep results`.
@@ -227,36 +233,44 @@ pub async fn results(
 ) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
     let (cells, summary) = fetch_results_with(&mut client, sweep, th).await?;
-    print_results(format, &cells, &summary, th);
+    // Files first: a reader that stops early (`| head`) loses none of them.
     if let Some(dir) = out {
         write_result_files(dir, &cells, &summary, th)?;
         eprintln!("wrote {0}/results.csv and {0}/results.json", dir.display());
         write_saved_gradients(&mut client, sweep, dir).await?;
     }
-    Ok(())
+    print_results(format, &cells, &summary, th)
 }
 
 /// `gradsweep cancel`.
 pub async fn cancel(remote: &Remote, sweep: &str) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
-    let r = client.cancel(pb::CancelRequest { sweep_id: sweep.into() }).await.map_err(status_err)?.into_inner();
-    println!("{sweep}: {} runs cancelled", r.runs_cancelled);
+    let r = client.cancel(pb::CancelRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?.into_inner();
+    crate::outln!("{sweep}: {} runs cancelled", r.runs_cancelled)?;
     Ok(())
 }
 
 /// `gradsweep workers`.
 pub async fn workers(remote: &Remote) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
-    let ws = client.list_workers(pb::ListWorkersRequest {}).await.map_err(status_err)?.into_inner().workers;
+    let ws = client.list_workers(pb::ListWorkersRequest {}).await.map_err(ClientError::from)?.into_inner().workers;
     if ws.is_empty() {
-        println!("no workers");
+        crate::outln!("no workers")?;
     }
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    println!("{:<14} {:<9} {:<20} {:<16} {:>5} {:>9}  runs", "worker", "state", "name", "host", "slots", "last beat");
+    crate::outln!(
+        "{:<14} {:<9} {:<20} {:<16} {:>5} {:>9}  runs",
+        "worker",
+        "state",
+        "name",
+        "host",
+        "slots",
+        "last beat"
+    )?;
     for w in ws {
         let age = (now - w.last_heartbeat_ms).max(0) as f64 / 1000.0;
-        println!(
+        crate::outln!(
             "{:<14} {:<9} {:<20} {:<16} {:>5} {:>8.1}s  {}",
             w.worker_id,
             w.state,
@@ -265,17 +279,36 @@ pub async fn workers(remote: &Remote) -> anyhow::Result<()> {
             w.slots,
             age,
             if w.runs.is_empty() { "-".to_string() } else { w.runs.join(",") }
-        );
+        )?;
     }
     Ok(())
 }
 
-/// `gradsweep drain`.
+/// `gradsweep drain`: `worker` is an identifier or a name, as `gradsweep
+/// workers` lists them; a name drains every live worker that bears it.
 pub async fn drain(remote: &Remote, worker: &str) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
-    client.drain(pb::DrainRequest { worker_id: worker.into() }).await.map_err(status_err)?;
-    println!("{worker}: draining (finishes its runs, takes no new ones, then exits)");
+    let ws = client.list_workers(pb::ListWorkersRequest {}).await.map_err(ClientError::from)?.into_inner().workers;
+    let ids = drain_targets(&ws, worker)?;
+    for id in &ids {
+        client.drain(pb::DrainRequest { worker_id: id.clone() }).await.map_err(ClientError::from)?;
+        let named = if id == worker { String::new() } else { format!(" ({worker})") };
+        crate::outln!("{id}{named}: draining (finishes its runs, takes no new ones, then exits)")?;
+    }
     Ok(())
+}
+
+/// The workers `drain WORKER` means: the one whose identifier it is, else
+/// every one of that name; none is an error that says where to look.
+pub fn drain_targets(ws: &[pb::WorkerInfo], worker: &str) -> anyhow::Result<Vec<String>> {
+    if let Some(w) = ws.iter().find(|w| w.worker_id == worker) {
+        return Ok(vec![w.worker_id.clone()]);
+    }
+    let named: Vec<String> = ws.iter().filter(|w| w.name == worker).map(|w| w.worker_id.clone()).collect();
+    if named.is_empty() {
+        bail!("no worker has the identifier or name `{worker}`; `gradsweep workers` lists them");
+    }
+    Ok(named)
 }
 
 /// Fails unless the sweep ended with every run accounted for.
@@ -291,8 +324,8 @@ pub fn models() -> anyhow::Result<()> {
     use gradsweep_shared::model::{Model, NAMED_MODELS};
     for name in NAMED_MODELS.iter().copied().chain(["linear:49-10", "mlp:64-32-10", "mlp:64-32-10+bn"]) {
         let m = Model::parse(name)?;
-        println!("{name}  {}", m.describe());
+        crate::outln!("{name}  {}", m.describe())?;
     }
-    println!("(linear:IN-OUT and mlp:W0-W1-...-Wk[+bn] take any widths)");
+    crate::outln!("(linear:IN-OUT and mlp:W0-W1-...-Wk[+bn] take any widths)")?;
     Ok(())
 }

@@ -16,8 +16,9 @@ pub enum ClientError {
     /// No connection could be made.
     #[error("cannot reach the coordinator at {0}: {1}")]
     Connect(String, String),
-    /// The coordinator answered with an error.
-    #[error("{}", .0.message())]
+    /// The coordinator answered with an error: its message, then its code
+    /// (`NotFound`, `InvalidArgument`, `FailedPrecondition`, …).
+    #[error("{} ({:?})", .0.message(), .0.code())]
     Status(#[from] tonic::Status),
     /// A results message could not be read.
     #[error("unreadable results from the coordinator: {0}")]
@@ -87,7 +88,7 @@ pub async fn fetch_results_with(
     sweep_id: &str,
     th: &RankThresholds,
 ) -> Result<(Vec<CellResult>, SweepSummary), ClientError> {
-    let mut stream = client.results(crate::convert::results_request(sweep_id, th)).await?.into_inner();
+    let mut stream = client.results(gradsweep_coordinator::convert::results_request(sweep_id, th)).await?.into_inner();
     let mut cells = vec![];
     let mut summary = None;
     while let Some(chunk) = stream.message().await? {

@@ -42,7 +42,7 @@ pub struct GradsArgs {
     pub format: Format,
     /// Extra rank thresholds.
     #[command(flatten)]
-    pub thresholds: super::ThresholdArgs,
+    pub thresholds: crate::args::ThresholdArgs,
 }
 
 /// Options of `analyze trajectory`.
@@ -80,47 +80,47 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
             let opts = GradsOptions { sketch_rank: a.sketch_rank, exact_max_dim: a.exact_max_dim };
             let r = analyze_grads(&m, opts, &th);
             match a.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?),
+                Format::Json => crate::outln!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?)?,
                 Format::Table => {
                     let s = &r.spectrum;
-                    println!(
+                    crate::outln!(
                         "{}: {} samples × d = {} ({}, eigenvalue error ≤ {})",
                         a.file.display(),
                         s.n,
                         s.d,
                         r.method,
                         fmt(s.eig_error)
-                    );
-                    println!("tr D                 {}", fmt(s.trace));
+                    )?;
+                    crate::outln!("tr D                 {}", fmt(s.trace))?;
                     // Certified brackets as brackets; never a sketch's point estimate.
                     let dd = s.d as f64;
                     let count = |b: &gradsweep_shared::stats::Bracket| b.display(dd, |x| format!("{x}"));
                     let real = |b: &gradsweep_shared::stats::Bracket| b.display(f64::INFINITY, fmt);
-                    println!("λ_max                {}", real(&s.lambda_max));
+                    crate::outln!("λ_max                {}", real(&s.lambda_max))?;
                     // The same reading as the results tables, reason included.
                     let rank = gradsweep_shared::results::CellBracket::rank_of_spectra(&[s], &[None])
                         .map_or_else(|| count(&s.rank), |b| b.display(|x| format!("{x}")));
-                    println!(
+                    crate::outln!(
                         "rank (λ_max·d·ε_f32) {rank}  rank/d {}",
                         s.rank_fraction.display(1.0, |x| format!("{x:.5}"))
-                    );
+                    )?;
                     for (rel, b) in &s.ranks_relative {
-                        println!("rank (λ_max·{rel:e})   {}", count(b));
+                        crate::outln!("rank (λ_max·{rel:e})   {}", count(b))?;
                     }
                     for (t, b) in &s.ranks_absolute {
-                        println!("rank (> {t:e})       {}", count(b));
+                        crate::outln!("rank (> {t:e})       {}", count(b))?;
                     }
-                    println!("stable rank          {}", real(&s.stable_rank));
-                    println!("effective rank       {}", fmt(s.effective_rank));
-                    println!("energy rank r90/r99  {} / {}", count(&s.energy_rank_90), count(&s.energy_rank_99));
-                    println!("isotropy λ_max·d/tr  {}", real(&s.isotropy));
-                    println!(
+                    crate::outln!("stable rank          {}", real(&s.stable_rank))?;
+                    crate::outln!("effective rank       {}", fmt(s.effective_rank))?;
+                    crate::outln!("energy rank r90/r99  {} / {}", count(&s.energy_rank_90), count(&s.energy_rank_99))?;
+                    crate::outln!("isotropy λ_max·d/tr  {}", real(&s.isotropy))?;
+                    crate::outln!(
                         "‖∇f‖² (unbiased)     {}   noise scale B_simple {}",
                         fmt(s.grad_norm_sq),
                         fmt(s.noise_scale)
-                    );
+                    )?;
                     let top: Vec<String> = s.top_eigenvalues.iter().take(8).map(|&l| fmt(l)).collect();
-                    println!("top eigenvalues      {}", top.join(" "));
+                    crate::outln!("top eigenvalues      {}", top.join(" "))?;
                 }
             }
         }
@@ -153,45 +153,45 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
             };
             let r = analyze_trajectory(&m, opts);
             match a.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?),
+                Format::Json => crate::outln!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?)?,
                 Format::Table => {
-                    println!(
+                    crate::outln!(
                         "{}: {} points × {} columns ({} coordinates{})",
                         a.file.display(),
                         r.points,
                         r.columns,
                         r.coordinates,
                         if r.projected { ", random projections" } else { "" }
-                    );
-                    println!(
+                    )?;
+                    crate::outln!(
                         "area rate (0,1) per step {}  (batch means {} ± {})",
                         fmt(r.drift.area_rate),
                         fmt(r.area_rate.mean),
                         fmt(r.area_rate.ci95)
-                    );
-                    println!(
+                    )?;
+                    crate::outln!(
                         "largest |area rate|      {} on pair {:?}",
                         fmt(r.drift.max_area_rate),
                         r.drift.max_area_pair
-                    );
+                    )?;
                     let d = &r.drift;
-                    println!(
+                    crate::outln!(
                         "cycling frequency (0,1)  {} rad/step  (pair {:?}: {})",
                         fmt(d.cycling_frequency),
                         d.max_area_pair,
                         fmt(d.max_pair_cycling_frequency)
-                    );
-                    println!("MSD exponent             {}", fmt(d.msd_exponent));
+                    )?;
+                    crate::outln!("MSD exponent             {}", fmt(d.msd_exponent))?;
                     let msd: Vec<String> = d.msd.iter().map(|(t, m)| format!("{t}:{}", fmt(*m))).collect();
-                    println!("MSD(τ)                   {}", msd.join(" "));
+                    crate::outln!("MSD(τ)                   {}", msd.join(" "))?;
                     let ac: Vec<String> = d.autocorrelation.iter().map(|(t, c)| format!("{t}:{c:.4}")).collect();
-                    println!("autocorrelation(τ)       {}", ac.join(" "));
-                    println!(
+                    crate::outln!("autocorrelation(τ)       {}", ac.join(" "))?;
+                    crate::outln!(
                         "spectrum                 background exponent α {}, peak at {} cycles/step, {}× background",
                         fmt(d.spectral_exponent),
                         fmt(d.peak_frequency),
                         fmt(d.peak_to_background)
-                    );
+                    )?;
                 }
             }
         }

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, env = "GRADSWEEP_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// File holding the shared token every call must carry (else
+    /// $GRADSWEEP_TOKEN); required to listen off loopback.
+    #[arg(long, env = "GRADSWEEP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Allow a non-loopback --listen without a token (a private network only).
     #[arg(long)]
     pub insecure_no_auth: bool,
@@ -59,9 +63,9 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The library configuration, with the token (from `token_file` or
+    /// The library configuration, with the token (from `--token-file` or
     /// `$GRADSWEEP_TOKEN`) and TLS files read.
-    pub fn config(&self, token_file: Option<&Path>) -> anyhow::Result<CoordinatorConfig> {
+    pub fn config(&self) -> anyhow::Result<CoordinatorConfig> {
         let mut c = CoordinatorConfig::new(&self.db);
         c.lease_ttl = Duration::from_millis(self.lease_ttl_ms);
         c.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
@@ -69,7 +73,7 @@ impl ServeArgs {
         c.grid_limits.max_runs = self.max_runs;
         c.max_db_bytes = self.max_db_mib.map(|m| m * 1024 * 1024);
         c.max_shard_result_bytes = (self.max_shard_results_mib * 1024 * 1024) as usize;
-        c.security.token = Token::load(token_file)?;
+        c.security.token = Token::load(self.token_file.as_deref())?;
         c.security.allow_unauthenticated = self.insecure_no_auth;
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             let read = |p: &Path, what: &str| {
@@ -82,8 +86,8 @@ impl ServeArgs {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(args: ServeArgs, token_file: Option<&Path>) -> anyhow::Result<()> {
-    let config = args.config(token_file)?;
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
