@@ -26,6 +26,9 @@ pub enum ClientError {
     /// What arrived could not be kept locally.
     #[error("{0}")]
     Write(String),
+    /// What arrived could not be printed (a closed pipe among others).
+    #[error(transparent)]
+    Output(std::io::Error),
 }
 
 /// A control client whose calls carry the token when one is configured.
@@ -176,4 +179,29 @@ pub async fn export_gradients(
         return Err(ClientError::Decode(format!("the stream ended inside gradient file {}", f.file_name())));
     }
     Ok(files)
+}
+
+/// What [`list_runs`] hands each page to: the grid's axis keys and the
+/// page's runs; an error (a closed pipe) stops the listing.
+pub type RunsPageSink<'a> = dyn FnMut(&[String], &[pb::RunInfo]) -> std::io::Result<()> + 'a;
+
+/// Streams a sweep's runs (only those in `states`, unless empty) in (cell,
+/// seed) order, handing each page to `on_page` with the grid's axis keys;
+/// returns how many runs there were. A page is at most a thousand runs, so
+/// a sweep of any size streams in bounded memory.
+pub async fn list_runs(
+    client: &mut ControlClient,
+    sweep_id: &str,
+    states: &[String],
+    on_page: &mut RunsPageSink<'_>,
+) -> Result<usize, ClientError> {
+    let req = pb::ListRunsRequest { sweep_id: sweep_id.into(), states: states.to_vec() };
+    let mut stream = client.list_runs(req).await?.into_inner();
+    let (mut axes, mut n) = (None::<Vec<String>>, 0usize);
+    while let Some(page) = stream.message().await? {
+        let axes = axes.get_or_insert(page.axes);
+        on_page(axes, &page.runs).map_err(ClientError::Output)?;
+        n += page.runs.len();
+    }
+    Ok(n)
 }

@@ -101,6 +101,9 @@ pub async fn status(remote: &Remote, sweep: Option<&str>) -> anyhow::Result<()> 
     }
     for r in rows {
         crate::outln!("{}", status_line(&r))?;
+        if let Some(t) = crate::runs::failures_text(&r) {
+            crate::outln!("  {}", t.replace('\n', "\n  "))?;
+        }
     }
     Ok(())
 }
@@ -239,7 +242,13 @@ pub async fn results(
         eprintln!("wrote {0}/results.csv and {0}/results.json", dir.display());
         write_saved_gradients(&mut client, sweep, dir).await?;
     }
-    print_results(format, &cells, &summary, th)
+    print_results(format, &cells, &summary, th)?;
+    // Failed runs are missing from the statistics: say which and why.
+    let status = client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
+    if let Some(t) = crate::runs::failures_text(&status.into_inner()) {
+        eprintln!("note: {t}");
+    }
+    Ok(())
 }
 
 /// `gradsweep cancel`.
@@ -309,14 +318,6 @@ pub fn drain_targets(ws: &[pb::WorkerInfo], worker: &str) -> anyhow::Result<Vec<
         bail!("no worker has the identifier or name `{worker}`; `gradsweep workers` lists them");
     }
     Ok(named)
-}
-
-/// Fails unless the sweep ended with every run accounted for.
-pub fn require_complete(s: &pb::SweepStatus) -> anyhow::Result<()> {
-    if s.runs_failed > 0 {
-        bail!("{} of {} runs failed; see the coordinator log", s.runs_failed, s.runs_total);
-    }
-    Ok(())
 }
 
 /// `gradsweep models`: one model per line, starting with its name.

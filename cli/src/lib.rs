@@ -1,7 +1,7 @@
 //! The `gradsweep` command: what a user types, and what it prints.
 //!
 //! Client commands talk to a running coordinator over gRPC (`submit`,
-//! `status`, `watch`, `results`, `cancel`, `workers`, `drain`); `serve`
+//! `status`, `watch`, `results`, `runs`, `cancel`, `workers`, `drain`); `serve`
 //! starts one (the server itself is the `gradsweep-coordinator` crate);
 //! `local` runs a whole sweep on this machine; `analyze` and `models` work
 //! offline. Connection flags belong to the commands that connect
@@ -18,6 +18,7 @@
 //! * [`serve`] — `gradsweep serve`: the coordinator daemon's flags and signals.
 //! * [`analyze`] — `gradsweep analyze`: statistics of NPY files from any framework.
 //! * [`report`] — results as a table, CSV or JSON.
+//! * [`runs`] — `gradsweep runs`, and the failures `status`, `watch`, `local` and `results` show.
 #![allow(clippy::print_stdout)]
 
 pub mod analyze;
@@ -26,6 +27,7 @@ pub mod client;
 pub mod commands;
 pub mod local;
 pub mod report;
+pub mod runs;
 pub mod serve;
 
 /// `println!` that hands back the write's error instead of panicking, so a

@@ -20,7 +20,7 @@ use gradsweep_shared::grid::GridLimits;
 use tokio::process::{Child, Command};
 
 use super::commands::{
-    fits_one_message, print_results, read_grid, require_complete, watch_with, write_result_files, write_saved_gradients,
+    fits_one_message, print_results, read_grid, watch_with, write_result_files, write_saved_gradients,
 };
 use crate::args::OutputFormat;
 
@@ -243,7 +243,7 @@ async fn drive(
     eprintln!("wrote {0}/results.csv and {0}/results.json", out.display());
     write_saved_gradients(&mut client, &sub.sweep_id, out).await?;
     print_results(args.format, &cells, &summary, &th)?;
-    require_complete(&status)
+    crate::runs::require_no_failures(&status)
 }
 
 /// Drains our workers through the coordinator, waits for them to exit, and

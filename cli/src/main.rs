@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gradsweep_cli::args::{ConnectArgs, OutputFormat, ThresholdArgs};
-use gradsweep_cli::{analyze, commands, local, serve};
+use gradsweep_cli::{analyze, commands, local, runs, serve};
 
 /// Distributed sweeps of SGD hyperparameters that measure the diffusion
 /// matrix D(x) and the non-equilibrium drift of the trajectories.
@@ -46,7 +46,7 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Show a progress bar until the sweep finishes.
+    /// Show a progress bar until the sweep finishes (exit code 3 if runs failed).
     Watch {
         /// Sweep identifier.
         sweep: String,
@@ -66,6 +66,19 @@ enum Command {
         /// Extra rank thresholds.
         #[command(flatten)]
         thresholds: ThresholdArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// List a sweep's runs: axes, seed, state, attempts, worker, duration, error.
+    Runs {
+        /// Sweep identifier.
+        sweep: String,
+        /// Only runs in these states (comma-separated: queued, leased, completed, failed, diverged, cancelled).
+        #[arg(long, value_delimiter = ',', value_name = "STATE,...")]
+        state: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -120,6 +133,11 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // The reader went away (`gradsweep … | head`): nothing to say.
         Err(e) if gradsweep_cli::closed_pipe(&e) => std::process::ExitCode::SUCCESS,
+        // The sweep ended, with failed runs: say why, with its own code.
+        Err(e) if e.downcast_ref::<runs::RunsFailed>().is_some() => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(runs::EXIT_RUNS_FAILED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -132,10 +150,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Submit { file, new, check, connect } => commands::submit(&connect, &file, new, check).await,
         Command::Status { sweep, connect } => commands::status(&connect.remote()?, sweep.as_deref()).await,
-        Command::Watch { sweep, connect } => commands::watch(&connect.remote()?, &sweep).await.map(|_| ()),
+        Command::Watch { sweep, connect } => {
+            let status = commands::watch(&connect.remote()?, &sweep).await?;
+            runs::require_no_failures(&status)
+        }
         Command::Results { sweep, format, out, thresholds, connect } => {
             commands::results(&connect.remote()?, &sweep, format, out.as_deref(), &thresholds.thresholds()?).await
         }
+        Command::Runs { sweep, state, format, connect } => runs::runs(&connect.remote()?, &sweep, &state, format).await,
         Command::Cancel { sweep, connect } => commands::cancel(&connect.remote()?, &sweep).await,
         Command::Workers { connect } => commands::workers(&connect.remote()?).await,
         Command::Drain { worker, connect } => commands::drain(&connect.remote()?, &worker).await,

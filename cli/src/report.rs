@@ -55,7 +55,11 @@ fn row(c: &CellResult) -> Row {
         lr: c.lr,
         batch: c.batch_size,
         eta_over_b: c.eta_over_b,
-        seeds: format!("{}/{}", c.seeds_done, c.seeds_total),
+        // A diverged seed is a result, and the table says so.
+        seeds: match c.seeds_diverged {
+            0 => format!("{}/{}", c.seeds_done, c.seeds_total),
+            k => format!("{}/{} ({k} diverged)", c.seeds_done, c.seeds_total),
+        },
         train_loss: c.train_loss,
         test_accuracy: c.test_accuracy,
         d: c.d,

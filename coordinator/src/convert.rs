@@ -7,7 +7,10 @@ use gradsweep_shared::stats::RankThresholds;
 
 use crate::error::{CoordinatorError, Result};
 use crate::shards::{PassOwner, ShardGrant, ShardLease, ShardView};
-use crate::store::{BlobKind, Chunk, Lease, Outcome, Report, ReportBody, RunState, SavedProbeRef, SweepRow, WorkerRow};
+use crate::store::{
+    BlobKind, Chunk, FailureGroup, Lease, Outcome, Report, ReportBody, RunRow, RunState, SavedProbeRef, SweepRow,
+    WorkerRow,
+};
 
 /// A stored probe's saved gradient rows and weights as NPY files (rows × d,
 /// and d), each cut into chunks under the message limit. Nothing when the
@@ -246,7 +249,7 @@ pub fn checkpoint_chunks(data: &[u8]) -> Vec<pb::CheckpointChunk> {
 }
 
 /// A sweep's status to the wire.
-pub fn sweep_to_wire(s: &SweepRow) -> pb::SweepStatus {
+pub fn sweep_to_wire(s: &SweepRow, failures: &[FailureGroup]) -> pb::SweepStatus {
     pb::SweepStatus {
         sweep_id: s.id.clone(),
         name: s.name.clone(),
@@ -261,6 +264,46 @@ pub fn sweep_to_wire(s: &SweepRow) -> pb::SweepStatus {
         runs_cancelled: s.count(RunState::Cancelled),
         progress: s.progress,
         created_at_ms: s.created_ms,
+        failures: failures
+            .iter()
+            .map(|f| pb::FailureGroup {
+                error: f.error.clone(),
+                runs: f.runs as u32,
+                example_run_id: f.example.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The run states a `ListRuns` request names; an unknown word is refused,
+/// naming it and the words that are states.
+pub fn run_states_from_wire(words: &[String]) -> Result<Vec<RunState>> {
+    words.iter().map(|w| w.parse::<RunState>().map_err(|e| bad(format!("--state: {e}")))).collect()
+}
+
+/// A run to the wire, with its cell's axis values (in `plan.axes` order).
+pub fn run_to_wire(r: RunRow, plan: &gradsweep_shared::SweepPlan) -> pb::RunInfo {
+    let params = plan.cells.get(r.cell as usize).map(|c| &c.params);
+    let axis_values =
+        plan.axes.iter().map(|a| params.and_then(|p| p.get(a)).map(|v| v.to_string()).unwrap_or_default()).collect();
+    let (worker_id, worker_name) = match r.worker {
+        Some((id, name)) => (id, name.unwrap_or_default()),
+        None => (String::new(), String::new()),
+    };
+    pb::RunInfo {
+        run_id: r.id,
+        cell: r.cell,
+        seed: r.seed,
+        axis_values,
+        state: r.state.to_string(),
+        attempts: r.attempts,
+        worker_id,
+        worker_name,
+        step: r.step,
+        total_steps: r.total_steps,
+        started_at_ms: r.started_ms.unwrap_or(0),
+        finished_at_ms: r.finished_ms.unwrap_or(0),
+        error: r.error.unwrap_or_default(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! state lives here.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gradsweep_proto::v1 as pb;
@@ -326,6 +327,15 @@ type ResultsStream = Pin<Box<dyn Stream<Item = Result<pb::ResultsChunk, Status>>
 
 type GradientsStream = Pin<Box<dyn Stream<Item = Result<pb::GradientsChunk, Status>> + Send>>;
 
+type RunsStream = Pin<Box<dyn Stream<Item = Result<pb::RunsPage, Status>> + Send>>;
+
+/// Runs per `ListRuns` page: well under the message limit (a run is a few
+/// hundred bytes with a long error).
+const RUNS_PER_PAGE: usize = 1000;
+
+/// Failure groups a sweep's status carries.
+const FAILURE_GROUPS: usize = 10;
+
 #[tonic::async_trait]
 impl ControlService for ControlApi {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
@@ -346,14 +356,25 @@ impl ControlService for ControlApi {
         &self,
         _req: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
-        let rows = self.state.read_store(|s| s.sweeps()).await?;
-        Ok(Response::new(pb::ListSweepsResponse { sweeps: rows.iter().map(convert::sweep_to_wire).collect() }))
+        let sweeps = self
+            .state
+            .read_store(|s| {
+                let rows = s.sweeps()?;
+                rows.into_iter()
+                    .map(|r| Ok(convert::sweep_to_wire(&r, &s.failure_groups(&r.id, FAILURE_GROUPS)?)))
+                    .collect::<Result<Vec<_>, CoordinatorError>>()
+            })
+            .await?;
+        Ok(Response::new(pb::ListSweepsResponse { sweeps }))
     }
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::SweepStatus>, Status> {
         let id = req.into_inner().sweep_id;
-        let row = self.state.read_store(move |s| s.sweep(&id)).await?;
-        Ok(Response::new(convert::sweep_to_wire(&row)))
+        let status = self
+            .state
+            .read_store(move |s| Ok(convert::sweep_to_wire(&s.sweep(&id)?, &s.failure_groups(&id, FAILURE_GROUPS)?)))
+            .await?;
+        Ok(Response::new(status))
     }
 
     type ResultsStream = ResultsStream;
@@ -419,6 +440,55 @@ impl ControlService for ControlApi {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type ListRunsStream = RunsStream;
+
+    /// A page of runs at a time, read on a reader connection and sent
+    /// through a bounded channel: a sweep of a million runs streams without
+    /// being held in memory, and a slow client slows the reads.
+    async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<Self::ListRunsStream>, Status> {
+        let req = req.into_inner();
+        let states = convert::run_states_from_wire(&req.states)?;
+        let id = req.sweep_id;
+        let id2 = id.clone();
+        let plan = Arc::new(self.state.read_store(move |s| s.plan(&id2)).await?);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut after = None;
+            let mut first = true;
+            loop {
+                let (id, states, plan2) = (id.clone(), states.clone(), plan.clone());
+                let page = state
+                    .read_store(move |s| {
+                        let rows = s.runs_page(&id, &states, after, RUNS_PER_PAGE)?;
+                        let last = rows.last().map(|r| (r.cell, r.seed));
+                        Ok((rows.into_iter().map(|r| convert::run_to_wire(r, &plan2)).collect::<Vec<_>>(), last))
+                    })
+                    .await;
+                let (runs, last) = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                let full = runs.len() == RUNS_PER_PAGE;
+                if !runs.is_empty() || first {
+                    let axes = if first { plan.axes.clone() } else { vec![] };
+                    if tx.send(Ok(pb::RunsPage { axes, runs })).await.is_err() {
+                        return;
+                    }
+                }
+                first = false;
+                after = last;
+                if !full {
+                    return;
                 }
             }
         });

@@ -165,3 +165,73 @@ fn the_environment_variables_the_readme_lists_are_the_ones_the_flags_read() {
         helps.split("[env: ").skip(1).map(|t| t.split('=').next().unwrap_or("").to_string() + " ").collect();
     assert_eq!(names(listed), names(&shown));
 }
+
+/// A grid whose data cannot be found, as a new user writes it.
+fn missing_data_grid(dir: &Path) -> String {
+    format!(
+        "[sweep]\nname = \"nodata\"\nseeds = [0, 1]\n[train]\nmodel = \"mlp:784-16-10\"\ndataset = \"mnist\"\n\
+         data_dir = \"{}\"\nepochs = 1\n[probe]\nevery_epochs = 1\n[grid]\nlr = [0.1]\n",
+        dir.join("no-such-data").display()
+    )
+}
+
+/// Issue 13, item 1: a failing data directory shows its reason in `local`,
+/// `watch`, `status` and `runs`, and `local` and `watch` exit with code 3.
+#[test]
+fn failed_runs_are_shown_with_their_reason_everywhere_and_set_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("grid.toml"), missing_data_grid(dir.path())).unwrap();
+    let o = local_in(dir.path(), &["grid.toml", "--workers", "1", "--slots", "1"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    assert!(t.contains("2 of 2 runs failed") && t.contains("2 × ") && t.contains("not found"), "{t}");
+    assert!(t.contains("gradsweep runs nodata-"), "says where to look:\n{t}");
+
+    let coord = gradsweep_tests::CoordinatorProc::start(&dir.path().join("serve.db"), 0, &[], dir.path());
+    let addr = format!("127.0.0.1:{}", coord.port);
+    let _w = gradsweep_tests::WorkerProc::start(&coord.url(), "w-nodata", 1, dir.path());
+    let o = cli(&["submit", "--coordinator", &addr, dir.path().join("grid.toml").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sweep = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let o = cli(&["watch", "--coordinator", &addr, &sweep]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("not found"), "{}", text(&o));
+
+    let o = cli(&["status", "--coordinator", &addr, &sweep]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("2 failed") && t.contains("2 × ") && t.contains("no-such-data"), "{t}");
+
+    let o = cli(&["runs", "--coordinator", &addr, &sweep, "--format", "csv"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "run,cell,lr,seed,state,attempts,worker,duration_s,error", "one column per axis");
+    assert_eq!(lines.len(), 3, "a row per run:\n{csv}");
+    for l in &lines[1..] {
+        assert!(l.contains(",failed,1,w-nodata,") && l.contains("no-such-data"), "{l}");
+    }
+    let o = cli(&["runs", "--coordinator", &addr, &sweep, "--state", "completed"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "no runs", "{}", text(&o));
+    let o = cli(&["runs", "--coordinator", &addr, &sweep, "--format", "json", "--state", "failed"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(j.as_array().map(Vec::len), Some(2));
+    assert_eq!(j[0]["params"]["lr"], 0.1);
+    assert!(j[0]["duration_s"].as_f64().is_some_and(|d| d >= 0.0));
+    let o = cli(&["runs", "--coordinator", &addr, &sweep, "--state", "broken"]);
+    assert!(!o.status.success() && text(&o).contains("`broken` is not a run state"), "{}", text(&o));
+}
+
+/// Issue 13: a learning rate that blows up makes runs that diverge; they are
+/// results, not failures (exit 0), and the table says "diverged".
+#[test]
+fn diverged_runs_say_so_in_the_table_and_are_not_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = "[sweep]\nname = \"blowup\"\nseeds = [0, 1]\n[train]\nmodel = \"mlp:64-16-10\"\ndataset = \"digits\"\n\
+                epochs = 3\n[probe]\nevery_epochs = 3\nsketch_rank = 8\n[grid]\nlr = [50.0]\n";
+    std::fs::write(dir.path().join("grid.toml"), grid).unwrap();
+    let o = local_in(dir.path(), &["grid.toml", "--slots", "1"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("2/2 (2 diverged)"), "{t}");
+}

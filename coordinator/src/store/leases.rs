@@ -141,8 +141,8 @@ impl Store {
         // Rewinds to the last checkpoint (a no-op for a run requeued that way).
         let resume_seq = requeue(&tx, &run_id)?;
         tx.exec(
-            "UPDATE runs SET state = ?1, epoch = ?2, worker_id = ?3, lease_expires_ms = ?4, \
-             attempts = attempts + 1, updated_ms = ?5 WHERE id = ?6",
+            "UPDATE runs SET state = ?1, epoch = ?2, worker_id = ?3, last_worker = ?3, lease_expires_ms = ?4, \
+             attempts = attempts + 1, updated_ms = ?5, started_ms = coalesce(started_ms, ?5) WHERE id = ?6",
             params![RunState::Leased, epoch, worker_id, now + ttl, now, run_id],
         )?;
         tx.exec(
@@ -289,7 +289,8 @@ impl Store {
         for (run_id, attempts, worker) in lapsed {
             if attempts >= max_attempts {
                 tx.exec(
-                    "UPDATE runs SET state = ?1, error = ?2, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?3 WHERE id = ?4",
+                    "UPDATE runs SET state = ?1, error = ?2, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?3, \
+                     finished_ms = ?3 WHERE id = ?4",
                     params![RunState::Failed, format!("lease lapsed {attempts} times"), now, run_id],
                 )?;
                 tracing::warn!(run_id = %run_id, attempts, "run failed: too many lapsed leases");

@@ -38,6 +38,12 @@ impl Store {
     /// merging is not, so the caller merges after releasing the store
     /// ([`CellSource::compute`]).
     pub fn cell_sources(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellSource>> {
+        // One snapshot: a cell pruned between reading its row and its runs
+        // would otherwise be merged from runs whose sketches are gone.
+        self.snapshot(|s| s.cell_sources_now(sweep_id, th))
+    }
+
+    fn cell_sources_now(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellSource>> {
         let plan = self.plan(sweep_id)?;
         let mut stored: BTreeMap<u32, (usize, bool, StoredCell)> = BTreeMap::new();
         let mut stmt = self
@@ -105,6 +111,10 @@ impl Store {
     /// The inputs of one cell's merge: its finished runs as they are now.
     /// `None` when the cell is pruned: its merge is final.
     pub fn cell_inputs(&self, sweep_id: &str, cell: u32) -> Result<Option<CellInputs>> {
+        self.snapshot(|s| s.cell_inputs_now(sweep_id, cell))
+    }
+
+    fn cell_inputs_now(&self, sweep_id: &str, cell: u32) -> Result<Option<CellInputs>> {
         let pruned: bool = self
             .conn
             .row("SELECT pruned FROM cells WHERE sweep_id = ?1 AND cell = ?2", params![sweep_id, cell], |r| r.get(0))
@@ -500,6 +510,30 @@ mod tests {
         assert!(s.cell_inputs(&sweep, 0).unwrap().is_none(), "a pruned cell is not merged again");
         assert!(!s.store_cell(&sweep, &EncodedMerge::of(&m).unwrap()).unwrap());
         assert!(s.stale_cells().unwrap().is_empty());
+    }
+
+    /// A cell pruned by the writer while a reader loads a merge's inputs:
+    /// the reader's snapshot still holds the sketches (it never merges runs
+    /// whose probes vanished halfway), and the next read sees the prune.
+    #[test]
+    fn reads_for_a_merge_see_one_snapshot_while_the_writer_prunes() {
+        let (dir, mut s) = store();
+        let sweep = submit(&mut s, 1, 2);
+        run_all(&mut s);
+        let m = s.cell_inputs(&sweep, 0).unwrap().unwrap().merge();
+        let r = Store::open_reader(&dir.path().join("t.db"), s.policy).unwrap();
+        r.snapshot(|r| {
+            let before = count(r, "probes");
+            assert!(before > 0);
+            assert!(s.store_cell(&sweep, &EncodedMerge::of(&m).unwrap()).unwrap(), "pruned meanwhile");
+            assert_eq!(count(r, "probes"), before, "the snapshot keeps what it started with");
+            let inputs = r.cell_inputs(&sweep, 0)?.expect("unpruned in this snapshot");
+            assert_eq!(inputs.runs.iter().map(|x| x.probes.len()).sum::<usize>(), before as usize);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(count(&r, "probes"), 0);
+        assert!(r.cell_inputs(&sweep, 0).unwrap().is_none(), "then the prune");
     }
 
     fn cell_result_with(inputs: &CellInputs, th: &RankThresholds) -> CellResult {

@@ -23,6 +23,7 @@
 //! * [`leases`] — workers, grants, heartbeats, releases, expiry and fencing.
 //! * [`reports`] — reports, chunk reassembly, checkpoints and finishes.
 //! * [`merges`] — what a cell merge reads and where its result is kept.
+//! * [`runs`] — every run of a sweep, paged, and its failures grouped by reason.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,6 +35,7 @@ use crate::error::{CoordinatorError, Result};
 pub mod leases;
 pub mod merges;
 pub mod reports;
+pub mod runs;
 pub mod schema;
 pub mod states;
 pub mod sweeps;
@@ -41,6 +43,7 @@ pub mod sweeps;
 pub use leases::{HeartbeatAnswer, Lease, LeaseRef, Seen, WorkerRow};
 pub use merges::{CellInputs, CellSource, EncodedMerge, SavedProbeRef, StoredCell};
 pub use reports::{BlobKind, Chunk, Outcome, Report, ReportBody};
+pub use runs::{FailureGroup, RunRow};
 pub use schema::SCHEMA_VERSION;
 pub use states::{RunState, SweepState, UnknownState, WorkerState};
 pub use sweeps::{Submitted, SweepRow};
@@ -145,6 +148,23 @@ impl Store {
         }
         let out = f(self);
         (out, self.end_batch())
+    }
+
+    /// Runs the reads of `f` on one snapshot of the database (one read
+    /// transaction, unless a transaction is already open): a transition
+    /// committed meanwhile (a cell pruned, a run finished) is seen by all
+    /// of them or by none.
+    pub(crate) fn snapshot<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        if !self.conn.is_autocommit() {
+            return f(self);
+        }
+        self.conn.execute_batch("BEGIN DEFERRED")?;
+        let out = f(self);
+        // A read transaction has nothing to keep: ending it cannot lose data.
+        let end = self.conn.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        let out = out?;
+        end?;
+        Ok(out)
     }
 
     /// Begins a batch ([`Store::batch`]): transitions until

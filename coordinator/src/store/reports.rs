@@ -180,7 +180,8 @@ impl Store {
             }
         };
         tx.exec(
-            "UPDATE runs SET state = ?1, final_json = ?2, error = ?3, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?4 WHERE id = ?5",
+            "UPDATE runs SET state = ?1, final_json = ?2, error = ?3, worker_id = NULL, lease_expires_ms = NULL, \
+             updated_ms = ?4, finished_ms = ?4 WHERE id = ?5",
             params![state, fin_json, error, now_ms(), run_id],
         )?;
         tx.exec("DELETE FROM chunks WHERE run_id = ?1", [run_id])?;

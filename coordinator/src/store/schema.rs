@@ -20,7 +20,9 @@
 //! its seeds, its runs' probe sketches are replaced by digests
 //! (`probe_digests`), and the cell row keeps the eigenvalues behind its
 //! spectra (`cells.spectra`), from which ranks at any threshold are added;
-//! `cells.pruned` marks such a cell, which is never merged again.
+//! `cells.pruned` marks such a cell, which is never merged again. Runs
+//! remember the last worker that held them and when they were first
+//! leased and when they ended (`gradsweep runs`).
 
 use gradsweep_shared::grid::SweepPlan;
 use rusqlite::Connection;
@@ -68,7 +70,10 @@ CREATE TABLE runs (
     error TEXT,
     final_json TEXT,
     queue_order INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    last_worker TEXT,
+    started_ms INTEGER,
+    finished_ms INTEGER
 );
 CREATE INDEX runs_queue ON runs(state, queue_order);
 CREATE INDEX runs_sweep ON runs(sweep_id, cell, state);
@@ -150,12 +155,15 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
     }
     if version < 4 {
         // Version 4 keeps, per merged cell, the eigenvalues behind its
-        // spectra, and per probe of a pruned cell its digest.
+        // spectra, and per probe of a pruned cell its digest; runs learn
+        // their last worker and times (unknown for runs already ended).
         conn.execute_batch(
             "BEGIN IMMEDIATE; ALTER TABLE cells ADD COLUMN spectra BLOB; \
              ALTER TABLE cells ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0; \
              CREATE TABLE probe_digests (run_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, \
              PRIMARY KEY (run_id, idx)); \
+             ALTER TABLE runs ADD COLUMN last_worker TEXT; ALTER TABLE runs ADD COLUMN started_ms INTEGER; \
+             ALTER TABLE runs ADD COLUMN finished_ms INTEGER; \
              UPDATE meta SET value = '4' WHERE key = 'schema_version'; COMMIT;",
         )?;
         tracing::info!("database upgraded from schema version 3 to 4");

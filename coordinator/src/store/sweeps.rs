@@ -235,7 +235,7 @@ impl Store {
             }
         }
         let runs = tx.exec(
-            "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?2 \
+            "UPDATE runs SET state = ?1, worker_id = NULL, lease_expires_ms = NULL, updated_ms = ?2, finished_ms = ?2 \
              WHERE sweep_id = ?3 AND state IN (?4, ?5)",
             params![RunState::Cancelled, now_ms(), sweep_id, RunState::Queued, RunState::Leased],
         )?;

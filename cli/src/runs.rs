@@ -1,0 +1,271 @@
+//! Every run accounted for: `gradsweep runs`, and the failures that
+//! `status`, `watch`, `local` and `results` show.
+//!
+//! `runs` lists a sweep's runs one row each — the cell's axis values in
+//! their own columns, seed, state, attempts, last worker, duration and
+//! error — as a table, CSV or JSON, streamed a page at a time. A sweep that
+//! ends with failed runs makes `watch` and `local` fail with [`RunsFailed`]
+//! (exit code 3), naming the reasons.
+
+use std::io::Write;
+
+use gradsweep_proto::v1 as pb;
+
+use crate::args::OutputFormat;
+use crate::client::{ClientError, Remote, list_runs};
+
+/// Exit code of `watch` and `local` when the sweep ended with failed runs.
+pub const EXIT_RUNS_FAILED: u8 = 3;
+
+/// The sweep ended, but some of its runs failed: what `watch` and `local`
+/// return then (exit code [`EXIT_RUNS_FAILED`]); the message names the
+/// reasons.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunsFailed(pub String);
+
+/// A sweep's failed runs grouped by reason, one line per reason, with where
+/// to look next; `None` when no run failed.
+pub fn failures_text(s: &pb::SweepStatus) -> Option<String> {
+    if s.runs_failed == 0 {
+        return None;
+    }
+    let mut t = format!("{} of {} runs failed", s.runs_failed, s.runs_total);
+    let shown: u32 = s.failures.iter().map(|f| f.runs).sum();
+    for f in &s.failures {
+        t.push_str(&format!("\n  {} × {} (e.g. run {})", f.runs, f.error, f.example_run_id));
+    }
+    if shown < s.runs_failed {
+        t.push_str(&format!("\n  {} more with other reasons", s.runs_failed - shown));
+    }
+    t.push_str(&format!("\n  every run: gradsweep runs {} --state failed", s.sweep_id));
+    Some(t)
+}
+
+/// Fails with [`RunsFailed`] when the sweep ended with failed runs.
+pub fn require_no_failures(s: &pb::SweepStatus) -> anyhow::Result<()> {
+    match failures_text(s) {
+        Some(t) => Err(RunsFailed(t).into()),
+        None => Ok(()),
+    }
+}
+
+/// `gradsweep runs`.
+pub async fn runs(remote: &Remote, sweep: &str, states: &[String], format: OutputFormat) -> anyhow::Result<()> {
+    let mut client = remote.connect().await?;
+    let now = now_ms();
+    let mut out = std::io::stdout().lock();
+    let mut widths: Option<Vec<usize>> = None;
+    let mut first = true;
+    let n = list_runs(&mut client, sweep, states, &mut |axes, page| {
+        let head = header(axes);
+        match format {
+            OutputFormat::Csv => {
+                if first {
+                    writeln!(out, "{}", head.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","))?;
+                }
+                for r in page {
+                    let row = fields(r, now);
+                    writeln!(out, "{}", row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","))?;
+                }
+            }
+            OutputFormat::Json => {
+                for r in page {
+                    let sep = if first { "[\n" } else { ",\n" };
+                    write!(out, "{sep}{}", json_row(axes, r))?;
+                    first = false;
+                }
+            }
+            OutputFormat::Table if page.is_empty() => return Ok(()),
+            OutputFormat::Table => {
+                // Widths from the first page: a sweep of any size prints
+                // as it streams.
+                let w = widths.get_or_insert_with(|| {
+                    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+                    for r in page {
+                        for (i, f) in fields(r, now).iter().enumerate().take(w.len() - 1) {
+                            w[i] = w[i].max(f.chars().count());
+                        }
+                    }
+                    w
+                });
+                if first {
+                    writeln!(out, "{}", pad(&head, w))?;
+                }
+                for r in page {
+                    writeln!(out, "{}", pad(&fields(r, now), w))?;
+                }
+            }
+        }
+        first = false;
+        Ok(())
+    })
+    .await?;
+    match format {
+        OutputFormat::Json if n == 0 => writeln!(out, "[]")?,
+        OutputFormat::Json => writeln!(out, "\n]")?,
+        OutputFormat::Table if n == 0 => writeln!(out, "no runs")?,
+        _ => {}
+    }
+    out.flush().map_err(ClientError::Output)?;
+    Ok(())
+}
+
+/// The columns: run, cell, one per axis, seed, state, attempts, worker,
+/// duration in seconds, error.
+pub fn header(axes: &[String]) -> Vec<String> {
+    let mut h = vec!["run".to_string(), "cell".to_string()];
+    h.extend(axes.iter().cloned());
+    h.extend(["seed", "state", "attempts", "worker", "duration_s", "error"].map(String::from));
+    h
+}
+
+/// A run's values in [`header`]'s order, as text: an axis's string value
+/// unquoted, the duration so far for a running run, "" for what is unknown.
+pub fn fields(r: &pb::RunInfo, now_ms: i64) -> Vec<String> {
+    let mut f = vec![r.run_id.clone(), r.cell.to_string()];
+    f.extend(r.axis_values.iter().map(|v| match serde_json::from_str::<serde_json::Value>(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => v.clone(),
+    }));
+    let worker = if r.worker_name.is_empty() { r.worker_id.clone() } else { r.worker_name.clone() };
+    f.extend([
+        r.seed.to_string(),
+        r.state.clone(),
+        r.attempts.to_string(),
+        worker,
+        duration_s(r, now_ms).map(|d| format!("{d:.1}")).unwrap_or_default(),
+        r.error.clone(),
+    ]);
+    f
+}
+
+/// Seconds from the first lease to the end (or to now, while it runs);
+/// `None` when never leased or not recorded.
+pub fn duration_s(r: &pb::RunInfo, now_ms: i64) -> Option<f64> {
+    if r.started_at_ms == 0 {
+        return None;
+    }
+    let end = match (r.finished_at_ms, r.state.as_str()) {
+        (0, "leased") => now_ms,
+        (0, _) => return None,
+        (t, _) => t,
+    };
+    Some((end - r.started_at_ms).max(0) as f64 / 1000.0)
+}
+
+/// One run as a JSON object: axes as their JSON values, times in ms.
+fn json_row(axes: &[String], r: &pb::RunInfo) -> String {
+    let mut params = serde_json::Map::new();
+    for (a, v) in axes.iter().zip(&r.axis_values) {
+        params.insert(a.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::Null));
+    }
+    let opt = |t: i64| if t == 0 { serde_json::Value::Null } else { t.into() };
+    serde_json::json!({
+        "run": r.run_id,
+        "cell": r.cell,
+        "params": params,
+        "seed": r.seed,
+        "state": r.state,
+        "attempts": r.attempts,
+        "worker_id": r.worker_id,
+        "worker": r.worker_name,
+        "step": r.step,
+        "total_steps": r.total_steps,
+        "started_at_ms": opt(r.started_at_ms),
+        "finished_at_ms": opt(r.finished_at_ms),
+        "duration_s": duration_s(r, now_ms()),
+        "error": if r.error.is_empty() { serde_json::Value::Null } else { r.error.clone().into() },
+    })
+    .to_string()
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// Columns padded to `w` (the last, the error, is not padded).
+fn pad(f: &[String], w: &[usize]) -> String {
+    let mut line = String::new();
+    for (i, v) in f.iter().enumerate() {
+        if i + 1 == f.len() {
+            line.push_str(v);
+        } else {
+            let width = w.get(i).copied().unwrap_or(0);
+            line.push_str(&format!("{v:<width$}  "));
+        }
+    }
+    line.trim_end().to_string()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &str, started: i64, finished: i64, error: &str) -> pb::RunInfo {
+        pb::RunInfo {
+            run_id: "s-c1-s7".into(),
+            cell: 1,
+            seed: 7,
+            axis_values: vec!["0.1".into(), "\"mlp:64-32-10\"".into()],
+            state: state.into(),
+            attempts: 2,
+            worker_id: "w-abc".into(),
+            worker_name: "node-3".into(),
+            step: 5,
+            total_steps: 10,
+            started_at_ms: started,
+            finished_at_ms: finished,
+            error: error.into(),
+        }
+    }
+
+    #[test]
+    fn a_run_is_one_row_with_one_column_per_axis_and_no_packed_strings() {
+        let axes = vec!["lr".to_string(), "model".to_string()];
+        let h = header(&axes);
+        let r = run("failed", 1_000, 13_500, "data: not found, run fetch-data.sh");
+        let f = fields(&r, 0);
+        assert_eq!(h.len(), f.len());
+        let at = |k: &str| f[h.iter().position(|c| c == k).unwrap()].clone();
+        assert_eq!((at("lr"), at("model"), at("seed")), ("0.1".into(), "mlp:64-32-10".into(), "7".into()));
+        assert_eq!((at("worker"), at("duration_s"), at("attempts")), ("node-3".into(), "12.5".into(), "2".into()));
+        assert_eq!(csv_field(&at("error")), "\"data: not found, run fetch-data.sh\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+
+        let running = run("leased", 1_000, 0, "");
+        assert_eq!(duration_s(&running, 4_000), Some(3.0), "a running run's duration so far");
+        assert_eq!(duration_s(&run("queued", 0, 0, ""), 4_000), None);
+        assert_eq!(duration_s(&run("completed", 0, 9_000, ""), 9_000), None, "not recorded is not zero");
+
+        let j: serde_json::Value = serde_json::from_str(&json_row(&axes, &r)).unwrap();
+        assert_eq!(j["params"]["lr"], 0.1);
+        assert_eq!(j["params"]["model"], "mlp:64-32-10");
+        assert_eq!(j["duration_s"], 12.5);
+        assert!(json_row(&axes, &run("queued", 0, 0, "")).contains("\"started_at_ms\":null"));
+    }
+
+    #[test]
+    fn failures_are_told_by_reason_with_where_to_look() {
+        let mut s = pb::SweepStatus { sweep_id: "q-1".into(), runs_total: 8, ..Default::default() };
+        assert!(failures_text(&s).is_none() && require_no_failures(&s).is_ok());
+        s.runs_failed = 5;
+        s.failures = vec![
+            pb::FailureGroup { error: "data dir not found".into(), runs: 3, example_run_id: "q-1-c0-s0".into() },
+            pb::FailureGroup { error: "lease lapsed 10 times".into(), runs: 1, example_run_id: "q-1-c1-s0".into() },
+        ];
+        let t = failures_text(&s).unwrap();
+        assert!(t.starts_with("5 of 8 runs failed"), "{t}");
+        assert!(t.contains("3 × data dir not found (e.g. run q-1-c0-s0)"), "{t}");
+        assert!(t.contains("1 more with other reasons"), "{t}");
+        assert!(t.contains("gradsweep runs q-1 --state failed"), "{t}");
+        let e = require_no_failures(&s).unwrap_err();
+        assert!(e.downcast_ref::<RunsFailed>().is_some());
+    }
+}
