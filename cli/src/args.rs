@@ -73,3 +73,35 @@ impl ThresholdArgs {
         Ok(th)
     }
 }
+
+/// Where a reading command (`status`, `results`, `runs`) reads from: a
+/// running coordinator, or a database file opened read-only.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A coordinator, over gRPC.
+    Remote(Remote),
+    /// A database file, read without a coordinator (`--db FILE`).
+    Db(PathBuf),
+}
+
+/// The flags of a command that reads a sweep: a coordinator's, or `--db`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReadArgs {
+    /// Read this database file (read-only, without a coordinator; one may be running on it) instead of asking a
+    /// coordinator.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["coordinator", "token_file", "tls_ca", "tls_domain"])]
+    pub db: Option<PathBuf>,
+    /// The coordinator to ask otherwise.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+impl ReadArgs {
+    /// Where to read from.
+    pub fn source(&self) -> anyhow::Result<Source> {
+        match &self.db {
+            Some(path) => Ok(Source::Db(path.clone())),
+            None => Ok(Source::Remote(self.connect.remote()?)),
+        }
+    }
+}

@@ -27,8 +27,8 @@ pub enum ClientError {
     #[error("{0}")]
     Write(String),
     /// What arrived could not be printed (a closed pipe among others).
-    #[error(transparent)]
-    Output(std::io::Error),
+    #[error("cannot print: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 /// A control client whose calls carry the token when one is configured.

@@ -11,7 +11,8 @@ use gradsweep_proto::v1 as pb;
 use gradsweep_shared::grid::{GridLimits, parse_grid};
 use gradsweep_shared::stats::RankThresholds;
 
-use crate::args::{ConnectArgs, OutputFormat};
+use crate::args::{ConnectArgs, OutputFormat, Source};
+use gradsweep_coordinator::offline::Offline;
 
 /// Reads and validates a grid file locally within `limits`; errors carry
 /// file:line:col.
@@ -85,16 +86,25 @@ fn status_line(s: &pb::SweepStatus) -> String {
     )
 }
 
-/// `gradsweep status`.
-pub async fn status(remote: &Remote, sweep: Option<&str>) -> anyhow::Result<()> {
-    let mut client = remote.connect().await?;
-    let rows = match sweep {
-        Some(id) => {
-            vec![
-                client.status(pb::StatusRequest { sweep_id: id.into() }).await.map_err(ClientError::from)?.into_inner(),
-            ]
+/// `gradsweep status`: from a coordinator, or from a database file.
+pub async fn status(source: &Source, sweep: Option<&str>) -> anyhow::Result<()> {
+    let rows = match source {
+        Source::Db(path) => Offline::open(path)?.status(sweep)?,
+        Source::Remote(remote) => {
+            let mut client = remote.connect().await?;
+            match sweep {
+                Some(id) => vec![
+                    client
+                        .status(pb::StatusRequest { sweep_id: id.into() })
+                        .await
+                        .map_err(ClientError::from)?
+                        .into_inner(),
+                ],
+                None => {
+                    client.list_sweeps(pb::ListSweepsRequest {}).await.map_err(ClientError::from)?.into_inner().sweeps
+                }
+            }
         }
-        None => client.list_sweeps(pb::ListSweepsRequest {}).await.map_err(ClientError::from)?.into_inner().sweeps,
     };
     if rows.is_empty() {
         crate::outln!("no sweeps")?;
@@ -226,26 +236,52 @@ pub fn print_results(
     Ok(())
 }
 
-/// `gradsweep results`.
+/// `gradsweep results`: from a coordinator, or computed from a database
+/// file by the coordinator's own code (stale cells merged, nothing written).
 pub async fn results(
-    remote: &Remote,
+    source: &Source,
     sweep: &str,
     format: OutputFormat,
     out: Option<&Path>,
     th: &RankThresholds,
 ) -> anyhow::Result<()> {
-    let mut client = remote.connect().await?;
-    let (cells, summary) = fetch_results_with(&mut client, sweep, th).await?;
-    // Files first: a reader that stops early (`| head`) loses none of them.
-    if let Some(dir) = out {
-        write_result_files(dir, &cells, &summary, th)?;
-        eprintln!("wrote {0}/results.csv and {0}/results.json", dir.display());
-        write_saved_gradients(&mut client, sweep, dir).await?;
-    }
+    let (cells, summary, status) = match source {
+        Source::Remote(remote) => {
+            let mut client = remote.connect().await?;
+            let (cells, summary) = fetch_results_with(&mut client, sweep, th).await?;
+            // Files first: a reader that stops early (`| head`) loses none of them.
+            if let Some(dir) = out {
+                write_result_files(dir, &cells, &summary, th)?;
+                eprintln!("wrote {0}/results.csv and {0}/results.json", dir.display());
+                write_saved_gradients(&mut client, sweep, dir).await?;
+            }
+            let status =
+                client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
+            (cells, summary, status.into_inner())
+        }
+        Source::Db(path) => {
+            let (path, id, th2) = (path.clone(), sweep.to_string(), th.clone());
+            let (cells, summary, status) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let db = Offline::open(&path)?;
+                let (cells, summary) = db.results(&id, &th2)?;
+                let status = db.status(Some(&id))?.remove(0);
+                Ok((cells, summary, status))
+            })
+            .await??;
+            if let Some(dir) = out {
+                write_result_files(dir, &cells, &summary, th)?;
+                eprintln!(
+                    "wrote {0}/results.csv and {0}/results.json (gradient rows kept by `save_gradients` are exported \
+                     by `results --out` from a coordinator)",
+                    dir.display()
+                );
+            }
+            (cells, summary, status)
+        }
+    };
     print_results(format, &cells, &summary, th)?;
     // Failed runs are missing from the statistics: say which and why.
-    let status = client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
-    if let Some(t) = crate::runs::failures_text(&status.into_inner()) {
+    if let Some(t) = crate::runs::failures_text(&status) {
         eprintln!("note: {t}");
     }
     Ok(())

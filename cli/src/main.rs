@@ -1,7 +1,7 @@
 //! `gradsweep`: the coordinator daemon and every user command.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use gradsweep_cli::args::{ConnectArgs, OutputFormat, ThresholdArgs};
+use gradsweep_cli::args::{ConnectArgs, OutputFormat, ReadArgs, ThresholdArgs};
 use gradsweep_cli::{analyze, commands, local, runs, serve};
 
 /// Distributed sweeps of SGD hyperparameters that measure the diffusion
@@ -39,12 +39,12 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Show one sweep, or all of them.
+    /// Show one sweep, or all of them, with failed runs grouped by reason.
     Status {
         /// Sweep identifier.
         sweep: Option<String>,
         #[command(flatten)]
-        connect: ConnectArgs,
+        read: ReadArgs,
     },
     /// Show a progress bar until the sweep finishes (exit code 3 if runs failed).
     Watch {
@@ -67,7 +67,7 @@ enum Command {
         #[command(flatten)]
         thresholds: ThresholdArgs,
         #[command(flatten)]
-        connect: ConnectArgs,
+        read: ReadArgs,
     },
     /// List a sweep's runs: axes, seed, state, attempts, worker, duration, error.
     Runs {
@@ -80,7 +80,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
         #[command(flatten)]
-        connect: ConnectArgs,
+        read: ReadArgs,
     },
     /// Cancel a sweep's unfinished runs.
     Cancel {
@@ -149,15 +149,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Submit { file, new, check, connect } => commands::submit(&connect, &file, new, check).await,
-        Command::Status { sweep, connect } => commands::status(&connect.remote()?, sweep.as_deref()).await,
+        Command::Status { sweep, read } => commands::status(&read.source()?, sweep.as_deref()).await,
         Command::Watch { sweep, connect } => {
             let status = commands::watch(&connect.remote()?, &sweep).await?;
             runs::require_no_failures(&status)
         }
-        Command::Results { sweep, format, out, thresholds, connect } => {
-            commands::results(&connect.remote()?, &sweep, format, out.as_deref(), &thresholds.thresholds()?).await
+        Command::Results { sweep, format, out, thresholds, read } => {
+            commands::results(&read.source()?, &sweep, format, out.as_deref(), &thresholds.thresholds()?).await
         }
-        Command::Runs { sweep, state, format, connect } => runs::runs(&connect.remote()?, &sweep, &state, format).await,
+        Command::Runs { sweep, state, format, read } => runs::runs(&read.source()?, &sweep, &state, format).await,
         Command::Cancel { sweep, connect } => commands::cancel(&connect.remote()?, &sweep).await,
         Command::Workers { connect } => commands::workers(&connect.remote()?).await,
         Command::Drain { worker, connect } => commands::drain(&connect.remote()?, &worker).await,

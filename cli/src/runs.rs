@@ -12,7 +12,10 @@ use std::io::Write;
 use gradsweep_proto::v1 as pb;
 
 use crate::args::OutputFormat;
-use crate::client::{ClientError, Remote, list_runs};
+use gradsweep_coordinator::offline::Offline;
+
+use crate::args::Source;
+use crate::client::list_runs;
 
 /// Exit code of `watch` and `local` when the sweep ended with failed runs.
 pub const EXIT_RUNS_FAILED: u8 = 3;
@@ -50,37 +53,74 @@ pub fn require_no_failures(s: &pb::SweepStatus) -> anyhow::Result<()> {
     }
 }
 
-/// `gradsweep runs`.
-pub async fn runs(remote: &Remote, sweep: &str, states: &[String], format: OutputFormat) -> anyhow::Result<()> {
-    let mut client = remote.connect().await?;
-    let now = now_ms();
+/// `gradsweep runs`: from a coordinator, or from a database file read
+/// without one.
+pub async fn runs(source: &Source, sweep: &str, states: &[String], format: OutputFormat) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let mut widths: Option<Vec<usize>> = None;
-    let mut first = true;
-    let n = list_runs(&mut client, sweep, states, &mut |axes, page| {
+    let mut printer = RunsPrinter::new(format);
+    let n = match source {
+        Source::Remote(remote) => {
+            let mut client = remote.connect().await?;
+            list_runs(&mut client, sweep, states, &mut |axes, page| printer.page(&mut out, axes, page)).await?
+        }
+        Source::Db(path) => {
+            let db = Offline::open(path)?;
+            let mut pages = db.runs(sweep, states)?;
+            let axes = pages.axes().to_vec();
+            let mut n = 0;
+            printer.page(&mut out, &axes, &[])?;
+            for page in pages.by_ref() {
+                let page = page?;
+                printer.page(&mut out, &axes, &page)?;
+                n += page.len();
+            }
+            n
+        }
+    };
+    printer.finish(&mut out, n)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints runs page by page in one format: a sweep of any size prints as
+/// it streams (a table takes its widths from the first page).
+pub struct RunsPrinter {
+    format: OutputFormat,
+    widths: Option<Vec<usize>>,
+    first: bool,
+    now: i64,
+}
+
+impl RunsPrinter {
+    /// A printer that has printed nothing yet.
+    pub fn new(format: OutputFormat) -> Self {
+        RunsPrinter { format, widths: None, first: true, now: now_ms() }
+    }
+
+    /// Prints one page (the first, even empty, gives a CSV its header).
+    pub fn page(&mut self, out: &mut dyn Write, axes: &[String], page: &[pb::RunInfo]) -> std::io::Result<()> {
         let head = header(axes);
-        match format {
+        let now = self.now;
+        match self.format {
             OutputFormat::Csv => {
-                if first {
+                if self.first {
                     writeln!(out, "{}", head.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","))?;
                 }
                 for r in page {
-                    let row = fields(r, now);
-                    writeln!(out, "{}", row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","))?;
+                    writeln!(out, "{}", fields(r, now).iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","))?;
                 }
             }
             OutputFormat::Json => {
                 for r in page {
-                    let sep = if first { "[\n" } else { ",\n" };
+                    let sep = if self.first { "[\n" } else { ",\n" };
                     write!(out, "{sep}{}", json_row(axes, r))?;
-                    first = false;
+                    self.first = false;
                 }
+                return Ok(());
             }
             OutputFormat::Table if page.is_empty() => return Ok(()),
             OutputFormat::Table => {
-                // Widths from the first page: a sweep of any size prints
-                // as it streams.
-                let w = widths.get_or_insert_with(|| {
+                let w = self.widths.get_or_insert_with(|| {
                     let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
                     for r in page {
                         for (i, f) in fields(r, now).iter().enumerate().take(w.len() - 1) {
@@ -89,7 +129,7 @@ pub async fn runs(remote: &Remote, sweep: &str, states: &[String], format: Outpu
                     }
                     w
                 });
-                if first {
+                if self.first {
                     writeln!(out, "{}", pad(&head, w))?;
                 }
                 for r in page {
@@ -97,18 +137,19 @@ pub async fn runs(remote: &Remote, sweep: &str, states: &[String], format: Outpu
                 }
             }
         }
-        first = false;
+        self.first = false;
         Ok(())
-    })
-    .await?;
-    match format {
-        OutputFormat::Json if n == 0 => writeln!(out, "[]")?,
-        OutputFormat::Json => writeln!(out, "\n]")?,
-        OutputFormat::Table if n == 0 => writeln!(out, "no runs")?,
-        _ => {}
     }
-    out.flush().map_err(ClientError::Output)?;
-    Ok(())
+
+    /// Ends the listing of `n` runs.
+    pub fn finish(self, out: &mut dyn Write, n: usize) -> std::io::Result<()> {
+        match self.format {
+            OutputFormat::Json if n == 0 => writeln!(out, "[]"),
+            OutputFormat::Json => writeln!(out, "\n]"),
+            OutputFormat::Table if n == 0 => writeln!(out, "no runs"),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The columns: run, cell, one per axis, seed, state, attempts, worker,

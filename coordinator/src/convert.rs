@@ -275,6 +275,45 @@ pub fn sweep_to_wire(s: &SweepRow, failures: &[FailureGroup]) -> pb::SweepStatus
     }
 }
 
+/// A sweep's status as `Status` sends it: its counts and its failures
+/// grouped by reason.
+pub fn sweep_status(store: &crate::store::Store, sweep_id: &str) -> Result<pb::SweepStatus> {
+    Ok(sweep_to_wire(&store.sweep(sweep_id)?, &store.failure_groups(sweep_id, FAILURE_GROUPS)?))
+}
+
+/// Failure groups a sweep's status carries.
+pub const FAILURE_GROUPS: usize = 10;
+
+/// Runs per `ListRuns` page: well under the message limit (a run is a few
+/// hundred bytes with a long error).
+pub const RUNS_PER_PAGE: usize = 1000;
+
+/// One page of a sweep's runs on the wire ([`runs_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunsPage {
+    /// The runs, in (cell, seed) order.
+    pub runs: Vec<pb::RunInfo>,
+    /// The last run's (cell, seed): where the next page starts.
+    pub last: Option<(u32, u64)>,
+    /// Whether the page is full, so more may follow.
+    pub full: bool,
+}
+
+/// One page of a sweep's runs after `after` (a (cell, seed) already
+/// listed), with the cells' axis values from `plan`.
+pub fn runs_page(
+    store: &crate::store::Store,
+    sweep_id: &str,
+    states: &[RunState],
+    after: Option<(u32, u64)>,
+    plan: &gradsweep_shared::SweepPlan,
+) -> Result<RunsPage> {
+    let rows = store.runs_page(sweep_id, states, after, RUNS_PER_PAGE)?;
+    let full = rows.len() == RUNS_PER_PAGE;
+    let last = rows.last().map(|r| (r.cell, r.seed));
+    Ok(RunsPage { runs: rows.into_iter().map(|r| run_to_wire(r, plan)).collect(), last, full })
+}
+
 /// The run states a `ListRuns` request names; an unknown word is refused,
 /// naming it and the words that are states.
 pub fn run_states_from_wire(words: &[String]) -> Result<Vec<RunState>> {

@@ -27,11 +27,13 @@
 //! * [`service`] — the `WorkerService` and `ControlService` handlers.
 //! * [`server`] — [`serve`]: both services, health and reflection on a listener until shutdown; token and TLS.
 //! * [`metrics`] — the Prometheus metrics the coordinator serves.
+//! * [`offline`] — [`offline::Offline`]: a database read without a coordinator (`--db FILE`), read-only.
 
 pub mod convert;
 pub mod error;
 pub mod lock;
 pub mod metrics;
+pub mod offline;
 pub mod server;
 pub mod service;
 pub mod shards;

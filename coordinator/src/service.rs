@@ -329,13 +329,6 @@ type GradientsStream = Pin<Box<dyn Stream<Item = Result<pb::GradientsChunk, Stat
 
 type RunsStream = Pin<Box<dyn Stream<Item = Result<pb::RunsPage, Status>> + Send>>;
 
-/// Runs per `ListRuns` page: well under the message limit (a run is a few
-/// hundred bytes with a long error).
-const RUNS_PER_PAGE: usize = 1000;
-
-/// Failure groups a sweep's status carries.
-const FAILURE_GROUPS: usize = 10;
-
 #[tonic::async_trait]
 impl ControlService for ControlApi {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
@@ -361,7 +354,7 @@ impl ControlService for ControlApi {
             .read_store(|s| {
                 let rows = s.sweeps()?;
                 rows.into_iter()
-                    .map(|r| Ok(convert::sweep_to_wire(&r, &s.failure_groups(&r.id, FAILURE_GROUPS)?)))
+                    .map(|r| Ok(convert::sweep_to_wire(&r, &s.failure_groups(&r.id, convert::FAILURE_GROUPS)?)))
                     .collect::<Result<Vec<_>, CoordinatorError>>()
             })
             .await?;
@@ -370,10 +363,7 @@ impl ControlService for ControlApi {
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::SweepStatus>, Status> {
         let id = req.into_inner().sweep_id;
-        let status = self
-            .state
-            .read_store(move |s| Ok(convert::sweep_to_wire(&s.sweep(&id)?, &s.failure_groups(&id, FAILURE_GROUPS)?)))
-            .await?;
+        let status = self.state.read_store(move |s| convert::sweep_status(s, &id)).await?;
         Ok(Response::new(status))
     }
 
@@ -464,21 +454,14 @@ impl ControlService for ControlApi {
             let mut first = true;
             loop {
                 let (id, states, plan2) = (id.clone(), states.clone(), plan.clone());
-                let page = state
-                    .read_store(move |s| {
-                        let rows = s.runs_page(&id, &states, after, RUNS_PER_PAGE)?;
-                        let last = rows.last().map(|r| (r.cell, r.seed));
-                        Ok((rows.into_iter().map(|r| convert::run_to_wire(r, &plan2)).collect::<Vec<_>>(), last))
-                    })
-                    .await;
-                let (runs, last) = match page {
+                let page = state.read_store(move |s| convert::runs_page(s, &id, &states, after, &plan2)).await;
+                let convert::RunsPage { runs, last, full } = match page {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
                 };
-                let full = runs.len() == RUNS_PER_PAGE;
                 if !runs.is_empty() || first {
                     let axes = if first { plan.axes.clone() } else { vec![] };
                     if tx.send(Ok(pb::RunsPage { axes, runs })).await.is_err() {

@@ -114,7 +114,7 @@ impl CoordinatorConfig {
 /// depend on the thread count). Returns the cells in order, and the ones
 /// merged here with their sweep, to store whatever `th` was: a stored
 /// merge keeps its spectra, so later thresholds are added from it.
-fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>, Vec<FreshMerge>) {
+pub fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>, Vec<FreshMerge>) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(sources.len()).max(1);
     let mut parts: Vec<Vec<(usize, CellSource)>> = (0..threads).map(|_| vec![]).collect();
     for (i, src) in sources.into_iter().enumerate() {
@@ -163,7 +163,7 @@ fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>,
 }
 
 /// A merge computed while serving results, with its sweep: stored after.
-type FreshMerge = (String, EncodedMerge);
+pub type FreshMerge = (String, EncodedMerge);
 
 /// Shared handle to the coordinator's state.
 #[derive(Clone)]

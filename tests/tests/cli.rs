@@ -235,3 +235,45 @@ fn diverged_runs_say_so_in_the_table_and_are_not_failures() {
     assert!(o.status.success(), "{t}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("2/2 (2 diverged)"), "{t}");
 }
+
+/// Issue 13, item 3: `status`, `results` and `runs` read a database file
+/// without a coordinator (even while one runs on it) and print exactly
+/// what the coordinator answers; a file that is not a gradsweep database,
+/// or none at all, is refused with its path.
+#[test]
+fn a_database_reads_the_same_without_a_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let coord = gradsweep_tests::CoordinatorProc::start(&db, 0, &[], dir.path());
+    let addr = format!("127.0.0.1:{}", coord.port);
+    let _w = gradsweep_tests::WorkerProc::start(&coord.url(), "w-db", 2, dir.path());
+    let grid = dir.path().join("grid.toml");
+    std::fs::write(&grid, grids::tiny("offline", 2)).unwrap();
+    let o = cli(&["submit", "--coordinator", &addr, grid.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sweep = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let o = cli(&["watch", "--coordinator", &addr, &sweep]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let db = db.to_str().unwrap();
+    for args in [
+        vec!["results", sweep.as_str(), "--format", "json"],
+        vec!["results", sweep.as_str(), "--format", "csv", "--rank-threshold-abs", "1e-6"],
+        vec!["runs", sweep.as_str(), "--format", "csv"],
+        vec!["status", sweep.as_str()],
+    ] {
+        let remote = cli(&[&args[..], &["--coordinator", &addr]].concat());
+        let local = cli(&[&args[..], &["--db", db]].concat());
+        assert!(remote.status.success() && local.status.success(), "{args:?}: {}\n{}", text(&remote), text(&local));
+        assert!(!local.stdout.is_empty());
+        assert_eq!(String::from_utf8_lossy(&local.stdout), String::from_utf8_lossy(&remote.stdout), "{args:?}");
+    }
+    let o = cli(&["results", &sweep, "--db", db, "--coordinator", &addr]);
+    assert!(!o.status.success() && text(&o).contains("cannot be used with"), "{}", text(&o));
+    std::fs::write(dir.path().join("notes.txt"), "not a database").unwrap();
+    for bad in [dir.path().join("notes.txt"), dir.path().join("missing.db")] {
+        let o = cli(&["status", "--db", bad.to_str().unwrap()]);
+        assert!(!o.status.success() && text(&o).contains(bad.to_str().unwrap()), "{}", text(&o));
+    }
+    assert!(!dir.path().join("missing.db").exists(), "reading creates nothing");
+}

@@ -129,6 +129,13 @@ impl Store {
         Ok(Store { conn, policy, in_batch: false })
     }
 
+    /// Refuses a database this build cannot read as it is (see
+    /// [`Store::open_reader`], which does not upgrade): a foreign file, or
+    /// another schema version, naming `path` and what to do.
+    pub fn check_readable(&self, path: &Path) -> Result<()> {
+        schema::check_readable(&self.conn).map_err(|e| file_error(path, e))
+    }
+
     /// Caps the database at about `bytes` (SQLite `max_page_count`); a write
     /// past the cap fails like a full disk, and its transaction rolls back.
     pub fn limit_size(&mut self, bytes: u64) -> Result<()> {

@@ -110,6 +110,32 @@ CREATE TRIGGER run_counts_move AFTER UPDATE OF state ON runs WHEN OLD.state IS N
 END;
 "#;
 
+/// Whether a database opened read-only can be read by this build: a
+/// gradsweep file of this schema version. Nothing is upgraded on a
+/// read-only connection, so an older file is refused with what to do.
+pub(super) fn check_readable(conn: &Connection) -> Result<()> {
+    let refuse = |message: String| CoordinatorError::Database { path: String::new(), message };
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if app != APPLICATION_ID {
+        return Err(refuse("not a gradsweep database".into()));
+    }
+    let version: i64 = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))?
+        .parse()
+        .map_err(|_| refuse("unreadable schema_version".into()))?;
+    match version.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Less => Err(refuse(format!(
+            "schema version {version}, this build reads version {SCHEMA_VERSION}; start `gradsweep serve --db` on \
+             it once to upgrade it (or read it with the build that wrote it)"
+        ))),
+        std::cmp::Ordering::Greater => Err(refuse(format!(
+            "schema version {version} was written by a newer gradsweep; this build reads up to version \
+             {SCHEMA_VERSION}"
+        ))),
+    }
+}
+
 /// Makes `conn` a current gradsweep database: creates the schema in an
 /// empty file, upgrades an older one, refuses anything else, checks the
 /// file's integrity and sets WAL with `synchronous = FULL`.
