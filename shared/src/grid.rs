@@ -464,7 +464,10 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
                     k.span(),
                     format!("key `{name}` belongs in [{}], not [{}]", section_name(s), section_name(section)),
                 ),
-                None => ctx.push(k.span(), format!("unknown key `{name}` in [{}]", section_name(section))),
+                None => ctx.push(
+                    k.span(),
+                    format!("unknown key `{name}` in [{}]{}", section_name(section), did_you_mean(name)),
+                ),
             }
         }
     }
@@ -519,7 +522,10 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
                 continue;
             }
             let Some((_, kind)) = key_def(key) else {
-                ctx.push(k.span(), format!("unknown key `{key}` in [grid] (axes take train or probe keys)"));
+                ctx.push(
+                    k.span(),
+                    format!("unknown key `{key}` in [grid] (axes take train or probe keys){}", did_you_mean(key)),
+                );
                 continue;
             };
             if let Some(points) = expand_axis(&mut ctx, key, kind, v) {
@@ -581,6 +587,48 @@ pub fn parse_grid(text: &str, file: &str, limits: GridLimits) -> Result<SweepPla
     Ok(SweepPlan { name, seeds, axes: axes.iter().flat_map(|a| a.keys.clone()).collect(), cells })
 }
 
+/// Names other tools give the grid's keys, and the key each means here.
+const KEY_ALIASES: &[(&str, &str)] = &[
+    ("learning_rate", "lr"),
+    ("learning-rate", "lr"),
+    ("eta", "lr"),
+    ("batch", "batch_size"),
+    ("batchsize", "batch_size"),
+    ("bs", "batch_size"),
+    ("epoch", "epochs"),
+    ("n_epochs", "epochs"),
+    ("num_epochs", "epochs"),
+    ("rank", "sketch_rank"),
+    ("ell", "sketch_rank"),
+    ("wd", "weight_decay"),
+];
+
+/// `; did you mean `k`?` for the declared key an unknown one most likely
+/// means (a known alias, or at most two edits away), else nothing.
+fn did_you_mean(unknown: &str) -> String {
+    let lower = unknown.to_ascii_lowercase();
+    let alias = KEY_ALIASES.iter().find(|(a, _)| *a == lower).map(|(_, k)| *k);
+    let near =
+        || KEYS.iter().map(|(k, _, _)| (edit_distance(&lower, k), *k)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k);
+    alias.or_else(near).map_or(String::new(), |k| format!("; did you mean `{k}`?"))
+}
+
+/// Levenshtein distance between two short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 fn section_name(s: Section) -> &'static str {
     match s {
         Section::Train => "train",
@@ -603,7 +651,7 @@ fn expand_zip(ctx: &mut Ctx<'_>, v: &Spanned<toml::Value>, axes: &mut Vec<Axis>)
         let mut cols: Vec<Vec<serde_json::Value>> = vec![];
         for (k, val) in g {
             let Some((_, kind)) = key_def(k) else {
-                ctx.push(span.clone(), format!("unknown key `{k}` in a zip group"));
+                ctx.push(span.clone(), format!("unknown key `{k}` in a zip group{}", did_you_mean(k)));
                 return;
             };
             let Some(list) = val.as_array() else {
@@ -638,6 +686,38 @@ fn expand_zip(ctx: &mut Ctx<'_>, v: &Spanned<toml::Value>, axes: &mut Vec<Axis>)
     }
 }
 
+/// A section's configuration from its JSON, or an issue at the key whose
+/// value the field cannot hold (an integer too large for it, a negative
+/// count): a value that passed the key's own check is never dropped
+/// silently with its cell.
+fn typed<T: serde::de::DeserializeOwned + Serialize + Default>(
+    ctx: &mut Ctx<'_>,
+    json: serde_json::Value,
+    section: Section,
+    values: &BTreeMap<String, (serde_json::Value, Range<usize>)>,
+    cell_desc: &str,
+) -> Option<T> {
+    let err = match serde_json::from_value::<T>(json) {
+        Ok(t) => return Some(t),
+        Err(e) => e,
+    };
+    // Find the key: each of this section's values alone on the defaults.
+    let default = serde_json::to_value(T::default()).unwrap_or_default();
+    let mut named = false;
+    for (k, (v, span)) in values.iter().filter(|(k, _)| key_def(k).map(|d| d.0) == Some(section)) {
+        let mut one = default.clone();
+        one[k.as_str()] = v.clone();
+        if let Err(e) = serde_json::from_value::<T>(one) {
+            ctx.push(span.clone(), format!("`{k}` = {v} does not fit: {e}{cell_desc}"));
+            named = true;
+        }
+    }
+    if !named {
+        ctx.push(0..0, format!("the [{}] values do not fit together: {err}{cell_desc}", section_name(section)));
+    }
+    None
+}
+
 fn build_cell(
     ctx: &mut Ctx<'_>,
     index: u32,
@@ -654,11 +734,11 @@ fn build_cell(
         };
         target[k.as_str()] = v.clone();
     }
-    let train: TrainConfig = serde_json::from_value(train).ok()?;
-    let probe: ProbeConfig = serde_json::from_value(probe).ok()?;
+    let cell_desc = if params.is_empty() { String::new() } else { format!(" (cell {index}: {})", fmt_params(&params)) };
+    let train: TrainConfig = typed(ctx, train, Section::Train, values, &cell_desc)?;
+    let probe: ProbeConfig = typed(ctx, probe, Section::Probe, values, &cell_desc)?;
     let span_of = |k: &str| values.get(k).map(|(_, s)| s.clone()).unwrap_or(0..0);
     let before = ctx.issues.len();
-    let cell_desc = if params.is_empty() { String::new() } else { format!(" (cell {index}: {})", fmt_params(&params)) };
 
     let opts = train.data_options();
     let ds = match DatasetName::parse(&train.dataset) {
@@ -894,7 +974,7 @@ batch_size = [8, 32, 128]
     fn errors_name_line_and_column() {
         let e = err(&QUICK.replace("epochs = 30", "epochs = 30\nepoch = 3"));
         assert_eq!((e.line, e.col), (9, 1), "{e}");
-        assert!(e.message.contains("unknown key `epoch`"), "{e}");
+        assert!(e.message.contains("unknown key `epoch`") && e.message.ends_with("did you mean `epochs`?"), "{e}");
 
         let e = err(&QUICK.replace("epochs = 30", "epochs = \"thirty\""));
         assert_eq!((e.line, e.col), (8, 10), "{e}");
@@ -925,6 +1005,37 @@ batch_size = [8, 32, 128]
         let e = err("[sweep\nname='x'");
         assert_eq!(e.line, 1);
         assert_eq!(e.to_string().split(':').next(), Some("g.toml"));
+    }
+
+    #[test]
+    fn an_unknown_key_suggests_the_key_it_most_likely_means() {
+        assert_eq!(did_you_mean("learning_rate"), "; did you mean `lr`?");
+        assert_eq!(did_you_mean("btach_size"), "; did you mean `batch_size`?");
+        assert_eq!(did_you_mean("Momentum"), "; did you mean `momentum`?");
+        assert_eq!(did_you_mean("colour"), "");
+        for (alias, key) in KEY_ALIASES {
+            assert!(key_def(key).is_some(), "alias `{alias}` names `{key}`, which is not a key");
+        }
+        let e =
+            parse_grid(&QUICK.replace("[grid]\n", "[grid]\nlearning_rate = [0.1]\n"), "g.toml", GridLimits::default())
+                .unwrap_err();
+        assert!(
+            e.to_string().contains("unknown key `learning_rate` in [grid]") && e.to_string().contains("`lr`?"),
+            "{e}"
+        );
+    }
+
+    /// Issue 13: `epochs = [5000000000, 20]` fits the key's integer check
+    /// but not the field; it used to drop its cell silently ("1 cell").
+    #[test]
+    fn a_value_too_large_for_its_field_is_an_error_at_its_place_not_a_dropped_cell() {
+        let text = QUICK.replace("batch_size = [8, 32, 128]", "batch_size = [8]\nepochs = [5000000000, 20]");
+        let e = parse_grid(&text, "g.toml", GridLimits::default()).unwrap_err();
+        let i = e.issues.iter().find(|i| i.message.contains("`epochs` = 5000000000 does not fit")).expect("named");
+        let line = text.lines().position(|l| l.starts_with("epochs = [5000000000")).unwrap() + 1;
+        assert_eq!((i.line, i.col), (line, 10), "the axis's values: {e}");
+        let text = QUICK.replace("batch_size = [8, 32, 128]", "batch_size = [8]\nepochs = [30, 20]");
+        assert_eq!(parse_grid(&text, "g.toml", GridLimits::default()).unwrap().cells.len(), 8);
     }
 
     /// Issue 13: a sweep's name becomes `gradsweep-out/<name>`, so a name

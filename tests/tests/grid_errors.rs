@@ -36,6 +36,12 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         ("wrong type", BASE.replace("epochs = 3", "epochs = \"three\""), "7:10", "`epochs` must be an integer"),
         (
+            "too large for the field",
+            BASE.replace("epochs = 3", "epochs = 5000000000"),
+            "7:10",
+            "`epochs` = 5000000000 does not fit",
+        ),
+        (
             "lr not positive",
             BASE.replace("lr = { log = [0.02, 0.2], num = 4 }", "lr = [0.1, 0.0]"),
             "11:6",
