@@ -252,7 +252,8 @@ pub async fn results(
             // Files first: a reader that stops early (`| head`) loses none of them.
             if let Some(dir) = out {
                 write_result_files(dir, &cells, &summary, th)?;
-                eprintln!("wrote {0}/results.csv and {0}/results.json", dir.display());
+                crate::runs::write_runs_csv(source, sweep, dir).await?;
+                eprintln!("wrote {0}/results.csv, {0}/results.json and {0}/runs.csv", dir.display());
                 write_saved_gradients(&mut client, sweep, dir).await?;
             }
             let status =
@@ -270,9 +271,10 @@ pub async fn results(
             .await??;
             if let Some(dir) = out {
                 write_result_files(dir, &cells, &summary, th)?;
+                crate::runs::write_runs_csv(source, sweep, dir).await?;
                 eprintln!(
-                    "wrote {0}/results.csv and {0}/results.json (gradient rows kept by `save_gradients` are exported \
-                     by `results --out` from a coordinator)",
+                    "wrote {0}/results.csv, {0}/results.json and {0}/runs.csv (gradient rows kept by \
+                     `save_gradients` are exported by `results --out` from a coordinator)",
                     dir.display()
                 );
             }

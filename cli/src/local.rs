@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::client::{ClientError, connect_control, fetch_results_with};
+use crate::args::Source;
+use crate::client::{ClientError, Remote, connect_control, fetch_results_with};
 use anyhow::{Context, bail};
 use clap::Args;
 use gradsweep_coordinator::store::{LeasePolicy, Store};
@@ -240,7 +241,8 @@ async fn drive(
     let (cells, summary) = fetch_results_with(&mut client, &sub.sweep_id, &th).await?;
     // Files first: a reader that stops early (`| head`) loses none of them.
     write_result_files(out, &cells, &summary, &th)?;
-    eprintln!("wrote {0}/results.csv and {0}/results.json", out.display());
+    crate::runs::write_runs_csv(&Source::Remote(Remote::plain(addr)), &sub.sweep_id, out).await?;
+    eprintln!("wrote {0}/results.csv, {0}/results.json and {0}/runs.csv", out.display());
     write_saved_gradients(&mut client, &sub.sweep_id, out).await?;
     print_results(args.format, &cells, &summary, &th)?;
     crate::runs::require_no_failures(&status)

@@ -8,13 +8,15 @@
 //! (exit code 3), naming the reasons.
 
 use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
 
 use gradsweep_proto::v1 as pb;
 
-use crate::args::OutputFormat;
 use gradsweep_coordinator::offline::Offline;
 
-use crate::args::Source;
+use crate::args::{OutputFormat, Source};
 use crate::client::list_runs;
 
 /// Exit code of `watch` and `local` when the sweep ended with failed runs.
@@ -58,28 +60,53 @@ pub fn require_no_failures(s: &pb::SweepStatus) -> anyhow::Result<()> {
 pub async fn runs(source: &Source, sweep: &str, states: &[String], format: OutputFormat) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut printer = RunsPrinter::new(format);
-    let n = match source {
+    let n = print_runs(source, sweep, states, &mut printer, &mut out).await?;
+    printer.finish(&mut out, n)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes `dir/runs.csv`, one row per run (as `gradsweep runs --format
+/// csv` prints it), from a coordinator or a database file; the file
+/// appears whole or not at all. Returns how many runs.
+pub async fn write_runs_csv(source: &Source, sweep: &str, dir: &Path) -> anyhow::Result<usize> {
+    let (path, tmp) = (dir.join("runs.csv"), dir.join(".runs.csv.tmp"));
+    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let n = print_runs(source, sweep, &[], &mut RunsPrinter::new(OutputFormat::Csv), &mut out).await?;
+    out.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all())?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(n)
+}
+
+/// Streams a sweep's runs from `source` through `printer` into `out`, a
+/// page at a time; returns how many runs.
+async fn print_runs(
+    source: &Source,
+    sweep: &str,
+    states: &[String],
+    printer: &mut RunsPrinter,
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    Ok(match source {
         Source::Remote(remote) => {
             let mut client = remote.connect().await?;
-            list_runs(&mut client, sweep, states, &mut |axes, page| printer.page(&mut out, axes, page)).await?
+            list_runs(&mut client, sweep, states, &mut |axes, page| printer.page(out, axes, page)).await?
         }
         Source::Db(path) => {
             let db = Offline::open(path)?;
             let mut pages = db.runs(sweep, states)?;
             let axes = pages.axes().to_vec();
+            printer.page(out, &axes, &[])?;
             let mut n = 0;
-            printer.page(&mut out, &axes, &[])?;
             for page in pages.by_ref() {
                 let page = page?;
-                printer.page(&mut out, &axes, &page)?;
+                printer.page(out, &axes, &page)?;
                 n += page.len();
             }
             n
         }
-    };
-    printer.finish(&mut out, n)?;
-    out.flush()?;
-    Ok(())
+    })
 }
 
 /// Prints runs page by page in one format: a sweep of any size prints as

@@ -268,6 +268,16 @@ fn a_database_reads_the_same_without_a_coordinator() {
         assert!(!local.stdout.is_empty());
         assert_eq!(String::from_utf8_lossy(&local.stdout), String::from_utf8_lossy(&remote.stdout), "{args:?}");
     }
+    // And the files `--out` writes, runs.csv among them.
+    let (from_remote, from_db) = (dir.path().join("remote"), dir.path().join("db"));
+    let o = cli(&["results", &sweep, "--out", from_remote.to_str().unwrap(), "--coordinator", &addr]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cli(&["results", &sweep, "--out", from_db.to_str().unwrap(), "--db", db]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["results.csv", "results.json", "runs.csv"] {
+        let (a, b) = (std::fs::read(from_remote.join(f)).unwrap(), std::fs::read(from_db.join(f)).unwrap());
+        assert!(!a.is_empty() && a == b, "{f} differs");
+    }
     let o = cli(&["results", &sweep, "--db", db, "--coordinator", &addr]);
     assert!(!o.status.success() && text(&o).contains("cannot be used with"), "{}", text(&o));
     std::fs::write(dir.path().join("notes.txt"), "not a database").unwrap();

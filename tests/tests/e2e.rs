@@ -55,6 +55,16 @@ fn quickstart_local_prints_table_and_writes_files() {
         let want = col("temperature") * col("trace") / col("d");
         assert!((col("temperature_trace_per_d") - want).abs() <= 1e-12 * want.abs(), "{line}");
     }
+    // One row per run, one column per axis, every run completed (issue 13).
+    let runs = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    let lines: Vec<&str> = runs.lines().collect();
+    assert_eq!(lines[0], "run,cell,lr,batch_size,seed,state,attempts,worker,duration_s,error");
+    assert_eq!(lines.len(), 25, "header + 24 runs");
+    for l in &lines[1..] {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!((f.len(), f[5], f[9]), (10, "completed", ""), "{l}");
+        assert!(f[2].parse::<f64>().is_ok() && f[3].parse::<u32>().is_ok() && f[8].parse::<f64>().is_ok(), "{l}");
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["cells"].as_array().unwrap().len(), 12);
