@@ -358,6 +358,24 @@ pub fn drain_targets(ws: &[pb::WorkerInfo], worker: &str) -> anyhow::Result<Vec<
     Ok(named)
 }
 
+/// `gradsweep keys`: every grid key with its section, values, default and
+/// meaning; `--markdown` prints docs/grid.md.
+pub fn keys(markdown: bool) -> anyhow::Result<()> {
+    if markdown {
+        crate::out!("{}", gradsweep_shared::grid::grid_reference_markdown())?;
+        return Ok(());
+    }
+    let keys = gradsweep_shared::grid::key_reference();
+    let w = keys.iter().map(|k| k.name.len()).max().unwrap_or(0);
+    let wd = keys.iter().map(|k| k.default.chars().count()).max().unwrap_or(0);
+    crate::outln!("{:<w$}  {:<7}  {:<wd$}  meaning (values)", "key", "section", "default")?;
+    for k in keys {
+        crate::outln!("{:<w$}  {:<7}  {:<wd$}  {} ({})", k.name, k.section, k.default, k.meaning, k.values)?;
+    }
+    crate::outln!("(any key may be an axis of [grid]; see docs/grid.md)")?;
+    Ok(())
+}
+
 /// `gradsweep models`: one model per line, starting with its name.
 pub fn models() -> anyhow::Result<()> {
     use gradsweep_shared::model::{Model, NAMED_MODELS};

@@ -103,6 +103,12 @@ enum Command {
     },
     /// List the named models with their parameter counts and layer shapes.
     Models,
+    /// List every grid key: section, values, default and meaning.
+    Keys {
+        /// Print docs/grid.md (Markdown) instead of a table.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Statistics of NPY data produced by any framework.
     #[command(subcommand)]
     Analyze(analyze::AnalyzeCommand),
@@ -163,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drain { worker, connect } => commands::drain(&connect.remote()?, &worker).await,
         Command::Local(args) => local::run(args).await,
         Command::Models => commands::models(),
+        Command::Keys { markdown } => commands::keys(markdown),
         Command::Analyze(cmd) => analyze::run(cmd),
     }
 }

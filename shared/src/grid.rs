@@ -184,49 +184,312 @@ enum Kind {
     IntOrAuto(i64),
 }
 
-const KEYS: &[(&str, Section, Kind)] = &[
-    ("model", Section::Train, Kind::Str),
-    ("dataset", Section::Train, Kind::Str),
-    ("epochs", Section::Train, Kind::Int(1)),
-    ("lr", Section::Train, Kind::Positive),
-    ("batch_size", Section::Train, Kind::Int(1)),
-    ("momentum", Section::Train, Kind::Fraction),
-    ("weight_decay", Section::Train, Kind::NonNegative),
-    ("replacement", Section::Train, Kind::Bool),
-    ("test_fraction", Section::Train, Kind::Fraction),
-    ("split_seed", Section::Train, Kind::Int(0)),
-    ("data_dir", Section::Train, Kind::Str),
-    ("classes", Section::Train, Kind::IntList),
-    ("downsample", Section::Train, Kind::Int(1)),
-    ("normalize", Section::Train, Kind::Bool),
-    ("nesterov", Section::Train, Kind::Bool),
-    ("lr_schedule", Section::Train, Kind::Choice(&["constant", "step", "multistep", "cosine"])),
-    ("lr_step_epochs", Section::Train, Kind::Int(1)),
-    ("lr_milestones", Section::Train, Kind::IntList),
-    ("lr_gamma", Section::Train, Kind::Positive),
-    ("checkpoint_every_epochs", Section::Train, Kind::Int(0)),
-    ("checkpoint_every_steps", Section::Train, Kind::Int(0)),
-    ("every_epochs", Section::Probe, Kind::Int(1)),
-    ("at_epochs", Section::Probe, Kind::IntList),
-    ("sketch_rank", Section::Probe, Kind::IntOrAuto(1)),
-    ("memory_mb", Section::Probe, Kind::Int(16)),
-    ("shard_samples", Section::Probe, Kind::Int(0)),
-    ("save_gradients", Section::Probe, Kind::Int(0)),
-    ("keep_sketches", Section::Probe, Kind::Bool),
-    ("projections", Section::Probe, Kind::Int(2)),
-    ("basis", Section::Probe, Kind::Choice(&["random", "eigen"])),
-    ("basis_probe", Section::Probe, Kind::Int(0)),
-    ("max_lag", Section::Probe, Kind::Int(1)),
-    ("burn_in_epochs", Section::Probe, Kind::Int(0)),
-    ("projection_seed", Section::Probe, Kind::Int(0)),
-    ("block_size", Section::Probe, Kind::Int(1)),
-    ("psd_window", Section::Probe, Kind::Int(0)),
-    ("wire_precision", Section::Probe, Kind::Choice(&["f32", "f16"])),
-    ("exact", Section::Probe, Kind::Bool),
+/// One grid key: its section, the values it takes, and its meaning.
+struct KeyDef {
+    name: &'static str,
+    section: Section,
+    kind: Kind,
+    doc: &'static str,
+}
+
+/// Every key of `[train]` and `[probe]`, declared once: where it goes,
+/// what values it takes, and what it means (`gradsweep keys`, docs/grid.md).
+const KEYS: &[KeyDef] = &[
+    KeyDef {
+        name: "model",
+        section: Section::Train,
+        kind: Kind::Str,
+        doc: "The network: a named model (`gradsweep models`), `linear:IN-OUT`, or `mlp:W0-W1-…-Wk[+bn]`.",
+    },
+    KeyDef {
+        name: "dataset",
+        section: Section::Train,
+        kind: Kind::Str,
+        doc: "The data set: `digits` (bundled 8×8), `mnist`, `fashion-mnist`, `cifar10`, `teacher[:…]` (synthetic), or `csv:PATH`; see the README's \"Models and data sets\".",
+    },
+    KeyDef { name: "epochs", section: Section::Train, kind: Kind::Int(1), doc: "Passes over the training set." },
+    KeyDef { name: "lr", section: Section::Train, kind: Kind::Positive, doc: "Learning rate η." },
+    KeyDef {
+        name: "batch_size",
+        section: Section::Train,
+        kind: Kind::Int(1),
+        doc: "Mini-batch size b; with `lr`, sets the temperature β⁻¹ = η/(2b).",
+    },
+    KeyDef { name: "momentum", section: Section::Train, kind: Kind::Fraction, doc: "Heavy-ball momentum in [0, 1)." },
+    KeyDef {
+        name: "weight_decay",
+        section: Section::Train,
+        kind: Kind::NonNegative,
+        doc: "λ: adds (λ/2)‖x‖² to the loss.",
+    },
+    KeyDef {
+        name: "replacement",
+        section: Section::Train,
+        kind: Kind::Bool,
+        doc: "Draw mini-batches with replacement (the paper's β⁻¹ = η/(2b) assumes it; without, the temperature gains a factor (1 − b/N)).",
+    },
+    KeyDef {
+        name: "test_fraction",
+        section: Section::Train,
+        kind: Kind::Fraction,
+        doc: "Share of the samples held out for testing, for data sets without an official split.",
+    },
+    KeyDef {
+        name: "split_seed",
+        section: Section::Train,
+        kind: Kind::Int(0),
+        doc: "Seed of the train/test split (the same for every run of the sweep).",
+    },
+    KeyDef {
+        name: "data_dir",
+        section: Section::Train,
+        kind: Kind::Str,
+        doc: "Folder of file-based data sets as the workers see it (empty: `$GRADSWEEP_DATA_DIR`, then `./data`).",
+    },
+    KeyDef {
+        name: "classes",
+        section: Section::Train,
+        kind: Kind::IntList,
+        doc: "Keep only these classes, relabelled 0..k (empty: all).",
+    },
+    KeyDef {
+        name: "downsample",
+        section: Section::Train,
+        kind: Kind::Int(1),
+        doc: "Average-pool images by this factor (1: none).",
+    },
+    KeyDef {
+        name: "normalize",
+        section: Section::Train,
+        kind: Kind::Bool,
+        doc: "Standardise inputs with the training set's mean and deviation.",
+    },
+    KeyDef { name: "nesterov", section: Section::Train, kind: Kind::Bool, doc: "Nesterov momentum." },
+    KeyDef {
+        name: "lr_schedule",
+        section: Section::Train,
+        kind: Kind::Choice(&["constant", "step", "multistep", "cosine"]),
+        doc: "How η changes: `constant`, `step` (× `lr_gamma` every `lr_step_epochs`), `multistep` (× `lr_gamma` at each of `lr_milestones`), `cosine`.",
+    },
+    KeyDef {
+        name: "lr_step_epochs",
+        section: Section::Train,
+        kind: Kind::Int(1),
+        doc: "Epochs between steps of the `step` schedule.",
+    },
+    KeyDef {
+        name: "lr_milestones",
+        section: Section::Train,
+        kind: Kind::IntList,
+        doc: "Epochs at which the `multistep` schedule multiplies η by `lr_gamma`.",
+    },
+    KeyDef {
+        name: "lr_gamma",
+        section: Section::Train,
+        kind: Kind::Positive,
+        doc: "Factor of each step of the `step` and `multistep` schedules.",
+    },
+    KeyDef {
+        name: "checkpoint_every_epochs",
+        section: Section::Train,
+        kind: Kind::Int(0),
+        doc: "Checkpoint every this many epochs (segment boundaries; never change results; 0: none).",
+    },
+    KeyDef {
+        name: "checkpoint_every_steps",
+        section: Section::Train,
+        kind: Kind::Int(0),
+        doc: "Checkpoint every this many steps as well (0: none).",
+    },
+    KeyDef {
+        name: "every_epochs",
+        section: Section::Probe,
+        kind: Kind::Int(1),
+        doc: "Probe D every this many epochs, and after the last epoch.",
+    },
+    KeyDef {
+        name: "at_epochs",
+        section: Section::Probe,
+        kind: Kind::IntList,
+        doc: "Probe at these epochs instead (each in 1..=epochs).",
+    },
+    KeyDef {
+        name: "sketch_rank",
+        section: Section::Probe,
+        kind: Kind::IntOrAuto(1),
+        doc: "Frequent Directions rows ℓ, or `auto`: each probe sizes its sketch until the rank at the paper's threshold is resolved.",
+    },
+    KeyDef {
+        name: "memory_mb",
+        section: Section::Probe,
+        kind: Kind::Int(16),
+        doc: "What one probe may use, in MiB: bounds an auto probe's ℓ and how many idle slots help; a fixed ℓ above it is refused.",
+    },
+    KeyDef {
+        name: "shard_samples",
+        section: Section::Probe,
+        kind: Kind::Int(0),
+        doc: "Samples per probe shard; shards are computed by idle slots and idle workers and merged in shard order (0: one shard).",
+    },
+    KeyDef {
+        name: "save_gradients",
+        section: Section::Probe,
+        kind: Kind::Int(0),
+        doc: "Keep each probe's first N per-sample gradient rows and its weights, written as NPY by `local` and `results --out`.",
+    },
+    KeyDef {
+        name: "keep_sketches",
+        section: Section::Probe,
+        kind: Kind::Bool,
+        doc: "Keep every probe's whole sketch after its cell is merged (by default each keeps a digest: eigenvalues, Δ, moments, top 10 eigenvectors).",
+    },
+    KeyDef {
+        name: "projections",
+        section: Section::Probe,
+        kind: Kind::Int(2),
+        doc: "Directions the trajectory is projected on, for the drift statistics.",
+    },
+    KeyDef {
+        name: "basis",
+        section: Section::Probe,
+        kind: Kind::Choice(&["random", "eigen"]),
+        doc: "Projection directions: `random`, or `eigen` (the top eigenvectors of D at probe `basis_probe`).",
+    },
+    KeyDef {
+        name: "basis_probe",
+        section: Section::Probe,
+        kind: Kind::Int(0),
+        doc: "The probe whose eigenvectors form the `eigen` basis; recording starts after it.",
+    },
+    KeyDef {
+        name: "max_lag",
+        section: Section::Probe,
+        kind: Kind::Int(1),
+        doc: "Largest lag of the lagged covariances and autocorrelations, in steps.",
+    },
+    KeyDef {
+        name: "burn_in_epochs",
+        section: Section::Probe,
+        kind: Kind::Int(0),
+        doc: "Epochs before the trajectory is recorded.",
+    },
+    KeyDef {
+        name: "projection_seed",
+        section: Section::Probe,
+        kind: Kind::Int(0),
+        doc: "Seed of the random projection directions.",
+    },
+    KeyDef {
+        name: "block_size",
+        section: Section::Probe,
+        kind: Kind::Int(1),
+        doc: "Samples per block of per-sample gradients fed to the sketch.",
+    },
+    KeyDef {
+        name: "psd_window",
+        section: Section::Probe,
+        kind: Kind::Int(0),
+        doc: "Welch window of the trajectory's power spectrum, a power of two in 8..=4096 (0: none).",
+    },
+    KeyDef {
+        name: "wire_precision",
+        section: Section::Probe,
+        kind: Kind::Choice(&["f32", "f16"]),
+        doc: "Precision of sketch rows on the wire: `f32`, or `f16` (half the bytes; the rounding is measured and widened into every bracket).",
+    },
+    KeyDef {
+        name: "exact",
+        section: Section::Probe,
+        kind: Kind::Bool,
+        doc: "Also compute D densely at each probe (d ≤ 4096), as a check on the sketch.",
+    },
 ];
 
+/// One grid key as `gradsweep keys` and docs/grid.md list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyReference {
+    /// The key.
+    pub name: &'static str,
+    /// Its section: `train` or `probe` (and any key may be an axis of `[grid]`).
+    pub section: &'static str,
+    /// The values it takes, as the parser checks them.
+    pub values: String,
+    /// Its value when the grid leaves it out, as TOML.
+    pub default: String,
+    /// What it means.
+    pub meaning: &'static str,
+}
+
+/// Every `[train]` and `[probe]` key with its values, default and
+/// meaning, in the order of the declaration the parser uses.
+pub fn key_reference() -> Vec<KeyReference> {
+    let train = serde_json::to_value(TrainConfig::default()).unwrap_or_default();
+    let mut probe = serde_json::to_value(ProbeConfig::default()).unwrap_or_default();
+    // Fields left out of the serialised spec at their defaults (so that
+    // adding them changed no fingerprint) have their defaults here.
+    let d = ProbeConfig::default();
+    if let Some(p) = probe.as_object_mut() {
+        for (k, v) in [
+            ("at_epochs", serde_json::json!(d.at_epochs)),
+            ("memory_mb", d.memory_mb.into()),
+            ("shard_samples", d.shard_samples.into()),
+            ("save_gradients", d.save_gradients.into()),
+            ("keep_sketches", d.keep_sketches.into()),
+        ] {
+            p.entry(k).or_insert(v);
+        }
+    }
+    KEYS.iter()
+        .map(|k| {
+            let defaults = if k.section == Section::Train { &train } else { &probe };
+            let default = match (k.name, defaults.get(k.name)) {
+                ("sketch_rank", Some(serde_json::Value::Null) | None) => "\"auto\"".to_string(),
+                (_, Some(serde_json::Value::Null) | None) => "none".to_string(),
+                (_, Some(v)) => v.to_string(),
+            };
+            KeyReference {
+                name: k.name,
+                section: section_name(k.section),
+                values: kind_name(k.kind),
+                default,
+                meaning: k.doc,
+            }
+        })
+        .collect()
+}
+
+/// docs/grid.md: the grid file's sections and every key, generated from
+/// the declaration the parser uses (`gradsweep keys --markdown`); a test
+/// fails when the file in the repository is stale.
+pub fn grid_reference_markdown() -> String {
+    let mut out = String::from(
+        "# The grid file\n\n\
+         <!-- Generated by `gradsweep keys --markdown` from shared/src/grid.rs; do not edit. -->\n\n\
+         A grid file (TOML) has four sections. `[sweep]` names the sweep and its seeds: `name` (the output \
+         folder's name: no `/`, `\\`, `.` or `..`) and `seeds` (a list of non-negative integers, or a count n \
+         meaning 0..n). `[train]` and `[probe]` set the keys below for every run. `[grid]` makes axes of any of \
+         them: a list (`batch_size = [8, 32, 128]`), `{ lin = [a, b], num = n }` or `{ log = [a, b], num = n }`; \
+         `[[grid.zip]]` pairs lists of equal length into one axis. Axes form a product in the order they appear \
+         (the first varies slowest), and each seed of each cell is one run. Every error names the file, the line \
+         and column, and the rule broken.\n\n\
+         | key | section | values | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    for k in key_reference() {
+        let cell = |t: &str| t.replace('|', "\\|");
+        out.push_str(&format!(
+            "| `{}` | {} | {} | `{}` | {} |\n",
+            k.name,
+            k.section,
+            cell(&k.values),
+            cell(&k.default),
+            cell(k.meaning)
+        ));
+    }
+    out
+}
+
 fn key_def(name: &str) -> Option<(Section, Kind)> {
-    KEYS.iter().find(|k| k.0 == name).map(|k| (k.1, k.2))
+    KEYS.iter().find(|k| k.name == name).map(|k| (k.section, k.kind))
 }
 
 fn kind_name(k: Kind) -> String {
@@ -609,7 +872,7 @@ fn did_you_mean(unknown: &str) -> String {
     let lower = unknown.to_ascii_lowercase();
     let alias = KEY_ALIASES.iter().find(|(a, _)| *a == lower).map(|(_, k)| *k);
     let near =
-        || KEYS.iter().map(|(k, _, _)| (edit_distance(&lower, k), *k)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k);
+        || KEYS.iter().map(|k| (edit_distance(&lower, k.name), k.name)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k);
     alias.or_else(near).map_or(String::new(), |k| format!("; did you mean `{k}`?"))
 }
 
@@ -1005,6 +1268,26 @@ batch_size = [8, 32, 128]
         let e = err("[sweep\nname='x'");
         assert_eq!(e.line, 1);
         assert_eq!(e.to_string().split(':').next(), Some("g.toml"));
+    }
+
+    /// docs/grid.md is what `gradsweep keys --markdown` prints: regenerate
+    /// it with `cargo run --bin gradsweep -- keys --markdown > docs/grid.md`.
+    #[test]
+    fn the_grid_reference_in_docs_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grid.md");
+        let file = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            file == grid_reference_markdown(),
+            "docs/grid.md is stale: run `cargo run --bin gradsweep -- keys --markdown > docs/grid.md`"
+        );
+        let keys = key_reference();
+        assert_eq!(keys.len(), KEYS.len());
+        let get = |n: &str| keys.iter().find(|k| k.name == n).unwrap().clone();
+        assert_eq!((get("lr").default.as_str(), get("lr").section), ("0.1", "train"));
+        assert_eq!(get("sketch_rank").default, "\"auto\"");
+        assert_eq!(get("keep_sketches").default, "false");
+        assert!(keys.iter().all(|k| !k.meaning.is_empty() && !k.values.is_empty()));
+        assert!(keys.iter().all(|k| k.default != "none"), "every key states its default");
     }
 
     #[test]

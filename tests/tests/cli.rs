@@ -23,7 +23,7 @@ const CONNECT: [&str; 4] = ["--coordinator", "--token-file", "--tls-ca", "--tls-
 
 #[test]
 fn connection_flags_appear_only_on_commands_that_connect() {
-    for cmd in [&["analyze", "grads"][..], &["analyze", "trajectory"], &["models"], &["local"]] {
+    for cmd in [&["analyze", "grads"][..], &["analyze", "trajectory"], &["models"], &["keys"], &["local"]] {
         let h = help(cmd);
         for flag in CONNECT {
             assert!(!h.contains(flag), "`gradsweep {} --help` offers {flag}:\n{h}", cmd.join(" "));
