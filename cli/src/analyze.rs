@@ -78,7 +78,7 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
             let m = npy::read(&a.file)?;
             let th = a.thresholds.thresholds()?;
             let opts = GradsOptions { sketch_rank: a.sketch_rank, exact_max_dim: a.exact_max_dim };
-            let r = analyze_grads(&m, opts, &th);
+            let r = analyze_grads(&m, opts, &th).with_context(|| format!("{}", a.file.display()))?;
             match a.format {
                 Format::Json => crate::outln!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?)?,
                 Format::Table => {

@@ -29,9 +29,26 @@ pub struct GradsReport {
     pub spectrum: SpectrumStats,
 }
 
+/// Input that has no statistics to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnalyzeError {
+    /// Too few samples or columns for a covariance.
+    #[error("{rows} samples × {cols} parameters: D needs at least 2 samples (rows) of at least 1 parameter")]
+    TooSmall {
+        /// Rows given.
+        rows: usize,
+        /// Columns given.
+        cols: usize,
+    },
+}
+
 /// Spectrum of `D = (1/n) Σ gᵢgᵢᵀ − ḡḡᵀ` for the rows of `a`, with ranks
-/// at the user's thresholds `th` too.
-pub fn analyze_grads(a: &Array2, opts: GradsOptions, th: &RankThresholds) -> GradsReport {
+/// at the user's thresholds `th` too. Fewer than 2 rows (or no column) is
+/// an error, never a table of zeros.
+pub fn analyze_grads(a: &Array2, opts: GradsOptions, th: &RankThresholds) -> Result<GradsReport, AnalyzeError> {
+    if a.rows < 2 || a.cols == 0 {
+        return Err(AnalyzeError::TooSmall { rows: a.rows, cols: a.cols });
+    }
     let rows: Vec<f32> = a.data.iter().map(|&v| v as f32).collect();
     if a.cols <= opts.exact_max_dim {
         let mut ex = ExactCovariance::new(a.cols);
@@ -42,13 +59,13 @@ pub fn analyze_grads(a: &Array2, opts: GradsOptions, th: &RankThresholds) -> Gra
         let mut spectrum =
             SpectrumStats::from_parts(&eig, 0.0, a.cols, a.rows as u64, 0, ex.trace(), ex.grad_norm_sq_unbiased());
         spectrum.add_thresholds(&eig, th);
-        GradsReport { method: "exact".into(), spectrum }
+        Ok(GradsReport { method: "exact".into(), spectrum })
     } else {
         let mut sk = FdSketch::new(a.cols, opts.sketch_rank.max(1));
         for block in rows.chunks(a.cols * 256) {
             sk.insert_block(block);
         }
-        GradsReport { method: "sketch".into(), spectrum: SpectrumStats::from_sketch_with(&sk, th) }
+        Ok(GradsReport { method: "sketch".into(), spectrum: SpectrumStats::from_sketch_with(&sk, th) })
     }
 }
 
@@ -140,8 +157,13 @@ mod tests {
         }
         let a = Array2 { rows: n, cols: d, data, was_f32: false };
         let th = RankThresholds { relative: vec![1e-6], absolute: vec![1e-6] };
-        let exact = analyze_grads(&a, GradsOptions { sketch_rank: 8, exact_max_dim: 100 }, &th);
-        let sketch = analyze_grads(&a, GradsOptions { sketch_rank: 8, exact_max_dim: 10 }, &th);
+        let exact = analyze_grads(&a, GradsOptions { sketch_rank: 8, exact_max_dim: 100 }, &th).unwrap();
+        let sketch = analyze_grads(&a, GradsOptions { sketch_rank: 8, exact_max_dim: 10 }, &th).unwrap();
+        for (rows, cols) in [(0, 40), (1, 40), (5, 0)] {
+            let tiny = Array2 { rows, cols, data: vec![0.5; rows * cols], was_f32: false };
+            let e = analyze_grads(&tiny, GradsOptions { sketch_rank: 8, exact_max_dim: 100 }, &th).unwrap_err();
+            assert_eq!(e, AnalyzeError::TooSmall { rows, cols });
+        }
         assert_eq!(exact.method, "exact");
         assert_eq!(sketch.method, "sketch");
         assert_eq!(exact.spectrum.rank.value, 3.0);

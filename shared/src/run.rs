@@ -1478,7 +1478,7 @@ mod tests {
             was_f32: true,
         };
         let opts = crate::analyze::GradsOptions { sketch_rank: 64, exact_max_dim: 4096 };
-        let got = crate::analyze::analyze_grads(&a, opts, &Default::default()).spectrum;
+        let got = crate::analyze::analyze_grads(&a, opts, &Default::default()).unwrap().spectrum;
         let st = crate::stats::SpectrumStats::from_sketch(&p.sketch);
         assert_eq!(got.n, st.n);
         assert!((got.trace - st.trace).abs() <= 1e-9 * st.trace, "{} vs {}", got.trace, st.trace);

@@ -150,3 +150,17 @@ fn saved_gradients_reproduce_each_probe() {
     }
     assert_eq!(checked, 4);
 }
+
+/// Issue 13, item 6: a gradient file with no rows is an error naming the
+/// file, not a table of statistics.
+#[test]
+fn analyze_grads_refuses_a_file_without_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    for (rows, name) in [(0usize, "empty.npy"), (1, "one.npy")] {
+        let g = dir.path().join(name);
+        std::fs::write(&g, npy::write(rows, 4, &vec![1.0; rows * 4], true)).unwrap();
+        let (ok, out, err) = run(&["analyze", "grads", g.to_str().unwrap()]);
+        assert!(!ok && out.is_empty(), "{out}");
+        assert!(err.contains(name) && err.contains("at least 2 samples"), "{err}");
+    }
+}
