@@ -176,15 +176,17 @@ pub async fn watch_with(
     }
 }
 
-/// Writes results.csv and results.json into `dir`.
+/// Writes results.csv and results.json (with its provenance) into `dir`.
 pub fn write_result_files(
     dir: &Path,
     cells: &[gradsweep_shared::results::CellResult],
     summary: &gradsweep_shared::results::SweepSummary,
     th: &RankThresholds,
+    provenance: &report::Provenance,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (name, body) in [("results.csv", report::csv(cells, th)), ("results.json", report::json(cells, summary))] {
+    let json = report::json(cells, summary, provenance);
+    for (name, body) in [("results.csv", report::csv(cells, th)), ("results.json", json)] {
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -221,6 +223,7 @@ pub fn print_results(
     cells: &[gradsweep_shared::results::CellResult],
     summary: &gradsweep_shared::results::SweepSummary,
     th: &RankThresholds,
+    provenance: &report::Provenance,
 ) -> anyhow::Result<()> {
     match format {
         OutputFormat::Table => {
@@ -231,7 +234,7 @@ pub fn print_results(
             crate::out!("{}", report::eta_table(summary))?;
         }
         OutputFormat::Csv => crate::out!("{}", report::csv(cells, th))?,
-        OutputFormat::Json => crate::outln!("{}", report::json(cells, summary))?,
+        OutputFormat::Json => crate::outln!("{}", report::json(cells, summary, provenance))?,
     }
     Ok(())
 }
@@ -249,16 +252,17 @@ pub async fn results(
         Source::Remote(remote) => {
             let mut client = remote.connect().await?;
             let (cells, summary) = fetch_results_with(&mut client, sweep, th).await?;
+            let status =
+                client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
+            let status = status.into_inner();
             // Files first: a reader that stops early (`| head`) loses none of them.
             if let Some(dir) = out {
-                write_result_files(dir, &cells, &summary, th)?;
+                write_result_files(dir, &cells, &summary, th, &report::Provenance::of(&status))?;
                 crate::runs::write_runs_csv(source, sweep, dir).await?;
                 eprintln!("wrote {0}/results.csv, {0}/results.json and {0}/runs.csv", dir.display());
                 write_saved_gradients(&mut client, sweep, dir).await?;
             }
-            let status =
-                client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
-            (cells, summary, status.into_inner())
+            (cells, summary, status)
         }
         Source::Db(path) => {
             let (path, id, th2) = (path.clone(), sweep.to_string(), th.clone());
@@ -270,7 +274,7 @@ pub async fn results(
             })
             .await??;
             if let Some(dir) = out {
-                write_result_files(dir, &cells, &summary, th)?;
+                write_result_files(dir, &cells, &summary, th, &report::Provenance::of(&status))?;
                 crate::runs::write_runs_csv(source, sweep, dir).await?;
                 eprintln!(
                     "wrote {0}/results.csv, {0}/results.json and {0}/runs.csv (gradient rows kept by \
@@ -281,7 +285,7 @@ pub async fn results(
             (cells, summary, status)
         }
     };
-    print_results(format, &cells, &summary, th)?;
+    print_results(format, &cells, &summary, th, &report::Provenance::of(&status))?;
     // Failed runs are missing from the statistics: say which and why.
     if let Some(t) = crate::runs::failures_text(&status) {
         eprintln!("note: {t}");

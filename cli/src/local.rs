@@ -240,11 +240,14 @@ async fn drive(
     let th = args.thresholds.thresholds()?;
     let (cells, summary) = fetch_results_with(&mut client, &sub.sweep_id, &th).await?;
     // Files first: a reader that stops early (`| head`) loses none of them.
-    write_result_files(out, &cells, &summary, &th)?;
+    // The status after the results: the counts the files describe.
+    let ended = client.status(pb::StatusRequest { sweep_id: sub.sweep_id.clone() }).await.map_err(ClientError::from)?;
+    let provenance = crate::report::Provenance::of(&ended.into_inner());
+    write_result_files(out, &cells, &summary, &th, &provenance)?;
     crate::runs::write_runs_csv(&Source::Remote(Remote::plain(addr)), &sub.sweep_id, out).await?;
     eprintln!("wrote {0}/results.csv, {0}/results.json and {0}/runs.csv", out.display());
     write_saved_gradients(&mut client, &sub.sweep_id, out).await?;
-    print_results(args.format, &cells, &summary, &th)?;
+    print_results(args.format, &cells, &summary, &th, &provenance)?;
     crate::runs::require_no_failures(&status)
 }
 

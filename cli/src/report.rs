@@ -398,7 +398,66 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
     out
 }
 
-/// Everything as one JSON document: `{ "summary": …, "cells": […] }`.
-pub fn json(cells: &[CellResult], summary: &SweepSummary) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({ "summary": summary, "cells": cells })).unwrap_or_default()
+/// Where results come from: the sweep, its grid file, when it was
+/// submitted, and the gradsweep that wrote them (results.json's
+/// `provenance`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Provenance {
+    /// Sweep identifier.
+    pub sweep_id: String,
+    /// Sweep name.
+    pub name: String,
+    /// The grid file's name as it was submitted.
+    pub grid_file: String,
+    /// When the sweep was submitted (ms since the Unix epoch).
+    pub submitted_at_ms: i64,
+    /// Runs in the sweep, and how many ended each way.
+    pub runs: RunCounts,
+    /// The version of gradsweep that wrote the file.
+    pub gradsweep_version: &'static str,
+}
+
+/// A sweep's runs by how they ended (or not yet).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunCounts {
+    /// All runs.
+    pub total: u32,
+    /// Completed.
+    pub completed: u32,
+    /// Diverged (a result).
+    pub diverged: u32,
+    /// Failed (no result; see `gradsweep runs --state failed`).
+    pub failed: u32,
+    /// Cancelled.
+    pub cancelled: u32,
+    /// Queued or running.
+    pub open: u32,
+}
+
+impl Provenance {
+    /// The provenance of results read alongside `status`.
+    pub fn of(status: &gradsweep_proto::v1::SweepStatus) -> Self {
+        Provenance {
+            sweep_id: status.sweep_id.clone(),
+            name: status.name.clone(),
+            grid_file: status.grid_file.clone(),
+            submitted_at_ms: status.created_at_ms,
+            runs: RunCounts {
+                total: status.runs_total,
+                completed: status.runs_completed,
+                diverged: status.runs_diverged,
+                failed: status.runs_failed,
+                cancelled: status.runs_cancelled,
+                open: status.runs_queued + status.runs_running,
+            },
+            gradsweep_version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// Everything as one JSON document:
+/// `{ "provenance": …, "summary": …, "cells": […] }`.
+pub fn json(cells: &[CellResult], summary: &SweepSummary, provenance: &Provenance) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({ "provenance": provenance, "summary": summary, "cells": cells }))
+        .unwrap_or_default()
 }

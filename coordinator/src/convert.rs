@@ -264,6 +264,7 @@ pub fn sweep_to_wire(s: &SweepRow, failures: &[FailureGroup]) -> pb::SweepStatus
         runs_cancelled: s.count(RunState::Cancelled),
         progress: s.progress,
         created_at_ms: s.created_ms,
+        grid_file: s.file_name.clone(),
         failures: failures
             .iter()
             .map(|f| pb::FailureGroup {

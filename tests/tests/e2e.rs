@@ -69,6 +69,16 @@ fn quickstart_local_prints_table_and_writes_files() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["cells"].as_array().unwrap().len(), 12);
     assert_eq!(json["summary"]["runs_done"], 24);
+    // Where the numbers come from (issue 13).
+    let p = &json["provenance"];
+    assert_eq!(p["sweep_id"], json["summary"]["sweep_id"]);
+    assert_eq!(
+        (p["name"].as_str(), p["gradsweep_version"].as_str()),
+        (Some("quickstart"), Some(env!("CARGO_PKG_VERSION")))
+    );
+    assert!(p["grid_file"].as_str().is_some_and(|f| f.ends_with("examples/quickstart.toml")), "{p}");
+    assert!(p["submitted_at_ms"].as_i64().is_some_and(|t| t > 1_700_000_000_000), "{p}");
+    assert_eq!((p["runs"]["total"].as_u64(), p["runs"]["completed"].as_u64()), (Some(24), Some(24)), "{p}");
     let cell = &json["cells"][0];
     assert_eq!(cell["d"], 2410);
     let frac = cell["rank_fraction"]["mean"].as_f64().unwrap();

@@ -33,6 +33,8 @@ pub struct SweepRow {
     pub progress: f64,
     /// Creation time.
     pub created_ms: i64,
+    /// The grid file's name as it was submitted.
+    pub file_name: String,
 }
 
 impl SweepRow {
@@ -171,7 +173,7 @@ impl Store {
     pub fn sweep(&self, sweep_id: &str) -> Result<SweepRow> {
         let mut row = self
             .conn
-            .prepare_cached("SELECT id, name, state, cells, created_ms FROM sweeps WHERE id = ?1")?
+            .prepare_cached("SELECT id, name, state, cells, created_ms, file_name FROM sweeps WHERE id = ?1")?
             .query_row([sweep_id], |r| {
                 Ok(SweepRow {
                     id: r.get(0)?,
@@ -181,6 +183,7 @@ impl Store {
                     counts: BTreeMap::new(),
                     progress: 0.0,
                     created_ms: r.get(4)?,
+                    file_name: r.get(5)?,
                 })
             })
             .optional()?
