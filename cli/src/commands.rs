@@ -308,8 +308,7 @@ pub async fn workers(remote: &Remote) -> anyhow::Result<()> {
     if ws.is_empty() {
         crate::outln!("no workers")?;
     }
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now = gradsweep_coordinator::store::now_ms();
     crate::outln!(
         "{:<14} {:<9} {:<20} {:<16} {:>5} {:>9}  runs",
         "worker",

@@ -15,6 +15,7 @@ use anyhow::Context;
 use gradsweep_proto::v1 as pb;
 
 use gradsweep_coordinator::offline::Offline;
+use gradsweep_coordinator::store::now_ms;
 
 use crate::args::{OutputFormat, Source};
 use crate::client::list_runs;
@@ -140,7 +141,7 @@ impl RunsPrinter {
             OutputFormat::Json => {
                 for r in page {
                     let sep = if self.first { "[\n" } else { ",\n" };
-                    write!(out, "{sep}{}", json_row(axes, r))?;
+                    write!(out, "{sep}{}", json_row(axes, r, now))?;
                     self.first = false;
                 }
                 return Ok(());
@@ -223,7 +224,7 @@ pub fn duration_s(r: &pb::RunInfo, now_ms: i64) -> Option<f64> {
 }
 
 /// One run as a JSON object: axes as their JSON values, times in ms.
-fn json_row(axes: &[String], r: &pb::RunInfo) -> String {
+fn json_row(axes: &[String], r: &pb::RunInfo, now: i64) -> String {
     let mut params = serde_json::Map::new();
     for (a, v) in axes.iter().zip(&r.axis_values) {
         params.insert(a.clone(), serde_json::from_str(v).unwrap_or(serde_json::Value::Null));
@@ -242,7 +243,7 @@ fn json_row(axes: &[String], r: &pb::RunInfo) -> String {
         "total_steps": r.total_steps,
         "started_at_ms": opt(r.started_at_ms),
         "finished_at_ms": opt(r.finished_at_ms),
-        "duration_s": duration_s(r, now_ms()),
+        "duration_s": duration_s(r, now),
         "error": if r.error.is_empty() { serde_json::Value::Null } else { r.error.clone().into() },
     })
     .to_string()
@@ -265,10 +266,6 @@ fn pad(f: &[String], w: &[usize]) -> String {
         }
     }
     line.trim_end().to_string()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -312,11 +309,11 @@ mod tests {
         assert_eq!(duration_s(&run("queued", 0, 0, ""), 4_000), None);
         assert_eq!(duration_s(&run("completed", 0, 9_000, ""), 9_000), None, "not recorded is not zero");
 
-        let j: serde_json::Value = serde_json::from_str(&json_row(&axes, &r)).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&json_row(&axes, &r, 0)).unwrap();
         assert_eq!(j["params"]["lr"], 0.1);
         assert_eq!(j["params"]["model"], "mlp:64-32-10");
         assert_eq!(j["duration_s"], 12.5);
-        assert!(json_row(&axes, &run("queued", 0, 0, "")).contains("\"started_at_ms\":null"));
+        assert!(json_row(&axes, &run("queued", 0, 0, ""), 0).contains("\"started_at_ms\":null"));
     }
 
     #[test]
