@@ -4,9 +4,14 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
-use gradsweep_shared::analyze::{GradsOptions, TrajectoryOptions, analyze_grads, analyze_trajectory};
+use clap::{Args, Subcommand};
+use gradsweep_shared::analyze::{
+    GradsOptions, GradsReport, TrajectoryOptions, TrajectoryReport, analyze_grads, analyze_trajectory,
+};
 use gradsweep_shared::npy;
+use gradsweep_shared::stats::Bracket;
+
+use crate::args::OutputFormat as Format;
 
 /// What to analyse.
 #[derive(Subcommand, Debug)]
@@ -15,15 +20,6 @@ pub enum AnalyzeCommand {
     Grads(GradsArgs),
     /// Drift statistics of a T×d (weights) or T×k (projections) trajectory.
     Trajectory(TrajectoryArgs),
-}
-
-/// Output format.
-#[derive(Copy, Clone, Debug, ValueEnum)]
-pub enum Format {
-    /// Human-readable.
-    Table,
-    /// Machine-readable.
-    Json,
 }
 
 /// Options of `analyze grads`.
@@ -71,6 +67,96 @@ fn fmt(x: f64) -> String {
     if x.is_finite() { format!("{x:.6e}") } else { "-".into() }
 }
 
+/// A header row and one row of values, as CSV: every field one value
+/// (a bracket is two columns, `_lo` and `_hi`; a missing number is empty).
+#[derive(Default)]
+struct CsvRow {
+    names: Vec<String>,
+    values: Vec<String>,
+}
+
+impl CsvRow {
+    fn text(&mut self, name: &str, v: &str) {
+        self.names.push(name.into());
+        self.values.push(crate::runs::csv_field(v));
+    }
+
+    fn num(&mut self, name: &str, x: f64) {
+        self.text(name, &if x.is_finite() { format!("{x}") } else { String::new() });
+    }
+
+    fn bracket(&mut self, name: &str, b: &Bracket) {
+        self.num(&format!("{name}_lo"), b.lo);
+        self.num(&format!("{name}_hi"), b.hi);
+    }
+
+    fn finish(self) -> String {
+        format!("{}\n{}\n", self.names.join(","), self.values.join(","))
+    }
+}
+
+/// `analyze grads --format csv`: one row of the spectrum's statistics.
+fn grads_csv(file: &str, r: &GradsReport) -> String {
+    let s = &r.spectrum;
+    let mut row = CsvRow::default();
+    row.text("file", file);
+    row.text("method", &r.method);
+    row.num("n", s.n as f64);
+    row.num("d", s.d as f64);
+    row.num("eig_error", s.eig_error);
+    row.num("trace", s.trace);
+    row.bracket("lambda_max", &s.lambda_max);
+    row.bracket("rank", &s.rank);
+    row.text("rank_resolved", &s.rank_resolved.to_string());
+    row.text("rank_needs_ell", &s.rank_needs_ell.map_or(String::new(), |l| l.to_string()));
+    row.bracket("rank_fraction", &s.rank_fraction);
+    row.bracket("stable_rank", &s.stable_rank);
+    row.num("effective_rank", s.effective_rank);
+    row.bracket("energy_rank_90", &s.energy_rank_90);
+    row.bracket("energy_rank_99", &s.energy_rank_99);
+    row.bracket("isotropy", &s.isotropy);
+    row.num("grad_norm_sq", s.grad_norm_sq);
+    row.num("noise_scale", s.noise_scale);
+    for (rel, b) in &s.ranks_relative {
+        row.bracket(&format!("rank_rel_{rel:e}"), b);
+    }
+    for (t, b) in &s.ranks_absolute {
+        row.bracket(&format!("rank_abs_{t:e}"), b);
+    }
+    row.finish()
+}
+
+/// `analyze trajectory --format csv`: one row of the scalar drift
+/// statistics (the curves are in the JSON).
+fn trajectory_csv(file: &str, r: &TrajectoryReport) -> String {
+    let d = &r.drift;
+    let mut row = CsvRow::default();
+    row.text("file", file);
+    row.num("points", r.points as f64);
+    row.num("columns", r.columns as f64);
+    row.num("coordinates", r.coordinates as f64);
+    row.text("projected", &r.projected.to_string());
+    row.num("area_rate", d.area_rate);
+    row.num("area_rate_batch_mean", r.area_rate.mean);
+    row.num("area_rate_batch_ci95", r.area_rate.ci95);
+    row.num("max_area_rate", d.max_area_rate);
+    row.num("max_area_pair_i", d.max_area_pair.0 as f64);
+    row.num("max_area_pair_j", d.max_area_pair.1 as f64);
+    row.num("cycling_frequency", d.cycling_frequency);
+    row.num("max_pair_cycling_frequency", d.max_pair_cycling_frequency);
+    row.num("msd_exponent", d.msd_exponent);
+    row.num("spectral_exponent", d.spectral_exponent);
+    row.num("peak_frequency", d.peak_frequency);
+    row.num("peak_to_background", d.peak_to_background);
+    let kinds: Vec<String> = r
+        .warnings
+        .iter()
+        .map(|w| serde_json::to_value(w.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+        .collect();
+    row.text("warnings", &kinds.join(" "));
+    row.finish()
+}
+
 /// Runs the subcommand.
 pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
     match cmd {
@@ -81,6 +167,7 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
             let r = analyze_grads(&m, opts, &th).with_context(|| format!("{}", a.file.display()))?;
             match a.format {
                 Format::Json => crate::outln!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?)?,
+                Format::Csv => crate::out!("{}", grads_csv(&a.file.display().to_string(), &r))?,
                 Format::Table => {
                     let s = &r.spectrum;
                     crate::outln!(
@@ -154,6 +241,7 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
             let r = analyze_trajectory(&m, opts);
             match a.format {
                 Format::Json => crate::outln!("{}", serde_json::to_string_pretty(&r).context("encoding the report")?)?,
+                Format::Csv => crate::out!("{}", trajectory_csv(&a.file.display().to_string(), &r))?,
                 Format::Table => {
                     crate::outln!(
                         "{}: {} points × {} columns ({} coordinates{})",
@@ -192,6 +280,9 @@ pub fn run(cmd: AnalyzeCommand) -> anyhow::Result<()> {
                         fmt(d.peak_frequency),
                         fmt(d.peak_to_background)
                     )?;
+                    for w in &r.warnings {
+                        crate::outln!("warning: {}", w.message)?;
+                    }
                 }
             }
         }

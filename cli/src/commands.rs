@@ -86,8 +86,85 @@ fn status_line(s: &pb::SweepStatus) -> String {
     )
 }
 
+/// One sweep's status as a JSON object (`status --format json`).
+fn status_json(s: &pb::SweepStatus) -> serde_json::Value {
+    serde_json::json!({
+        "sweep_id": s.sweep_id,
+        "name": s.name,
+        "state": s.state,
+        "cells": s.cells,
+        "runs_total": s.runs_total,
+        "runs_queued": s.runs_queued,
+        "runs_running": s.runs_running,
+        "runs_completed": s.runs_completed,
+        "runs_diverged": s.runs_diverged,
+        "runs_failed": s.runs_failed,
+        "runs_cancelled": s.runs_cancelled,
+        "progress": s.progress,
+        "created_at_ms": s.created_at_ms,
+        "ended_at_ms": (s.ended_at_ms > 0).then_some(s.ended_at_ms),
+        "grid_file": s.grid_file,
+        "failures": s.failures.iter().map(|f| serde_json::json!({
+            "error": f.error, "runs": f.runs, "example_run_id": f.example_run_id
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The columns of `status --format csv`: [`status_json`]'s scalars (the
+/// failure groups are in the JSON, and in `runs --state failed`).
+const STATUS_COLUMNS: [&str; 16] = [
+    "sweep_id",
+    "name",
+    "state",
+    "cells",
+    "runs_total",
+    "runs_queued",
+    "runs_running",
+    "runs_completed",
+    "runs_diverged",
+    "runs_failed",
+    "runs_cancelled",
+    "progress",
+    "created_at_ms",
+    "ended_at_ms",
+    "grid_file",
+    "failure_groups",
+];
+
+/// A JSON scalar as one CSV field (`null` as empty).
+fn csv_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => crate::runs::csv_field(s),
+        serde_json::Value::Array(a) => a.len().to_string(),
+        other => crate::runs::csv_field(&other.to_string()),
+    }
+}
+
+/// Prints `objects` as one JSON document, or as CSV with `columns` (each
+/// field from `field`); returns false, printing nothing, for a table,
+/// which the caller prints.
+fn print_data(
+    format: OutputFormat,
+    objects: &[serde_json::Value],
+    columns: &[&str],
+    field: impl Fn(&serde_json::Value, &str) -> String,
+) -> anyhow::Result<bool> {
+    match format {
+        OutputFormat::Table => return Ok(false),
+        OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(objects)?)?,
+        OutputFormat::Csv => {
+            crate::outln!("{}", columns.join(","))?;
+            for j in objects {
+                crate::outln!("{}", columns.iter().map(|c| field(j, c)).collect::<Vec<_>>().join(","))?;
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// `gradsweep status`: from a coordinator, or from a database file.
-pub async fn status(source: &Source, sweep: Option<&str>) -> anyhow::Result<()> {
+pub async fn status(source: &Source, sweep: Option<&str>, format: OutputFormat) -> anyhow::Result<()> {
     let rows = match source {
         Source::Db(path) => Offline::open(path)?.status(sweep)?,
         Source::Remote(remote) => {
@@ -106,6 +183,14 @@ pub async fn status(source: &Source, sweep: Option<&str>) -> anyhow::Result<()> 
             }
         }
     };
+    let objects: Vec<serde_json::Value> = rows.iter().map(status_json).collect();
+    let field = |j: &serde_json::Value, c: &str| match c {
+        "failure_groups" => j["failures"].as_array().map_or(0, Vec::len).to_string(),
+        _ => csv_value(&j[c]),
+    };
+    if print_data(format, &objects, &STATUS_COLUMNS, field)? {
+        return Ok(());
+    }
     if rows.is_empty() {
         crate::outln!("no sweeps")?;
     }
@@ -302,9 +387,26 @@ pub async fn cancel(remote: &Remote, sweep: &str) -> anyhow::Result<()> {
 }
 
 /// `gradsweep workers`.
-pub async fn workers(remote: &Remote) -> anyhow::Result<()> {
+pub async fn workers(remote: &Remote, format: OutputFormat) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
     let ws = client.list_workers(pb::ListWorkersRequest {}).await.map_err(ClientError::from)?.into_inner().workers;
+    let json = |w: &pb::WorkerInfo| {
+        serde_json::json!({
+            "worker_id": w.worker_id,
+            "state": w.state,
+            "name": w.name,
+            "hostname": w.hostname,
+            "slots": w.slots,
+            "last_heartbeat_ms": w.last_heartbeat_ms,
+            "runs": w.runs,
+        })
+    };
+    // In CSV, `runs` is how many it holds (their ids are in the JSON).
+    let cols = ["worker_id", "state", "name", "hostname", "slots", "last_heartbeat_ms", "runs"];
+    let objects: Vec<serde_json::Value> = ws.iter().map(json).collect();
+    if print_data(format, &objects, &cols, |j, c| csv_value(&j[c]))? {
+        return Ok(());
+    }
     if ws.is_empty() {
         crate::outln!("no workers")?;
     }

@@ -43,6 +43,9 @@ enum Command {
     Status {
         /// Sweep identifier.
         sweep: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
         #[command(flatten)]
         read: ReadArgs,
     },
@@ -91,6 +94,9 @@ enum Command {
     },
     /// List workers with their state, runs and last heartbeat.
     Workers {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -155,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Submit { file, new, check, connect } => commands::submit(&connect, &file, new, check).await,
-        Command::Status { sweep, read } => commands::status(&read.source()?, sweep.as_deref()).await,
+        Command::Status { sweep, format, read } => commands::status(&read.source()?, sweep.as_deref(), format).await,
         Command::Watch { sweep, connect } => {
             let status = commands::watch(&connect.remote()?, &sweep).await?;
             runs::require_no_failures(&status)
@@ -165,7 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Runs { sweep, state, format, read } => runs::runs(&read.source()?, &sweep, &state, format).await,
         Command::Cancel { sweep, connect } => commands::cancel(&connect.remote()?, &sweep).await,
-        Command::Workers { connect } => commands::workers(&connect.remote()?).await,
+        Command::Workers { format, connect } => commands::workers(&connect.remote()?, format).await,
         Command::Drain { worker, connect } => commands::drain(&connect.remote()?, &worker).await,
         Command::Local(args) => local::run(args).await,
         Command::Models => commands::models(),

@@ -298,9 +298,10 @@ pub fn eta_table(summary: &SweepSummary) -> String {
     }
     out.push_str(
         "\ncollapse onto η/b: R²(ln η/b) / R²(ln η, ln b) within groups of the other axes \
-         (1: only η/b matters), 95 % bootstrap interval over seeds\n",
+         (1: only η/b matters), 95 % bootstrap interval over seeds; withheld when the F-test of η, b \
+         against noise gives p ≥ 0.05\n",
     );
-    let header = ["statistic", "cells", "score", "95 % CI", "R² η,b", "R² η/b", "−β_b/β_η", "note"];
+    let header = ["statistic", "cells", "score", "95 % CI", "R² η,b", "p (F)", "R² η/b", "−β_b/β_η", "note"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for c in &summary.collapse {
         rows.push(vec![
@@ -309,6 +310,7 @@ pub fn eta_table(summary: &SweepSummary) -> String {
             num(c.score),
             if c.ci_lo.is_finite() { format!("[{:.3}, {:.3}]", c.ci_lo, c.ci_hi) } else { "-".into() },
             num(c.r2_separate),
+            if c.p_value.is_finite() { format!("{:.2e}", c.p_value) } else { "-".into() },
             num(c.r2_ratio),
             num(c.slope_ratio),
             c.note.clone().unwrap_or_default(),
@@ -322,9 +324,18 @@ pub fn eta_table(summary: &SweepSummary) -> String {
 /// bracket ends (`_lo`, `_hi`; `rank_resolved` says whether the rank's is
 /// within 5 % of its lower end, `rank_needs_ell` what would resolve it);
 /// each of the user's rank thresholds `th` adds three columns (lo, hi,
-/// resolved) before `params`.
+/// resolved), and each axis of the grid other than `lr` and `batch_size`
+/// (already columns) one column named by its key, last. Every field is one
+/// value: no packed strings.
 pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
     let user = threshold_columns(th);
+    let axes: Vec<&String> = cells
+        .iter()
+        .flat_map(|c| c.params.keys())
+        .filter(|k| !matches!(k.as_str(), "lr" | "batch_size"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut out = String::from(
         "cell,lr,batch_size,eta_over_b,seeds_done,seeds_total,train_loss,train_loss_ci95,test_accuracy,test_accuracy_ci95,d,\
          rank_lo,rank_hi,rank_ci95,rank_resolved,rank_needs_ell,rank_fraction_lo,rank_fraction_hi,trace,trace_ci95,\
@@ -337,13 +348,25 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
     for col in &user {
         out.push_str(&format!("{0}_lo,{0}_hi,{0}_resolved,", col.csv));
     }
-    out.push_str("params\n");
+    let names: Vec<String> = axes.iter().map(|k| crate::runs::csv_field(k)).collect();
+    out.push_str(&names.join(","));
+    if out.ends_with(',') {
+        out.pop();
+    }
+    out.push('\n');
     let f = |x: f64| if x.is_finite() { format!("{x}") } else { String::new() };
     for c in cells {
         let r = row(c);
-        let params = gradsweep_shared::grid::fmt_params(&c.params).replace('"', "'");
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\"{}\"\n",
+        let params: Vec<String> = axes
+            .iter()
+            .map(|k| match c.params.get(*k) {
+                None => String::new(),
+                Some(serde_json::Value::String(s)) => crate::runs::csv_field(s),
+                Some(v) => crate::runs::csv_field(&v.to_string()),
+            })
+            .collect();
+        let mut line = format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}{}",
             r.cell,
             f(r.lr),
             r.batch,
@@ -392,8 +415,13 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
                     None => ",,,".into(),
                 })
                 .collect::<String>(),
-            params
-        ));
+            params.join(",")
+        );
+        if line.ends_with(',') {
+            line.pop();
+        }
+        out.push_str(&line);
+        out.push('\n');
     }
     out
 }
@@ -411,6 +439,9 @@ pub struct Provenance {
     pub grid_file: String,
     /// When the sweep was submitted (ms since the Unix epoch).
     pub submitted_at_ms: i64,
+    /// When it ended (ms since the Unix epoch): its last open run ended,
+    /// or it was cancelled. `null` while it has work (or when unknown).
+    pub ended_at_ms: Option<i64>,
     /// Runs in the sweep, and how many ended each way.
     pub runs: RunCounts,
     /// The version of gradsweep that wrote the file.
@@ -442,6 +473,7 @@ impl Provenance {
             name: status.name.clone(),
             grid_file: status.grid_file.clone(),
             submitted_at_ms: status.created_at_ms,
+            ended_at_ms: (status.ended_at_ms > 0).then_some(status.ended_at_ms),
             runs: RunCounts {
                 total: status.runs_total,
                 completed: status.runs_completed,

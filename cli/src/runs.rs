@@ -61,48 +61,129 @@ pub fn require_no_failures(s: &pb::SweepStatus) -> anyhow::Result<()> {
 pub async fn runs(source: &Source, sweep: &str, states: &[String], format: OutputFormat) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut printer = RunsPrinter::new(format);
-    let n = print_runs(source, sweep, states, &mut printer, &mut out).await?;
+    let n = for_each_page(source, sweep, states, false, &mut |axes, page| printer.page(&mut out, axes, page)).await?;
     printer.finish(&mut out, n)?;
     out.flush()?;
     Ok(())
 }
 
-/// Writes `dir/runs.csv`, one row per run (as `gradsweep runs --format
-/// csv` prints it), from a coordinator or a database file; the file
-/// appears whole or not at all. Returns how many runs.
-pub async fn write_runs_csv(source: &Source, sweep: &str, dir: &Path) -> anyhow::Result<usize> {
-    let (path, tmp) = (dir.join("runs.csv"), dir.join(".runs.csv.tmp"));
-    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut out = std::io::BufWriter::new(file);
-    let n = print_runs(source, sweep, &[], &mut RunsPrinter::new(OutputFormat::Csv), &mut out).await?;
-    out.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all())?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(n)
+/// A file written through a temporary name: it appears whole or not at
+/// all.
+struct AtomicFile {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
 }
 
-/// Streams a sweep's runs from `source` through `printer` into `out`, a
-/// page at a time; returns how many runs.
-async fn print_runs(
+impl AtomicFile {
+    fn create(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let (path, tmp) = (dir.join(name), dir.join(format!(".{name}.tmp")));
+        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        Ok(AtomicFile { path, tmp, out: std::io::BufWriter::new(file) })
+    }
+
+    fn commit(self) -> anyhow::Result<()> {
+        self.out.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all())?;
+        std::fs::rename(&self.tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// Writes `dir/runs.csv`, one row per run (as `gradsweep runs --format
+/// csv` prints it), and `dir/epochs.csv`, one row per run and epoch
+/// ([`epochs_header`]), from a coordinator or a database file, in one pass
+/// over the runs; each file appears whole or not at all. Returns how many
+/// runs and epochs.
+pub async fn write_runs_csv(source: &Source, sweep: &str, dir: &Path) -> anyhow::Result<(usize, usize)> {
+    let (mut runs, mut epochs) = (AtomicFile::create(dir, "runs.csv")?, AtomicFile::create(dir, "epochs.csv")?);
+    let mut printer = RunsPrinter::new(OutputFormat::Csv);
+    let (mut first, mut rows) = (true, 0usize);
+    let n = for_each_page(source, sweep, &[], true, &mut |axes, page| {
+        printer.page(&mut runs.out, axes, page)?;
+        if std::mem::take(&mut first) {
+            writeln!(epochs.out, "{}", epochs_header(axes).iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","))?;
+        }
+        for r in page {
+            for e in &r.epochs {
+                writeln!(
+                    epochs.out,
+                    "{}",
+                    epoch_fields(r, e).iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",")
+                )?;
+                rows += 1;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    runs.commit()?;
+    epochs.commit()?;
+    Ok((n, rows))
+}
+
+/// The columns of epochs.csv: run, cell, one per axis, seed, then the
+/// epoch's figures (the test ones on a run's last epoch only).
+pub fn epochs_header(axes: &[String]) -> Vec<String> {
+    let mut h = vec!["run".to_string(), "cell".to_string()];
+    h.extend(axes.iter().cloned());
+    h.extend(
+        ["seed", "epoch", "step", "lr_at_epoch", "train_loss", "test_accuracy", "test_loss", "seconds"]
+            .map(String::from),
+    );
+    h
+}
+
+/// One epoch's values in [`epochs_header`]'s order ("" for what is not
+/// known, such as the test figures before the last epoch).
+pub fn epoch_fields(r: &pb::RunInfo, e: &pb::EpochInfo) -> Vec<String> {
+    let num = |x: f64| if x.is_finite() { format!("{x}") } else { String::new() };
+    let mut f = vec![r.run_id.clone(), r.cell.to_string()];
+    f.extend(r.axis_values.iter().map(|v| axis_text(v)));
+    f.extend([
+        r.seed.to_string(),
+        e.epoch.to_string(),
+        e.step.to_string(),
+        num(e.lr),
+        num(e.train_loss),
+        num(e.test_accuracy),
+        num(e.test_loss),
+        num(e.seconds),
+    ]);
+    f
+}
+
+/// An axis value as a CSV field: a string unquoted, anything else as its
+/// JSON.
+fn axis_text(v: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => v.to_string(),
+    }
+}
+
+/// Streams a sweep's runs (with their epochs when `with_epochs`) from
+/// `source` to `on_page`, a page at a time (the first, even empty, before
+/// any other); returns how many runs.
+async fn for_each_page(
     source: &Source,
     sweep: &str,
     states: &[String],
-    printer: &mut RunsPrinter,
-    out: &mut dyn Write,
+    with_epochs: bool,
+    on_page: &mut crate::client::RunsPageSink<'_>,
 ) -> anyhow::Result<usize> {
     Ok(match source {
         Source::Remote(remote) => {
             let mut client = remote.connect().await?;
-            list_runs(&mut client, sweep, states, &mut |axes, page| printer.page(out, axes, page)).await?
+            list_runs(&mut client, sweep, states, with_epochs, on_page).await?
         }
         Source::Db(path) => {
             let db = Offline::open(path)?;
-            let mut pages = db.runs(sweep, states)?;
+            let mut pages = db.runs_with(sweep, states, with_epochs)?;
             let axes = pages.axes().to_vec();
-            printer.page(out, &axes, &[])?;
+            on_page(&axes, &[])?;
             let mut n = 0;
             for page in pages.by_ref() {
                 let page = page?;
-                printer.page(out, &axes, &page)?;
+                on_page(&axes, &page)?;
                 n += page.len();
             }
             n
@@ -193,10 +274,7 @@ pub fn header(axes: &[String]) -> Vec<String> {
 /// unquoted, the duration so far for a running run, "" for what is unknown.
 pub fn fields(r: &pb::RunInfo, now_ms: i64) -> Vec<String> {
     let mut f = vec![r.run_id.clone(), r.cell.to_string()];
-    f.extend(r.axis_values.iter().map(|v| match serde_json::from_str::<serde_json::Value>(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => v.clone(),
-    }));
+    f.extend(r.axis_values.iter().map(|v| axis_text(v)));
     let worker = if r.worker_name.is_empty() { r.worker_id.clone() } else { r.worker_name.clone() };
     f.extend([
         r.seed.to_string(),
@@ -287,7 +365,35 @@ mod tests {
             started_at_ms: started,
             finished_at_ms: finished,
             error: error.into(),
+            epochs: vec![],
         }
+    }
+
+    #[test]
+    fn an_epoch_is_one_row_with_the_runs_axes_and_blanks_for_what_is_unknown() {
+        let axes = vec!["lr".to_string(), "model".to_string()];
+        let e = pb::EpochInfo {
+            epoch: 3,
+            step: 30,
+            lr: 0.01,
+            train_loss: 0.25,
+            seconds: f64::NAN,
+            test_accuracy: f64::NAN,
+            test_loss: f64::NAN,
+        };
+        let h = epochs_header(&axes);
+        let f = epoch_fields(&run("completed", 1, 2, ""), &e);
+        assert_eq!(h.len(), f.len());
+        let at = |name: &str| f[h.iter().position(|x| x == name).unwrap()].clone();
+        assert_eq!(
+            (at("model"), at("seed"), at("epoch"), at("step")),
+            ("mlp:64-32-10".into(), "7".into(), "3".into(), "30".into())
+        );
+        assert_eq!((at("lr"), at("lr_at_epoch"), at("train_loss")), ("0.1".into(), "0.01".into(), "0.25".into()));
+        assert_eq!(
+            (at("test_accuracy"), at("test_loss"), at("seconds")),
+            (String::new(), String::new(), String::new())
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use gradsweep_shared::stats::RankThresholds;
 use crate::error::{CoordinatorError, Result};
 use crate::shards::{PassOwner, ShardGrant, ShardLease, ShardView};
 use crate::store::{
-    BlobKind, Chunk, FailureGroup, Lease, Outcome, Report, ReportBody, RunRow, RunState, SavedProbeRef, SweepRow,
-    WorkerRow,
+    BlobKind, Chunk, EpochRow, FailureGroup, Lease, Outcome, Progress, Report, ReportBody, RunRow, RunState,
+    SavedProbeRef, SweepRow, WorkerRow,
 };
 
 /// A stored probe's saved gradient rows and weights as NPY files (rows × d,
@@ -69,9 +69,14 @@ pub fn report_from_wire(r: pb::ReportRequest) -> Result<Report> {
         })
     };
     let body = match r.body {
-        Some(Body::Progress(p)) => {
-            ReportBody::Progress { step: p.step, total_steps: p.total_steps, train_loss: p.train_loss }
-        }
+        Some(Body::Progress(p)) => ReportBody::Progress(Progress {
+            step: p.step,
+            total_steps: p.total_steps,
+            train_loss: p.train_loss,
+            epoch: p.epoch,
+            lr: p.lr,
+            seconds: p.seconds,
+        }),
         Some(Body::Probe(c)) => chunk(BlobKind::Probe, c),
         Some(Body::Trajectory(c)) => chunk(BlobKind::Trajectory, c),
         Some(Body::Checkpoint(c)) => chunk(BlobKind::Checkpoint, c),
@@ -264,6 +269,7 @@ pub fn sweep_to_wire(s: &SweepRow, failures: &[FailureGroup]) -> pb::SweepStatus
         runs_cancelled: s.count(RunState::Cancelled),
         progress: s.progress,
         created_at_ms: s.created_ms,
+        ended_at_ms: s.ended_ms.unwrap_or(0),
         grid_file: s.file_name.clone(),
         failures: failures
             .iter()
@@ -300,19 +306,57 @@ pub struct RunsPage {
     pub full: bool,
 }
 
+/// Epochs per `ListRuns` page when runs come with their epochs: a page
+/// holds as many runs as keep it under this many epochs (an epoch is about
+/// 50 bytes on the wire).
+pub const EPOCHS_PER_PAGE: usize = 40_000;
+
+/// Runs per page of `plan`'s sweep: [`RUNS_PER_PAGE`], or fewer when each
+/// comes with its epochs.
+pub fn runs_per_page(plan: &gradsweep_shared::SweepPlan, with_epochs: bool) -> usize {
+    if !with_epochs {
+        return RUNS_PER_PAGE;
+    }
+    let most = plan.cells.iter().map(|c| c.train.epochs as usize).max().unwrap_or(1).max(1);
+    (EPOCHS_PER_PAGE / most).clamp(1, RUNS_PER_PAGE)
+}
+
 /// One page of a sweep's runs after `after` (a (cell, seed) already
-/// listed), with the cells' axis values from `plan`.
+/// listed), with the cells' axis values from `plan`, and each run's epochs
+/// when `with_epochs`.
 pub fn runs_page(
     store: &crate::store::Store,
     sweep_id: &str,
     states: &[RunState],
     after: Option<(u32, u64)>,
     plan: &gradsweep_shared::SweepPlan,
+    with_epochs: bool,
 ) -> Result<RunsPage> {
-    let rows = store.runs_page(sweep_id, states, after, RUNS_PER_PAGE)?;
-    let full = rows.len() == RUNS_PER_PAGE;
+    let limit = runs_per_page(plan, with_epochs);
+    let rows = store.runs_page(sweep_id, states, after, limit)?;
+    let full = rows.len() == limit;
     let last = rows.last().map(|r| (r.cell, r.seed));
-    Ok(RunsPage { runs: rows.into_iter().map(|r| run_to_wire(r, plan)).collect(), last, full })
+    let mut runs = Vec::with_capacity(rows.len());
+    for r in rows {
+        let epochs = if with_epochs { store.run_epochs(&r.id)? } else { vec![] };
+        let mut info = run_to_wire(r, plan);
+        info.epochs = epochs.into_iter().map(epoch_to_wire).collect();
+        runs.push(info);
+    }
+    Ok(RunsPage { runs, last, full })
+}
+
+/// An epoch to the wire.
+pub fn epoch_to_wire(e: EpochRow) -> pb::EpochInfo {
+    pb::EpochInfo {
+        epoch: e.epoch,
+        step: e.step,
+        lr: e.lr,
+        train_loss: e.train_loss,
+        seconds: e.seconds,
+        test_accuracy: e.test_accuracy,
+        test_loss: e.test_loss,
+    }
 }
 
 /// The run states a `ListRuns` request names; an unknown word is refused,
@@ -344,6 +388,7 @@ pub fn run_to_wire(r: RunRow, plan: &gradsweep_shared::SweepPlan) -> pb::RunInfo
         started_at_ms: r.started_ms.unwrap_or(0),
         finished_at_ms: r.finished_ms.unwrap_or(0),
         error: r.error.unwrap_or_default(),
+        epochs: vec![],
     }
 }
 

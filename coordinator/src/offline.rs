@@ -56,6 +56,12 @@ impl Offline {
     /// A sweep's runs (only those in `states`, unless empty) in (cell,
     /// seed) order, a page at a time as `ListRuns` streams them.
     pub fn runs(&self, sweep_id: &str, states: &[String]) -> Result<RunPages<'_>> {
+        self.runs_with(sweep_id, states, false)
+    }
+
+    /// [`Self::runs`], each run with its epochs when `with_epochs` (as
+    /// `ListRuns` sends them when asked).
+    pub fn runs_with(&self, sweep_id: &str, states: &[String], with_epochs: bool) -> Result<RunPages<'_>> {
         Ok(RunPages {
             store: &self.store,
             sweep_id: sweep_id.to_string(),
@@ -63,6 +69,7 @@ impl Offline {
             plan: self.store.plan(sweep_id)?,
             after: None,
             done: false,
+            with_epochs,
         })
     }
 }
@@ -76,6 +83,7 @@ pub struct RunPages<'a> {
     plan: gradsweep_shared::SweepPlan,
     after: Option<(u32, u64)>,
     done: bool,
+    with_epochs: bool,
 }
 
 impl RunPages<'_> {
@@ -92,7 +100,7 @@ impl Iterator for RunPages<'_> {
         if self.done {
             return None;
         }
-        match convert::runs_page(self.store, &self.sweep_id, &self.states, self.after, &self.plan) {
+        match convert::runs_page(self.store, &self.sweep_id, &self.states, self.after, &self.plan, self.with_epochs) {
             Err(e) => {
                 self.done = true;
                 Some(Err(e))

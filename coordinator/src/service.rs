@@ -444,6 +444,7 @@ impl ControlService for ControlApi {
     async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<Self::ListRunsStream>, Status> {
         let req = req.into_inner();
         let states = convert::run_states_from_wire(&req.states)?;
+        let with_epochs = req.with_epochs;
         let id = req.sweep_id;
         let id2 = id.clone();
         let plan = Arc::new(self.state.read_store(move |s| s.plan(&id2)).await?);
@@ -454,7 +455,8 @@ impl ControlService for ControlApi {
             let mut first = true;
             loop {
                 let (id, states, plan2) = (id.clone(), states.clone(), plan.clone());
-                let page = state.read_store(move |s| convert::runs_page(s, &id, &states, after, &plan2)).await;
+                let page =
+                    state.read_store(move |s| convert::runs_page(s, &id, &states, after, &plan2, with_epochs)).await;
                 let convert::RunsPage { runs, last, full } = match page {
                     Ok(p) => p,
                     Err(e) => {

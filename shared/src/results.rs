@@ -415,6 +415,10 @@ pub struct CellMerge {
 pub fn merge_cell(cell: &Cell, seeds_total: usize, runs: &[RunData]) -> CellMerge {
     let mut digests = Vec::new();
     let mut m = merge_runs(cell, seeds_total, runs, &RankThresholds::default(), Some(&mut digests));
+    let keep = cell.probe.digest_vectors as usize;
+    for (_, d) in &mut digests {
+        d.top_vectors.truncate(keep);
+    }
     m.digests = digests;
     m
 }
@@ -721,7 +725,16 @@ mod tests {
         {
             assert_eq!((run, &digest.meta), (&r.0.run_id, &r.1.meta));
             assert_eq!(digest.spectrum(&RankThresholds::default()), r.1.spectrum);
-            assert_eq!(digest.top_vectors.len(), OVERLAP_K.min(digest.eigenvalues.len()));
+            assert!(digest.top_vectors.is_empty(), "no eigenvectors kept by default");
+        }
+        // `digest_vectors` keeps that many, and changes no statistic.
+        let mut keeping = cell.clone();
+        keeping.probe.digest_vectors = 3;
+        let kept = merge_cell(&keeping, 2, &runs);
+        assert_eq!(kept.result, m.result);
+        for (_, digest) in &kept.digests {
+            assert_eq!(digest.top_vectors.len(), 3.min(digest.eigenvalues.len()));
+            assert_eq!(digest.top_vectors[0].len(), digest.moments.d);
         }
         // Spectra of another cell are refused, not misapplied.
         let mut short = m.spectra.clone();

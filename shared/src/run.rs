@@ -157,12 +157,16 @@ impl ProbeRecord {
 pub enum RunEvent {
     /// An epoch ended.
     Progress {
+        /// Epochs done (this one included, from 1).
+        epoch: u32,
         /// Steps done.
         step: u64,
         /// Steps in the whole run.
         total_steps: u64,
         /// Mean mini-batch loss of the epoch.
         train_loss: f64,
+        /// The learning rate of the epoch's last step.
+        lr: f64,
     },
     /// A probe finished one pass over the training set (an auto probe makes
     /// several): for logs and progress, nothing that is stored.
@@ -345,7 +349,9 @@ pub fn execute_with(
             }
         }
         last_epoch_loss = loss_sum / steps_per_epoch as f64;
-        if sink(RunEvent::Progress { step, total_steps, train_loss: last_epoch_loss }).is_break() {
+        let lr = t.lr_at(epoch, step.saturating_sub(1), total_steps);
+        if sink(RunEvent::Progress { epoch: epoch + 1, step, total_steps, train_loss: last_epoch_loss, lr }).is_break()
+        {
             return Err(RunError::Stopped);
         }
         if let Some(index) = probe_epochs.iter().position(|&e| e == epoch + 1) {

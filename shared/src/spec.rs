@@ -155,11 +155,16 @@ pub struct ProbeConfig {
     pub save_gradients: u32,
     /// Keep every probe's whole sketch after its cell is merged. By default
     /// (false) the coordinator keeps, once a cell's merge covers all its
-    /// seeds, only each probe's digest (eigenvalues, Δ, moments, the top
-    /// eigenvectors): what the results and any threshold need, at a
-    /// fraction of the bytes.
+    /// seeds, only each probe's digest (eigenvalues, Δ, moments, and
+    /// [`Self::digest_vectors`] top eigenvectors): what the results and any
+    /// threshold need, at a fraction of the bytes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub keep_sketches: bool,
+    /// Top eigenvectors of `D̂` each probe's digest keeps (`4·d` bytes
+    /// each; at most [`crate::results::OVERLAP_K`]). Nothing the results
+    /// report reads them once the cell is merged, so the default is 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub digest_vectors: u32,
     /// Number of directions the trajectory is projected onto.
     pub projections: u32,
     /// Which directions: seeded random ones, or the top eigenvectors of `D`.
@@ -327,6 +332,7 @@ impl Default for ProbeConfig {
             shard_samples: crate::shards::DEFAULT_SHARD_SAMPLES,
             save_gradients: 0,
             keep_sketches: false,
+            digest_vectors: 0,
             projections: 8,
             basis: ProjectionBasis::Random,
             basis_probe: 0,

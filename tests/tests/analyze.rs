@@ -36,6 +36,19 @@ fn analyze_grads_and_trajectory_from_npy() {
     assert_eq!(v["spectrum"]["rank"]["estimate"], 2.0);
     assert_eq!(v["spectrum"]["rank_resolved"], true);
     assert_eq!(v["spectrum"]["n"], 200);
+    // The same statistics as one CSV row: brackets as `_lo`/`_hi` columns.
+    let (ok, csv, err) =
+        run(&["analyze", "grads", g.to_str().unwrap(), "--format", "csv", "--rank-threshold-abs", "1e-6"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    let (head, row): (Vec<&str>, Vec<&str>) = (lines[0].split(',').collect(), lines[1].split(',').collect());
+    assert_eq!(head.len(), row.len(), "{csv}");
+    let col = |n: &str| row[head.iter().position(|h| *h == n).unwrap_or_else(|| panic!("no {n}: {csv}"))];
+    assert_eq!((col("method"), col("n"), col("d")), ("exact", "200", "10"));
+    assert_eq!((col("rank_lo"), col("rank_hi"), col("rank_resolved")), ("2", "2", "true"));
+    assert_eq!((col("rank_abs_1e-6_lo"), col("rank_abs_1e-6_hi")), ("2", "2"));
+    assert_eq!(col("trace").parse::<f64>().unwrap(), v["spectrum"]["trace"].as_f64().unwrap());
     let (ok, out, _) = run(&["analyze", "grads", g.to_str().unwrap(), "--exact-max-dim", "4", "--sketch-rank", "4"]);
     assert!(ok && out.contains("sketch") && out.contains("rank"), "{out}");
     // User thresholds: rank 2 above any small absolute or relative threshold;
@@ -66,8 +79,20 @@ fn analyze_grads_and_trajectory_from_npy() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rate = v["drift"]["area_rate"].as_f64().unwrap();
     assert!((rate - 0.5 * 0.05f64.sin()).abs() < 1e-3, "{rate}");
+    let (ok, csv, err) = run(&["analyze", "trajectory", p.to_str().unwrap(), "--format", "csv", "--projections", "30"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = csv.lines().collect();
+    let (head, row): (Vec<&str>, Vec<&str>) = (lines[0].split(',').collect(), lines[1].split(',').collect());
+    assert_eq!((lines.len(), head.len()), (2, row.len()), "{csv}");
+    let at = head.iter().position(|h| *h == "area_rate").unwrap();
+    assert_eq!(row[at].parse::<f64>().unwrap(), rate);
+    // A rotation of period 126 steps is slower than the default window of
+    // 64: every format says so.
+    assert_eq!(row[head.iter().position(|h| *h == "warnings").unwrap()], "peak_at_lowest_bin", "{csv}");
+    assert_eq!(v["warnings"][0]["kind"], "peak_at_lowest_bin", "{v}");
     let (ok, out, _) = run(&["analyze", "trajectory", p.to_str().unwrap()]);
     assert!(ok && out.contains("random projections") && out.contains("MSD"), "{out}");
+    assert!(out.contains("warning: the power rises") && out.contains("a longer --psd-window may"), "{out}");
     assert!(
         out.contains("cycling frequency") && out.contains("autocorrelation(τ)") && out.contains("peak at"),
         "{out}"

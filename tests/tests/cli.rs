@@ -166,6 +166,35 @@ fn the_environment_variables_the_readme_lists_are_the_ones_the_flags_read() {
     assert_eq!(names(listed), names(&shown));
 }
 
+/// Issue 13, item 5: every command that prints data takes the same
+/// `--format` values.
+#[test]
+fn every_format_flag_takes_table_csv_and_json() {
+    let commands: [&[&str]; 7] = [
+        &["status", "x"],
+        &["results", "x"],
+        &["runs", "x"],
+        &["workers"],
+        &["analyze", "grads", "f.npy"],
+        &["analyze", "trajectory", "f.npy"],
+        &["keys"],
+    ];
+    let mut with_format = 0;
+    for cmd in commands {
+        if !help(&cmd[..cmd.len().min(2)].iter().copied().filter(|a| !a.contains('.') && *a != "x").collect::<Vec<_>>())
+            .contains("--format <FORMAT>")
+        {
+            continue;
+        }
+        with_format += 1;
+        // clap names the values it accepts when given one it does not.
+        let o = cli(&[cmd, &["--format", "bogus"]].concat());
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains("[possible values: table, csv, json]"), "{cmd:?}: {t}");
+    }
+    assert!(with_format >= 6, "{with_format}");
+}
+
 /// A grid whose data cannot be found, as a new user writes it.
 fn missing_data_grid(dir: &Path) -> String {
     format!(
@@ -236,6 +265,34 @@ fn diverged_runs_say_so_in_the_table_and_are_not_failures() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("2/2 (2 diverged)"), "{t}");
 }
 
+/// Issue 13, item 2: results.csv has one column per axis (named by its
+/// key) instead of a packed `params` string: every row splits into as
+/// many fields as the header, and the values are the cells' own.
+#[test]
+fn results_csv_has_one_column_per_axis_and_no_packed_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = "[sweep]\nname = \"axes\"\n[train]\ndataset = \"digits\"\nepochs = 1\nlr = 0.05\n\
+                [probe]\nevery_epochs = 1\nsketch_rank = 8\n\
+                [grid]\nmodel = [\"mlp:64-8-10\", \"mlp:64-12-10\"]\nmomentum = [0.0, 0.5]\n";
+    std::fs::write(dir.path().join("grid.toml"), grid).unwrap();
+    let o = local_in(dir.path(), &["grid.toml", "--slots", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(dir.path().join("gradsweep-out/axes/results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    let head: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(&head[head.len() - 2..], ["model", "momentum"], "{}", lines[0]);
+    assert!(!head.contains(&"params"));
+    let mut seen = vec![];
+    for l in &lines[1..] {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f.len(), head.len(), "{l}");
+        seen.push((f[head.len() - 2].to_string(), f[head.len() - 1].parse::<f64>().unwrap()));
+    }
+    let want: Vec<(String, f64)> =
+        ["mlp:64-8-10", "mlp:64-12-10"].iter().flat_map(|m| [(m.to_string(), 0.0), (m.to_string(), 0.5)]).collect();
+    assert_eq!(seen, want);
+}
+
 /// Issue 13, item 3: `status`, `results` and `runs` read a database file
 /// without a coordinator (even while one runs on it) and print exactly
 /// what the coordinator answers; a file that is not a gradsweep database,
@@ -261,6 +318,8 @@ fn a_database_reads_the_same_without_a_coordinator() {
         vec!["results", sweep.as_str(), "--format", "csv", "--rank-threshold-abs", "1e-6"],
         vec!["runs", sweep.as_str(), "--format", "csv"],
         vec!["status", sweep.as_str()],
+        vec!["status", sweep.as_str(), "--format", "json"],
+        vec!["status", "--format", "csv"],
     ] {
         let remote = cli(&[&args[..], &["--coordinator", &addr]].concat());
         let local = cli(&[&args[..], &["--db", db]].concat());

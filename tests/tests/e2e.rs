@@ -65,6 +65,26 @@ fn quickstart_local_prints_table_and_writes_files() {
         assert_eq!((f.len(), f[5], f[9]), (10, "completed", ""), "{l}");
         assert!(f[2].parse::<f64>().is_ok() && f[3].parse::<u32>().is_ok() && f[8].parse::<f64>().is_ok(), "{l}");
     }
+    // One row per run and epoch (issue 13): 24 runs × 30 epochs, in order,
+    // the test figures on each run's last epoch only.
+    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+    let lines: Vec<&str> = epochs.lines().collect();
+    assert_eq!(
+        lines[0],
+        "run,cell,lr,batch_size,seed,epoch,step,lr_at_epoch,train_loss,test_accuracy,test_loss,seconds"
+    );
+    assert_eq!(lines.len(), 1 + 24 * 30);
+    for (i, l) in lines[1..].iter().enumerate() {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f.len(), 12, "{l}");
+        let epoch = i % 30 + 1;
+        assert_eq!(f[5], epoch.to_string(), "{l}");
+        assert_eq!(f[7], f[2], "a constant schedule: {l}");
+        assert!(f[8].parse::<f64>().is_ok_and(|x| x > 0.0) && f[11].parse::<f64>().is_ok_and(|s| s >= 0.0), "{l}");
+        let test = f[9].parse::<f64>();
+        assert_eq!(test.is_ok(), epoch == 30, "{l}");
+        assert!(epoch < 30 || test.is_ok_and(|a| a > 0.5 && a <= 1.0), "{l}");
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["cells"].as_array().unwrap().len(), 12);
@@ -78,6 +98,8 @@ fn quickstart_local_prints_table_and_writes_files() {
     );
     assert!(p["grid_file"].as_str().is_some_and(|f| f.ends_with("examples/quickstart.toml")), "{p}");
     assert!(p["submitted_at_ms"].as_i64().is_some_and(|t| t > 1_700_000_000_000), "{p}");
+    let (submitted, ended) = (p["submitted_at_ms"].as_i64().unwrap(), p["ended_at_ms"].as_i64());
+    assert!(ended.is_some_and(|t| t >= submitted), "an ended sweep says when: {p}");
     assert_eq!((p["runs"]["total"].as_u64(), p["runs"]["completed"].as_u64()), (Some(24), Some(24)), "{p}");
     let cell = &json["cells"][0];
     assert_eq!(cell["d"], 2410);
@@ -130,10 +152,16 @@ fn quickstart_local_prints_table_and_writes_files() {
             assert!(c["note"].as_str().unwrap().contains("24 runs with an unresolved rank left out"), "{c}");
             continue;
         }
+        assert_eq!(c["cells"], 12);
+        // A statistic η and b do not explain (F-test p ≥ 0.05) gets no score.
+        let p = c["p_value"].as_f64().unwrap();
+        if p >= 0.05 {
+            assert!(c["score"].is_null() && c["note"].as_str().unwrap().starts_with("withheld"), "{c}");
+            continue;
+        }
         let (s, lo, hi) = (c["score"].as_f64().unwrap(), c["ci_lo"].as_f64().unwrap(), c["ci_hi"].as_f64().unwrap());
         // Percentile intervals need not contain the estimate when it sits at the boundary 1.
         assert!([s, lo, hi].iter().all(|x| (0.0..=1.0).contains(x)) && lo <= hi, "{c}");
-        assert_eq!(c["cells"], 12);
     }
 }
 
@@ -161,10 +189,26 @@ async fn multi_process_serve_submit_watch_results() {
 
     let o = cli(&["status", "--coordinator", &addr, &sweep]);
     assert!(stdout(&o).contains("completed"), "{}", stdout(&o));
+    // The same for scripts: JSON, and CSV with a header.
+    let o = cli(&["status", "--coordinator", &addr, &sweep, "--format", "json"]);
+    let st: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((st[0]["sweep_id"].as_str(), st[0]["state"].as_str()), (Some(sweep.as_str()), Some("completed")));
+    assert_eq!((st[0]["runs_total"].as_u64(), st[0]["runs_completed"].as_u64()), (Some(8), Some(8)), "{st}");
+    assert!(st[0]["ended_at_ms"].as_i64() >= st[0]["created_at_ms"].as_i64(), "{st}");
+    let o = cli(&["status", "--coordinator", &addr, &sweep, "--format", "csv"]);
+    let csv = stdout(&o);
+    let (head, row) = (csv.lines().next().unwrap(), csv.lines().nth(1).unwrap());
+    assert!(head.starts_with("sweep_id,name,state,cells,runs_total,"), "{csv}");
+    assert_eq!(head.split(',').count(), row.split(',').count(), "{csv}");
 
     let o = cli(&["workers", "--coordinator", &addr]);
     let workers = stdout(&o);
     assert!(workers.contains("w-a") && workers.contains("w-b"), "{workers}");
+    let o = cli(&["workers", "--coordinator", &addr, "--format", "json"]);
+    let ws: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let mut names: Vec<&str> = ws.as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["w-a", "w-b"], "{ws}");
 
     let out = dir.path().join("res");
     let o = cli(&["results", "--coordinator", &addr, &sweep, "--format", "csv", "--out", out.to_str().unwrap()]);

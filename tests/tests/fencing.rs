@@ -37,7 +37,7 @@ fn bodies_of(spec_json: &str) -> (Vec<Body>, RunFinal) {
     let spec: RunSpec = serde_json::from_str(spec_json).unwrap();
     let mut bodies = vec![];
     let fin = execute(&spec, &AtomicBool::new(false), &mut |e: RunEvent| {
-        bodies.extend(event_bodies(e));
+        bodies.extend(event_bodies(e, f64::NAN));
         ControlFlow::Continue(())
     })
     .unwrap();

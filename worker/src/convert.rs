@@ -15,10 +15,12 @@ fn chunks(index: u32, bytes: &[u8], wrap: fn(pb::BlobChunk) -> Body) -> Vec<Body
 }
 
 /// The report bodies for one event, each under the message size limit.
-pub fn event_bodies(event: RunEvent) -> Vec<Body> {
+/// `epoch_seconds` is how long a progress event's epoch trained on this
+/// worker (NaN when unknown).
+pub fn event_bodies(event: RunEvent, epoch_seconds: f64) -> Vec<Body> {
     match event {
-        RunEvent::Progress { step, total_steps, train_loss } => {
-            vec![Body::Progress(pb::Progress { step, total_steps, train_loss })]
+        RunEvent::Progress { epoch, step, total_steps, train_loss, lr } => {
+            vec![Body::Progress(pb::Progress { step, total_steps, train_loss, epoch, lr, seconds: epoch_seconds })]
         }
         RunEvent::Probe(p) => chunks(p.meta.index, &p.encode(), Body::Probe),
         RunEvent::Trajectory(t) => chunks(0, &serde_json::to_vec(&t).unwrap_or_default(), Body::Trajectory),

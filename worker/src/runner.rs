@@ -274,9 +274,11 @@ impl RunContext {
             let help = ProbeHelp { threads: &*slots, exchange: &exchange };
             execute_with(&spec, resume, &stop, help, &mut |event| {
                 let boundary = matches!(event, RunEvent::Checkpoint(_));
+                let mut epoch_seconds = f64::NAN;
                 match &event {
                     RunEvent::Progress { step, .. } => {
                         let (steps, secs) = (step - last_step, last_at.elapsed().as_secs_f64());
+                        epoch_seconds = secs;
                         metrics.steps.add(steps);
                         metrics.samples.add(steps * batch);
                         if secs > 0.0 {
@@ -308,7 +310,7 @@ impl RunContext {
                     }
                     RunEvent::Trajectory(_) | RunEvent::Checkpoint(_) => {}
                 }
-                for body in event_bodies(event) {
+                for body in event_bodies(event, epoch_seconds) {
                     if tx.blocking_send(body).is_err() {
                         return ControlFlow::Break(());
                     }

@@ -306,9 +306,9 @@ impl Store {
         )?;
         // A sweep whose last open run just failed is finished.
         tx.exec(
-            "UPDATE sweeps SET state = ?1 WHERE state = ?2 AND NOT EXISTS \
+            "UPDATE sweeps SET state = ?1, ended_ms = ?5 WHERE state = ?2 AND NOT EXISTS \
              (SELECT 1 FROM run_counts k WHERE k.sweep_id = sweeps.id AND k.state IN (?3, ?4) AND k.n > 0)",
-            params![SweepState::Completed, SweepState::Active, RunState::Queued, RunState::Leased],
+            params![SweepState::Completed, SweepState::Active, RunState::Queued, RunState::Leased, now],
         )?;
         tx.commit()?;
         Ok(requeued)

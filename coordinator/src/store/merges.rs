@@ -182,7 +182,40 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        if prune {
+            self.return_free_pages()?;
+        }
         Ok(true)
+    }
+
+    /// Gives the pages that pruning freed back to the file system once no
+    /// run is queued or leased anywhere: while work remains, the next
+    /// cells' sketches reuse them, and shrinking the file only to grow it
+    /// again would be wasted writes. Needs a file created with incremental
+    /// auto-vacuum (every file this build creates); older files keep their
+    /// free pages (`VACUUM` by hand, coordinator stopped, converts them).
+    /// Returns the pages given back.
+    pub fn return_free_pages(&mut self) -> Result<i64> {
+        let busy: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM runs WHERE state IN (?1, ?2) LIMIT 1",
+                params![RunState::Queued, RunState::Leased],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        if busy.is_some() || free == 0 {
+            return Ok(0);
+        }
+        // The pragma returns a row per page it frees; step through them.
+        let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+        drop(rows);
+        let left: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        tracing::info!(pages = free - left, "free pages returned to the file system");
+        Ok(free - left)
     }
 
     /// A pruned cell's probe digests, by run (seed order) and probe.
@@ -510,6 +543,32 @@ mod tests {
         assert!(s.cell_inputs(&sweep, 0).unwrap().is_none(), "a pruned cell is not merged again");
         assert!(!s.store_cell(&sweep, &EncodedMerge::of(&m).unwrap()).unwrap());
         assert!(s.stale_cells().unwrap().is_empty());
+    }
+
+    /// Issue 12: pruned sketches' pages stay in the file for the next
+    /// cells while work is queued, and go back to the file system once none
+    /// is; the digests stay readable.
+    #[test]
+    fn pages_freed_by_pruning_are_returned_once_no_work_is_queued() {
+        let (_dir, mut s) = store();
+        let wide = grid(1, 2).replace("sketch_rank = 8\n", "sketch_rank = 48\n");
+        let sweep = s.submit(&wide, "unit.toml", false, GridLimits::default()).unwrap().sweep_id;
+        run_all(&mut s);
+        let waiting = s.submit(&grid(2, 1), "later.toml", false, GridLimits::default()).unwrap().sweep_id;
+        let pragma =
+            |s: &Store, p: &str| -> i64 { s.conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0)).unwrap() };
+        let before = pragma(&s, "page_count");
+        merge_and_store(&mut s, &sweep, 0);
+        assert_eq!(count(&s, "probes"), 0, "pruned");
+        let free = pragma(&s, "freelist_count");
+        assert!(free > 10, "{free} pages of sketches are free but kept while another sweep waits");
+        let after = pragma(&s, "page_count");
+        assert!(after >= before, "the file did not shrink: {after} pages, {before} before");
+        s.cancel(&waiting).unwrap();
+        assert_eq!(s.return_free_pages().unwrap(), free);
+        assert_eq!((pragma(&s, "freelist_count"), pragma(&s, "page_count")), (0, after - free));
+        assert_eq!(s.probe_digests(&sweep, 0).unwrap().len(), 2);
+        assert_eq!(pragma(&s, "auto_vacuum"), 2, "incremental");
     }
 
     /// A cell pruned by the writer while a reader loads a merge's inputs:

@@ -42,8 +42,8 @@ pub mod sweeps;
 
 pub use leases::{HeartbeatAnswer, Lease, LeaseRef, Seen, WorkerRow};
 pub use merges::{CellInputs, CellSource, EncodedMerge, SavedProbeRef, StoredCell};
-pub use reports::{BlobKind, Chunk, Outcome, Report, ReportBody};
-pub use runs::{FailureGroup, RunRow};
+pub use reports::{BlobKind, Chunk, Outcome, Progress, Report, ReportBody};
+pub use runs::{EpochRow, FailureGroup, RunRow};
 pub use schema::SCHEMA_VERSION;
 pub use states::{RunState, SweepState, UnknownState, WorkerState};
 pub use sweeps::{Submitted, SweepRow};
@@ -382,9 +382,17 @@ pub(crate) mod testing {
         Report { worker_id: w.into(), run_id: l.run_id.clone(), epoch: l.epoch, seq, body }
     }
 
-    /// A progress report body at `step` of 10.
+    /// A progress report body at `step` of 10 (epoch `step` of 10, one
+    /// step an epoch).
     pub(crate) fn progress(step: u64) -> ReportBody {
-        ReportBody::Progress { step, total_steps: 10, train_loss: 0.5 }
+        ReportBody::Progress(super::Progress {
+            step,
+            total_steps: 10,
+            train_loss: 0.5,
+            epoch: step as u32,
+            lr: 0.1,
+            seconds: 0.25,
+        })
     }
 }
 
@@ -407,7 +415,7 @@ mod tests {
                 run_id: first.run_id.clone(),
                 epoch: first.epoch + 7,
                 seq: 1,
-                body: ReportBody::Progress { step: 1, total_steps: 2, train_loss: 1.0 },
+                body: progress(1),
             });
             let second = s.acquire(&w).unwrap().unwrap();
             (first, bad.is_err(), second)

@@ -45,18 +45,29 @@ pub struct Chunk {
     pub data: Vec<u8>,
 }
 
+/// The end of an epoch, as a worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Steps done.
+    pub step: u64,
+    /// Steps in all.
+    pub total_steps: u64,
+    /// Mean mini-batch loss of the epoch.
+    pub train_loss: f64,
+    /// Epochs done (from 1; 0 from a worker that does not say, and then no
+    /// epoch is recorded).
+    pub epoch: u32,
+    /// The learning rate of the epoch's last step.
+    pub lr: f64,
+    /// Wall-clock seconds the epoch trained (NaN when unknown).
+    pub seconds: f64,
+}
+
 /// What a report carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReportBody {
-    /// Training progress.
-    Progress {
-        /// Steps done.
-        step: u64,
-        /// Steps in all.
-        total_steps: u64,
-        /// Recent training loss.
-        train_loss: f64,
-    },
+    /// Training progress: an epoch ended.
+    Progress(Progress),
     /// A piece of a result.
     Chunk(Chunk),
 }
@@ -101,11 +112,21 @@ impl Store {
             return Err(CoordinatorError::OutOfOrder { run_id: r.run_id.clone(), got: r.seq, expected: applied + 1 });
         }
         match &r.body {
-            ReportBody::Progress { step, total_steps, train_loss } => {
+            ReportBody::Progress(p) => {
                 tx.exec(
                     "UPDATE runs SET step = ?1, total_steps = ?2, last_loss = ?3 WHERE id = ?4",
-                    params![*step as i64, *total_steps as i64, train_loss, r.run_id],
+                    params![p.step as i64, p.total_steps as i64, p.train_loss, r.run_id],
                 )?;
+                // A resumed or retried attempt reports its epochs again,
+                // with the same figures: the latest report of each stays.
+                if p.epoch > 0 {
+                    let nan = |x: f64| x.is_finite().then_some(x);
+                    tx.exec(
+                        "INSERT OR REPLACE INTO epochs (run_id, epoch, step, lr, train_loss, seconds) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![r.run_id, p.epoch, p.step as i64, nan(p.lr), nan(p.train_loss), nan(p.seconds)],
+                    )?;
+                }
             }
             ReportBody::Chunk(c) => apply_chunk(&tx, &r.run_id, r.seq, d as usize, c)?,
         }
@@ -198,8 +219,8 @@ impl Store {
         )?;
         if open == 0 {
             tx.exec(
-                "UPDATE sweeps SET state = ?1 WHERE id = ?2 AND state = ?3",
-                params![SweepState::Completed, sweep_id, SweepState::Active],
+                "UPDATE sweeps SET state = ?1, ended_ms = ?4 WHERE id = ?2 AND state = ?3",
+                params![SweepState::Completed, sweep_id, SweepState::Active, now_ms()],
             )?;
         }
         tx.commit()?;
@@ -408,10 +429,10 @@ mod tests {
         let cell0: Vec<Lease> = std::iter::once(l).chain((0..3).map(|_| s.acquire(&w).unwrap().unwrap())).collect();
         let fail =
             |s: &mut Store, l: &Lease| s.finish(&w, &l.run_id, l.epoch, 0, &Outcome::Failed("x".into())).unwrap();
-        // Queue order: c0/s0, c1/s0, c0/s1, c1/s1.
+        // Queue order (a cell's seeds together): c0/s0, c0/s1, c1/s0, c1/s1.
         assert_eq!(fail(&mut s, &cell0[0]), None, "c0 still has s1 open");
-        assert_eq!(fail(&mut s, &cell0[1]), None);
-        assert_eq!(fail(&mut s, &cell0[2]), Some((cell0[2].sweep_id.clone(), 0)));
+        assert_eq!(fail(&mut s, &cell0[2]), None, "c1 still has s1 open");
+        assert_eq!(fail(&mut s, &cell0[1]), Some((cell0[1].sweep_id.clone(), 0)));
         assert_eq!(fail(&mut s, &cell0[3]), Some((cell0[3].sweep_id.clone(), 1)));
     }
 

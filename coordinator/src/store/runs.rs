@@ -39,6 +39,25 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
+/// One epoch of a run, as its worker reported it (epochs.csv).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRow {
+    /// Epochs done, this one included (from 1).
+    pub epoch: u32,
+    /// Steps done at its end.
+    pub step: u64,
+    /// The learning rate of its last step (NaN when not reported).
+    pub lr: f64,
+    /// Mean mini-batch loss of the epoch (NaN when it diverged).
+    pub train_loss: f64,
+    /// Wall-clock seconds it trained on its worker (NaN when unknown).
+    pub seconds: f64,
+    /// The run's final test accuracy, on its last epoch only (else NaN).
+    pub test_accuracy: f64,
+    /// The run's final test loss, on its last epoch only (else NaN).
+    pub test_loss: f64,
+}
+
 /// Failed runs of a sweep that share one reason.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailureGroup {
@@ -87,6 +106,33 @@ impl Store {
                     started_ms: r.get(9)?,
                     finished_ms: r.get(10)?,
                     error: r.get(11)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// A run's epochs in order, the last one with the run's final test
+    /// figures once it ended with them. Reads the run's rows of the epochs
+    /// table by its primary key.
+    pub fn run_epochs(&self, run_id: &str) -> Result<Vec<EpochRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT e.epoch, e.step, e.lr, e.train_loss, e.seconds, \
+             CASE WHEN e.step = json_extract(r.final_json, '$.steps') THEN json_extract(r.final_json, '$.test_accuracy') END, \
+             CASE WHEN e.step = json_extract(r.final_json, '$.steps') THEN json_extract(r.final_json, '$.test_loss') END \
+             FROM epochs e JOIN runs r ON r.id = e.run_id WHERE e.run_id = ?1 ORDER BY e.epoch",
+        )?;
+        let nan = |x: Option<f64>| x.unwrap_or(f64::NAN);
+        let rows = stmt
+            .query_map([run_id], |r| {
+                Ok(EpochRow {
+                    epoch: r.get(0)?,
+                    step: r.get::<_, i64>(1)? as u64,
+                    lr: nan(r.get(2)?),
+                    train_loss: nan(r.get(3)?),
+                    seconds: nan(r.get(4)?),
+                    test_accuracy: nan(r.get(5)?),
+                    test_loss: nan(r.get(6)?),
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -161,5 +207,44 @@ mod tests {
         assert!(failed.contains(&g[0].example));
         assert_eq!(s.failure_groups(&sweep, 1).unwrap().len(), 1);
         assert!(s.failure_groups("nope", 10).unwrap().is_empty());
+    }
+
+    /// Issue 13: every epoch a worker reports is kept once; a retried
+    /// attempt that reports it again replaces it; the run's final test
+    /// figures go with its last epoch.
+    #[test]
+    fn epochs_are_kept_once_each_in_order_with_the_final_test_figures_on_the_last() {
+        let (_dir, mut s, w, l) = leased(1, 1);
+        for seq in 1..=3 {
+            s.apply_report(&report(&w, &l, seq, progress(seq))).unwrap();
+        }
+        // The lease lapses; the next attempt resumes from epoch 2 and
+        // reports epochs 2 and 3 again.
+        s.conn.execute("UPDATE runs SET lease_expires_ms = 0", []).unwrap();
+        s.expire_leases(super::super::now_ms(), &super::super::Seen::default()).unwrap();
+        let l2 = s.acquire(&w).unwrap().unwrap();
+        assert_eq!(l2.run_id, l.run_id);
+        for (seq, epoch) in [(1, 2), (2, 3)] {
+            let mut body = progress(epoch);
+            if let super::super::ReportBody::Progress(p) = &mut body {
+                p.seconds = 9.0;
+            }
+            s.apply_report(&report(&w, &l2, seq, body)).unwrap();
+        }
+        let e = s.run_epochs(&l.run_id).unwrap();
+        assert_eq!(e.iter().map(|e| (e.epoch, e.step)).collect::<Vec<_>>(), [(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(e.iter().map(|e| e.seconds).collect::<Vec<_>>(), [0.25, 9.0, 9.0], "the latest report stays");
+        assert!(e.iter().all(|e| e.lr == 0.1 && e.train_loss == 0.5 && e.test_accuracy.is_nan()));
+        // The run ended after 3 steps with its test figures: on epoch 3 only.
+        s.conn
+            .execute(
+                "UPDATE runs SET final_json = '{\"steps\":3,\"test_accuracy\":0.75,\"test_loss\":0.5}' WHERE id = ?1",
+                [&l.run_id],
+            )
+            .unwrap();
+        let e = s.run_epochs(&l.run_id).unwrap();
+        assert!(e[..2].iter().all(|e| e.test_accuracy.is_nan() && e.test_loss.is_nan()));
+        assert_eq!((e[2].test_accuracy, e[2].test_loss), (0.75, 0.5));
+        assert!(s.run_epochs("nope").unwrap().is_empty());
     }
 }

@@ -25,12 +25,14 @@
 //! leased and when they ended (`gradsweep runs`).
 
 use gradsweep_shared::grid::SweepPlan;
+
+use super::SweepState;
 use rusqlite::Connection;
 
 use crate::error::{CoordinatorError, Result};
 
 /// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// SQLite `application_id` marking a gradsweep database ("GSWP").
 const APPLICATION_ID: i64 = 0x4753_5750;
 
@@ -46,7 +48,8 @@ CREATE TABLE sweeps (
     state TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     cells INTEGER NOT NULL DEFAULT 0,
-    seeds INTEGER NOT NULL DEFAULT 0
+    seeds INTEGER NOT NULL DEFAULT 0,
+    ended_ms INTEGER
 );
 CREATE TABLE cell_specs (
     sweep_id TEXT NOT NULL, cell INTEGER NOT NULL, spec_json TEXT NOT NULL, PRIMARY KEY (sweep_id, cell)
@@ -90,6 +93,10 @@ CREATE TABLE chunks (
 CREATE TABLE cells (sweep_id TEXT NOT NULL, cell INTEGER NOT NULL, runs_merged INTEGER NOT NULL, result_json TEXT NOT NULL,
     spectra BLOB, pruned INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (sweep_id, cell));
 CREATE TABLE probe_digests (run_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, idx));
+CREATE TABLE epochs (
+    run_id TEXT NOT NULL, epoch INTEGER NOT NULL, step INTEGER NOT NULL, lr REAL, train_loss REAL, seconds REAL,
+    PRIMARY KEY (run_id, epoch)
+) WITHOUT ROWID;
 CREATE TABLE workers (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, hostname TEXT NOT NULL, slots INTEGER NOT NULL, state TEXT NOT NULL,
     registered_ms INTEGER NOT NULL, last_heartbeat_ms INTEGER NOT NULL
@@ -145,6 +152,9 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
     let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
     let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
     if app == 0 && tables == 0 {
+        // Pages freed by pruning can be given back to the file system
+        // (`Store::return_free_pages`); only settable before any table.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA} {RUN_COUNTS} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); \
@@ -193,6 +203,22 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
              UPDATE meta SET value = '4' WHERE key = 'schema_version'; COMMIT;",
         )?;
         tracing::info!("database upgraded from schema version 3 to 4");
+    }
+    if version < 5 {
+        // Version 5 records when a sweep ended (its last open run ended,
+        // or it was cancelled; for sweeps already ended, the last time one
+        // of their runs finished, where runs recorded it), and each run's
+        // epochs from now on (runs already ended have none).
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; ALTER TABLE sweeps ADD COLUMN ended_ms INTEGER; \
+             UPDATE sweeps SET ended_ms = (SELECT max(finished_ms) FROM runs WHERE runs.sweep_id = sweeps.id) \
+             WHERE state != '{}'; \
+             CREATE TABLE epochs (run_id TEXT NOT NULL, epoch INTEGER NOT NULL, step INTEGER NOT NULL, lr REAL, \
+             train_loss REAL, seconds REAL, PRIMARY KEY (run_id, epoch)) WITHOUT ROWID; \
+             UPDATE meta SET value = '5' WHERE key = 'schema_version'; COMMIT;",
+            SweepState::Active
+        ))?;
+        tracing::info!("database upgraded from schema version 4 to 5");
     }
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {

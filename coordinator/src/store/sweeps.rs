@@ -2,8 +2,10 @@
 //! cancellation.
 //!
 //! A submit validates the grid ([`parse_grid`]), stores its normalised plan
-//! and one queued run per (cell, seed). Runs are queued seeds-outermost so
-//! the first replica of every cell finishes first. Submitting an identical
+//! and one queued run per (cell, seed). Runs are queued in the grid's
+//! [`QueueOrder`](gradsweep_shared::grid::QueueOrder): by default a cell's
+//! seeds together, so cells complete (and their sketches give way to
+//! digests) one after another. Submitting an identical
 //! normalised grid again returns the existing sweep.
 
 use std::collections::BTreeMap;
@@ -35,6 +37,9 @@ pub struct SweepRow {
     pub created_ms: i64,
     /// The grid file's name as it was submitted.
     pub file_name: String,
+    /// When it ended (its last open run ended, or it was cancelled); `None`
+    /// while it has work, or when it ended before gradsweep recorded it.
+    pub ended_ms: Option<i64>,
 }
 
 impl SweepRow {
@@ -131,15 +136,15 @@ impl Store {
                 "INSERT INTO runs (id, sweep_id, cell, seed, params, state, queue_order, updated_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            // Queued seeds outermost (the first replica of every cell
-            // finishes first), but inserted cell by cell: a cell's rows are
-            // neighbours in the id and (sweep, cell) indexes, so a big sweep
-            // fills their pages in order instead of touching a page per run.
-            let cells = plan.cells.len() as i64;
+            // Queued in the grid's order (cells or seeds outermost), but
+            // inserted cell by cell: a cell's rows are neighbours in the id
+            // and (sweep, cell) indexes, so a big sweep fills their pages in
+            // order instead of touching a page per run.
+            let (cells, seeds) = (plan.cells.len(), plan.seeds.len());
             let mut run_id = String::with_capacity(id.len() + 24);
             for (pos, (cell, &d)) in plan.cells.iter().zip(&params_of).enumerate() {
                 for (k, &seed) in plan.seeds.iter().enumerate() {
-                    let order = base_order + k as i64 * cells + pos as i64 + 1;
+                    let order = base_order + plan.order.position(pos, k, cells, seeds) as i64 + 1;
                     run_id.clear();
                     use std::fmt::Write as _;
                     let _ = write!(run_id, "{id}/c{}/s{seed}", cell.index);
@@ -173,7 +178,7 @@ impl Store {
     pub fn sweep(&self, sweep_id: &str) -> Result<SweepRow> {
         let mut row = self
             .conn
-            .prepare_cached("SELECT id, name, state, cells, created_ms, file_name FROM sweeps WHERE id = ?1")?
+            .prepare_cached("SELECT id, name, state, cells, created_ms, file_name, ended_ms FROM sweeps WHERE id = ?1")?
             .query_row([sweep_id], |r| {
                 Ok(SweepRow {
                     id: r.get(0)?,
@@ -184,6 +189,7 @@ impl Store {
                     progress: 0.0,
                     created_ms: r.get(4)?,
                     file_name: r.get(5)?,
+                    ended_ms: r.get(6)?,
                 })
             })
             .optional()?
@@ -228,8 +234,8 @@ impl Store {
     pub fn cancel(&mut self, sweep_id: &str) -> Result<u32> {
         let tx = self.tx()?;
         let n = tx.exec(
-            "UPDATE sweeps SET state = ?1 WHERE id = ?2 AND state = ?3",
-            params![SweepState::Cancelled, sweep_id, SweepState::Active],
+            "UPDATE sweeps SET state = ?1, ended_ms = ?4 WHERE id = ?2 AND state = ?3",
+            params![SweepState::Cancelled, sweep_id, SweepState::Active, now_ms()],
         )?;
         if n == 0 {
             let exists: bool = tx.row("SELECT count(*) > 0 FROM sweeps WHERE id = ?1", [sweep_id], |r| r.get(0))?;
@@ -309,13 +315,20 @@ mod tests {
     }
 
     #[test]
-    fn runs_queue_seeds_outermost() {
+    fn runs_queue_in_the_grids_order_and_a_later_sweep_after_an_earlier_one() {
         let (_dir, mut s) = store();
         submit(&mut s, 2, 2);
+        let seeds_first = grid(3, 2).replace("name = \"unit\"\n", "name = \"unit\"\norder = \"seeds\"\n");
+        s.submit(&seeds_first, "s.toml", false, GridLimits::default()).unwrap();
         let w = worker(&mut s, "a");
-        let order: Vec<String> = (0..4).map(|_| s.acquire(&w).unwrap().unwrap().run_id).collect();
+        let order: Vec<String> = (0..10).map(|_| s.acquire(&w).unwrap().unwrap().run_id).collect();
         let tails: Vec<&str> = order.iter().map(|id| id.rsplit_once("/c").unwrap().1).collect();
-        assert_eq!(tails, ["0/s0", "1/s0", "0/s1", "1/s1"]);
+        assert_eq!(
+            tails,
+            ["0/s0", "0/s1", "1/s0", "1/s1", "0/s0", "1/s0", "2/s0", "0/s1", "1/s1", "2/s1"],
+            "the default sweep by cells, then the second sweep by seeds"
+        );
+        assert!(s.acquire(&w).unwrap().is_none());
     }
 
     #[test]
@@ -324,10 +337,15 @@ mod tests {
         let sweep = submit(&mut s, 2, 1);
         let w = worker(&mut s, "a");
         s.acquire(&w).unwrap().unwrap();
+        assert_eq!(s.sweep(&sweep).unwrap().ended_ms, None, "not ended while it has work");
+        let before = now_ms();
         assert_eq!(s.cancel(&sweep).unwrap(), 2, "the leased run and the queued one");
         let row = s.sweep(&sweep).unwrap();
         assert_eq!((row.state, row.count(RunState::Cancelled)), (SweepState::Cancelled, 2));
+        let ended = row.ended_ms.expect("a cancelled sweep has ended");
+        assert!(ended >= before && ended <= now_ms(), "{ended}");
         assert_eq!(s.cancel(&sweep).unwrap(), 0, "cancelling twice changes nothing");
+        assert_eq!(s.sweep(&sweep).unwrap().ended_ms, Some(ended), "and keeps its end");
         assert!(matches!(s.cancel("nope"), Err(CoordinatorError::NotFound { .. })));
         assert!(s.acquire(&w).unwrap().is_none());
     }
