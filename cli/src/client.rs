@@ -109,6 +109,37 @@ pub async fn fetch_results_with(
     Ok((cells, summary))
 }
 
+/// Every cell's spectra ([`gradsweep_shared::digest::CellSpectra`]), by
+/// cell, reassembled from their chunks and checked (CRC) as they arrive.
+pub async fn export_spectra(
+    client: &mut ControlClient,
+    sweep_id: &str,
+) -> Result<Vec<(u32, gradsweep_shared::digest::CellSpectra)>, ClientError> {
+    let req = pb::ExportSpectraRequest { sweep_id: sweep_id.into() };
+    let mut stream = client.export_spectra(req).await?.into_inner();
+    let (mut out, mut bytes, mut next) = (vec![], Vec::new(), 0u32);
+    while let Some(c) = stream.message().await? {
+        if c.chunk_index != next || c.chunk_index >= c.chunk_count {
+            return Err(ClientError::Decode(format!(
+                "spectra of cell {}: chunk {} of {} out of order (expected chunk {next})",
+                c.cell, c.chunk_index, c.chunk_count
+            )));
+        }
+        bytes.extend_from_slice(&c.data);
+        next += 1;
+        if next == c.chunk_count {
+            let sp = gradsweep_shared::digest::CellSpectra::decode(&bytes)
+                .map_err(|e| ClientError::Decode(format!("spectra of cell {}: {e}", c.cell)))?;
+            out.push((c.cell, sp));
+            (bytes, next) = (Vec::new(), 0);
+        }
+    }
+    if next != 0 {
+        return Err(ClientError::Decode("spectra stream ended inside a cell".into()));
+    }
+    Ok(out)
+}
+
 /// One NPY file a probe kept ([`export_gradients`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SavedGradientsFile {

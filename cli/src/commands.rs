@@ -261,8 +261,23 @@ pub async fn watch_with(
     }
 }
 
-/// Writes results.csv and results.json (with its provenance) into `dir`.
-pub fn write_result_files(
+/// Writes `body` to `dir/name` through a temporary name: the file appears
+/// whole or not at all.
+fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> anyhow::Result<()> {
+    let (path, tmp) = (dir.join(name), dir.join(format!(".{name}.tmp")));
+    std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes every export of a sweep into `dir`: results.csv and results.json
+/// (from `cells` and `summary`), runs.csv and epochs.csv, and `spectra/`
+/// (one NPY file per spectrum, [`CellResult::spectrum_files`]), reading
+/// runs and spectra from `source`; says what it wrote on stderr.
+///
+/// [`CellResult::spectrum_files`]: gradsweep_shared::results::CellResult::spectrum_files
+pub async fn write_exports(
+    source: &Source,
+    sweep: &str,
     dir: &Path,
     cells: &[gradsweep_shared::results::CellResult],
     summary: &gradsweep_shared::results::SweepSummary,
@@ -270,14 +285,47 @@ pub fn write_result_files(
     provenance: &report::Provenance,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let json = report::json(cells, summary, provenance);
-    for (name, body) in [("results.csv", report::csv(cells, th)), ("results.json", json)] {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    write_atomic(dir, "results.csv", report::csv(cells, th).as_bytes())?;
+    write_atomic(dir, "results.json", report::json(cells, summary, provenance).as_bytes())?;
+    let (_, epochs) = crate::runs::write_runs_csv(source, sweep, dir).await?;
+    let spectra = match source {
+        Source::Remote(remote) => crate::client::export_spectra(&mut remote.connect().await?, sweep).await?,
+        Source::Db(path) => {
+            let (path, id) = (path.clone(), sweep.to_string());
+            tokio::task::spawn_blocking(move || Offline::open(&path)?.spectra(&id)).await??
+        }
+    };
+    let n = write_spectra(dir, cells, &spectra)?;
+    eprintln!(
+        "wrote {0}/results.csv, {0}/results.json, {0}/runs.csv, {0}/epochs.csv ({epochs} epochs) and {n} spectra \
+         ({0}/spectra/*.spectrum.npy)",
+        dir.display()
+    );
     Ok(())
+}
+
+/// Writes each cell's spectra as NPY files into `dir/spectra/`; returns
+/// how many.
+fn write_spectra(
+    dir: &Path,
+    cells: &[gradsweep_shared::results::CellResult],
+    spectra: &[(u32, gradsweep_shared::digest::CellSpectra)],
+) -> anyhow::Result<usize> {
+    let out = dir.join("spectra");
+    let mut n = 0;
+    for (index, sp) in spectra {
+        let cell =
+            cells.iter().find(|c| c.index == *index).with_context(|| format!("spectra of unknown cell {index}"))?;
+        let files = cell
+            .spectrum_files(sp)
+            .with_context(|| format!("cell {index}: its spectra do not match its results; fetch both again"))?;
+        std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+        for (name, bytes) in files {
+            write_atomic(&out, &name, &bytes)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Writes the gradient rows and weights that the sweep's probes kept
@@ -291,9 +339,7 @@ pub async fn write_saved_gradients(
     let out = dir.join("gradients");
     let mut write = |f: crate::client::SavedGradientsFile| -> std::io::Result<()> {
         std::fs::create_dir_all(&out)?;
-        let (path, tmp) = (out.join(f.file_name()), out.join(format!(".{}.tmp", f.file_name())));
-        std::fs::write(&tmp, &f.npy)?;
-        std::fs::rename(&tmp, &path)
+        write_atomic(&out, &f.file_name(), &f.npy).map_err(std::io::Error::other)
     };
     let n = crate::client::export_gradients(client, sweep, &mut write).await?;
     if n > 0 {
@@ -342,9 +388,7 @@ pub async fn results(
             let status = status.into_inner();
             // Files first: a reader that stops early (`| head`) loses none of them.
             if let Some(dir) = out {
-                write_result_files(dir, &cells, &summary, th, &report::Provenance::of(&status))?;
-                crate::runs::write_runs_csv(source, sweep, dir).await?;
-                eprintln!("wrote {0}/results.csv, {0}/results.json and {0}/runs.csv", dir.display());
+                write_exports(source, sweep, dir, &cells, &summary, th, &report::Provenance::of(&status)).await?;
                 write_saved_gradients(&mut client, sweep, dir).await?;
             }
             (cells, summary, status)
@@ -359,12 +403,9 @@ pub async fn results(
             })
             .await??;
             if let Some(dir) = out {
-                write_result_files(dir, &cells, &summary, th, &report::Provenance::of(&status))?;
-                crate::runs::write_runs_csv(source, sweep, dir).await?;
+                write_exports(source, sweep, dir, &cells, &summary, th, &report::Provenance::of(&status)).await?;
                 eprintln!(
-                    "wrote {0}/results.csv, {0}/results.json and {0}/runs.csv (gradient rows kept by \
-                     `save_gradients` are exported by `results --out` from a coordinator)",
-                    dir.display()
+                    "(gradient rows kept by `save_gradients` are exported by `results --out` from a coordinator)"
                 );
             }
             (cells, summary, status)

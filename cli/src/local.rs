@@ -20,9 +20,7 @@ use gradsweep_proto::v1 as pb;
 use gradsweep_shared::grid::GridLimits;
 use tokio::process::{Child, Command};
 
-use super::commands::{
-    fits_one_message, print_results, read_grid, watch_with, write_result_files, write_saved_gradients,
-};
+use super::commands::{fits_one_message, print_results, read_grid, watch_with, write_exports, write_saved_gradients};
 use crate::args::OutputFormat;
 
 /// Options of `gradsweep local`.
@@ -243,9 +241,8 @@ async fn drive(
     // The status after the results: the counts the files describe.
     let ended = client.status(pb::StatusRequest { sweep_id: sub.sweep_id.clone() }).await.map_err(ClientError::from)?;
     let provenance = crate::report::Provenance::of(&ended.into_inner());
-    write_result_files(out, &cells, &summary, &th, &provenance)?;
-    crate::runs::write_runs_csv(&Source::Remote(Remote::plain(addr)), &sub.sweep_id, out).await?;
-    eprintln!("wrote {0}/results.csv, {0}/results.json and {0}/runs.csv", out.display());
+    let source = Source::Remote(Remote::plain(addr));
+    write_exports(&source, &sub.sweep_id, out, &cells, &summary, &th, &provenance).await?;
     write_saved_gradients(&mut client, &sub.sweep_id, out).await?;
     print_results(args.format, &cells, &summary, &th, &provenance)?;
     crate::runs::require_no_failures(&status)

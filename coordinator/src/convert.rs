@@ -21,6 +21,18 @@ pub fn saved_gradients_from_blob(r: &SavedProbeRef, blob: &[u8]) -> Result<Vec<p
     Ok(saved_gradients_to_wire(r, &p))
 }
 
+/// A cell's spectra to the wire, in chunks under the message limit.
+pub fn spectra_to_wire(cell: u32, spectra: &gradsweep_shared::digest::CellSpectra) -> Vec<pb::SpectraChunk> {
+    let bytes = spectra.encode();
+    let parts = gradsweep_proto::chunk_slices(&bytes);
+    let count = parts.len() as u32;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| pb::SpectraChunk { cell, chunk_index: i as u32, chunk_count: count, data: data.to_vec() })
+        .collect()
+}
+
 fn saved_gradients_to_wire(r: &SavedProbeRef, p: &gradsweep_shared::ProbeRecord) -> Vec<pb::GradientsChunk> {
     let Some(s) = &p.saved else { return vec![] };
     let d = s.weights.len();

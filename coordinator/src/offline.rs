@@ -53,6 +53,15 @@ impl Offline {
         Ok((cells, summary))
     }
 
+    /// Every cell's spectra, as `ExportSpectra` sends them (merged here
+    /// where the stored merge did not keep them, and not stored).
+    pub fn spectra(&self, sweep_id: &str) -> Result<Vec<(u32, gradsweep_shared::digest::CellSpectra)>> {
+        let th = RankThresholds::default();
+        let sources = self.store.cell_sources_for(sweep_id, &th, true)?;
+        let (cells, _fresh) = crate::state::merge_all_keeping(sources, &th);
+        Ok(cells.into_iter().filter_map(|(c, sp)| sp.map(|sp| (c.index, sp))).collect())
+    }
+
     /// A sweep's runs (only those in `states`, unless empty) in (cell,
     /// seed) order, a page at a time as `ListRuns` streams them.
     pub fn runs(&self, sweep_id: &str, states: &[String]) -> Result<RunPages<'_>> {

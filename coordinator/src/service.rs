@@ -329,6 +329,8 @@ type GradientsStream = Pin<Box<dyn Stream<Item = Result<pb::GradientsChunk, Stat
 
 type RunsStream = Pin<Box<dyn Stream<Item = Result<pb::RunsPage, Status>> + Send>>;
 
+type SpectraStream = Pin<Box<dyn Stream<Item = Result<pb::SpectraChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl ControlService for ControlApi {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
@@ -390,6 +392,26 @@ impl ControlService for ControlApi {
                 .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::SummaryJson(j)) }),
         );
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    type ExportSpectraStream = SpectraStream;
+
+    /// Every cell's spectra, merged where the stored merge did not keep
+    /// them (as for results with thresholds), encoded and chunked.
+    async fn export_spectra(
+        &self,
+        req: Request<pb::ExportSpectraRequest>,
+    ) -> Result<Response<Self::ExportSpectraStream>, Status> {
+        let id = req.into_inner().sweep_id;
+        let cells =
+            self.state.cell_results_keeping(id, gradsweep_shared::stats::RankThresholds::default(), true).await?;
+        let chunks: Vec<Result<pb::SpectraChunk, Status>> = cells
+            .iter()
+            .filter_map(|(c, sp)| sp.as_ref().map(|sp| convert::spectra_to_wire(c.index, sp)))
+            .flatten()
+            .map(Ok)
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     type ExportGradientsStream = GradientsStream;

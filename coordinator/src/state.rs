@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gradsweep_proto::transport::Token;
+use gradsweep_shared::digest::CellSpectra;
 use gradsweep_shared::grid::GridLimits;
 use gradsweep_shared::results::CellResult;
 use gradsweep_shared::stats::RankThresholds;
@@ -115,12 +116,23 @@ impl CoordinatorConfig {
 /// merged here with their sweep, to store whatever `th` was: a stored
 /// merge keeps its spectra, so later thresholds are added from it.
 pub fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResult>, Vec<FreshMerge>) {
+    let (cells, fresh) = merge_all_keeping(sources, th);
+    (cells.into_iter().map(|(c, _)| c).collect(), fresh)
+}
+
+/// [`merge_all`], each cell with the eigenvalues behind its spectra when
+/// its source has them ([`CellSource::compute_keeping`]).
+pub fn merge_all_keeping(
+    sources: Vec<CellSource>,
+    th: &RankThresholds,
+) -> (Vec<(CellResult, Option<CellSpectra>)>, Vec<FreshMerge>) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(sources.len()).max(1);
     let mut parts: Vec<Vec<(usize, CellSource)>> = (0..threads).map(|_| vec![]).collect();
     for (i, src) in sources.into_iter().enumerate() {
         parts[i % threads].push((i, src));
     }
-    let mut done: Vec<(usize, CellResult, Option<FreshMerge>)> = std::thread::scope(|scope| {
+    type Done = (usize, (CellResult, Option<CellSpectra>), Option<FreshMerge>);
+    let mut done: Vec<Done> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .into_iter()
             .map(|part| {
@@ -131,7 +143,7 @@ pub fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResu
                                 CellSource::Compute(inp) => Some(inp.sweep_id.clone()),
                                 CellSource::Ready(_) => None,
                             };
-                            let (result, merge) = src.compute(th);
+                            let (result, spectra, merge) = src.compute_keeping(th);
                             // A fresh merge is kept for next time; one that
                             // cannot be encoded is merely not kept.
                             let encoded = merge.and_then(|m| {
@@ -142,7 +154,7 @@ pub fn merge_all(sources: Vec<CellSource>, th: &RankThresholds) -> (Vec<CellResu
                                     .ok()
                             });
                             let fresh = encoded.zip(sweep_id).map(|(e, id)| (id, e));
-                            (i, result, fresh)
+                            (i, (result, spectra), fresh)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -329,8 +341,21 @@ impl Coordinator {
     /// their kept eigenvalues); the rest are merged here, off the writer,
     /// and stored for next time.
     pub async fn cell_results(&self, sweep_id: String, th: RankThresholds) -> Result<Vec<CellResult>> {
+        let cells = self.cell_results_keeping(sweep_id, th, false).await?;
+        Ok(cells.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// [`Self::cell_results`]; with `spectra`, each cell with the
+    /// eigenvalues behind its spectra (merged now where the stored merge
+    /// did not keep them).
+    pub async fn cell_results_keeping(
+        &self,
+        sweep_id: String,
+        th: RankThresholds,
+        spectra: bool,
+    ) -> Result<Vec<(CellResult, Option<CellSpectra>)>> {
         let th2 = th.clone();
-        let sources = self.read_store(move |s| s.cell_sources(&sweep_id, &th2)).await?;
+        let sources = self.read_store(move |s| s.cell_sources_for(&sweep_id, &th2, spectra)).await?;
         // The cells merged here need no merger: take them off its queue.
         if let Ok(mut set) = self.stale_cells.lock() {
             for src in &sources {
@@ -340,7 +365,7 @@ impl Coordinator {
             }
             self.metrics.cells_pending_merge.set(set.len() as f64);
         }
-        let (cells, fresh) = tokio::task::spawn_blocking(move || merge_all(sources, &th))
+        let (cells, fresh) = tokio::task::spawn_blocking(move || merge_all_keeping(sources, &th))
             .await
             .map_err(|e| CoordinatorError::Internal(format!("results task failed: {e}")))?;
         if !fresh.is_empty() && self.halted.borrow().is_none() {

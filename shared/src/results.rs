@@ -501,6 +501,42 @@ impl CellResult {
             .chain(self.merged_final.as_mut())
     }
 
+    /// Every spectrum of the cell as an NPY file (`r × 2` f64: each
+    /// sketched eigenvalue's certified lower and upper end, descending; the
+    /// other `d − r` eigenvalues of D lie in `[0, eig_error]`), named by what
+    /// it is: `c{cell}-s{seed}-probe{k}-epoch{e}.spectrum.npy` for a probe,
+    /// `c{cell}-s{seed}-pooled.spectrum.npy` for a run's probes pooled, and
+    /// `c{cell}-merged.spectrum.npy` for the seeds' last probes merged.
+    /// `None` when `spectra` are not this cell's.
+    pub fn spectrum_files(&self, spectra: &CellSpectra) -> Option<Vec<(String, Vec<u8>)>> {
+        if !self.fits(spectra) {
+            return None;
+        }
+        let c = self.index;
+        let mut names = vec![];
+        for r in &self.runs {
+            for p in &r.probes {
+                names.push((format!("c{c}-s{}-probe{}-epoch{}", r.seed, p.meta.index, p.meta.epoch), &p.spectrum));
+            }
+            if let Some(s) = &r.pooled {
+                names.push((format!("c{c}-s{}-pooled", r.seed), s));
+            }
+        }
+        if let Some(s) = &self.merged_final {
+            names.push((format!("c{c}-merged"), s));
+        }
+        Some(
+            names
+                .into_iter()
+                .zip(&spectra.lists)
+                .map(|((name, s), lower)| {
+                    let data: Vec<f64> = lower.iter().flat_map(|&l| [l, l + s.eig_error]).collect();
+                    (format!("{name}.spectrum.npy"), crate::npy::write(lower.len(), 2, &data, false))
+                })
+                .collect(),
+        )
+    }
+
     /// Whether `spectra` are this cell's (one list per spectrum).
     pub fn fits(&self, spectra: &CellSpectra) -> bool {
         let want = self.runs.iter().map(|r| r.probes.len() + r.pooled.is_some() as usize).sum::<usize>()
@@ -735,6 +771,26 @@ mod tests {
         for (_, digest) in &kept.digests {
             assert_eq!(digest.top_vectors.len(), 3.min(digest.eigenvalues.len()));
             assert_eq!(digest.top_vectors[0].len(), digest.moments.d);
+        }
+        // Every spectrum as a named NPY file of certified [lower, upper]
+        // ends: the runs' probes and pooled spectra, then the merged one.
+        let files = m.result.spectrum_files(&m.spectra).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names.len(), 7);
+        assert_eq!(names[2], "c0-s0-pooled.spectrum.npy");
+        assert_eq!(names[6], "c0-merged.spectrum.npy");
+        assert!(names[0].starts_with("c0-s0-probe0-epoch") && names[3].starts_with("c0-s1-probe0-epoch"), "{names:?}");
+        for ((name, bytes), (lower, s)) in files.iter().zip(
+            m.spectra
+                .lists
+                .iter()
+                .zip(m.result.runs.iter().flat_map(|r| r.probes.iter().map(|p| &p.spectrum).chain(r.pooled.as_ref()))),
+        ) {
+            let a = crate::npy::parse(bytes, name).unwrap();
+            assert_eq!((a.rows, a.cols, a.was_f32), (lower.len(), 2, false));
+            for (i, &l) in lower.iter().enumerate() {
+                assert_eq!((a.data[2 * i], a.data[2 * i + 1]), (l, l + s.eig_error), "{name}");
+            }
         }
         // Spectra of another cell are refused, not misapplied.
         let mut short = m.spectra.clone();

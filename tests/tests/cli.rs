@@ -333,8 +333,19 @@ fn a_database_reads_the_same_without_a_coordinator() {
     assert!(o.status.success(), "{}", text(&o));
     let o = cli(&["results", &sweep, "--out", from_db.to_str().unwrap(), "--db", db]);
     assert!(o.status.success(), "{}", text(&o));
-    for f in ["results.csv", "results.json", "runs.csv"] {
-        let (a, b) = (std::fs::read(from_remote.join(f)).unwrap(), std::fs::read(from_db.join(f)).unwrap());
+    let spectra = |d: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(d.join("spectra"))
+            .unwrap()
+            .map(|e| format!("spectra/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        names.sort();
+        names
+    };
+    let files = spectra(&from_remote);
+    assert!(files.len() >= 4, "{files:?}");
+    assert_eq!(files, spectra(&from_db));
+    for f in ["results.csv", "results.json", "runs.csv", "epochs.csv"].iter().map(|s| s.to_string()).chain(files) {
+        let (a, b) = (std::fs::read(from_remote.join(&f)).unwrap(), std::fs::read(from_db.join(&f)).unwrap());
         assert!(!a.is_empty() && a == b, "{f} differs");
     }
     let o = cli(&["results", &sweep, "--db", db, "--coordinator", &addr]);

@@ -38,12 +38,20 @@ impl Store {
     /// merging is not, so the caller merges after releasing the store
     /// ([`CellSource::compute`]).
     pub fn cell_sources(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellSource>> {
-        // One snapshot: a cell pruned between reading its row and its runs
-        // would otherwise be merged from runs whose sketches are gone.
-        self.snapshot(|s| s.cell_sources_now(sweep_id, th))
+        self.cell_sources_for(sweep_id, th, false)
     }
 
-    fn cell_sources_now(&self, sweep_id: &str, th: &RankThresholds) -> Result<Vec<CellSource>> {
+    /// [`Self::cell_sources`]; with `spectra`, a stored merge serves only
+    /// when it kept its spectra (as when thresholds are asked for), so
+    /// every source can give them ([`CellSource::compute_keeping`]).
+    pub fn cell_sources_for(&self, sweep_id: &str, th: &RankThresholds, spectra: bool) -> Result<Vec<CellSource>> {
+        // One snapshot: a cell pruned between reading its row and its runs
+        // would otherwise be merged from runs whose sketches are gone.
+        self.snapshot(|s| s.cell_sources_now(sweep_id, th, spectra))
+    }
+
+    fn cell_sources_now(&self, sweep_id: &str, th: &RankThresholds, need_spectra: bool) -> Result<Vec<CellSource>> {
+        let need_spectra = need_spectra || !th.is_empty();
         let plan = self.plan(sweep_id)?;
         let mut stored: BTreeMap<u32, (usize, bool, StoredCell)> = BTreeMap::new();
         let mut stmt = self
@@ -71,7 +79,7 @@ impl Store {
             .map(|cell| {
                 let finished = done.get(&cell.index).copied().unwrap_or(0);
                 match stored.remove(&cell.index) {
-                    Some((_, true, s)) if th.is_empty() || s.spectra.is_some() => Ok(CellSource::Ready(Box::new(s))),
+                    Some((_, true, s)) if !need_spectra || s.spectra.is_some() => Ok(CellSource::Ready(Box::new(s))),
                     Some((_, true, _)) => Err(CoordinatorError::Internal(format!(
                         "sweep {sweep_id} cell {}: its sketches were pruned and no spectra were kept to add \
                          thresholds to",
@@ -80,7 +88,7 @@ impl Store {
                     Some((merged, false, s))
                         if merged == finished
                             && s.result.results_version >= RESULTS_VERSION
-                            && (th.is_empty() || s.spectra.is_some()) =>
+                            && (!need_spectra || s.spectra.is_some()) =>
                     {
                         Ok(CellSource::Ready(Box::new(s)))
                     }
@@ -400,6 +408,14 @@ impl CellSource {
     /// stored ones, or merged now (heavy). A fresh merge of finished runs
     /// comes back too, to be stored.
     pub fn compute(self, th: &RankThresholds) -> (CellResult, Option<CellMerge>) {
+        let (result, _, merge) = self.compute_keeping(th);
+        (result, merge)
+    }
+
+    /// [`Self::compute`], with the eigenvalues behind the cell's spectra
+    /// when the source has them (always, from
+    /// [`Store::cell_sources_for`] with spectra asked for).
+    pub fn compute_keeping(self, th: &RankThresholds) -> (CellResult, Option<CellSpectra>, Option<CellMerge>) {
         let (mut result, spectra, merge) = match self {
             CellSource::Ready(s) => (s.result, s.spectra, None),
             CellSource::Compute(i) => {
@@ -409,14 +425,14 @@ impl CellSource {
             }
         };
         if !th.is_empty()
-            && let Some(sp) = spectra
-            && let Err(e) = result.add_thresholds(&sp, th)
+            && let Some(sp) = &spectra
+            && let Err(e) = result.add_thresholds(sp, th)
         {
             // Loaded spectra were checked to fit and fresh ones are the
             // cell's own: this would be a bug.
             tracing::error!(cell = result.index, error = %e, "thresholds not added");
         }
-        (result, merge)
+        (result, spectra, merge)
     }
 }
 
