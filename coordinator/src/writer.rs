@@ -155,6 +155,7 @@ fn run(mut store: Store, lock: DbLock, rx: mpsc::Receiver<Job>, metrics: &Coordi
         for answer in answers {
             answer(&outcome);
         }
+        store.after_commit();
     }
     drop(store);
     drop(lock);

@@ -190,20 +190,41 @@ impl Store {
             )?;
         }
         tx.commit()?;
-        if prune {
-            self.return_free_pages()?;
-        }
+        self.pages_freed |= prune;
         Ok(true)
     }
 
+    /// Upkeep between transactions, for the writer to call after each
+    /// commit: once a prune has freed pages, [`Self::return_free_pages`]
+    /// as soon as no work remains (it needs no transaction open, which is
+    /// why a prune does not call it itself). Failures are logged; nothing
+    /// depends on them.
+    pub fn after_commit(&mut self) {
+        if self.pages_freed && self.conn.is_autocommit() {
+            match self.return_free_pages() {
+                Ok(Some(_)) => self.pages_freed = false,
+                Ok(None) => {}
+                Err(e) => {
+                    self.pages_freed = false;
+                    tracing::warn!(error = %e, "free pages not returned");
+                }
+            }
+        }
+    }
+
     /// Gives the pages that pruning freed back to the file system once no
-    /// run is queued or leased anywhere: while work remains, the next
-    /// cells' sketches reuse them, and shrinking the file only to grow it
-    /// again would be wasted writes. Needs a file created with incremental
-    /// auto-vacuum (every file this build creates); older files keep their
-    /// free pages (`VACUUM` by hand, coordinator stopped, converts them).
-    /// Returns the pages given back.
-    pub fn return_free_pages(&mut self) -> Result<i64> {
+    /// run is queued or leased anywhere, and truncates the WAL: while work
+    /// remains, the next cells' sketches reuse them, and shrinking the file
+    /// only to grow it again would be wasted writes. Needs a file created
+    /// with incremental auto-vacuum (every file this build creates); older
+    /// files keep their free pages (with the coordinator stopped,
+    /// `PRAGMA auto_vacuum = INCREMENTAL; VACUUM` converts one). Returns
+    /// the pages given back, or `None` when work remains (or a transaction
+    /// is open) and nothing was done.
+    pub fn return_free_pages(&mut self) -> Result<Option<i64>> {
+        if !self.conn.is_autocommit() {
+            return Ok(None);
+        }
         let busy: Option<i64> = self
             .conn
             .query_row(
@@ -213,8 +234,11 @@ impl Store {
             )
             .optional()?;
         let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        if busy.is_some() || free == 0 {
-            return Ok(0);
+        if busy.is_some() {
+            return Ok(None);
+        }
+        if free == 0 {
+            return Ok(Some(0));
         }
         // The pragma returns a row per page it frees; step through them.
         let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
@@ -222,8 +246,12 @@ impl Store {
         while rows.next()?.is_some() {}
         drop(rows);
         let left: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        tracing::info!(pages = free - left, "free pages returned to the file system");
-        Ok(free - left)
+        // Idle, so the WAL can be copied back and cut to nothing (best
+        // effort: a reader holding a snapshot leaves it for later).
+        let (wal_busy, _, _): (i64, i64, i64) =
+            self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        tracing::info!(pages = free - left, wal_truncated = wal_busy == 0, "free pages returned to the file system");
+        Ok(Some(free - left))
     }
 
     /// A pruned cell's probe digests, by run (seed order) and probe.
@@ -566,7 +594,7 @@ mod tests {
     /// is; the digests stay readable.
     #[test]
     fn pages_freed_by_pruning_are_returned_once_no_work_is_queued() {
-        let (_dir, mut s) = store();
+        let (dir, mut s) = store();
         let wide = grid(1, 2).replace("sketch_rank = 8\n", "sketch_rank = 48\n");
         let sweep = s.submit(&wide, "unit.toml", false, GridLimits::default()).unwrap().sweep_id;
         run_all(&mut s);
@@ -575,16 +603,23 @@ mod tests {
             |s: &Store, p: &str| -> i64 { s.conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0)).unwrap() };
         let before = pragma(&s, "page_count");
         merge_and_store(&mut s, &sweep, 0);
+        s.after_commit();
         assert_eq!(count(&s, "probes"), 0, "pruned");
         let free = pragma(&s, "freelist_count");
         assert!(free > 10, "{free} pages of sketches are free but kept while another sweep waits");
         let after = pragma(&s, "page_count");
         assert!(after >= before, "the file did not shrink: {after} pages, {before} before");
+        assert_eq!(s.return_free_pages().unwrap(), None, "work remains");
         s.cancel(&waiting).unwrap();
-        assert_eq!(s.return_free_pages().unwrap(), free);
+        // The writer's upkeep after the cancel's commit gives them back.
+        s.after_commit();
+        assert_eq!(s.return_free_pages().unwrap(), Some(0), "given back already");
         assert_eq!((pragma(&s, "freelist_count"), pragma(&s, "page_count")), (0, after - free));
         assert_eq!(s.probe_digests(&sweep, 0).unwrap().len(), 2);
         assert_eq!(pragma(&s, "auto_vacuum"), 2, "incremental");
+        assert_eq!(pragma(&s, "journal_size_limit"), crate::store::schema::WAL_SIZE_LIMIT);
+        let wal = std::fs::metadata(dir.path().join("t.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "the WAL was checkpointed and truncated");
     }
 
     /// A cell pruned by the writer while a reader loads a merge's inputs:

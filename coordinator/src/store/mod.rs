@@ -77,6 +77,8 @@ pub struct Store {
     policy: LeasePolicy,
     /// Inside [`Store::batch`]: transitions open savepoints.
     in_batch: bool,
+    /// A prune freed pages: [`Store::after_commit`] may return them.
+    pages_freed: bool,
 }
 
 /// One transition's transaction: its own `IMMEDIATE` transaction, or a
@@ -114,7 +116,7 @@ impl Store {
         let conn = Connection::open(path).map_err(|e| db_error(path, format!("cannot open: {e}")))?;
         schema::prepare(&conn).map_err(|e| file_error(path, e))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(Store { conn, policy, in_batch: false })
+        Ok(Store { conn, policy, in_batch: false, pages_freed: false })
     }
 
     /// Opens a read-only connection to a database a [`Store::open`] already
@@ -126,7 +128,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| file_error(path, e.into()))?;
         schema::set_cache(&conn).map_err(|e| file_error(path, e))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(Store { conn, policy, in_batch: false })
+        Ok(Store { conn, policy, in_batch: false, pages_freed: false })
     }
 
     /// Refuses a database this build cannot read as it is (see

@@ -33,6 +33,9 @@ use crate::error::{CoordinatorError, Result};
 
 /// Schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 5;
+
+/// Bytes a WAL file keeps after a checkpoint resets it (`journal_size_limit`).
+pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
 /// SQLite `application_id` marking a gradsweep database ("GSWP").
 const APPLICATION_ID: i64 = 0x4753_5750;
 
@@ -228,6 +231,9 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // A WAL that grew while readers held old snapshots (long merges) is
+    // cut back to this size at its next reset, not kept at its peak.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     set_cache(conn)?;
     Ok(())
