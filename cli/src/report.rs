@@ -337,7 +337,7 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
         .into_iter()
         .collect();
     let mut out = String::from(
-        "cell,lr,batch_size,eta_over_b,seeds_done,seeds_total,train_loss,train_loss_ci95,test_accuracy,test_accuracy_ci95,d,\
+        "cell,lr,batch_size,eta_over_b,seeds_done,seeds_total,seeds_diverged,train_loss,train_loss_ci95,test_accuracy,test_accuracy_ci95,d,\
          rank_lo,rank_hi,rank_ci95,rank_resolved,rank_needs_ell,rank_fraction_lo,rank_fraction_hi,trace,trace_ci95,\
          lambda_max_lo,lambda_max_hi,lambda_max_ci95,temperature,\
          temperature_trace_per_d,temperature_trace_per_d_ci95,area_rate,area_rate_ci95,eigenspace_overlap,\
@@ -366,13 +366,14 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
             })
             .collect();
         let mut line = format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}{}",
             r.cell,
             f(r.lr),
             r.batch,
             f(r.eta_over_b),
             c.seeds_done,
             c.seeds_total,
+            c.seeds_diverged,
             f(r.train_loss.mean),
             f(r.train_loss.ci95),
             f(r.test_accuracy.mean),

@@ -263,6 +263,12 @@ fn diverged_runs_say_so_in_the_table_and_are_not_failures() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("2/2 (2 diverged)"), "{t}");
+    // And in the CSV, a column of its own.
+    let csv = std::fs::read_to_string(dir.path().join("gradsweep-out/blowup/results.csv")).unwrap();
+    let (head, row): (Vec<&str>, Vec<&str>) =
+        (csv.lines().next().unwrap().split(',').collect(), csv.lines().nth(1).unwrap().split(',').collect());
+    let at = |n: &str| row[head.iter().position(|h| *h == n).unwrap()];
+    assert_eq!((at("seeds_done"), at("seeds_diverged")), ("2", "2"), "{csv}");
 }
 
 /// Issue 13, item 2: results.csv has one column per axis (named by its
