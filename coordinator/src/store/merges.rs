@@ -219,8 +219,9 @@ impl Store {
     /// with incremental auto-vacuum (every file this build creates); older
     /// files keep their free pages (with the coordinator stopped,
     /// `PRAGMA auto_vacuum = INCREMENTAL; VACUUM` converts one). Returns
-    /// the pages given back, or `None` when work remains (or a transaction
-    /// is open) and nothing was done.
+    /// the pages given back, or `None` when work remains or a transaction
+    /// is open (nothing was done), or a reader kept the WAL from being
+    /// truncated (the pages were given back; the WAL waits).
     pub fn return_free_pages(&mut self) -> Result<Option<i64>> {
         if !self.conn.is_autocommit() {
             return Ok(None);
@@ -233,25 +234,29 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
-        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         if busy.is_some() {
             return Ok(None);
         }
-        if free == 0 {
-            return Ok(Some(0));
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        if free > 0 {
+            // The pragma returns a row per page it frees; step through them.
+            let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
         }
-        // The pragma returns a row per page it frees; step through them.
-        let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum")?;
-        let mut rows = stmt.query([])?;
-        while rows.next()?.is_some() {}
-        drop(rows);
         let left: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        // Idle, so the WAL can be copied back and cut to nothing (best
-        // effort: a reader holding a snapshot leaves it for later).
-        let (wal_busy, _, _): (i64, i64, i64) =
-            self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        tracing::info!(pages = free - left, wal_truncated = wal_busy == 0, "free pages returned to the file system");
-        Ok(Some(free - left))
+        // Idle, so the WAL can be copied back and cut to nothing. Without
+        // waiting: a reader holding a snapshot (a long `results`) would
+        // otherwise keep the writer in the busy handler; the writer tries
+        // again after a later commit instead.
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let wal = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)));
+        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let truncated = wal.is_ok_and(|(busy, _)| busy == 0);
+        tracing::info!(pages = free - left, wal_truncated = truncated, "free pages returned to the file system");
+        Ok(truncated.then_some(free - left))
     }
 
     /// A pruned cell's probe digests, by run (seed order) and probe.
@@ -611,15 +616,26 @@ mod tests {
         assert!(after >= before, "the file did not shrink: {after} pages, {before} before");
         assert_eq!(s.return_free_pages().unwrap(), None, "work remains");
         s.cancel(&waiting).unwrap();
-        // The writer's upkeep after the cancel's commit gives them back.
+        // The writer's upkeep after the cancel's commit gives them back,
+        // even while a reader holds a snapshot: then the WAL stays, and
+        // the writer does not wait for the reader (5 s of busy handler).
+        let reader = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM runs;").unwrap();
+        let t = std::time::Instant::now();
+        s.after_commit();
+        assert!(t.elapsed() < std::time::Duration::from_millis(2500), "waited {:?} for the reader", t.elapsed());
+        let wal = |d: &std::path::Path| std::fs::metadata(d.join("t.db-wal")).map_or(0, |m| m.len());
+        assert!(wal(dir.path()) > 0, "not truncated under a reader");
+        assert_eq!((pragma(&s, "freelist_count"), pragma(&s, "page_count")), (0, after - free));
+        assert_eq!(s.return_free_pages().unwrap(), None, "the reader still keeps the WAL");
+        drop(reader);
+        // The next commit's upkeep truncates it.
         s.after_commit();
         assert_eq!(s.return_free_pages().unwrap(), Some(0), "given back already");
-        assert_eq!((pragma(&s, "freelist_count"), pragma(&s, "page_count")), (0, after - free));
         assert_eq!(s.probe_digests(&sweep, 0).unwrap().len(), 2);
         assert_eq!(pragma(&s, "auto_vacuum"), 2, "incremental");
         assert_eq!(pragma(&s, "journal_size_limit"), crate::store::schema::WAL_SIZE_LIMIT);
-        let wal = std::fs::metadata(dir.path().join("t.db-wal")).map_or(0, |m| m.len());
-        assert_eq!(wal, 0, "the WAL was checkpointed and truncated");
+        assert_eq!(wal(dir.path()), 0, "the WAL was checkpointed and truncated once the reader left");
     }
 
     /// A cell pruned by the writer while a reader loads a merge's inputs:
