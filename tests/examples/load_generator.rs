@@ -24,6 +24,14 @@
 //! what a heartbeat answers cannot tell a lapsed lease from one whose
 //! finish was committed while the heartbeat was under way.
 //!
+//! With `GRADSWEEP_BIG_FINISH=ELL` set, one more worker holds a real run of
+//! `mlp:64-177-10` (d = 13,285) on the digits with one probe at sketch rank
+//! `ELL`, computed here beforehand, and a third of the way into the load
+//! sends its reports (the probe's sketch, tens of MB at ELL = 1024) and
+//! finishes it, which makes the coordinator store and merge it. A line then
+//! gives the simulated workers' Heartbeat p99 from the big report's start
+//! to 10 s after its finish, beside the p99 outside that window.
+//!
 //! With `GRADSWEEP_BASELINE=/path/to/an/older/gradsweep` set, each worker
 //! count runs first against that build, then against this one, and a ratio
 //! line compares them: a side-by-side measure on the same machine, minutes
@@ -53,6 +61,114 @@ struct Samples {
     acquire: Vec<f64>,
     finish: Vec<f64>,
     heartbeat: Vec<f64>,
+    /// Each heartbeat's start, for windows: when (since the epoch of the
+    /// load) and how long.
+    heartbeat_at: Vec<(Instant, f64)>,
+}
+
+/// The grid of the big run (`GRADSWEEP_BIG_FINISH`).
+fn big_grid(ell: usize) -> String {
+    format!(
+        "[sweep]\nname = \"big\"\n[train]\nmodel = \"mlp:64-177-10\"\ndataset = \"digits\"\nepochs = 1\n\
+         batch_size = 64\nlr = 0.05\n[probe]\nevery_epochs = 1\nsketch_rank = {ell}\nmemory_mb = 4096\n"
+    )
+}
+
+/// A worker holding the big run: registered, its run acquired and
+/// computed, its lease kept alive; `send` reports and finishes it.
+struct BigRun {
+    client: WorkerServiceClient<tonic::transport::Channel>,
+    id: String,
+    run: pb::RunAssignment,
+    bodies: Vec<pb::report_request::Body>,
+    fin: gradsweep_shared::spec::RunFinal,
+    beats: tokio::task::JoinHandle<()>,
+}
+
+impl BigRun {
+    async fn start(url: &str, control: &mut gradsweep_cli::client::ControlClient, ell: usize) -> anyhow::Result<Self> {
+        submit(control, &big_grid(ell)).await;
+        let mut client = WorkerServiceClient::connect(url.to_string()).await?;
+        let id = client.register(register_request("big")).await?.into_inner().worker_id;
+        let run = client
+            .acquire(pb::AcquireRequest { worker_id: id.clone(), wait_ms: 1000 })
+            .await?
+            .into_inner()
+            .run
+            .ok_or_else(|| anyhow::anyhow!("the big run was not granted"))?;
+        let beats = {
+            let (mut c, id, lease) =
+                (client.clone(), id.clone(), pb::RunLease { run_id: run.run_id.clone(), epoch: run.epoch });
+            tokio::spawn(async move {
+                loop {
+                    let _ = c
+                        .heartbeat(pb::HeartbeatRequest {
+                            worker_id: id.clone(),
+                            runs: vec![lease.clone()],
+                            shards: vec![],
+                        })
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+            })
+        };
+        let spec: gradsweep_shared::RunSpec = serde_json::from_str(&run.spec_json)?;
+        let (bodies, fin) = tokio::task::spawn_blocking(move || {
+            let mut bodies = vec![];
+            let fin = gradsweep_shared::run::execute(&spec, &AtomicBool::new(false), &mut |e| {
+                bodies.extend(gradsweep_worker::convert::event_bodies(e, f64::NAN));
+                std::ops::ControlFlow::Continue(())
+            });
+            fin.map(|f| (bodies, f))
+        })
+        .await??;
+        Ok(BigRun { client, id, run, bodies, fin, beats })
+    }
+
+    /// Reports every body in one stream and finishes the run; returns the
+    /// report's and the finish's durations and the bytes sent.
+    async fn send(mut self) -> anyhow::Result<(Duration, Duration, usize)> {
+        let bytes = self
+            .bodies
+            .iter()
+            .map(|b| match b {
+                pb::report_request::Body::Probe(c)
+                | pb::report_request::Body::Trajectory(c)
+                | pb::report_request::Body::Checkpoint(c) => c.data.len(),
+                _ => 0,
+            })
+            .sum();
+        let n = self.bodies.len() as u64;
+        let msgs: Vec<pb::ReportRequest> = self
+            .bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| pb::ReportRequest {
+                worker_id: self.id.clone(),
+                run_id: self.run.run_id.clone(),
+                epoch: self.run.epoch,
+                seq: i as u64 + 1,
+                body: Some(body),
+            })
+            .collect();
+        let t = Instant::now();
+        self.client.report(tokio_stream::iter(msgs)).await?;
+        let reported = t.elapsed();
+        let t = Instant::now();
+        self.client
+            .finish(pb::FinishRequest {
+                worker_id: self.id.clone(),
+                run_id: self.run.run_id.clone(),
+                epoch: self.run.epoch,
+                last_seq: n,
+                outcome: pb::RunOutcome::Completed as i32,
+                error: String::new(),
+                final_json: serde_json::to_string(&self.fin)?,
+            })
+            .await?;
+        self.beats.abort();
+        Ok((reported, t.elapsed(), bytes))
+    }
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -84,7 +200,10 @@ async fn simulated_worker(
                 let runs: Vec<pb::RunLease> = held.lock().await.iter().cloned().collect();
                 let t = Instant::now();
                 if c.heartbeat(pb::HeartbeatRequest { worker_id: id.clone(), runs, shards: vec![] }).await.is_ok() {
-                    samples.lock().await.heartbeat.push(t.elapsed().as_secs_f64() * 1e3);
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    let mut s = samples.lock().await;
+                    s.heartbeat.push(ms);
+                    s.heartbeat_at.push((t, ms));
                 }
             }
         })
@@ -144,6 +263,11 @@ async fn load(
         dir.path(),
     );
     let mut control = gradsweep_cli::client::connect_control(&format!("127.0.0.1:{}", coord.port)).await?;
+    let big_ell: Option<usize> = std::env::var("GRADSWEEP_BIG_FINISH").ok().map(|v| v.parse()).transpose()?;
+    let big = match big_ell {
+        Some(ell) => Some(BigRun::start(&coord.url(), &mut control, ell).await?),
+        None => None,
+    };
     submit(&mut control, &grid(runs)).await;
     let (stop, granted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let samples = Arc::new(Mutex::new(Samples::default()));
@@ -161,10 +285,21 @@ async fn load(
             hold,
         ));
     }
+    let big = big.map(|b| {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
+            let at = Instant::now();
+            b.send().await.map(|(rep, fin, bytes)| (at, rep, fin, bytes))
+        })
+    });
     // Until every run is granted (and so finished), or time is up.
     while granted.load(Ordering::Relaxed) < runs as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let big = match big {
+        Some(h) => Some(h.await??),
+        None => None,
+    };
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     while let Some(t) = tasks.join_next().await {
@@ -172,6 +307,24 @@ async fn load(
     }
     let n = granted.load(Ordering::Relaxed);
     let mut s = samples.lock().await;
+    if let Some((at, rep, fin, bytes)) = big {
+        let end = at + rep + fin + Duration::from_secs(10);
+        let (mut inside, mut outside): (Vec<f64>, Vec<f64>) = (vec![], vec![]);
+        for &(t, ms) in &s.heartbeat_at {
+            if t >= at && t <= end { inside.push(ms) } else { outside.push(ms) }
+        }
+        println!(
+            "big finish: {:.1} MB reported in {:.2} s, finished in {:.2} s; others' Heartbeat p99 {:.2} ms over {} \
+             beats from the report's start to 10 s after the finish, {:.2} ms over {} other beats",
+            bytes as f64 / 1e6,
+            rep.as_secs_f64(),
+            fin.as_secs_f64(),
+            pct(&mut inside, 0.99),
+            inside.len(),
+            pct(&mut outside, 0.99),
+            outside.len()
+        );
+    }
     let m = Measured {
         grants_per_s: n as f64 / elapsed,
         acquire_p99: pct(&mut s.acquire, 0.99),
