@@ -264,9 +264,9 @@ pub async fn watch_with(
 /// Writes `body` to `dir/name` through a temporary name: the file appears
 /// whole or not at all.
 fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> anyhow::Result<()> {
-    let (path, tmp) = (dir.join(name), dir.join(format!(".{name}.tmp")));
-    std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    let mut f = crate::runs::AtomicFile::create(dir, name)?;
+    f.out.write_all(body).with_context(|| format!("cannot write {}", dir.join(name).display()))?;
+    f.commit()
 }
 
 /// Writes every export of a sweep into `dir`: results.csv and results.json

@@ -67,22 +67,25 @@ pub async fn runs(source: &Source, sweep: &str, states: &[String], format: Outpu
     Ok(())
 }
 
-/// A file written through a temporary name: it appears whole or not at
-/// all.
-struct AtomicFile {
+/// A file written through a temporary name and synced before it takes
+/// its own: it appears whole or not at all. Every export goes through it.
+pub(crate) struct AtomicFile {
     path: std::path::PathBuf,
     tmp: std::path::PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
+    /// Where to write the contents.
+    pub(crate) out: std::io::BufWriter<std::fs::File>,
 }
 
 impl AtomicFile {
-    fn create(dir: &Path, name: &str) -> anyhow::Result<Self> {
+    /// Starts `dir/name` (as `dir/.name.tmp`).
+    pub(crate) fn create(dir: &Path, name: &str) -> anyhow::Result<Self> {
         let (path, tmp) = (dir.join(name), dir.join(format!(".{name}.tmp")));
         let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
         Ok(AtomicFile { path, tmp, out: std::io::BufWriter::new(file) })
     }
 
-    fn commit(self) -> anyhow::Result<()> {
+    /// Syncs the contents and gives the file its name.
+    pub(crate) fn commit(self) -> anyhow::Result<()> {
         self.out.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all())?;
         std::fs::rename(&self.tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display()))
     }
