@@ -8,6 +8,7 @@ use crate::client::{ClientError, Remote, fetch_results_with};
 use crate::report;
 use anyhow::{Context, bail};
 use gradsweep_proto::v1 as pb;
+use gradsweep_report::ResultsDocument;
 use gradsweep_shared::grid::{GridLimits, parse_grid};
 use gradsweep_shared::stats::RankThresholds;
 
@@ -270,24 +271,36 @@ fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Writes every export of a sweep into `dir`: results.csv and results.json
-/// (from `cells` and `summary`), runs.csv and epochs.csv, and `spectra/`
-/// (one NPY file per spectrum, [`CellResult::spectrum_files`]), reading
-/// runs and spectra from `source`; says what it wrote on stderr.
+/// (from `doc`), runs.csv and epochs.csv, `spectra/` (one NPY file per
+/// spectrum, [`CellResult::spectrum_files`]), and the report — report.html
+/// and `figures/*.svg`, drawn from the same document and files
+/// ([`gradsweep_report::render`]), with sections for `cells` (or the
+/// report's choice); from a coordinator, also the gradient rows the probes
+/// kept ([`write_saved_gradients`]). Reads runs and spectra from `source`;
+/// says what it wrote on stderr.
 ///
 /// [`CellResult::spectrum_files`]: gradsweep_shared::results::CellResult::spectrum_files
 pub async fn write_exports(
     source: &Source,
-    sweep: &str,
     dir: &Path,
-    cells: &[gradsweep_shared::results::CellResult],
-    summary: &gradsweep_shared::results::SweepSummary,
+    doc: &ResultsDocument,
     th: &RankThresholds,
-    provenance: &report::Provenance,
+    cells: Option<&[u32]>,
 ) -> anyhow::Result<()> {
+    let sweep = doc.provenance.sweep_id.as_str();
+    let detail = gradsweep_report::detail_cells(doc, cells)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_atomic(dir, "results.csv", report::csv(cells, th).as_bytes())?;
-    write_atomic(dir, "results.json", report::json(cells, summary, provenance).as_bytes())?;
-    let (_, epochs) = crate::runs::write_runs_csv(source, sweep, dir).await?;
+    write_atomic(dir, "results.csv", report::csv(&doc.cells, th).as_bytes())?;
+    write_atomic(dir, "results.json", doc.to_json().as_bytes())?;
+    let hosts = match source {
+        Source::Remote(remote) => {
+            let ws =
+                remote.connect().await?.list_workers(pb::ListWorkersRequest {}).await.map_err(ClientError::from)?;
+            gradsweep_report::input::hosts(&ws.into_inner().workers)
+        }
+        Source::Db(_) => Default::default(),
+    };
+    let (_, epochs, runs) = crate::runs::write_runs_csv(source, sweep, dir, &hosts, &detail).await?;
     let spectra = match source {
         Source::Remote(remote) => crate::client::export_spectra(&mut remote.connect().await?, sweep).await?,
         Source::Db(path) => {
@@ -295,12 +308,36 @@ pub async fn write_exports(
             tokio::task::spawn_blocking(move || Offline::open(&path)?.spectra(&id)).await??
         }
     };
-    let n = write_spectra(dir, cells, &spectra)?;
+    let n = write_spectra(dir, &doc.cells, &spectra)?;
+    let input = gradsweep_report::ReportInput {
+        results: doc.clone(),
+        spectra,
+        runs,
+        made_at_ms: gradsweep_report::format::now_ms(),
+        detail_cells: Some(detail),
+        refresh_s: None,
+    };
+    let rendered = tokio::task::spawn_blocking(move || gradsweep_report::render(&input)).await??;
+    let figures = dir.join("figures");
+    std::fs::create_dir_all(&figures).with_context(|| format!("cannot create {}", figures.display()))?;
+    for f in &rendered.figures {
+        write_atomic(&figures, &format!("{}.svg", f.id), f.svg.as_bytes())?;
+    }
+    write_atomic(dir, "report.html", rendered.html.as_bytes())?;
     eprintln!(
-        "wrote {0}/results.csv, {0}/results.json, {0}/runs.csv, {0}/epochs.csv ({epochs} epochs) and {n} spectra \
-         ({0}/spectra/*.spectrum.npy)",
-        dir.display()
+        "wrote {0}/results.csv, {0}/results.json, {0}/runs.csv, {0}/epochs.csv ({epochs} epochs), {n} spectra \
+         ({0}/spectra/*.spectrum.npy), and the report: {0}/report.html with {1} figures ({0}/figures/*.svg)",
+        dir.display(),
+        rendered.figures.len()
     );
+    match source {
+        Source::Remote(remote) => {
+            write_saved_gradients(&mut remote.connect().await?, sweep, dir).await?;
+        }
+        Source::Db(_) => {
+            eprintln!("(gradient rows kept by `save_gradients` are exported by `results --out` from a coordinator)")
+        }
+    }
     Ok(())
 }
 
@@ -349,29 +386,54 @@ pub async fn write_saved_gradients(
 }
 
 /// Prints results on stdout in `format`.
-pub fn print_results(
-    format: OutputFormat,
-    cells: &[gradsweep_shared::results::CellResult],
-    summary: &gradsweep_shared::results::SweepSummary,
-    th: &RankThresholds,
-    provenance: &report::Provenance,
-) -> anyhow::Result<()> {
+pub fn print_results(format: OutputFormat, doc: &ResultsDocument, th: &RankThresholds) -> anyhow::Result<()> {
     match format {
         OutputFormat::Table => {
-            crate::out!("{}", report::table(cells, th))?;
+            crate::out!("{}", report::table(&doc.cells, th))?;
             crate::outln!()?;
-            crate::out!("{}", report::drift_table(cells))?;
+            crate::out!("{}", report::drift_table(&doc.cells))?;
             crate::outln!()?;
-            crate::out!("{}", report::eta_table(summary))?;
+            crate::out!("{}", report::eta_table(&doc.summary))?;
         }
-        OutputFormat::Csv => crate::out!("{}", report::csv(cells, th))?,
-        OutputFormat::Json => crate::outln!("{}", report::json(cells, summary, provenance))?,
+        OutputFormat::Csv => crate::out!("{}", report::csv(&doc.cells, th))?,
+        OutputFormat::Json => crate::outln!("{}", doc.to_json())?,
     }
     Ok(())
 }
 
-/// `gradsweep results`: from a coordinator, or computed from a database
-/// file by the coordinator's own code (stale cells merged, nothing written).
+/// A sweep's results document and status, from a coordinator or computed
+/// from a database file by the coordinator's own code (stale cells merged,
+/// nothing written).
+async fn read_results(
+    source: &Source,
+    sweep: &str,
+    th: &RankThresholds,
+) -> anyhow::Result<(ResultsDocument, pb::SweepStatus)> {
+    let (cells, summary, status) = match source {
+        Source::Remote(remote) => {
+            let mut client = remote.connect().await?;
+            let (cells, summary) = fetch_results_with(&mut client, sweep, th).await?;
+            // The status after the results: the counts the files describe.
+            let status =
+                client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
+            (cells, summary, status.into_inner())
+        }
+        Source::Db(path) => {
+            let (path, id, th2) = (path.clone(), sweep.to_string(), th.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let db = Offline::open(&path)?;
+                let (cells, summary) = db.results(&id, &th2)?;
+                let status = db.status(Some(&id))?.remove(0);
+                Ok((cells, summary, status))
+            })
+            .await??
+        }
+    };
+    Ok((ResultsDocument { provenance: report::Provenance::of(&status), summary, cells }, status))
+}
+
+/// `gradsweep results`: prints them in `format`, and writes every export
+/// into `out` when given.
 pub async fn results(
     source: &Source,
     sweep: &str,
@@ -379,40 +441,30 @@ pub async fn results(
     out: Option<&Path>,
     th: &RankThresholds,
 ) -> anyhow::Result<()> {
-    let (cells, summary, status) = match source {
-        Source::Remote(remote) => {
-            let mut client = remote.connect().await?;
-            let (cells, summary) = fetch_results_with(&mut client, sweep, th).await?;
-            let status =
-                client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
-            let status = status.into_inner();
-            // Files first: a reader that stops early (`| head`) loses none of them.
-            if let Some(dir) = out {
-                write_exports(source, sweep, dir, &cells, &summary, th, &report::Provenance::of(&status)).await?;
-                write_saved_gradients(&mut client, sweep, dir).await?;
-            }
-            (cells, summary, status)
-        }
-        Source::Db(path) => {
-            let (path, id, th2) = (path.clone(), sweep.to_string(), th.clone());
-            let (cells, summary, status) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let db = Offline::open(&path)?;
-                let (cells, summary) = db.results(&id, &th2)?;
-                let status = db.status(Some(&id))?.remove(0);
-                Ok((cells, summary, status))
-            })
-            .await??;
-            if let Some(dir) = out {
-                write_exports(source, sweep, dir, &cells, &summary, th, &report::Provenance::of(&status)).await?;
-                eprintln!(
-                    "(gradient rows kept by `save_gradients` are exported by `results --out` from a coordinator)"
-                );
-            }
-            (cells, summary, status)
-        }
-    };
-    print_results(format, &cells, &summary, th, &report::Provenance::of(&status))?;
+    let (doc, status) = read_results(source, sweep, th).await?;
+    // Files first: a reader that stops early (`| head`) loses none of them.
+    if let Some(dir) = out {
+        write_exports(source, dir, &doc, th, None).await?;
+    }
+    print_results(format, &doc, th)?;
     // Failed runs are missing from the statistics: say which and why.
+    if let Some(t) = crate::runs::failures_text(&status) {
+        eprintln!("note: {t}");
+    }
+    Ok(())
+}
+
+/// `gradsweep report`: every export, the report among them, into `out`,
+/// with figure sections for `cells` (else the report's choice).
+pub async fn report(
+    source: &Source,
+    sweep: &str,
+    out: &Path,
+    cells: Option<&[u32]>,
+    th: &RankThresholds,
+) -> anyhow::Result<()> {
+    let (doc, status) = read_results(source, sweep, th).await?;
+    write_exports(source, out, &doc, th, cells).await?;
     if let Some(t) = crate::runs::failures_text(&status) {
         eprintln!("note: {t}");
     }

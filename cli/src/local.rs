@@ -17,10 +17,11 @@ use clap::Args;
 use gradsweep_coordinator::store::{LeasePolicy, Store};
 use gradsweep_coordinator::{CoordinatorConfig, serve};
 use gradsweep_proto::v1 as pb;
+use gradsweep_report::ResultsDocument;
 use gradsweep_shared::grid::GridLimits;
 use tokio::process::{Child, Command};
 
-use super::commands::{fits_one_message, print_results, read_grid, watch_with, write_exports, write_saved_gradients};
+use super::commands::{fits_one_message, print_results, read_grid, watch_with, write_exports};
 use crate::args::OutputFormat;
 
 /// Options of `gradsweep local`.
@@ -240,11 +241,10 @@ async fn drive(
     // Files first: a reader that stops early (`| head`) loses none of them.
     // The status after the results: the counts the files describe.
     let ended = client.status(pb::StatusRequest { sweep_id: sub.sweep_id.clone() }).await.map_err(ClientError::from)?;
-    let provenance = crate::report::Provenance::of(&ended.into_inner());
+    let doc = ResultsDocument { provenance: crate::report::Provenance::of(&ended.into_inner()), summary, cells };
     let source = Source::Remote(Remote::plain(addr));
-    write_exports(&source, &sub.sweep_id, out, &cells, &summary, &th, &provenance).await?;
-    write_saved_gradients(&mut client, &sub.sweep_id, out).await?;
-    print_results(args.format, &cells, &summary, &th, &provenance)?;
+    write_exports(&source, out, &doc, &th, None).await?;
+    print_results(args.format, &doc, &th)?;
     crate::runs::require_no_failures(&status)
 }
 

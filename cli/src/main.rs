@@ -63,10 +63,28 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
-        /// Also write results.csv and results.json into this folder.
+        /// Also write every export into this folder: results.csv and .json, runs.csv, epochs.csv, spectra/, and the
+        /// report (report.html, figures/).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
         /// Extra rank thresholds.
+        #[command(flatten)]
+        thresholds: ThresholdArgs,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Write a sweep's report — report.html and figures/*.svg — with every other export (results.json, the CSVs,
+    /// the spectra) into a folder.
+    Report {
+        /// Sweep identifier.
+        sweep: String,
+        /// The folder to write into (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Cells that get a section of figures (comma-separated; default: every cell up to 48, else 48 spread over
+        /// η/b).
+        #[arg(long, value_delimiter = ',', value_name = "CELL,...")]
+        cells: Vec<u32>,
         #[command(flatten)]
         thresholds: ThresholdArgs,
         #[command(flatten)]
@@ -168,6 +186,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Results { sweep, format, out, thresholds, read } => {
             commands::results(&read.source()?, &sweep, format, out.as_deref(), &thresholds.thresholds()?).await
+        }
+        Command::Report { sweep, out, cells, thresholds, read } => {
+            let cells = (!cells.is_empty()).then_some(cells.as_slice());
+            commands::report(&read.source()?, &sweep, &out, cells, &thresholds.thresholds()?).await
         }
         Command::Runs { sweep, state, format, read } => runs::runs(&read.source()?, &sweep, &state, format).await,
         Command::Cancel { sweep, connect } => commands::cancel(&connect.remote()?, &sweep).await,

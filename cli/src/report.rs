@@ -7,6 +7,9 @@
 use gradsweep_shared::results::{BracketKind, CellBracket, CellResult, SweepSummary};
 use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 
+pub use gradsweep_report::document::{Provenance, RunCounts};
+use gradsweep_report::format::{bracket, count, num, pm};
+
 /// The per-cell columns shared by the table and the CSV.
 struct Row {
     cell: u32,
@@ -113,34 +116,6 @@ fn threshold_cell(c: &CellResult, col: &ThresholdColumn) -> Option<CellBracket> 
 /// One bracket per run, picked from the spectrum at its last probe.
 fn final_brackets(c: &CellResult, pick: impl Fn(&SpectrumStats) -> Option<Bracket>) -> Vec<Bracket> {
     c.runs.iter().filter_map(|r| r.probes.last().and_then(|p| pick(&p.spectrum))).collect()
-}
-
-/// A count (or a mean of counts): whole numbers as such, others to one decimal.
-fn count(x: f64) -> String {
-    if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") }
-}
-
-/// A cell bracket as the table shows it (`-` for none).
-fn bracket(b: Option<&CellBracket>, fmt: impl Fn(f64) -> String) -> String {
-    b.map_or("-".into(), |b| b.display(fmt))
-}
-
-fn num(x: f64) -> String {
-    if !x.is_finite() {
-        return "-".into();
-    }
-    let a = x.abs();
-    if a != 0.0 && !(1e-3..1e5).contains(&a) { format!("{x:.3e}") } else { format!("{x:.4}") }
-}
-
-fn pm(s: Summary) -> String {
-    if s.count == 0 {
-        "-".into()
-    } else if s.ci95.is_finite() {
-        format!("{}±{}", num(s.mean), num(s.ci95))
-    } else {
-        num(s.mean)
-    }
 }
 
 /// Exact spectra at the last probe of each run (probe option `exact`).
@@ -425,72 +400,4 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Where results come from: the sweep, its grid file, when it was
-/// submitted, and the gradsweep that wrote them (results.json's
-/// `provenance`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Provenance {
-    /// Sweep identifier.
-    pub sweep_id: String,
-    /// Sweep name.
-    pub name: String,
-    /// The grid file's name as it was submitted.
-    pub grid_file: String,
-    /// When the sweep was submitted (ms since the Unix epoch).
-    pub submitted_at_ms: i64,
-    /// When it ended (ms since the Unix epoch): its last open run ended,
-    /// or it was cancelled. `null` while it has work (or when unknown).
-    pub ended_at_ms: Option<i64>,
-    /// Runs in the sweep, and how many ended each way.
-    pub runs: RunCounts,
-    /// The version of gradsweep that wrote the file.
-    pub gradsweep_version: &'static str,
-}
-
-/// A sweep's runs by how they ended (or not yet).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RunCounts {
-    /// All runs.
-    pub total: u32,
-    /// Completed.
-    pub completed: u32,
-    /// Diverged (a result).
-    pub diverged: u32,
-    /// Failed (no result; see `gradsweep runs --state failed`).
-    pub failed: u32,
-    /// Cancelled.
-    pub cancelled: u32,
-    /// Queued or running.
-    pub open: u32,
-}
-
-impl Provenance {
-    /// The provenance of results read alongside `status`.
-    pub fn of(status: &gradsweep_proto::v1::SweepStatus) -> Self {
-        Provenance {
-            sweep_id: status.sweep_id.clone(),
-            name: status.name.clone(),
-            grid_file: status.grid_file.clone(),
-            submitted_at_ms: status.created_at_ms,
-            ended_at_ms: (status.ended_at_ms > 0).then_some(status.ended_at_ms),
-            runs: RunCounts {
-                total: status.runs_total,
-                completed: status.runs_completed,
-                diverged: status.runs_diverged,
-                failed: status.runs_failed,
-                cancelled: status.runs_cancelled,
-                open: status.runs_queued + status.runs_running,
-            },
-            gradsweep_version: env!("CARGO_PKG_VERSION"),
-        }
-    }
-}
-
-/// Everything as one JSON document:
-/// `{ "provenance": …, "summary": …, "cells": […] }`.
-pub fn json(cells: &[CellResult], summary: &SweepSummary, provenance: &Provenance) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({ "provenance": provenance, "summary": summary, "cells": cells }))
-        .unwrap_or_default()
 }

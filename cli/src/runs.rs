@@ -10,6 +10,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use gradsweep_report::input::RunRow;
+
 use anyhow::Context;
 
 use gradsweep_proto::v1 as pb;
@@ -95,13 +97,22 @@ impl AtomicFile {
 /// csv` prints it), and `dir/epochs.csv`, one row per run and epoch
 /// ([`epochs_header`]), from a coordinator or a database file, in one pass
 /// over the runs; each file appears whole or not at all. Returns how many
-/// runs and epochs.
-pub async fn write_runs_csv(source: &Source, sweep: &str, dir: &Path) -> anyhow::Result<(usize, usize)> {
+/// runs and epochs, and the runs as the report reads them (with `hosts`;
+/// with their epochs for the cells in `detail`, sorted).
+pub async fn write_runs_csv(
+    source: &Source,
+    sweep: &str,
+    dir: &Path,
+    hosts: &std::collections::BTreeMap<String, String>,
+    detail: &[u32],
+) -> anyhow::Result<(usize, usize, Vec<RunRow>)> {
     let (mut runs, mut epochs) = (AtomicFile::create(dir, "runs.csv")?, AtomicFile::create(dir, "epochs.csv")?);
     let mut printer = RunsPrinter::new(OutputFormat::Csv);
     let (mut first, mut rows) = (true, 0usize);
+    let mut report_rows = vec![];
     let n = for_each_page(source, sweep, &[], true, &mut |axes, page| {
         printer.page(&mut runs.out, axes, page)?;
+        report_rows.extend(page.iter().map(|r| RunRow::from_wire(r, hosts, detail.binary_search(&r.cell).is_ok())));
         if std::mem::take(&mut first) {
             writeln!(epochs.out, "{}", epochs_header(axes).iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","))?;
         }
@@ -120,7 +131,7 @@ pub async fn write_runs_csv(source: &Source, sweep: &str, dir: &Path) -> anyhow:
     .await?;
     runs.commit()?;
     epochs.commit()?;
-    Ok((n, rows))
+    Ok((n, rows, report_rows))
 }
 
 /// The columns of epochs.csv: run, cell, one per axis, seed, then the

@@ -492,6 +492,39 @@ pub struct SpectraMismatch {
     pub want: usize,
 }
 
+/// What one of a cell's spectra is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpectrumOf {
+    /// A run's probe.
+    Probe {
+        /// The run's seed.
+        seed: u64,
+        /// The probe's index in the run.
+        index: u32,
+        /// The epoch it was taken at.
+        epoch: u32,
+    },
+    /// A run's probes pooled.
+    Pooled {
+        /// The run's seed.
+        seed: u64,
+    },
+    /// The seeds' last probes merged.
+    Merged,
+}
+
+impl SpectrumOf {
+    /// The name of its file in cell `cell`, without extension
+    /// (`c3-s1-probe0-epoch5`, `c3-s1-pooled`, `c3-merged`).
+    pub fn file_stem(&self, cell: u32) -> String {
+        match self {
+            SpectrumOf::Probe { seed, index, epoch } => format!("c{cell}-s{seed}-probe{index}-epoch{epoch}"),
+            SpectrumOf::Pooled { seed } => format!("c{cell}-s{seed}-pooled"),
+            SpectrumOf::Merged => format!("c{cell}-merged"),
+        }
+    }
+}
+
 impl CellResult {
     /// Every spectrum of the cell, in the order [`CellSpectra`] lists them.
     fn spectra_mut(&mut self) -> impl Iterator<Item = &mut SpectrumStats> {
@@ -509,32 +542,43 @@ impl CellResult {
     /// `c{cell}-merged.spectrum.npy` for the seeds' last probes merged.
     /// `None` when `spectra` are not this cell's.
     pub fn spectrum_files(&self, spectra: &CellSpectra) -> Option<Vec<(String, Vec<u8>)>> {
-        if !self.fits(spectra) {
-            return None;
-        }
-        let c = self.index;
-        let mut names = vec![];
-        for r in &self.runs {
-            for p in &r.probes {
-                names.push((format!("c{c}-s{}-probe{}-epoch{}", r.seed, p.meta.index, p.meta.epoch), &p.spectrum));
-            }
-            if let Some(s) = &r.pooled {
-                names.push((format!("c{c}-s{}-pooled", r.seed), s));
-            }
-        }
-        if let Some(s) = &self.merged_final {
-            names.push((format!("c{c}-merged"), s));
-        }
         Some(
-            names
+            self.named_spectra(spectra)?
                 .into_iter()
-                .zip(&spectra.lists)
-                .map(|((name, s), lower)| {
+                .map(|(of, s, lower)| {
                     let data: Vec<f64> = lower.iter().flat_map(|&l| [l, l + s.eig_error]).collect();
-                    (format!("{name}.spectrum.npy"), crate::npy::write(lower.len(), 2, &data, false))
+                    (
+                        format!("{}.spectrum.npy", of.file_stem(self.index)),
+                        crate::npy::write(lower.len(), 2, &data, false),
+                    )
                 })
                 .collect(),
         )
+    }
+
+    /// Every spectrum of the cell with what it is of and its eigenvalues'
+    /// lower ends (from `spectra`), in the order [`CellSpectra`] lists
+    /// them. `None` when `spectra` are not this cell's.
+    pub fn named_spectra<'a>(
+        &'a self,
+        spectra: &'a CellSpectra,
+    ) -> Option<Vec<(SpectrumOf, &'a SpectrumStats, &'a [f64])>> {
+        if !self.fits(spectra) {
+            return None;
+        }
+        let mut named = vec![];
+        for r in &self.runs {
+            for p in &r.probes {
+                named.push((SpectrumOf::Probe { seed: r.seed, index: p.meta.index, epoch: p.meta.epoch }, &p.spectrum));
+            }
+            if let Some(s) = &r.pooled {
+                named.push((SpectrumOf::Pooled { seed: r.seed }, s));
+            }
+        }
+        if let Some(s) = &self.merged_final {
+            named.push((SpectrumOf::Merged, s));
+        }
+        Some(named.into_iter().zip(&spectra.lists).map(|((of, s), l)| (of, s, l.as_slice())).collect())
     }
 
     /// Whether `spectra` are this cell's (one list per spectrum).

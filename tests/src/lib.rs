@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! * [`bin`] — locate the built binaries.
+//! * [`browser`] — headless Chromium: a page's DOM, console, requests and screenshot.
 //! * [`CoordinatorProc`] / [`WorkerProc`] — child processes with signals.
 //! * [`InProcess`] — a coordinator served in this process on port 0.
 //! * [`grids`] — small, fast grid files.
@@ -14,6 +15,8 @@
 //! * [`http_get`] / [`metric`] — scrape a `/metrics` endpoint and read a sample.
 //! * [`Proxy`] — a TCP proxy whose connections a test can cut.
 //! * [`offline_runs`] / [`audit`] / [`verify_against_offline`] — undisturbed runs as the oracle.
+
+pub mod browser;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

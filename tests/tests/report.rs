@@ -1,0 +1,236 @@
+//! Issue 14: the report a person opens. `gradsweep local` on the quickstart
+//! writes report.html and figures/*.svg; headless Chromium opens the page
+//! offline and the test checks what it shows: no console message, no
+//! request, every figure drawn (from the DOM, and each SVG file from a
+//! screenshot), and every number in the cells table equal to results.json.
+//! CI installs Debian's `chromium` and sets `GRADSWEEP_REQUIRE_BROWSER=1`,
+//! so there these tests cannot skip.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use gradsweep_shared::results::CellResult;
+use gradsweep_tests::bin;
+use gradsweep_tests::browser::{Browser, Pixels};
+
+/// The `<tag …>…</tag>` elements of `dom` whose opening tag holds `marker`,
+/// as (opening tag, inner text) — enough of a parser for the page's own
+/// markup, which nests no element of the same tag.
+fn elements<'a>(dom: &'a str, tag: &str, marker: &str) -> Vec<(&'a str, &'a str)> {
+    let (open, close) = (format!("<{tag} "), format!("</{tag}>"));
+    let mut out = vec![];
+    let mut rest = dom;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i..];
+        let end_open = after.find('>').expect("tag closes");
+        let head = &after[..=end_open];
+        let body_end = after.find(&close).expect("element closes");
+        if head.contains(marker) {
+            out.push((head, &after[end_open + 1..body_end]));
+        }
+        rest = &after[body_end..];
+    }
+    out
+}
+
+/// The value of attribute `name` in an opening tag.
+fn attr<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=\"");
+    let i = head.find(&key)? + key.len();
+    Some(&head[i..i + head[i..].find('"')?])
+}
+
+/// Text with its tags removed and entities read.
+fn text(inner: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in inner.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+}
+
+/// A number as the page writes it (`{:?}` of an f64) equals the JSON's (NaN: null).
+fn same_number(page: &str, json: &serde_json::Value) -> bool {
+    match json.as_f64() {
+        Some(v) => page.parse::<f64>().is_ok_and(|p| p == v),
+        None => page == "NaN",
+    }
+}
+
+/// Checks the cells table of `dom` against results.json's cells.
+fn numbers_equal_results_json(dom: &str, doc: &serde_json::Value) {
+    let cells = doc["cells"].as_array().unwrap();
+    let rows = elements(dom, "tr", "data-cell=");
+    assert_eq!(rows.len(), cells.len(), "one row per cell");
+    for c in cells {
+        let parsed: CellResult = serde_json::from_value(c.clone()).unwrap();
+        let want = format!("data-cell=\"{}\"", parsed.index);
+        let (_, row) = rows.iter().find(|(h, _)| h.contains(&want)).unwrap_or_else(|| panic!("no row {want}"));
+        let tds = elements(row, "td", "data-key=");
+        let cell = |k: &str| {
+            tds.iter().find(|(h, _)| attr(h, "data-key") == Some(k)).unwrap_or_else(|| panic!("cell {want}: no {k}"))
+        };
+        for (key, json) in [
+            ("lr", &c["lr"]),
+            ("batch_size", &c["batch_size"]),
+            ("eta_over_b", &c["eta_over_b"]),
+            ("d", &c["d"]),
+            ("test_accuracy", &c["test_accuracy"]["mean"]),
+            ("train_loss", &c["train_loss"]["mean"]),
+            ("trace", &c["trace"]["mean"]),
+            ("area_rate", &c["area_rate"]["mean"]),
+            ("grad_norm", &c["grad_norm"]["mean"]),
+        ] {
+            let (h, _) = cell(key);
+            let v = attr(h, "data-value").unwrap();
+            assert!(same_number(v, json), "cell {want} {key}: page {v}, results.json {json}");
+        }
+        let rank = parsed.rank_certified.as_ref().expect("the quickstart probes every run");
+        let (h, inner) = cell("rank");
+        assert!(same_number(attr(h, "data-lo").unwrap(), &c["rank_certified"]["lo"]), "{want} rank lo");
+        assert!(same_number(attr(h, "data-hi").unwrap(), &c["rank_certified"]["hi"]), "{want} rank hi");
+        // What a person reads is the bracket as every table prints it.
+        assert_eq!(text(inner), gradsweep_report::format::bracket(Some(rank), gradsweep_report::format::count));
+    }
+}
+
+/// Checks each figure in the DOM holds a drawn SVG (marks and text), and
+/// that the figures are exactly the SVG files written.
+fn figures_are_drawn(dom: &str, figures_dir: &Path) -> Vec<String> {
+    let figs = elements(dom, "figure", "data-figure=");
+    assert!(!figs.is_empty(), "no figure in the page");
+    let mut ids = vec![];
+    for (head, inner) in &figs {
+        let id = attr(head, "data-figure").unwrap().to_string();
+        assert!(inner.contains("<svg"), "figure {id} has no SVG");
+        let marks = ["<polyline", "<circle", "<polygon", "<path", "<line"]
+            .iter()
+            .map(|m| inner.matches(m).count())
+            .sum::<usize>();
+        assert!(marks >= 5, "figure {id} draws {marks} marks");
+        assert!(inner.contains("<text"), "figure {id} has no axis labels");
+        assert!(inner.contains("<figcaption>"), "figure {id} has no caption");
+        ids.push(id);
+    }
+    let mut files: Vec<String> = std::fs::read_dir(figures_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".svg").to_string())
+        .collect();
+    files.sort();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, files, "the page's figures are the SVG files");
+    ids
+}
+
+/// Screenshots every SVG file laid out on a grid and checks each tile has
+/// ink of several colours: each file renders as a figure, not blank.
+fn every_svg_renders(browser: &Browser, out: &Path, ids: &[String]) {
+    const W: usize = 320;
+    const H: usize = 200;
+    const COLS: usize = 4;
+    let mut page = String::from("<!DOCTYPE html><html><body style=\"margin:0;background:#fff\">");
+    for (k, id) in ids.iter().enumerate() {
+        let (x, y) = ((k % COLS) * W, (k / COLS) * H);
+        page.push_str(&format!(
+            "<img src=\"figures/{id}.svg\" style=\"position:absolute;left:{x}px;top:{y}px;width:{}px;height:{}px\">",
+            W - 4,
+            H - 4
+        ));
+    }
+    page.push_str("</body></html>");
+    let grid = out.join("grid.html");
+    std::fs::write(&grid, page).unwrap();
+    let png = out.join("grid.png");
+    let rows = ids.len().div_ceil(COLS);
+    browser.screenshot(&format!("file://{}", grid.display()), ((COLS * W) as u32, (rows * H) as u32), &png);
+    let px = Pixels::read(&png);
+    for (k, id) in ids.iter().enumerate() {
+        let (x, y) = ((k % COLS) * W, (k / COLS) * H);
+        let (ink, colours) = px.ink(x, y, W - 4, H - 4);
+        let area = (W - 4) * (H - 4);
+        assert!(
+            ink * 50 > area && colours >= 3,
+            "figure {id} looks blank: {ink} of {area} pixels inked, {colours} colours"
+        );
+    }
+}
+
+#[test]
+fn the_browser_check_sees_console_messages_and_requests() {
+    // The checks below can fail: a page that logs and fetches is caught.
+    let Some(browser) = Browser::find() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("bad.html");
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html><p>x</p><img src=\"http://example.invalid/a.png\"><script>console.error('boom')</script>",
+    )
+    .unwrap();
+    let v = browser.visit(&format!("file://{}", page.display()));
+    assert!(v.console.iter().any(|l| l.contains("boom")), "{:?}", v.console);
+    assert_eq!(v.requests, vec!["http://example.invalid/a.png".to_string()]);
+}
+
+#[test]
+fn the_quickstarts_report_opens_offline_with_every_figure_and_the_numbers_of_results_json() {
+    let Some(browser) = Browser::find() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let grid = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.toml");
+    let out = dir.path().join("out");
+    let o = Command::new(bin("gradsweep"))
+        .arg("local")
+        .arg(&grid)
+        .arg("--out")
+        .arg(&out)
+        .args(["--slots", "2", "--format", "csv"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("report.html"), "local does not say it wrote the report: {stderr}");
+
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for outside in ["http://", "https://", "<script", "<link", "url("] {
+        // SVG's namespace is a name, not a fetch.
+        let n = html.matches(outside).count()
+            - html.matches("http://www.w3.org/2000/svg").count() * (outside == "http://") as usize;
+        assert_eq!(n, 0, "report.html refers to something outside it: {outside}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+
+    let url = format!("file://{}", out.join("report.html").display());
+    let v = browser.visit(&url);
+    assert!(v.console.is_empty(), "console: {:?}", v.console);
+    assert!(v.requests.is_empty(), "the page fetched {:?}", v.requests);
+    let ids = figures_are_drawn(&v.dom, &out.join("figures"));
+    // The quickstart's 12 cells each have their spectrum and learning curves.
+    for c in 0..12 {
+        for f in ["spectrum", "rank-epoch", "trace-epoch", "train-loss", "test-accuracy", "grad-norm"] {
+            assert!(ids.contains(&format!("cell{c}-{f}")), "no figure cell{c}-{f}");
+        }
+    }
+    for f in ["eta-b-rank-d-bracket", "eta-b-tr-d", "eta-b-test-acc"] {
+        assert!(ids.iter().any(|i| i == f), "no figure {f}: {ids:?}");
+    }
+    numbers_equal_results_json(&v.dom, &doc);
+    let (_, runs) = elements(&v.dom, "dd", "data-key=\"runs\"")[0];
+    assert!(text(runs).starts_with("24 in all: 24 completed"), "{}", text(runs));
+
+    // The page as a person sees it: drawn, not blank.
+    let png = dir.path().join("page.png");
+    browser.screenshot(&url, (1400, 4000), &png);
+    let px = Pixels::read(&png);
+    let (ink, colours) = px.ink(0, 0, px.width, px.height);
+    assert!(ink * 20 > px.width * px.height && colours > 50, "the page looks blank: {ink} pixels, {colours} colours");
+    every_svg_renders(&browser, &out, &ids);
+}
