@@ -300,6 +300,11 @@ pub fn sweep_status(store: &crate::store::Store, sweep_id: &str) -> Result<pb::S
     Ok(sweep_to_wire(&store.sweep(sweep_id)?, &store.failure_groups(sweep_id, FAILURE_GROUPS)?))
 }
 
+/// Every sweep's status, newest first.
+pub fn all_sweep_statuses(store: &crate::store::Store) -> Result<Vec<pb::SweepStatus>> {
+    store.sweeps()?.into_iter().map(|r| Ok(sweep_to_wire(&r, &store.failure_groups(&r.id, FAILURE_GROUPS)?))).collect()
+}
+
 /// Failure groups a sweep's status carries.
 pub const FAILURE_GROUPS: usize = 10;
 

@@ -27,6 +27,7 @@
 //! * [`service`] — the `WorkerService` and `ControlService` handlers.
 //! * [`server`] — [`serve`]: both services, health and reflection on a listener until shutdown; token and TLS.
 //! * [`metrics`] — the Prometheus metrics the coordinator serves.
+//! * [`pages`] — the live pages beside them: the sweeps, and each sweep's report as it runs.
 //! * [`offline`] — [`offline::Offline`]: a database read without a coordinator (`--db FILE`), read-only.
 
 pub mod convert;
@@ -34,6 +35,7 @@ pub mod error;
 pub mod lock;
 pub mod metrics;
 pub mod offline;
+pub mod pages;
 pub mod server;
 pub mod service;
 pub mod shards;

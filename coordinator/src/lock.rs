@@ -28,22 +28,6 @@ pub fn lock_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Seconds since the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC`.
-fn utc(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
-}
-
 impl DbLock {
     /// Takes the lock of the database at `db`, or says who holds it.
     pub fn acquire(db: &Path) -> Result<Self> {
@@ -76,7 +60,11 @@ impl DbLock {
         }
         let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown host".into());
         let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let holder = format!("host {host}, pid {}, since {}\n", std::process::id(), utc(since));
+        let holder = format!(
+            "host {host}, pid {}, since {}\n",
+            std::process::id(),
+            gradsweep_report::format::utc(since as i64 * 1000)
+        );
         let written = file.set_len(0).and_then(|()| file.seek(SeekFrom::Start(0))).and_then(|_| {
             file.write_all(holder.as_bytes())?;
             file.flush()
@@ -110,12 +98,5 @@ mod tests {
         assert!(err.contains("in use by another coordinator"), "{err}");
         drop(first);
         DbLock::acquire(&db).unwrap();
-    }
-
-    #[test]
-    fn times_read_as_utc() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_764_550_861), "2025-12-01 01:01:01 UTC");
     }
 }

@@ -106,11 +106,10 @@ pub async fn serve_with_metrics(
     };
     let reaper = tokio::spawn(state.clone().run_reaper(stopped()));
     let merger = tokio::spawn(state.clone().run_merger(stopped()));
-    let metrics_task = metrics.map(|l| {
-        let st = state.clone();
-        tokio::spawn(gradsweep_proto::metrics::serve_metrics(
-            l,
-            move || {
+    let metrics_task = match metrics {
+        Some(l) => {
+            let st = state.clone();
+            let render = move || {
                 let st = st.clone();
                 async move {
                     st.render_metrics().await.unwrap_or_else(|e| {
@@ -118,10 +117,24 @@ pub async fn serve_with_metrics(
                         String::new()
                     })
                 }
-            },
-            stopped(),
-        ))
-    });
+            };
+            let access = crate::pages::Access::for_address(
+                l.local_addr()?,
+                security.token.clone(),
+                security.allow_unauthenticated,
+            );
+            if matches!(access, crate::pages::Access::Refused) {
+                tracing::warn!(
+                    addr = ?l.local_addr().ok(),
+                    "live pages off: the metrics port is off loopback and there is no token (--insecure-no-auth)"
+                );
+            }
+            let app =
+                gradsweep_proto::metrics::metrics_router(render).merge(crate::pages::router(state.clone(), access));
+            Some(tokio::spawn(gradsweep_proto::metrics::serve_router(l, app, stopped())))
+        }
+        None => None,
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;

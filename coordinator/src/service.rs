@@ -351,15 +351,7 @@ impl ControlService for ControlApi {
         &self,
         _req: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
-        let sweeps = self
-            .state
-            .read_store(|s| {
-                let rows = s.sweeps()?;
-                rows.into_iter()
-                    .map(|r| Ok(convert::sweep_to_wire(&r, &s.failure_groups(&r.id, convert::FAILURE_GROUPS)?)))
-                    .collect::<Result<Vec<_>, CoordinatorError>>()
-            })
-            .await?;
+        let sweeps = self.state.read_store(|s| convert::all_sweep_statuses(s)).await?;
         Ok(Response::new(pb::ListSweepsResponse { sweeps }))
     }
 

@@ -181,8 +181,37 @@ pub async fn bind(addr: &str, port_file: Option<&std::path::Path>) -> std::io::R
     Ok(l)
 }
 
-/// Serves `GET /metrics` (rendered by `render` on each scrape) and
-/// `GET /healthz` on `listener` until `shutdown` resolves.
+/// The routes `GET /metrics` (rendered by `render` on each scrape) and
+/// `GET /healthz`, for a server to serve alone ([`serve_metrics`]) or
+/// beside routes of its own.
+pub fn metrics_router<F, Fut>(render: F) -> axum::Router
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
+    use axum::http::header;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let render = render.clone();
+                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], render().await) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves [`metrics_router`] on `listener` until `shutdown` resolves.
 pub async fn serve_metrics<F, Fut>(
     listener: tokio::net::TcpListener,
     render: F,
@@ -192,18 +221,7 @@ where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = String> + Send + 'static,
 {
-    use axum::http::header;
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let render = render.clone();
-                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], render().await) }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    serve_router(listener, metrics_router(render), shutdown).await
 }
 
 #[cfg(test)]

@@ -96,21 +96,13 @@ pub fn sweep_figures(input: &ReportInput) -> Result<Vec<Figure>, ReportError> {
     // rank/d with its certified brackets (not a CI: the sketch's bound).
     let series: Vec<Series> = batches
         .iter()
-        .map(|&b| Series::Points {
-            name: Some(format!("b = {b}")),
-            color: colour(b),
-            points: rows
+        .flat_map(|&b| {
+            let of_b: Vec<(f64, f64, f64)> = rows
                 .iter()
                 .filter(|r| r.batch_size == b)
-                .map(|r| {
-                    (
-                        r.eta_over_b,
-                        0.5 * (r.rank_fraction_lo + r.rank_fraction_hi),
-                        r.rank_fraction_lo,
-                        r.rank_fraction_hi,
-                    )
-                })
-                .collect(),
+                .map(|r| (r.eta_over_b, r.rank_fraction_lo, r.rank_fraction_hi))
+                .collect();
+            brackets(format!("b = {b}"), colour(b), &of_b)
         })
         .collect();
     let plot = Plot::new(
@@ -119,11 +111,10 @@ pub fn sweep_figures(input: &ReportInput) -> Result<Vec<Figure>, ReportError> {
         Axis::linear("rank/d at λmax·d·ε_f32"),
         series,
     );
-    let caption = "Each point is a cell; its bar is the certified bracket of the mean rank/d over seeds (the \
-                   sketch's bound, not a confidence interval). The collapse score says how much of the \
-                   variation across the grid η/b explains."
-        .to_string()
-        + &withheld("rank/d");
+    let caption = format!(
+        "Each cell's certified bracket of the mean rank/d over seeds (the sketch's bound, not a confidence \
+         interval). {BRACKETS} The collapse score says how much of the variation across the grid η/b explains."
+    ) + &withheld("rank/d");
     out.extend(figure("eta-b-rank-d-bracket".into(), plot, caption));
     let mut names: Vec<&str> = gradsweep_shared::scaling::STATISTICS
         .iter()
@@ -164,6 +155,31 @@ pub fn sweep_figures(input: &ReportInput) -> Result<Vec<Figure>, ReportError> {
         out.extend(figure(format!("eta-b-{}", slug(name)), plot, caption));
     }
     out.into_iter().collect()
+}
+
+/// How brackets are drawn, for captions.
+const BRACKETS: &str = "A dot marks a resolved bracket (its ends within 5 % of each other); an unresolved one is \
+                        drawn as a bar alone: the value lies somewhere on it.";
+
+/// Certified brackets (x, lo, hi) as series named `name`: resolved ones as
+/// points (a dot at the middle, which is within 2.5 % of either end),
+/// unresolved ones as bare intervals — never a dot that would read as the
+/// value.
+fn brackets(name: String, color: usize, b: &[(f64, f64, f64)]) -> Vec<Series> {
+    let resolved = |lo: f64, hi: f64| {
+        gradsweep_shared::stats::Bracket { value: f64::NAN, lo, hi }.is_resolved(gradsweep_shared::stats::RESOLVE_WIDTH)
+    };
+    let (dots, bars): (Vec<_>, Vec<_>) = b.iter().partition(|&&(_, lo, hi)| resolved(lo, hi));
+    let mut out = vec![];
+    if !dots.is_empty() {
+        let points = dots.iter().map(|&(x, lo, hi)| (x, 0.5 * (lo + hi), lo, hi)).collect();
+        out.push(Series::Points { name: Some(name.clone()), color, points });
+    }
+    if !bars.is_empty() {
+        let name = if out.is_empty() { name } else { format!("{name} (unresolved)") };
+        out.push(Series::Intervals { name: Some(name), color, points: bars });
+    }
+    out
 }
 
 /// The successive probes' spectra of a cell's first seed, and the cell's
@@ -293,23 +309,19 @@ pub fn cell_figures(input: &ReportInput, c: &CellResult) -> Result<Vec<Figure>, 
         .runs
         .iter()
         .enumerate()
-        .map(|(k, r)| Series::Points {
-            name: Some(format!("seed {}", r.seed)),
-            color: k,
-            points: r
+        .flat_map(|(k, r)| {
+            let b: Vec<(f64, f64, f64)> = r
                 .probes
                 .iter()
-                .map(|p| {
-                    let b = p.spectrum.rank_fraction;
-                    (p.meta.epoch as f64, 0.5 * (b.lo + b.hi), b.lo, b.hi)
-                })
-                .collect(),
+                .map(|p| (p.meta.epoch as f64, p.spectrum.rank_fraction.lo, p.spectrum.rank_fraction.hi))
+                .collect();
+            brackets(format!("seed {}", r.seed), k, &b)
         })
         .collect();
     out.extend(figure(
         format!("cell{}-rank-epoch", c.index),
         Plot::new(format!("{title}: rank/d over training"), Axis::linear("epoch"), Axis::linear("rank/d"), rank),
-        "rank/d at the paper's threshold at each probe, per seed; bars are certified brackets.".into(),
+        format!("rank/d at the paper's threshold at each probe, per seed, as certified brackets. {BRACKETS}"),
     ));
     let trace =
         seed_lines(&c.runs, |r| (r.seed, r.probes.iter().map(|p| (p.meta.epoch as f64, p.spectrum.trace)).collect()));
@@ -461,6 +473,15 @@ mod tests {
         assert_eq!(slug("‖∇f‖/√d"), "gradf-d");
         assert_eq!(slug("λ_max"), "lambda-max");
         assert_eq!(slug("area rate/η"), "area-rate-eta");
+    }
+
+    #[test]
+    fn unresolved_brackets_are_drawn_without_a_value() {
+        let s = brackets("b".into(), 0, &[(1.0, 0.10, 0.102), (2.0, 0.02, 1.0)]);
+        assert_eq!(s.len(), 2);
+        assert!(matches!(&s[0], Series::Points { points, .. } if points == &vec![(1.0, 0.101, 0.10, 0.102)]));
+        assert!(matches!(&s[1], Series::Intervals { points, .. } if points == &vec![(2.0, 0.02, 1.0)]));
+        assert!(matches!(&brackets("b".into(), 0, &[(2.0, 0.02, 1.0)])[0], Series::Intervals { .. }));
     }
 
     #[test]

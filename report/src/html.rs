@@ -220,7 +220,7 @@ pub fn page(input: &ReportInput, sweep_figs: &[Figure], detailed: &[(&CellResult
     let mut out = String::with_capacity(1 << 20);
     let _ = write!(
         out,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gradsweep — {}</title>",
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>gradsweep — {}</title>",
         html(&p.name)
     );
     if let (Some(s), None) = (input.refresh_s, p.ended_at_ms) {

@@ -18,7 +18,7 @@ pub fn index_page(sweeps: &[pb::SweepStatus], workers: &[pb::WorkerInfo], made_a
     let mut out = String::new();
     let _ = write!(
         out,
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gradsweep coordinator</title>\
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>gradsweep coordinator</title>\
          <meta http-equiv=\"refresh\" content=\"{refresh_s}\"><style>{STYLE}</style></head><body><h1>gradsweep coordinator</h1>\
          <p>{} sweep(s), {} worker(s); as of {}.</p><h2>Sweeps</h2>",
         sweeps.len(),

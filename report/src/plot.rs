@@ -95,6 +95,17 @@ pub enum Series {
         /// (x, y, lower end, upper end) in data units.
         points: Vec<(f64, f64, f64, f64)>,
     },
+    /// Vertical bars without a marker, (x, lower end, upper end): a
+    /// certified bracket too wide to stand for one value, drawn as the
+    /// range it is.
+    Intervals {
+        /// Legend entry.
+        name: Option<String>,
+        /// Palette index.
+        color: usize,
+        /// (x, lower end, upper end) in data units.
+        points: Vec<(f64, f64, f64)>,
+    },
     /// A horizontal reference line at `y` across the plot.
     HLine {
         /// Legend entry.
@@ -177,6 +188,7 @@ impl Plot {
                 Series::Line { points, .. } => points.iter().map(|&(a, b)| bad(a, b)).sum(),
                 Series::Band { points, .. } => points.iter().map(|&(a, lo, hi)| bad(a, lo).max(bad(a, hi))).sum(),
                 Series::Points { points, .. } => points.iter().map(|&(a, b, _, _)| bad(a, b)).sum(),
+                Series::Intervals { points, .. } => points.iter().map(|&(a, lo, hi)| bad(a, lo).max(bad(a, hi))).sum(),
                 Series::HLine { y: v, .. } => y.map(*v).is_none() as usize,
                 Series::VLine { x: v, .. } => x.map(*v).is_none() as usize,
             })
@@ -201,10 +213,12 @@ impl Plot {
         for s in &self.series {
             match s {
                 Series::Line { points, .. } => points.iter().for_each(|&(a, b)| push(a, b)),
-                Series::Band { points, .. } => points.iter().for_each(|&(a, lo, hi)| {
-                    push(a, lo);
-                    push(a, hi);
-                }),
+                Series::Band { points, .. } | Series::Intervals { points, .. } => {
+                    points.iter().for_each(|&(a, lo, hi)| {
+                        push(a, lo);
+                        push(a, hi);
+                    })
+                }
                 Series::Points { points, .. } => points.iter().for_each(|&(a, b, lo, hi)| {
                     push(a, b);
                     push(a, lo);
@@ -325,6 +339,26 @@ impl Plot {
                         if let Some(n) = name {
                             legend = true;
                             ann.label(n).legend(move |(x, y)| Circle::new((x + 9, y), 3, fill));
+                        }
+                    }
+                    Series::Intervals { name, color: c, points } => {
+                        let style = color(*c).stroke_width(2);
+                        let bars: Vec<(f64, f64, f64)> =
+                            points.iter().filter_map(|&(a, lo, hi)| Some((mx(a)?, my(lo)?, my(hi)?))).collect();
+                        // A bar and its two caps; no mark in between.
+                        let cap =
+                            move |at: (f64, f64)| EmptyElement::at(at) + PathElement::new(vec![(-5, 0), (5, 0)], style);
+                        chart.draw_series(bars.iter().map(|&(a, lo, _)| cap((a, lo)))).map_err(|e| draw(&e))?;
+                        chart.draw_series(bars.iter().map(|&(a, _, hi)| cap((a, hi)))).map_err(|e| draw(&e))?;
+                        let ann = chart
+                            .draw_series(
+                                bars.iter().map(|&(a, lo, hi)| PathElement::new(vec![(a, lo), (a, hi)], style)),
+                            )
+                            .map_err(|e| draw(&e))?;
+                        if let Some(n) = name {
+                            legend = true;
+                            ann.label(n)
+                                .legend(move |(x, y)| PathElement::new(vec![(x + 9, y - 6), (x + 9, y + 6)], style));
                         }
                     }
                     Series::HLine { name, color: c, y } => {

@@ -18,7 +18,10 @@ use gradsweep_tests::{
 /// 2 × 2 cells × `seeds` seeds of a small MLP on digits; segments every
 /// 2 epochs and every 25 steps (so boundaries fall mid-epoch too). The
 /// trajectory is projected onto the top eigenvectors of `D` at the first
-/// probe, so segments after it must carry those directions.
+/// probe, so segments after it must carry those directions. A faulted run
+/// must still be running when its fault lands: an epoch takes about 10 ms
+/// on a 2-core machine of 2026 (16 epochs, 0.2 s, let a whole sweep end
+/// before the first fault), so the suites ask for tens of epochs.
 fn grid(name: &str, seeds: u32, epochs: u32) -> String {
     let segments = "momentum = 0.9\ncheckpoint_every_epochs = 2\ncheckpoint_every_steps = 25";
     let g = gradsweep_tests::grids::mlp(name, &seeds.to_string(), epochs, segments, 4);
@@ -109,7 +112,7 @@ async fn zombie_worker_is_fenced_off() {
     let coord = CoordinatorProc::start(&db, 0, &["--lease-ttl-ms", "1500", "--heartbeat-ms", "300"], dir.path());
     let addr = format!("127.0.0.1:{}", coord.port);
     let mut client = connect_control(&addr).await.unwrap();
-    let g = grid("zombie", 1, 16);
+    let g = grid("zombie", 1, 64);
     let sweep = gradsweep_tests::submit(&mut client, &g).await.sweep_id;
     let zombie = WorkerProc::start(&coord.url(), "zombie", 1, dir.path());
     let held = gradsweep_tests::freeze_holding_run(&client, &zombie, Duration::from_millis(600)).await;
@@ -162,7 +165,7 @@ async fn chaos_suite() {
     let proxy = Proxy::start(coord.port).await;
     let via_proxy = format!("http://127.0.0.1:{}", proxy.port);
     let mut client = connect_control(&addr).await.unwrap();
-    let g = grid("chaos", 3, 24);
+    let g = grid("chaos", 3, 96);
     let sweep = gradsweep_tests::submit(&mut client, &g).await.sweep_id;
     let mut faults = 0;
     let mut workers = vec![
