@@ -380,6 +380,7 @@ mod tests {
             finished_at_ms: finished,
             error: error.into(),
             epochs: vec![],
+            compute_seconds: 0.0,
         }
     }
 

@@ -406,6 +406,7 @@ pub fn run_to_wire(r: RunRow, plan: &gradsweep_shared::SweepPlan) -> pb::RunInfo
         finished_at_ms: r.finished_ms.unwrap_or(0),
         error: r.error.unwrap_or_default(),
         epochs: vec![],
+        compute_seconds: r.compute_s,
     }
 }
 

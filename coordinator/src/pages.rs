@@ -195,14 +195,37 @@ pub async fn report_input(state: &Coordinator, id: &str) -> Result<ReportInput, 
         gradsweep_report::detail_cells(&results, None).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
     let hosts = hosts(&workers);
     let plan = std::sync::Arc::new(plan);
-    let (mut runs, mut after) = (vec![], None);
+    // Every run without its epochs (their total time comes along), then the
+    // epochs of the drawn cells' runs only: a page of a million-run sweep
+    // reads no epoch table beyond those.
+    let (mut runs, mut after) = (Vec::<RunRow>::new(), None);
     loop {
         let (id, plan) = (id.to_string(), plan.clone());
-        let page = state.read_store(move |s| convert::runs_page(s, &id, &[], after, &plan, true)).await?;
-        runs.extend(page.runs.iter().map(|r| RunRow::from_wire(r, &hosts, detail.binary_search(&r.cell).is_ok())));
+        let page = state.read_store(move |s| convert::runs_page(s, &id, &[], after, &plan, false)).await?;
+        runs.extend(page.runs.iter().map(|r| RunRow::from_wire(r, &hosts, false)));
         after = page.last;
         if !page.full {
             break;
+        }
+    }
+    let index: std::collections::HashMap<String, usize> =
+        runs.iter().enumerate().map(|(i, r)| (r.run_id.clone(), i)).collect();
+    for &cell in &detail {
+        // Seeds are stored as i64: past the previous cell's largest.
+        let mut after = cell.checked_sub(1).map(|c| (c, i64::MAX as u64));
+        loop {
+            let (id, plan) = (id.to_string(), plan.clone());
+            let page = state.read_store(move |s| convert::runs_page(s, &id, &[], after, &plan, true)).await?;
+            let mine: Vec<&pb::RunInfo> = page.runs.iter().filter(|r| r.cell == cell).collect();
+            for r in &mine {
+                if let Some(&i) = index.get(r.run_id.as_str()) {
+                    runs[i] = RunRow::from_wire(r, &hosts, true);
+                }
+            }
+            after = page.last;
+            if !page.full || mine.len() < page.runs.len() {
+                break;
+            }
         }
     }
     Ok(ReportInput {

@@ -67,6 +67,9 @@ fn slug(s: &str) -> String {
     out.trim_end_matches('-').to_string()
 }
 
+/// Most cells whose 95 % intervals the η/b figures draw as bars.
+pub const MAX_ERROR_BARS: usize = 1000;
+
 /// The sweep-level figures: every statistic against η/b, coloured by b.
 pub fn sweep_figures(input: &ReportInput) -> Result<Vec<Figure>, ReportError> {
     let summary = &input.results.summary;
@@ -128,6 +131,9 @@ pub fn sweep_figures(input: &ReportInput) -> Result<Vec<Figure>, ReportError> {
             }
         }
     }
+    // Beyond MAX_ERROR_BARS cells the bars would outweigh the page: the
+    // means alone, and the caption says where the intervals are.
+    let bars = rows.len() <= MAX_ERROR_BARS;
     for name in names {
         let series: Vec<Series> = batches
             .iter()
@@ -139,7 +145,7 @@ pub fn sweep_figures(input: &ReportInput) -> Result<Vec<Figure>, ReportError> {
                     .filter(|r| r.batch_size == b)
                     .filter_map(|r| r.statistics.get(name).map(|s| (s, r)))
                     .map(|(s, r)| {
-                        let ci = if s.ci95.is_finite() { s.ci95 } else { 0.0 };
+                        let ci = if s.ci95.is_finite() && bars { s.ci95 } else { 0.0 };
                         (r.eta_over_b, s.mean, s.mean - ci, s.mean + ci)
                     })
                     .collect(),
@@ -147,9 +153,14 @@ pub fn sweep_figures(input: &ReportInput) -> Result<Vec<Figure>, ReportError> {
             .collect();
         let plot =
             Plot::new(format!("{name} against η/b{}", score_text(name)), Axis::log("η/b"), Axis::linear(name), series);
+        let intervals = if bars {
+            "bars are 95 % intervals across seeds".to_string()
+        } else {
+            format!("with {} cells the 95 % intervals are left out of the figure (they are in results.csv)", rows.len())
+        };
         let caption = format!(
-            "Mean of {name} over each cell's seeds against η/b, coloured by batch size; bars are 95 % intervals \
-             across seeds. If the dynamics depend on η and b only through η/b, the colours fall on one curve.{}",
+            "Mean of {name} over each cell's seeds against η/b, coloured by batch size; {intervals}. If the dynamics \
+             depend on η and b only through η/b, the colours fall on one curve.{}",
             withheld(name)
         );
         out.extend(figure(format!("eta-b-{}", slug(name)), plot, caption));

@@ -15,6 +15,9 @@ use crate::figures::Figure;
 use crate::format::{bracket, count, duration, html, num, pm, utc};
 use crate::input::ReportInput;
 
+/// Most cells the cells table lists; the rest are in results.csv.
+pub const MAX_TABLE_CELLS: usize = 2000;
+
 /// Most completed runs the run table lists (every run that did not
 /// complete is always listed); the rest are in runs.csv.
 pub const MAX_COMPLETED_ROWS: usize = 500;
@@ -100,7 +103,17 @@ fn cells_table(out: &mut String, cells: &[CellResult], detailed: &BTreeSet<u32>)
                   <th>η/b</th><th>seeds</th><th>test acc</th><th>train loss</th><th>d</th><th>rank</th><th>rank/d</th>\
                   <th>λmax</th><th>tr D</th><th>area rate</th><th>‖∇f‖/√d</th></tr></thead><tbody>",
     );
-    for c in cells {
+    // A sweep of many cells lists its drawn cells and others spread over
+    // the rest, up to the cap; every cell is in results.csv.
+    let listed: BTreeSet<u32> = if cells.len() <= MAX_TABLE_CELLS {
+        cells.iter().map(|c| c.index).collect()
+    } else {
+        let mut set = detailed.clone();
+        let room = MAX_TABLE_CELLS.saturating_sub(set.len()).max(2);
+        set.extend((0..room).map(|k| cells[k * (cells.len() - 1) / (room - 1).max(1)].index));
+        set
+    };
+    for c in cells.iter().filter(|c| listed.contains(&c.index)) {
         let link = if detailed.contains(&c.index) {
             format!("<a href=\"#cell-{0}\">{0}</a>", c.index)
         } else {
@@ -138,6 +151,15 @@ fn cells_table(out: &mut String, cells: &[CellResult], detailed: &BTreeSet<u32>)
         );
     }
     out.push_str("</tbody></table>");
+    if listed.len() < cells.len() {
+        let _ = write!(
+            out,
+            "<p class=\"note\" id=\"cells-omitted\">{} of {} cells are listed (those with figures, and others spread \
+             over the sweep); every cell is in results.csv and results.json.</p>",
+            listed.len(),
+            cells.len()
+        );
+    }
 }
 
 fn figures(out: &mut String, figs: &[Figure]) {

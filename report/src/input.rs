@@ -53,8 +53,8 @@ pub struct RunRow {
 
 impl RunRow {
     /// A run row from the wire's, with `hosts` mapping worker ids to host
-    /// names; its epochs are kept when `with_epochs` (their total time
-    /// always).
+    /// names; its epochs are kept when `with_epochs` (their total time,
+    /// which the wire carries without them, always).
     pub fn from_wire(r: &pb::RunInfo, hosts: &BTreeMap<String, String>, with_epochs: bool) -> Self {
         RunRow {
             run_id: r.run_id.clone(),
@@ -67,7 +67,7 @@ impl RunRow {
             started_at_ms: r.started_at_ms,
             finished_at_ms: r.finished_at_ms,
             error: r.error.clone(),
-            compute_s: r.epochs.iter().map(|e| e.seconds).filter(|s| s.is_finite()).sum(),
+            compute_s: r.compute_seconds,
             epochs: r
                 .epochs
                 .iter()

@@ -1361,6 +1361,37 @@ batch_size = [8, 32, 128]
         assert!(keys.iter().all(|k| k.default != "none"), "every key states its default");
     }
 
+    /// One schema: every field of the typed configuration is a declared
+    /// key of its section, and every declared key a field — a field added
+    /// without its declaration (type, limits, meaning) fails here.
+    #[test]
+    fn every_configuration_field_is_a_declared_key_and_back() {
+        let fields = |v: serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+        let mut probe = fields(serde_json::to_value(ProbeConfig::default()).unwrap());
+        // Fields left out of the serialised spec at their defaults.
+        let p = ProbeConfig {
+            memory_mb: 1,
+            shard_samples: 1,
+            save_gradients: 1,
+            keep_sketches: true,
+            digest_vectors: 1,
+            at_epochs: vec![1],
+            ..ProbeConfig::default()
+        };
+        probe.extend(fields(serde_json::to_value(p).unwrap()));
+        probe.sort();
+        probe.dedup();
+        let train = fields(serde_json::to_value(TrainConfig::default()).unwrap());
+        for (section, fields) in [(Section::Train, train), (Section::Probe, probe)] {
+            let mut declared: Vec<String> =
+                KEYS.iter().filter(|k| k.section == section).map(|k| k.name.to_string()).collect();
+            declared.sort();
+            let mut fields = fields;
+            fields.sort();
+            assert_eq!(fields, declared, "[{}]: fields and declared keys differ", section_name(section));
+        }
+    }
+
     #[test]
     fn an_unknown_key_suggests_the_key_it_most_likely_means() {
         assert_eq!(did_you_mean("learning_rate"), "; did you mean `lr`?");

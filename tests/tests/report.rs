@@ -252,14 +252,14 @@ fn results_json(addr: &str, sweep: &str) -> serde_json::Value {
 
 /// Loads the live page of `sweep` and checks it as the report is checked:
 /// no console message, no request, figures drawn, numbers of `doc`.
-fn check_live_page(browser: &Browser, mport: u16, sweep: &str, doc: &serde_json::Value) -> String {
+fn check_live_page(browser: &Browser, mport: u16, sweep: &str, doc: &serde_json::Value) -> (String, Vec<String>) {
     let v = browser.visit(&format!("http://127.0.0.1:{mport}/sweeps/{sweep}"));
     assert!(v.console.is_empty(), "console: {:?}", v.console);
     assert!(v.requests.is_empty(), "the live page fetched {:?}", v.requests);
     let ids = figures_are_drawn(&v.dom, None);
     assert!(ids.iter().any(|i| i.ends_with("-spectrum")), "no spectrum among {ids:?}");
     numbers_equal_results_json(&v.dom, doc);
-    v.dom
+    (v.dom, ids)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +276,7 @@ async fn the_live_page_shows_a_running_sweep_and_then_its_end() {
     let mport = read_port_file(&mport_file, "coordinator metrics");
     let addr = format!("127.0.0.1:{}", coord.port);
     let grid = dir.path().join("live.toml");
-    std::fs::write(&grid, grids::mlp("live", "[0, 1]", 40, "", 20)).unwrap();
+    std::fs::write(&grid, grids::mlp("live", "[0, 1]", 80, "", 40)).unwrap();
     let o = cli(&["submit", grid.to_str().unwrap(), "--coordinator", &addr]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let sweep =
@@ -300,7 +300,7 @@ async fn the_live_page_shows_a_running_sweep_and_then_its_end() {
     let mid = status(&mut client).await;
     assert!(mid.runs_completed < mid.runs_total, "the sweep ended before it could be seen running");
     let doc = results_json(&addr, &sweep);
-    let dom = check_live_page(&browser, mport, &sweep, &doc);
+    let (dom, _) = check_live_page(&browser, mport, &sweep, &doc);
     assert!(dom.contains("http-equiv=\"refresh\""), "a running sweep's page reloads");
     assert!(dom.contains("running ("), "the page says the sweep runs");
     let index = browser.visit(&format!("http://127.0.0.1:{mport}/"));
@@ -318,8 +318,12 @@ async fn the_live_page_shows_a_running_sweep_and_then_its_end() {
     })
     .await;
     let doc = results_json(&addr, &sweep);
-    let dom = check_live_page(&browser, mport, &sweep, &doc);
+    let (dom, ids) = check_live_page(&browser, mport, &sweep, &doc);
     assert!(!dom.contains("http-equiv=\"refresh\""), "an ended sweep's page stays still");
+    // The learning curves come from the epochs the page reads for its cells.
+    for c in 0..4 {
+        assert!(ids.contains(&format!("cell{c}-train-loss")), "no learning curve of cell {c}: {ids:?}");
+    }
     let (_, runs) = elements(&dom, "dd", "data-key=\"runs\"")[0];
     assert!(text(runs).starts_with("8 in all: 8 completed"), "{}", text(runs));
     let (code, _, body) = http_get(mport, "/sweeps/no-such-sweep");

@@ -37,6 +37,8 @@ pub struct RunRow {
     pub finished_ms: Option<i64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Seconds its reported epochs took on their workers, summed.
+    pub compute_s: f64,
 }
 
 /// One epoch of a run, as its worker reported it (epochs.csv).
@@ -85,7 +87,9 @@ impl Store {
         let filter = serde_json::to_string(&words).unwrap_or_else(|_| "[]".into());
         let mut stmt = self.conn.prepare_cached(
             "SELECT r.id, r.cell, r.seed, r.state, r.attempts, r.last_worker, w.name, r.step, r.total_steps, \
-             r.started_ms, r.finished_ms, r.error FROM runs r LEFT JOIN workers w ON w.id = r.last_worker \
+             r.started_ms, r.finished_ms, r.error, \
+             (SELECT TOTAL(e.seconds) FROM epochs e WHERE e.run_id = r.id) \
+             FROM runs r LEFT JOIN workers w ON w.id = r.last_worker \
              WHERE r.sweep_id = ?1 AND (r.cell, r.seed) > (?2, ?3) \
              AND (?4 = '[]' OR r.state IN (SELECT value FROM json_each(?4))) \
              ORDER BY r.cell, r.seed LIMIT ?5",
@@ -106,6 +110,7 @@ impl Store {
                     started_ms: r.get(9)?,
                     finished_ms: r.get(10)?,
                     error: r.get(11)?,
+                    compute_s: r.get(12)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
