@@ -323,6 +323,16 @@ pub async fn write_exports(
     for f in &rendered.figures {
         write_atomic(&figures, &format!("{}.svg", f.id), f.svg.as_bytes())?;
     }
+    // A figure of an earlier report into the same folder (other cells, a
+    // statistic since withheld) would not match the page: remove it.
+    let current: std::collections::BTreeSet<String> =
+        rendered.figures.iter().map(|f| format!("{}.svg", f.id)).collect();
+    for entry in std::fs::read_dir(&figures).with_context(|| format!("cannot list {}", figures.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".svg") && !current.contains(&name) {
+            std::fs::remove_file(figures.join(&name)).with_context(|| format!("cannot remove stale figure {name}"))?;
+        }
+    }
     write_atomic(dir, "report.html", rendered.html.as_bytes())?;
     eprintln!(
         "wrote {0}/results.csv, {0}/results.json, {0}/runs.csv, {0}/epochs.csv ({epochs} epochs), {n} spectra \

@@ -158,14 +158,18 @@ fn thin<T: Clone>(v: &[T]) -> Vec<T> {
     out
 }
 
-/// Tick label of a plot coordinate on `axis`. A log axis spanning a
-/// decade or more labels its powers of ten only (`span`: its extent in
-/// decades).
+/// Whether a log axis spanning `span` decades labels its powers of ten
+/// only (a wide one), or ticks between them too (a narrow one).
+fn decades_only(axis: &Axis, span: f64) -> bool {
+    axis.log && span >= 2.0
+}
+
+/// Tick label of a plot coordinate on `axis` (`span`: its extent).
 fn tick(axis: &Axis, span: f64, v: f64) -> String {
     if !axis.log {
         return short(v);
     }
-    if span >= 1.0 && (v - v.round()).abs() > 1e-9 {
+    if decades_only(axis, span) && (v - v.round()).abs() > 1e-9 {
         return String::new();
     }
     short(10f64.powf(v))
@@ -200,14 +204,12 @@ impl Plot {
         self.extent().is_some()
     }
 
-    /// The data's extent in plot coordinates, padded, or `None` when no
-    /// point can be shown.
-    fn extent(&self) -> Option<((f64, f64), (f64, f64))> {
-        let (mut xs, mut ys) = (vec![], vec![]);
+    /// Every data point in plot coordinates (bands and bars by both ends).
+    fn plotted(&self) -> Vec<(f64, f64)> {
+        let mut out = vec![];
         let mut push = |px: f64, py: f64| {
             if let (Some(a), Some(b)) = (self.x.map(px), self.y.map(py)) {
-                xs.push(a);
-                ys.push(b);
+                out.push((a, b));
             }
         };
         for s in &self.series {
@@ -227,6 +229,37 @@ impl Plot {
                 Series::HLine { .. } | Series::VLine { .. } => {}
             }
         }
+        out
+    }
+
+    /// The corner of the chart (a third of each side) holding the fewest
+    /// data points: where the legend hides the least.
+    fn legend_corner(&self, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
+        let pts = self.plotted();
+        let (wx, wy) = ((x1 - x0) / 3.0, (y1 - y0) / 3.0);
+        let count = |left: bool, top: bool| {
+            pts.iter()
+                .filter(|(a, b)| {
+                    (if left { *a <= x0 + wx } else { *a >= x1 - wx })
+                        && (if top { *b >= y1 - wy } else { *b <= y0 + wy })
+                })
+                .count()
+        };
+        [
+            (count(false, true), SeriesLabelPosition::UpperRight),
+            (count(true, true), SeriesLabelPosition::UpperLeft),
+            (count(false, false), SeriesLabelPosition::LowerRight),
+            (count(true, false), SeriesLabelPosition::LowerLeft),
+        ]
+        .into_iter()
+        .min_by_key(|(n, _)| *n)
+        .map_or(SeriesLabelPosition::UpperRight, |(_, p)| p)
+    }
+
+    /// The data's extent in plot coordinates, padded, or `None` when no
+    /// point can be shown.
+    fn extent(&self) -> Option<((f64, f64), (f64, f64))> {
+        let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = self.plotted().into_iter().unzip();
         if xs.is_empty() {
             return None;
         }
@@ -270,8 +303,8 @@ impl Plot {
                 .configure_mesh()
                 .x_desc(&self.x.label)
                 .y_desc(&self.y.label)
-                .x_labels(if self.x.log { 16 } else { 7 })
-                .y_labels(if self.y.log { 16 } else { 7 })
+                .x_labels(if decades_only(&self.x, x1 - x0) { 16 } else { 7 })
+                .y_labels(if decades_only(&self.y, y1 - y0) { 16 } else { 7 })
                 .x_label_formatter(&xf)
                 .y_label_formatter(&yf)
                 .light_line_style(WHITE.mix(0.0))
@@ -388,7 +421,7 @@ impl Plot {
             if legend {
                 chart
                     .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperRight)
+                    .position(self.legend_corner((x0, x1), (y0, y1)))
                     .label_font(("sans-serif", 11))
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK.mix(0.3))
@@ -433,6 +466,27 @@ mod tests {
         let none = Plot::new("t", Axis::linear("x"), Axis::log("y"), vec![line(vec![(1.0, 0.0)])]);
         assert!(!none.has_data());
         assert!(matches!(none.svg(), Err(ReportError::Empty(_))));
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_data_is_not() {
+        let rising = Plot::new(
+            "t",
+            Axis::linear("x"),
+            Axis::linear("y"),
+            vec![line((0..10).map(|i| (i as f64, i as f64)).collect())],
+        );
+        let ((x0, x1), (y0, y1)) = rising.extent().unwrap();
+        let corner = rising.legend_corner((x0, x1), (y0, y1));
+        assert!(matches!(corner, SeriesLabelPosition::UpperLeft | SeriesLabelPosition::LowerRight), "{corner:?}");
+        let falling = Plot::new(
+            "t",
+            Axis::linear("x"),
+            Axis::linear("y"),
+            vec![line((0..10).map(|i| (i as f64, -(i as f64))).collect())],
+        );
+        let ((x0, x1), (y0, y1)) = falling.extent().unwrap();
+        assert!(matches!(falling.legend_corner((x0, x1), (y0, y1)), SeriesLabelPosition::UpperRight));
     }
 
     #[test]

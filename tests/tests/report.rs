@@ -241,6 +241,20 @@ fn the_quickstarts_report_opens_offline_with_every_figure_and_the_numbers_of_res
     let (ink, colours) = px.ink(0, 0, px.width, px.height);
     assert!(ink * 20 > px.width * px.height && colours > 50, "the page looks blank: {ink} pixels, {colours} colours");
     every_svg_renders(&browser, &out, &ids);
+
+    // `report` into the same folder for one cell: the figures of the other
+    // cells go, so the files stay the page's.
+    let sweep = doc["provenance"]["sweep_id"].as_str().unwrap();
+    let db = out.join("state.db");
+    let o = cli(&["report", sweep, "--db", db.to_str().unwrap(), "--out", out.to_str().unwrap(), "--cells", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = browser.visit(&url);
+    let ids = figures_are_drawn(&v.dom, Some(&out.join("figures")));
+    assert!(ids.iter().all(|i| i.starts_with("eta-b-") || i.starts_with("cell3-")), "{ids:?}");
+    assert!(ids.iter().any(|i| i == "cell3-spectrum"), "{ids:?}");
+    let o = cli(&["report", sweep, "--db", db.to_str().unwrap(), "--out", out.to_str().unwrap(), "--cells", "12"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no cell 12 (its cells are 0 to 11)"), "{err}");
 }
 
 /// The sweep's results as `results --format json` prints them.
