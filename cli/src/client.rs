@@ -105,7 +105,11 @@ pub async fn fetch_results_with(
             None => {}
         }
     }
-    let summary = summary.ok_or_else(|| ClientError::Decode("results stream ended without a summary".into()))?;
+    let mut summary: SweepSummary =
+        summary.ok_or_else(|| ClientError::Decode("results stream ended without a summary".into()))?;
+    // The summary comes without its η/b rows, a row per cell: they are the
+    // cells' own, rebuilt here.
+    summary.by_eta_over_b = gradsweep_shared::results::eta_over_b_table(&cells);
     Ok((cells, summary))
 }
 

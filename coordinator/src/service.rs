@@ -8,7 +8,7 @@ use std::time::Duration;
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::control_service_server::ControlService;
 use gradsweep_proto::v1::worker_service_server::WorkerService;
-use gradsweep_shared::results::SweepSummary;
+use gradsweep_shared::results::SummaryBuilder;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -323,6 +323,9 @@ type TakeShardStream = Pin<Box<dyn Stream<Item = Result<pb::TakeShardChunk, Stat
 
 type CheckpointStream = Pin<Box<dyn Stream<Item = Result<pb::CheckpointChunk, Status>> + Send>>;
 
+/// Cells the `Results` call reads, merges and sends at a time.
+pub const RESULTS_PAGE_CELLS: u32 = 256;
+
 type ResultsStream = Pin<Box<dyn Stream<Item = Result<pb::ResultsChunk, Status>> + Send>>;
 
 type GradientsStream = Pin<Box<dyn Stream<Item = Result<pb::GradientsChunk, Status>> + Send>>;
@@ -368,22 +371,41 @@ impl ControlService for ControlApi {
         let th = convert::thresholds_from_wire(&req)?;
         let id = req.sweep_id;
         let id2 = id.clone();
-        let row = self.state.read_store(move |s| s.sweep(&id2)).await?;
-        let cells = self.state.cell_results(id, th).await?;
-        let summary = SweepSummary::new(row.id.clone(), row.name.clone(), row.total() as usize, &cells);
-        let to_json = |v: serde_json::Result<String>| v.map_err(|e| Status::internal(e.to_string()));
-        let mut items = Vec::with_capacity(cells.len() + 1);
-        for c in &cells {
-            items.push(
-                to_json(serde_json::to_string(c))
-                    .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::CellJson(j)) }),
-            );
-        }
-        items.push(
-            to_json(serde_json::to_string(&summary))
-                .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::SummaryJson(j)) }),
-        );
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        let (row, plan) = self.state.read_store(move |s| Ok((s.sweep(&id2)?, s.plan(&id2)?))).await?;
+        let plan = Arc::new(plan);
+        // A page of cells at a time: read, merged where stale, sent, and
+        // kept only as the summary needs it, so a sweep of any size streams
+        // in bounded memory (the channel holds a few messages; a slow
+        // client slows the reads).
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let to_json = |v: serde_json::Result<String>| v.map_err(|e| Status::internal(e.to_string()));
+            // The η/b rows are left to the client, which has the cells.
+            let mut summary = SummaryBuilder::without_rows(row.id.clone(), row.name.clone(), row.total() as usize);
+            for start in (0..row.cells).step_by(RESULTS_PAGE_CELLS as usize) {
+                let end = start.saturating_add(RESULTS_PAGE_CELLS).min(row.cells);
+                let page = match state.cell_results_in(plan.clone(), id.clone(), th.clone(), false, start..end).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                for (c, _) in &page {
+                    summary.add(c);
+                    let chunk = to_json(serde_json::to_string(c))
+                        .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::CellJson(j)) });
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let last = to_json(serde_json::to_string(&summary.finish()))
+                .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::SummaryJson(j)) });
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     type ExportSpectraStream = SpectraStream;

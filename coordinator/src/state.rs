@@ -336,26 +336,36 @@ impl Coordinator {
         Ok(runs)
     }
 
-    /// Every cell's results, with ranks at the user's thresholds `th` too.
-    /// Stored merges that can serve them are read (thresholds added from
-    /// their kept eigenvalues); the rest are merged here, off the writer,
-    /// and stored for next time.
-    pub async fn cell_results(&self, sweep_id: String, th: RankThresholds) -> Result<Vec<CellResult>> {
-        let cells = self.cell_results_keeping(sweep_id, th, false).await?;
-        Ok(cells.into_iter().map(|(c, _)| c).collect())
-    }
-
-    /// [`Self::cell_results`]; with `spectra`, each cell with the
-    /// eigenvalues behind its spectra (merged now where the stored merge
-    /// did not keep them).
+    /// Every cell's results, with ranks at the user's thresholds `th` too;
+    /// with `spectra`, each with the eigenvalues behind its spectra (merged
+    /// now where the stored merge did not keep them). Stored merges that
+    /// can serve them are read (thresholds added from their kept
+    /// eigenvalues); the rest are merged here, off the writer, and stored
+    /// for next time.
     pub async fn cell_results_keeping(
         &self,
         sweep_id: String,
         th: RankThresholds,
         spectra: bool,
     ) -> Result<Vec<(CellResult, Option<CellSpectra>)>> {
+        let id = sweep_id.clone();
+        let plan = Arc::new(self.read_store(move |s| s.plan(&id)).await?);
+        self.cell_results_in(plan, sweep_id, th, spectra, 0..u32::MAX).await
+    }
+
+    /// [`Self::cell_results_keeping`] of the cells whose index is in
+    /// `cells` only, given the sweep's `plan` (read once by a caller that
+    /// pages): one page of a sweep streamed a page at a time.
+    pub async fn cell_results_in(
+        &self,
+        plan: Arc<gradsweep_shared::SweepPlan>,
+        sweep_id: String,
+        th: RankThresholds,
+        spectra: bool,
+        cells: std::ops::Range<u32>,
+    ) -> Result<Vec<(CellResult, Option<CellSpectra>)>> {
         let th2 = th.clone();
-        let sources = self.read_store(move |s| s.cell_sources_for(&sweep_id, &th2, spectra)).await?;
+        let sources = self.read_store(move |s| s.cell_sources_in(&plan, &sweep_id, &th2, spectra, cells)).await?;
         // The cells merged here need no merger: take them off its queue.
         if let Ok(mut set) = self.stale_cells.lock() {
             for src in &sources {

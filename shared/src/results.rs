@@ -676,14 +676,72 @@ pub struct SweepSummary {
 impl SweepSummary {
     /// The summary of a sweep's cells.
     pub fn new(sweep_id: String, name: String, runs_total: usize, cells: &[CellResult]) -> Self {
-        SweepSummary {
+        let mut b = SummaryBuilder::new(sweep_id, name, runs_total);
+        for c in cells {
+            b.add(c);
+        }
+        b.finish()
+    }
+}
+
+/// A [`SweepSummary`] built one cell at a time: it keeps of each cell only
+/// its η/b row and what the collapse scores need, so a sweep's cells can
+/// stream past it (the `Results` call sends each page of cells as it is
+/// merged). Cells added in index order give [`SweepSummary::new`]'s summary.
+pub struct SummaryBuilder {
+    sweep_id: String,
+    name: String,
+    runs_total: usize,
+    cells: usize,
+    runs_done: usize,
+    /// The η/b rows, unless the summary is sent without them.
+    rows: Option<Vec<EtaOverBRow>>,
+    collapse: crate::scaling::CollapseInputs,
+}
+
+impl SummaryBuilder {
+    /// An empty summary of the sweep `sweep_id` called `name`, of `runs_total` runs.
+    pub fn new(sweep_id: String, name: String, runs_total: usize) -> Self {
+        SummaryBuilder {
             sweep_id,
             name,
-            cells: cells.len(),
             runs_total,
-            runs_done: cells.iter().map(|c| c.seeds_done).sum(),
-            by_eta_over_b: eta_over_b_table(cells),
-            collapse: crate::scaling::collapse_scores(cells),
+            cells: 0,
+            runs_done: 0,
+            rows: Some(vec![]),
+            collapse: crate::scaling::CollapseInputs::default(),
+        }
+    }
+
+    /// [`Self::new`] for a summary sent beside its cells: it keeps no η/b
+    /// rows (a row per cell, 1 kB each), and its `by_eta_over_b` is empty
+    /// until the receiver fills it from the cells ([`eta_over_b_table`]).
+    pub fn without_rows(sweep_id: String, name: String, runs_total: usize) -> Self {
+        SummaryBuilder { rows: None, ..Self::new(sweep_id, name, runs_total) }
+    }
+
+    /// Adds one cell.
+    pub fn add(&mut self, c: &CellResult) {
+        self.cells += 1;
+        self.runs_done += c.seeds_done;
+        if let Some(rows) = &mut self.rows {
+            rows.push(eta_over_b_row(c));
+        }
+        self.collapse.add(c);
+    }
+
+    /// The summary of the cells added.
+    pub fn finish(self) -> SweepSummary {
+        let mut rows = self.rows.unwrap_or_default();
+        sort_by_eta_over_b(&mut rows);
+        SweepSummary {
+            sweep_id: self.sweep_id,
+            name: self.name,
+            cells: self.cells,
+            runs_total: self.runs_total,
+            runs_done: self.runs_done,
+            by_eta_over_b: rows,
+            collapse: self.collapse.scores(),
         }
     }
 }
@@ -694,27 +752,34 @@ fn nan() -> f64 {
 
 /// The η/b table of a set of cells.
 pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
-    let mut rows: Vec<EtaOverBRow> = cells
-        .iter()
-        .map(|c| EtaOverBRow {
-            eta_over_b: c.eta_over_b,
-            lr: c.lr,
-            batch_size: c.batch_size,
-            cell: c.index,
-            rank_fraction: c.rank_fraction.mean,
-            rank_fraction_lo: c.rank_certified.as_ref().map_or(f64::NAN, |r| r.lo / c.d.max(1) as f64),
-            rank_fraction_hi: c.rank_certified.as_ref().map_or(f64::NAN, |r| r.hi / c.d.max(1) as f64),
-            trace: c.trace.mean,
-            temperature_trace_per_d: c.temperature_trace_per_d().mean,
-            area_rate: c.area_rate.mean,
-            cycling_frequency: c.cycling_frequency.mean,
-            grad_norm: c.grad_norm.mean,
-            test_accuracy: c.test_accuracy.mean,
-            statistics: crate::scaling::cell_statistics(c),
-        })
-        .collect();
-    rows.sort_by(|a, b| a.eta_over_b.total_cmp(&b.eta_over_b).then(a.cell.cmp(&b.cell)));
+    let mut rows: Vec<EtaOverBRow> = cells.iter().map(eta_over_b_row).collect();
+    sort_by_eta_over_b(&mut rows);
     rows
+}
+
+/// η/b, then the cell index.
+fn sort_by_eta_over_b(rows: &mut [EtaOverBRow]) {
+    rows.sort_by(|a, b| a.eta_over_b.total_cmp(&b.eta_over_b).then(a.cell.cmp(&b.cell)));
+}
+
+/// A cell's row of the η/b table.
+fn eta_over_b_row(c: &CellResult) -> EtaOverBRow {
+    EtaOverBRow {
+        eta_over_b: c.eta_over_b,
+        lr: c.lr,
+        batch_size: c.batch_size,
+        cell: c.index,
+        rank_fraction: c.rank_fraction.mean,
+        rank_fraction_lo: c.rank_certified.as_ref().map_or(f64::NAN, |r| r.lo / c.d.max(1) as f64),
+        rank_fraction_hi: c.rank_certified.as_ref().map_or(f64::NAN, |r| r.hi / c.d.max(1) as f64),
+        trace: c.trace.mean,
+        temperature_trace_per_d: c.temperature_trace_per_d().mean,
+        area_rate: c.area_rate.mean,
+        cycling_frequency: c.cycling_frequency.mean,
+        grad_norm: c.grad_norm.mean,
+        test_accuracy: c.test_accuracy.mean,
+        statistics: crate::scaling::cell_statistics(c),
+    }
 }
 
 #[cfg(test)]

@@ -217,27 +217,85 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-/// The score of one statistic over `cells`, with its bootstrap interval.
-pub fn collapse_score(cells: &[CellResult], stat: &Statistic) -> CollapseScore {
-    // Group cells by their axes other than lr and batch size.
-    let mut keys: Vec<String> = vec![];
-    let mut points = vec![];
-    for c in cells {
+/// The cells of one statistic as the fit sees them: each cell with a
+/// finite value is a point, in a group of the cells that share its axes
+/// other than lr and batch size.
+#[derive(Default)]
+struct StatPoints {
+    keys: Vec<String>,
+    points: Vec<Point>,
+}
+
+impl StatPoints {
+    /// Adds cell `c`'s point for `stat`, if it has one.
+    fn add(&mut self, c: &CellResult, stat: &Statistic) {
         let seeds: Vec<f64> = c.runs.iter().map(|r| (stat.value)(r, c.lr)).filter(|x| x.is_finite()).collect();
         if seeds.is_empty() || c.lr <= 0.0 || c.batch_size == 0 {
-            continue;
+            return;
         }
         let mut other = c.params.clone();
         other.remove("lr");
         other.remove("batch_size");
         let key = crate::grid::fmt_params(&other);
-        let group = keys.iter().position(|k| *k == key).unwrap_or_else(|| {
-            keys.push(key);
-            keys.len() - 1
+        let group = self.keys.iter().position(|k| *k == key).unwrap_or_else(|| {
+            self.keys.push(key);
+            self.keys.len() - 1
         });
-        points.push(Point { group, u: c.lr.ln(), v: (c.batch_size as f64).ln(), seeds });
+        self.points.push(Point { group, u: c.lr.ln(), v: (c.batch_size as f64).ln(), seeds });
     }
-    score(stat.name, &points, keys.len())
+}
+
+/// The score of one statistic over `cells`, with its bootstrap interval.
+pub fn collapse_score(cells: &[CellResult], stat: &Statistic) -> CollapseScore {
+    let mut p = StatPoints::default();
+    for c in cells {
+        p.add(c, stat);
+    }
+    score(stat.name, &p.points, p.keys.len())
+}
+
+/// What the collapse scores need of a sweep's cells — per statistic, each
+/// cell's seed values and group — gathered one cell at a time, so the cells
+/// themselves can stream past ([`crate::results::SummaryBuilder`]).
+pub struct CollapseInputs {
+    per_stat: Vec<StatPoints>,
+    unresolved: usize,
+}
+
+impl Default for CollapseInputs {
+    fn default() -> Self {
+        CollapseInputs { per_stat: STATISTICS.iter().map(|_| StatPoints::default()).collect(), unresolved: 0 }
+    }
+}
+
+impl CollapseInputs {
+    /// Adds one cell.
+    pub fn add(&mut self, c: &CellResult) {
+        for (p, stat) in self.per_stat.iter_mut().zip(STATISTICS) {
+            p.add(c, stat);
+        }
+        self.unresolved += c.runs.iter().filter(|r| final_spectrum(r).is_some_and(|s| !s.rank_resolved)).count();
+    }
+
+    /// The score of every statistic in [`STATISTICS`], as
+    /// [`collapse_scores`] gives them for the same cells in the same order.
+    pub fn scores(&self) -> Vec<CollapseScore> {
+        STATISTICS
+            .iter()
+            .zip(&self.per_stat)
+            .map(|(s, p)| {
+                let mut score = score(s.name, &p.points, p.keys.len());
+                if s.name == "rank/d" && self.unresolved > 0 {
+                    let left_out = format!("{} runs with an unresolved rank left out", self.unresolved);
+                    score.note = Some(match score.note {
+                        Some(n) => format!("{left_out}; {n}"),
+                        None => left_out,
+                    });
+                }
+                score
+            })
+            .collect()
+    }
 }
 
 fn score(name: &str, points: &[Point], groups: usize) -> CollapseScore {
@@ -314,22 +372,11 @@ pub fn cell_statistics(c: &CellResult) -> std::collections::BTreeMap<String, cra
 /// Collapse scores of every statistic in [`STATISTICS`]. Runs whose rank is
 /// not resolved are left out of the rank/d score, and its note says so.
 pub fn collapse_scores(cells: &[CellResult]) -> Vec<CollapseScore> {
-    let unresolved =
-        cells.iter().flat_map(|c| &c.runs).filter(|r| final_spectrum(r).is_some_and(|s| !s.rank_resolved)).count();
-    STATISTICS
-        .iter()
-        .map(|s| {
-            let mut score = collapse_score(cells, s);
-            if s.name == "rank/d" && unresolved > 0 {
-                let left_out = format!("{unresolved} runs with an unresolved rank left out");
-                score.note = Some(match score.note {
-                    Some(n) => format!("{left_out}; {n}"),
-                    None => left_out,
-                });
-            }
-            score
-        })
-        .collect()
+    let mut inputs = CollapseInputs::default();
+    for c in cells {
+        inputs.add(c);
+    }
+    inputs.scores()
 }
 
 #[cfg(test)]

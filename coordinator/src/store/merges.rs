@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 
+use gradsweep_shared::SweepPlan;
 use gradsweep_shared::digest::{CellSpectra, ProbeDigest};
 use gradsweep_shared::results::{CellMerge, CellResult, RESULTS_VERSION, RunData, merge_cell};
 use gradsweep_shared::run::ProbeRecord;
@@ -45,19 +46,40 @@ impl Store {
     /// when it kept its spectra (as when thresholds are asked for), so
     /// every source can give them ([`CellSource::compute_keeping`]).
     pub fn cell_sources_for(&self, sweep_id: &str, th: &RankThresholds, spectra: bool) -> Result<Vec<CellSource>> {
-        // One snapshot: a cell pruned between reading its row and its runs
-        // would otherwise be merged from runs whose sketches are gone.
-        self.snapshot(|s| s.cell_sources_now(sweep_id, th, spectra))
+        self.cell_sources_in(&self.plan(sweep_id)?, sweep_id, th, spectra, 0..u32::MAX)
     }
 
-    fn cell_sources_now(&self, sweep_id: &str, th: &RankThresholds, need_spectra: bool) -> Result<Vec<CellSource>> {
+    /// [`Self::cell_sources_for`] of the cells whose index is in `cells`
+    /// only, given the sweep's `plan` (read once by a caller that pages): a
+    /// page of a sweep too large to read at once.
+    pub fn cell_sources_in(
+        &self,
+        plan: &SweepPlan,
+        sweep_id: &str,
+        th: &RankThresholds,
+        spectra: bool,
+        cells: std::ops::Range<u32>,
+    ) -> Result<Vec<CellSource>> {
+        // One snapshot: a cell pruned between reading its row and its runs
+        // would otherwise be merged from runs whose sketches are gone.
+        self.snapshot(|s| s.cell_sources_now(plan, sweep_id, th, spectra, cells))
+    }
+
+    fn cell_sources_now(
+        &self,
+        plan: &SweepPlan,
+        sweep_id: &str,
+        th: &RankThresholds,
+        need_spectra: bool,
+        range: std::ops::Range<u32>,
+    ) -> Result<Vec<CellSource>> {
         let need_spectra = need_spectra || !th.is_empty();
-        let plan = self.plan(sweep_id)?;
         let mut stored: BTreeMap<u32, (usize, bool, StoredCell)> = BTreeMap::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT cell, runs_merged, result_json, spectra, pruned FROM cells WHERE sweep_id = ?1")?;
-        let mut rows = stmt.query([sweep_id])?;
+        let mut stmt = self.conn.prepare(
+            "SELECT cell, runs_merged, result_json, spectra, pruned FROM cells \
+             WHERE sweep_id = ?1 AND cell >= ?2 AND cell < ?3",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![sweep_id, i64::from(range.start), i64::from(range.end)])?;
         while let Some(r) = rows.next()? {
             let cell: u32 = r.get(0)?;
             let unreadable = |what: &str, e: String| {
@@ -73,9 +95,10 @@ impl Store {
                 .filter(|sp| result.fits(sp));
             stored.insert(cell, (r.get::<_, i64>(1)? as usize, r.get(4)?, StoredCell { result, spectra }));
         }
-        let done = self.finished_per_cell(sweep_id)?;
+        let done = self.finished_per_cell(sweep_id, &range)?;
         plan.cells
             .iter()
+            .filter(|cell| range.contains(&cell.index))
             .map(|cell| {
                 let finished = done.get(&cell.index).copied().unwrap_or(0);
                 match stored.remove(&cell.index) {
@@ -104,12 +127,14 @@ impl Store {
     }
 
     /// Completed and diverged runs per cell of a sweep.
-    fn finished_per_cell(&self, sweep_id: &str) -> Result<BTreeMap<u32, usize>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT cell, count(*) FROM runs WHERE sweep_id = ?1 AND state IN (?2, ?3) GROUP BY cell")?;
+    fn finished_per_cell(&self, sweep_id: &str, cells: &std::ops::Range<u32>) -> Result<BTreeMap<u32, usize>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT cell, count(*) FROM runs WHERE sweep_id = ?1 AND state IN (?2, ?3) AND cell >= ?4 AND cell < ?5 \
+             GROUP BY cell",
+        )?;
+        let (lo, hi) = (i64::from(cells.start), i64::from(cells.end));
         let rows = stmt
-            .query_map(params![sweep_id, RunState::Completed, RunState::Diverged], |r| {
+            .query_map(params![sweep_id, RunState::Completed, RunState::Diverged, lo, hi], |r| {
                 Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as usize))
             })?
             .collect::<rusqlite::Result<_>>()?;
