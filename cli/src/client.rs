@@ -91,13 +91,34 @@ pub async fn fetch_results_with(
     sweep_id: &str,
     th: &RankThresholds,
 ) -> Result<(Vec<CellResult>, SweepSummary), ClientError> {
-    let mut stream = client.results(gradsweep_coordinator::convert::results_request(sweep_id, th)).await?.into_inner();
     let mut cells = vec![];
-    let mut summary = None;
+    let summary = stream_results(client, sweep_id, th, &mut |c| {
+        cells.push(c);
+        Ok(())
+    })
+    .await?;
+    Ok((cells, summary))
+}
+
+/// Streams a sweep's results, with ranks at extra thresholds `th` too:
+/// hands each cell to `on_cell` as it arrives (in index order; the
+/// coordinator sends them a page at a time), keeping only its η/b row, and
+/// returns the summary with those rows, which the coordinator leaves out.
+pub async fn stream_results(
+    client: &mut ControlClient,
+    sweep_id: &str,
+    th: &RankThresholds,
+    on_cell: &mut dyn FnMut(CellResult) -> std::io::Result<()>,
+) -> Result<SweepSummary, ClientError> {
+    use gradsweep_shared::results::{eta_over_b_row, sort_by_eta_over_b};
+    let mut stream = client.results(gradsweep_coordinator::convert::results_request(sweep_id, th)).await?.into_inner();
+    let (mut rows, mut summary) = (vec![], None::<SweepSummary>);
     while let Some(chunk) = stream.message().await? {
         match chunk.body {
             Some(pb::results_chunk::Body::CellJson(j)) => {
-                cells.push(serde_json::from_str(&j).map_err(|e| ClientError::Decode(e.to_string()))?)
+                let c: CellResult = serde_json::from_str(&j).map_err(|e| ClientError::Decode(e.to_string()))?;
+                rows.push(eta_over_b_row(&c));
+                on_cell(c).map_err(ClientError::Output)?;
             }
             Some(pb::results_chunk::Body::SummaryJson(j)) => {
                 summary = Some(serde_json::from_str(&j).map_err(|e| ClientError::Decode(e.to_string()))?)
@@ -105,12 +126,10 @@ pub async fn fetch_results_with(
             None => {}
         }
     }
-    let mut summary: SweepSummary =
-        summary.ok_or_else(|| ClientError::Decode("results stream ended without a summary".into()))?;
-    // The summary comes without its η/b rows, a row per cell: they are the
-    // cells' own, rebuilt here.
-    summary.by_eta_over_b = gradsweep_shared::results::eta_over_b_table(&cells);
-    Ok((cells, summary))
+    let mut summary = summary.ok_or_else(|| ClientError::Decode("results stream ended without a summary".into()))?;
+    sort_by_eta_over_b(&mut rows);
+    summary.by_eta_over_b = rows;
+    Ok(summary)
 }
 
 /// Every cell's spectra ([`gradsweep_shared::digest::CellSpectra`]), by

@@ -275,7 +275,8 @@ fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> anyhow::Result<()> {
 /// spectrum, [`CellResult::spectrum_files`]), and the report — report.html
 /// and `figures/*.svg`, drawn from the same document and files
 /// ([`gradsweep_report::render`]), with sections for `cells` (or the
-/// report's choice); from a coordinator, also the gradient rows the probes
+/// report's choice), from `spectra` when the caller has read them already;
+/// from a coordinator, also the gradient rows the probes
 /// kept ([`write_saved_gradients`]). Reads runs and spectra from `source`;
 /// says what it wrote on stderr.
 ///
@@ -286,6 +287,7 @@ pub async fn write_exports(
     doc: &ResultsDocument,
     th: &RankThresholds,
     cells: Option<&[u32]>,
+    spectra: Option<Spectra>,
 ) -> anyhow::Result<()> {
     let sweep = doc.provenance.sweep_id.as_str();
     let detail = gradsweep_report::detail_cells(doc, cells)?;
@@ -301,9 +303,10 @@ pub async fn write_exports(
         Source::Db(_) => Default::default(),
     };
     let (_, epochs, runs) = crate::runs::write_runs_csv(source, sweep, dir, &hosts, &detail).await?;
-    let spectra = match source {
-        Source::Remote(remote) => crate::client::export_spectra(&mut remote.connect().await?, sweep).await?,
-        Source::Db(path) => {
+    let spectra = match (spectra, source) {
+        (Some(s), _) => s,
+        (None, Source::Remote(remote)) => crate::client::export_spectra(&mut remote.connect().await?, sweep).await?,
+        (None, Source::Db(path)) => {
             let (path, id) = (path.clone(), sweep.to_string());
             tokio::task::spawn_blocking(move || Offline::open(&path)?.spectra(&id)).await??
         }
@@ -411,35 +414,45 @@ pub fn print_results(format: OutputFormat, doc: &ResultsDocument, th: &RankThres
     Ok(())
 }
 
+use gradsweep_coordinator::offline::SpectraByCell as Spectra;
+
 /// A sweep's results document and status, from a coordinator or computed
 /// from a database file by the coordinator's own code (stale cells merged,
-/// nothing written).
+/// nothing written). From a file, with `spectra`, also the cells' spectra
+/// from the same merge.
 async fn read_results(
     source: &Source,
     sweep: &str,
     th: &RankThresholds,
-) -> anyhow::Result<(ResultsDocument, pb::SweepStatus)> {
-    let (cells, summary, status) = match source {
+    spectra: bool,
+) -> anyhow::Result<(ResultsDocument, pb::SweepStatus, Option<Spectra>)> {
+    let (cells, summary, status, spectra) = match source {
         Source::Remote(remote) => {
             let mut client = remote.connect().await?;
             let (cells, summary) = fetch_results_with(&mut client, sweep, th).await?;
             // The status after the results: the counts the files describe.
             let status =
                 client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
-            (cells, summary, status.into_inner())
+            (cells, summary, status.into_inner(), None)
         }
         Source::Db(path) => {
             let (path, id, th2) = (path.clone(), sweep.to_string(), th.clone());
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let db = Offline::open(&path)?;
-                let (cells, summary) = db.results(&id, &th2)?;
+                let (cells, summary, spectra) = if spectra {
+                    let (c, s, sp) = db.results_and_spectra(&id, &th2)?;
+                    (c, s, Some(sp))
+                } else {
+                    let (c, s) = db.results(&id, &th2)?;
+                    (c, s, None)
+                };
                 let status = db.status(Some(&id))?.remove(0);
-                Ok((cells, summary, status))
+                Ok((cells, summary, status, spectra))
             })
             .await??
         }
     };
-    Ok((ResultsDocument { provenance: report::Provenance::of(&status), summary, cells }, status))
+    Ok((ResultsDocument { provenance: report::Provenance::of(&status), summary, cells }, status, spectra))
 }
 
 /// `gradsweep results`: prints them in `format`, and writes every export
@@ -451,10 +464,13 @@ pub async fn results(
     out: Option<&Path>,
     th: &RankThresholds,
 ) -> anyhow::Result<()> {
-    let (doc, status) = read_results(source, sweep, th).await?;
+    if let (Source::Remote(remote), None, OutputFormat::Csv | OutputFormat::Json) = (source, out, format) {
+        return stream_results_out(remote, sweep, format, th).await;
+    }
+    let (doc, status, spectra) = read_results(source, sweep, th, out.is_some()).await?;
     // Files first: a reader that stops early (`| head`) loses none of them.
     if let Some(dir) = out {
-        write_exports(source, dir, &doc, th, None).await?;
+        write_exports(source, dir, &doc, th, None, spectra).await?;
     }
     print_results(format, &doc, th)?;
     // Failed runs are missing from the statistics: say which and why.
@@ -462,6 +478,78 @@ pub async fn results(
         eprintln!("note: {t}");
     }
     Ok(())
+}
+
+/// `results --format csv|json` from a coordinator, with no files to
+/// write: each cell is printed as it arrives and dropped, so a sweep of any
+/// size prints in the memory of its η/b rows. The CSV is results.csv and
+/// the JSON results.json, byte for byte ([`ResultsDocument`]'s keys are in
+/// the order they can be written).
+async fn stream_results_out(
+    remote: &crate::client::Remote,
+    sweep: &str,
+    format: OutputFormat,
+    th: &RankThresholds,
+) -> anyhow::Result<()> {
+    let mut client = remote.connect().await?;
+    let (mut axes, mut first) = (None::<Vec<String>>, true);
+    if format == OutputFormat::Json {
+        crate::out!("{{\n  \"cells\": [")?;
+    }
+    let summary = crate::client::stream_results(&mut client, sweep, th, &mut |c| match format {
+        OutputFormat::Json => {
+            let text = serde_json::to_string_pretty(&c).map_err(std::io::Error::other)?;
+            let sep = if std::mem::take(&mut first) { "\n" } else { ",\n" };
+            crate::out!("{sep}{}", indent(&text, 4))
+        }
+        _ => {
+            // A grid gives every cell the same axes: the first cell's name
+            // the columns, and a cell that differs is an error, not a
+            // silently dropped value.
+            let mine = report::csv_axes(std::slice::from_ref(&c));
+            let cols = match &axes {
+                Some(a) if *a != mine => {
+                    return Err(std::io::Error::other(format!(
+                        "cell {} has the axes {mine:?}, cell 0 {a:?}: write the results with --out instead",
+                        c.index
+                    )));
+                }
+                Some(a) => a,
+                None => {
+                    crate::out!("{}", report::csv_header(&mine, th))?;
+                    axes.insert(mine)
+                }
+            };
+            crate::out!("{}", report::csv_row(&c, cols, th))
+        }
+    })
+    .await?;
+    let status = client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
+    let status = status.into_inner();
+    match format {
+        OutputFormat::Json => {
+            let summary = serde_json::to_string_pretty(&summary)?;
+            let provenance = serde_json::to_string_pretty(&report::Provenance::of(&status))?;
+            crate::outln!(
+                "{}],\n  \"summary\": {},\n  \"provenance\": {}\n}}",
+                if first { "" } else { "\n  " },
+                indent(&summary, 2).trim_start(),
+                indent(&provenance, 2).trim_start()
+            )?;
+        }
+        _ if axes.is_none() => crate::out!("{}", report::csv_header(&[], th))?,
+        _ => {}
+    }
+    if let Some(t) = crate::runs::failures_text(&status) {
+        eprintln!("note: {t}");
+    }
+    Ok(())
+}
+
+/// `text` with every line indented by `n` spaces.
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// `gradsweep report`: every export, the report among them, into `out`,
@@ -473,8 +561,8 @@ pub async fn report(
     cells: Option<&[u32]>,
     th: &RankThresholds,
 ) -> anyhow::Result<()> {
-    let (doc, status) = read_results(source, sweep, th).await?;
-    write_exports(source, out, &doc, th, cells).await?;
+    let (doc, status, spectra) = read_results(source, sweep, th, true).await?;
+    write_exports(source, out, &doc, th, cells, spectra).await?;
     if let Some(t) = crate::runs::failures_text(&status) {
         eprintln!("note: {t}");
     }

@@ -243,7 +243,7 @@ async fn drive(
     let ended = client.status(pb::StatusRequest { sweep_id: sub.sweep_id.clone() }).await.map_err(ClientError::from)?;
     let doc = ResultsDocument { provenance: crate::report::Provenance::of(&ended.into_inner()), summary, cells };
     let source = Source::Remote(Remote::plain(addr));
-    write_exports(&source, out, &doc, &th, None).await?;
+    write_exports(&source, out, &doc, &th, None, None).await?;
     print_results(args.format, &doc, &th)?;
     crate::runs::require_no_failures(&status)
 }

@@ -303,14 +303,30 @@ pub fn eta_table(summary: &SweepSummary) -> String {
 /// (already columns) one column named by its key, last. Every field is one
 /// value: no packed strings.
 pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
-    let user = threshold_columns(th);
-    let axes: Vec<&String> = cells
+    let axes = csv_axes(cells);
+    let mut out = csv_header(&axes, th);
+    for c in cells {
+        out.push_str(&csv_row(c, &axes, th));
+    }
+    out
+}
+
+/// The axes results.csv has a column for: every key of the cells' params
+/// but lr and batch size (which have their own), sorted.
+pub fn csv_axes(cells: &[CellResult]) -> Vec<String> {
+    cells
         .iter()
         .flat_map(|c| c.params.keys())
         .filter(|k| !matches!(k.as_str(), "lr" | "batch_size"))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
-        .collect();
+        .cloned()
+        .collect()
+}
+
+/// results.csv's header row for `axes` and the user's thresholds `th`.
+pub fn csv_header(axes: &[String], th: &RankThresholds) -> String {
+    let user = threshold_columns(th);
     let mut out = String::from(
         "cell,lr,batch_size,eta_over_b,seeds_done,seeds_total,seeds_diverged,train_loss,train_loss_ci95,test_accuracy,test_accuracy_ci95,d,\
          rank_lo,rank_hi,rank_ci95,rank_resolved,rank_needs_ell,rank_fraction_lo,rank_fraction_hi,trace,trace_ci95,\
@@ -329,12 +345,18 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
         out.pop();
     }
     out.push('\n');
+    out
+}
+
+/// One cell's row of results.csv, for `axes` and the thresholds `th`.
+pub fn csv_row(c: &CellResult, axes: &[String], th: &RankThresholds) -> String {
+    let user = threshold_columns(th);
     let f = |x: f64| if x.is_finite() { format!("{x}") } else { String::new() };
-    for c in cells {
+    {
         let r = row(c);
         let params: Vec<String> = axes
             .iter()
-            .map(|k| match c.params.get(*k) {
+            .map(|k| match c.params.get(k) {
                 None => String::new(),
                 Some(serde_json::Value::String(s)) => crate::runs::csv_field(s),
                 Some(v) => crate::runs::csv_field(&v.to_string()),
@@ -396,8 +418,7 @@ pub fn csv(cells: &[CellResult], th: &RankThresholds) -> String {
         if line.ends_with(',') {
             line.pop();
         }
-        out.push_str(&line);
-        out.push('\n');
+        line.push('\n');
+        line
     }
-    out
 }

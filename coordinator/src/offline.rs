@@ -18,6 +18,25 @@ use crate::convert;
 use crate::error::Result;
 use crate::store::{LeasePolicy, Store};
 
+/// Each cell's spectra (the eigenvalue lists behind its spectrum files), by
+/// cell index.
+pub type SpectraByCell = Vec<(u32, gradsweep_shared::digest::CellSpectra)>;
+
+/// Cells merged with their spectra, as the cells and the spectra by cell.
+pub fn split_spectra(
+    merged: Vec<(CellResult, Option<gradsweep_shared::digest::CellSpectra>)>,
+) -> (Vec<CellResult>, SpectraByCell) {
+    let mut spectra = vec![];
+    let mut cells = Vec::with_capacity(merged.len());
+    for (c, sp) in merged {
+        if let Some(sp) = sp {
+            spectra.push((c.index, sp));
+        }
+        cells.push(c);
+    }
+    (cells, spectra)
+}
+
 /// A gradsweep database opened read-only.
 pub struct Offline {
     store: Store,
@@ -53,9 +72,24 @@ impl Offline {
         Ok((cells, summary))
     }
 
+    /// [`Self::results`] and [`Self::spectra`] from one merge of the stale
+    /// cells (each would merge them again).
+    pub fn results_and_spectra(
+        &self,
+        sweep_id: &str,
+        th: &RankThresholds,
+    ) -> Result<(Vec<CellResult>, SweepSummary, SpectraByCell)> {
+        let row = self.store.sweep(sweep_id)?;
+        let sources = self.store.cell_sources_for(sweep_id, th, true)?;
+        let (merged, _fresh) = crate::state::merge_all_keeping(sources, th);
+        let (cells, spectra) = split_spectra(merged);
+        let summary = SweepSummary::new(row.id.clone(), row.name.clone(), row.total() as usize, &cells);
+        Ok((cells, summary, spectra))
+    }
+
     /// Every cell's spectra, as `ExportSpectra` sends them (merged here
     /// where the stored merge did not keep them, and not stored).
-    pub fn spectra(&self, sweep_id: &str) -> Result<Vec<(u32, gradsweep_shared::digest::CellSpectra)>> {
+    pub fn spectra(&self, sweep_id: &str) -> Result<SpectraByCell> {
         let th = RankThresholds::default();
         let sources = self.store.cell_sources_for(sweep_id, &th, true)?;
         let (cells, _fresh) = crate::state::merge_all_keeping(sources, &th);

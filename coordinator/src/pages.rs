@@ -181,14 +181,7 @@ pub async fn report_input(state: &Coordinator, id: &str) -> Result<ReportInput, 
         })
         .await?;
     let merged = state.cell_results_keeping(id.to_string(), RankThresholds::default(), true).await?;
-    let mut spectra = vec![];
-    let mut cells = Vec::with_capacity(merged.len());
-    for (c, sp) in merged {
-        if let Some(sp) = sp {
-            spectra.push((c.index, sp));
-        }
-        cells.push(c);
-    }
+    let (cells, spectra) = crate::offline::split_spectra(merged);
     let summary = SweepSummary::new(status.sweep_id.clone(), status.name.clone(), status.runs_total as usize, &cells);
     let results = ResultsDocument { provenance: Provenance::of(&status), summary, cells };
     let detail =

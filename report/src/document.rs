@@ -68,15 +68,18 @@ impl Provenance {
 }
 
 /// Everything `results --format json` prints:
-/// `{ "provenance": …, "summary": …, "cells": […] }`.
+/// `{ "cells": […], "summary": …, "provenance": … }`, in the order a
+/// streamed document can be written (each cell as it arrives, the summary
+/// once they all have), so the streamed and the whole document are the
+/// same bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultsDocument {
-    /// Where the results come from.
-    pub provenance: Provenance,
-    /// The sweep-level summary (η/b table, collapse scores).
-    pub summary: SweepSummary,
     /// Every cell's statistics.
     pub cells: Vec<CellResult>,
+    /// The sweep-level summary (η/b table, collapse scores).
+    pub summary: SweepSummary,
+    /// Where the results come from.
+    pub provenance: Provenance,
 }
 
 impl ResultsDocument {

@@ -757,13 +757,13 @@ pub fn eta_over_b_table(cells: &[CellResult]) -> Vec<EtaOverBRow> {
     rows
 }
 
-/// η/b, then the cell index.
-fn sort_by_eta_over_b(rows: &mut [EtaOverBRow]) {
+/// Sorts η/b rows as the table lists them: η/b, then the cell index.
+pub fn sort_by_eta_over_b(rows: &mut [EtaOverBRow]) {
     rows.sort_by(|a, b| a.eta_over_b.total_cmp(&b.eta_over_b).then(a.cell.cmp(&b.cell)));
 }
 
 /// A cell's row of the η/b table.
-fn eta_over_b_row(c: &CellResult) -> EtaOverBRow {
+pub fn eta_over_b_row(c: &CellResult) -> EtaOverBRow {
     EtaOverBRow {
         eta_over_b: c.eta_over_b,
         lr: c.lr,

@@ -209,6 +209,23 @@ async fn results_stream_a_large_sweep_page_by_page_as_one_document() {
     // NaN-bearing statistics compare as their JSON.
     assert_eq!(json(&streamed), json(&all), "the streamed cells are those of one read");
     assert_eq!(json(&summary), json(&all_summary), "and so is the summary");
+    // The CLI prints CSV and JSON as the cells arrive: the same file and
+    // the same document as from all cells at once.
+    let run = |format: &'static str| {
+        let (sweep, url) = (sweep.clone(), server.url.clone());
+        tokio::task::spawn_blocking(move || cli(&["results", &sweep, "--format", format, "--coordinator", &url]))
+    };
+    let o = run("csv").await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let th = Default::default();
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), gradsweep_cli::report::csv(&all, &th));
+    let o = run("json").await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let value = |v: &str| serde_json::from_str::<serde_json::Value>(v).unwrap();
+    assert_eq!(doc["cells"], value(&json(&all)));
+    assert_eq!(doc["summary"], value(&json(&all_summary)));
+    assert_eq!(doc["provenance"]["sweep_id"], sweep.as_str());
     server.stop().await;
 }
 
