@@ -406,6 +406,11 @@ pub fn print_results(format: OutputFormat, doc: &ResultsDocument, th: &RankThres
             crate::outln!()?;
             crate::out!("{}", report::drift_table(&doc.cells))?;
             crate::outln!()?;
+            let pairs = report::pairs_table(&doc.cells);
+            if !pairs.is_empty() {
+                crate::out!("{pairs}")?;
+                crate::outln!()?;
+            }
             crate::out!("{}", report::eta_table(&doc.summary))?;
         }
         OutputFormat::Csv => crate::out!("{}", report::csv(&doc.cells, th))?,
@@ -680,5 +685,9 @@ pub fn models() -> anyhow::Result<()> {
         crate::outln!("{name}  {}", m.describe())?;
     }
     crate::outln!("(linear:IN-OUT and mlp:W0-W1-...-Wk[+bn] take any widths)")?;
+    for c in gradsweep_shared::controls::Control::ALL {
+        crate::outln!("{}{}  {}", gradsweep_shared::controls::CONTROL_PREFIX, c.name(), c.describe())?;
+    }
+    crate::outln!("(control: models take no data set; `lr` is their time step, `control_lambda` their rotation)")?;
     Ok(())
 }

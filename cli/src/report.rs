@@ -1,10 +1,11 @@
 //! Results as terminal tables, CSV, or JSON.
 //!
-//! The table format prints three tables: the spectrum of `D` per cell
-//! ([`table`]), the drift statistics per cell ([`drift_table`]), and the
-//! sweep-level η/b table with the collapse scores ([`eta_table`]).
+//! The table format prints the spectrum of `D` per cell ([`table`]), the
+//! drift statistics per cell ([`drift_table`]), the area rate of every pair
+//! of directions when a cell projects on more than two ([`pairs_table`]),
+//! and the sweep-level η/b table with the collapse scores ([`eta_table`]).
 
-use gradsweep_shared::results::{BracketKind, CellBracket, CellResult, SweepSummary};
+use gradsweep_shared::results::{BracketKind, CellBracket, CellResult, PairDrift, SweepSummary};
 use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 
 pub use gradsweep_report::document::{Provenance, RunCounts};
@@ -203,13 +204,16 @@ pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
 }
 
 /// The drift statistics per cell: ± is the 95 % interval across seeds;
-/// "merged" columns read the seeds' trajectory sums added together.
+/// "merged" columns read the seeds' trajectory sums added together;
+/// "area detectable" is the power statement: the smallest area rate the
+/// seeds would have told from 0 (5 % test, 80 % power).
 pub fn drift_table(cells: &[CellResult]) -> String {
     let header = [
         "cell",
         "η/b",
         "points",
         "area rate",
+        "area detectable",
         "cycling ω",
         "merged ω",
         "MSD exp",
@@ -227,6 +231,7 @@ pub fn drift_table(cells: &[CellResult]) -> String {
             num(c.eta_over_b),
             merged.map_or("-".into(), |d| d.points.to_string()),
             pm(c.area_rate),
+            num(c.area_rate_detectable),
             pm(c.cycling_frequency),
             merged.map_or("-".into(), |d| num(d.cycling_frequency)),
             pm(c.msd_exponent),
@@ -238,6 +243,73 @@ pub fn drift_table(cells: &[CellResult]) -> String {
         ]);
     }
     align(&rows)
+}
+
+/// Cells whose pairs [`pairs_table`] lists in full; past this, one summary
+/// line per cell.
+const PAIR_TABLE_CELLS: usize = 4;
+
+/// Pairs listed per cell, the strongest first.
+const PAIR_TABLE_ROWS: usize = 12;
+
+/// The area rate of every pair of projected coordinates (with `basis =
+/// "eigen"`, of D's eigenvectors), for cells that project on more than two
+/// directions: per cell, how many pairs' 95 % intervals exclude 0 against
+/// how many would by chance alone (5 % of the pairs), then the pairs with
+/// the largest |mean|/interval, each with its power statement. Empty when
+/// no cell has more than one pair.
+pub fn pairs_table(cells: &[CellResult]) -> String {
+    let with_pairs: Vec<(&CellResult, Vec<PairDrift>)> =
+        cells.iter().map(|c| (c, c.pair_drift())).filter(|(_, p)| p.len() > 1).collect();
+    if with_pairs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "area rate of every pair of directions (per step; ± 95 % across seeds; detectable: the smallest mean rate \
+         the seeds would have told from 0; |rate| ≤: a 95 % bound on each seed's rate whatever its sign, for \
+         directions each seed chooses itself)\n",
+    );
+    for (n, (c, pairs)) in with_pairs.iter().enumerate() {
+        let excl = pairs.iter().filter(|p| p.excludes_zero()).count();
+        out.push_str(&format!(
+            "cell {}: {excl} of {} pairs exclude 0 (chance alone: {:.1}); largest detectable {}; largest |rate| bound {}\n",
+            c.index,
+            pairs.len(),
+            0.05 * pairs.len() as f64,
+            num(pairs.iter().map(|p| p.area_rate.detectable()).fold(f64::NAN, f64::max)),
+            num(pairs.iter().map(|p| p.area_rate.rms_upper95()).fold(f64::NAN, f64::max)),
+        ));
+        if n >= PAIR_TABLE_CELLS {
+            continue;
+        }
+        let mut sorted: Vec<&PairDrift> = pairs.iter().collect();
+        let strength = |p: &PairDrift| (p.area_rate.mean / p.area_rate.ci95).abs();
+        sorted.sort_by(|a, b| strength(b).total_cmp(&strength(a)));
+        let mut rows: Vec<Vec<String>> = vec![
+            ["pair", "area rate", "detectable", "|rate| ≤", "cycling ω", "|ω| ≤", "excludes 0"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ];
+        for p in sorted.into_iter().take(PAIR_TABLE_ROWS) {
+            rows.push(vec![
+                format!("({}, {})", p.i, p.j),
+                pm(p.area_rate),
+                num(p.area_rate.detectable()),
+                num(p.area_rate.rms_upper95()),
+                pm(p.cycling_frequency),
+                num(p.cycling_frequency.rms_upper95()),
+                if p.excludes_zero() { "yes".into() } else { "no".into() },
+            ]);
+        }
+        out.push_str(&align(&rows));
+    }
+    if with_pairs.len() > PAIR_TABLE_CELLS {
+        out.push_str(&format!(
+            "(pairs listed for the first {PAIR_TABLE_CELLS} cells; results.json holds every run's)\n"
+        ));
+    }
+    out
 }
 
 /// The sweep-level η/b table, then the collapse score of each statistic.
@@ -334,7 +406,8 @@ pub fn csv_header(axes: &[String], th: &RankThresholds) -> String {
          temperature_trace_per_d,temperature_trace_per_d_ci95,area_rate,area_rate_ci95,eigenspace_overlap,\
          eigenspace_overlap_ci95,cycling_frequency,cycling_frequency_ci95,msd_exponent,msd_exponent_ci95,\
          autocorrelation_max_lag,autocorrelation_max_lag_ci95,spectral_exponent,spectral_exponent_ci95,\
-         peak_to_background,peak_to_background_ci95,grad_norm_per_sqrt_d,grad_norm_per_sqrt_d_ci95,",
+         peak_to_background,peak_to_background_ci95,grad_norm_per_sqrt_d,grad_norm_per_sqrt_d_ci95,\
+         area_rate_detectable,cycling_frequency_detectable,",
     );
     for col in &user {
         out.push_str(&format!("{0}_lo,{0}_hi,{0}_resolved,", col.csv));
@@ -405,6 +478,7 @@ pub fn csv_row(c: &CellResult, axes: &[String], th: &RankThresholds) -> String {
             ]
             .iter()
             .map(|s| format!("{},{}", f(s.mean), f(s.ci95)))
+            .chain([format!("{},{}", f(c.area_rate_detectable), f(c.cycling_frequency_detectable))])
             .collect::<Vec<_>>()
             .join(","),
             user.iter()

@@ -1,6 +1,7 @@
 //! Engine benchmark: training steps and per-sample gradients of small-lenet
 //! and an MLP at batch 128 on one thread, against an sgemm of similar shape
-//! measured in the same run.
+//! measured in the same run; Frequent Directions updates and merges; and
+//! tiny-fc's training with and without per-step trajectory recording.
 //!
 //! `cargo bench -p gradsweep-shared --bench engine` prints criterion's
 //! timings and then a summary: samples/s, achieved GFLOP/s, the fraction of
@@ -13,11 +14,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use gradsweep_shared::linalg::sgemm;
+use gradsweep_shared::linalg::{random_orthonormal, sgemm};
 use gradsweep_shared::model::Model;
 use gradsweep_shared::nn::LayerKind;
 use gradsweep_shared::rng::{Rng, Stream};
 use gradsweep_shared::sketch::{ExactCovariance, FdSketch};
+use gradsweep_shared::trajectory::{TrajectoryRecorder, default_lags};
 
 const BATCH: usize = 128;
 const MLP: &str = "mlp:784-256-128-10";
@@ -191,10 +193,50 @@ fn sketch_summary(reference: f64) {
     println!("exact accumulate d={small_d}: {:>8.0} rows/s  {:>6.2} GFLOP/s (f64)", block as f64 / t, flops / t / 1e9);
 }
 
+/// tiny-fc as the limit-cycles experiment trains it (issue 15): SGD steps
+/// at batch 128, then the same steps with the trajectory recorded at every
+/// step as `examples/limit-cycles.toml` asks (projection on 8 directions,
+/// lags up to 4,096, a 4,096-point Welch window), side by side: samples/s
+/// and the recording's share of the time.
+fn trajectory_summary(reference: f64) {
+    let mut s = setup("tiny-fc");
+    let d = s.model.param_count();
+    let k = 8;
+    let dirs = random_orthonormal(k, d, &mut Rng::new(5, Stream::Projection));
+    let mut g = vec![0.0; d];
+    let mut rec = TrajectoryRecorder::with_spectrum(k, default_lags(4096), 4096);
+    let mut proj = vec![0.0f64; k];
+    let lr = 1e-3f32;
+    let step = |s: &mut Setup, g: &mut [f32]| {
+        black_box(s.train_step(g));
+        for (p, gi) in s.params.iter_mut().zip(g.iter()) {
+            *p -= lr * gi;
+        }
+    };
+    let t_train = time(Duration::from_secs(2), || step(&mut s, &mut g));
+    let t_rec = time(Duration::from_secs(2), || {
+        step(&mut s, &mut g);
+        for (i, pr) in proj.iter_mut().enumerate() {
+            *pr = dirs[i * d..(i + 1) * d].iter().zip(&s.params).map(|(&a, &x)| a as f64 * x as f64).sum();
+        }
+        rec.push(black_box(&proj));
+    });
+    let flops = s.train_flops();
+    println!(
+        "tiny-fc d={d}: train {:>9.0} samples/s  {:>6.2} GFLOP/s ({:>5.1} % of sgemm); recording every step (k={k}, lags ≤ 4096, Welch 4096): {:>9.0} samples/s, {:.1} % of the step",
+        BATCH as f64 / t_train,
+        flops / t_train / 1e9,
+        100.0 * flops / t_train / reference,
+        BATCH as f64 / t_rec,
+        100.0 * (t_rec - t_train) / t_train,
+    );
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(3));
     benches(&mut c);
     c.final_summary();
     summary();
     sketch_summary(sgemm_rate(BATCH, 784, 256));
+    trajectory_summary(sgemm_rate(BATCH, 784, 256));
 }

@@ -85,6 +85,10 @@ pub struct CheckpointHeader {
     pub last_epoch_loss: f64,
     /// The trajectory recorder.
     pub recorder: TrajectoryRecorder,
+    /// The exact state of a `control:` run (its f64 coordinates; `params`
+    /// then holds them rounded to f32); empty for networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<f64>,
 }
 
 /// A fingerprint of everything in a spec that determines a run's results.
@@ -241,7 +245,7 @@ impl Checkpoint {
             return Err(bad("non-finite weights or optimiser state".into()));
         }
         let h = wire.h;
-        if !h.loss_sum.is_finite() || !h.recorder.is_finite() {
+        if !h.loss_sum.is_finite() || !h.recorder.is_finite() || h.state.iter().any(|v| !v.is_finite()) {
             return Err(bad("non-finite loss or trajectory sums".into()));
         }
         let (p, rest) = all.split_at(wire.params);
@@ -295,6 +299,7 @@ mod tests {
                 loss_sum: 1.25,
                 last_epoch_loss: 0.3,
                 recorder,
+                state: vec![],
             },
             params: vec![0.5, -1.0, 2.0],
             buffers: vec![1.0],

@@ -214,6 +214,8 @@ enum Kind {
     NonNegative,
     /// Float in [0, 1).
     Fraction,
+    /// Any finite float.
+    Real,
     Bool,
     /// A list of non-negative integers.
     IntList,
@@ -339,6 +341,18 @@ const KEYS: &[KeyDef] = &[
         section: Section::Train,
         kind: Kind::Int(0),
         doc: "Checkpoint every this many steps as well (0: none).",
+    },
+    KeyDef {
+        name: "control_lambda",
+        section: Section::Train,
+        kind: Kind::Real,
+        doc: "`control:` models only: the strength λ of the rotational force (0: detailed balance); see docs/limit-cycles.md.",
+    },
+    KeyDef {
+        name: "control_steps",
+        section: Section::Train,
+        kind: Kind::Int(1),
+        doc: "`control:` models only: Euler–Maruyama steps per epoch, each of length `lr` (default 1000).",
     },
     KeyDef {
         name: "every_epochs",
@@ -468,7 +482,13 @@ pub struct KeyReference {
 /// Every `[train]` and `[probe]` key with its values, default and
 /// meaning, in the order of the declaration the parser uses.
 pub fn key_reference() -> Vec<KeyReference> {
-    let train = serde_json::to_value(TrainConfig::default()).unwrap_or_default();
+    let mut train = serde_json::to_value(TrainConfig::default()).unwrap_or_default();
+    let t = TrainConfig::default();
+    if let Some(p) = train.as_object_mut() {
+        for (k, v) in [("control_lambda", t.control_lambda.into()), ("control_steps", t.control_steps.into())] {
+            p.entry(k).or_insert(v);
+        }
+    }
     let mut probe = serde_json::to_value(ProbeConfig::default()).unwrap_or_default();
     // Fields left out of the serialised spec at their defaults (so that
     // adding them changed no fingerprint) have their defaults here.
@@ -549,6 +569,7 @@ fn kind_name(k: Kind) -> String {
         Kind::Positive => "a number > 0".into(),
         Kind::NonNegative => "a number ≥ 0".into(),
         Kind::Fraction => "a number in [0, 1)".into(),
+        Kind::Real => "a finite number".into(),
         Kind::Bool => "true or false".into(),
         Kind::IntList => "a list of non-negative integers".into(),
         Kind::Choice(c) => format!("one of {}", c.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")),
@@ -578,12 +599,13 @@ fn check_value(key: &str, kind: Kind, v: &toml::Value) -> Result<serde_json::Val
             }
             Ok(serde_json::Value::from(i))
         }
-        Kind::Positive | Kind::NonNegative | Kind::Fraction => {
+        Kind::Positive | Kind::NonNegative | Kind::Fraction | Kind::Real => {
             let f = v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).ok_or_else(wrong)?;
             let ok = f.is_finite()
                 && match kind {
                     Kind::Positive => f > 0.0,
                     Kind::NonNegative => f >= 0.0,
+                    Kind::Real => true,
                     _ => (0.0..1.0).contains(&f),
                 };
             if !ok {
@@ -1064,29 +1086,67 @@ fn build_cell(
     let span_of = |k: &str| values.get(k).map(|(_, s)| s.clone()).unwrap_or(0..0);
     let before = ctx.issues.len();
 
-    let opts = train.data_options();
-    let ds = match DatasetName::parse(&train.dataset) {
-        Ok(d) => {
-            let official = d.has_official_split();
-            match opts.apply_to_info(d.info()) {
-                Ok(info) => Some((info, official)),
-                Err(e) => {
-                    let key = if e.contains("class") { "classes" } else { "downsample" };
-                    ctx.push(span_of(key), format!("dataset `{}`: {e}{cell_desc}", train.dataset));
-                    None
-                }
-            }
-        }
-        Err(e) => {
-            ctx.push(span_of("dataset"), format!("{e}{cell_desc}"));
-            None
-        }
-    };
-    let model = match Model::parse(&train.model) {
-        Ok(m) => Some(m),
+    let mut train = train;
+    let control = match crate::controls::Control::of_model(&train.model) {
+        Ok(c) => c,
         Err(e) => {
             ctx.push(span_of("model"), format!("{e}{cell_desc}"));
-            None
+            return None;
+        }
+    };
+    if control.is_some() {
+        // A control has no data set: say so in every spec and result.
+        train.dataset = CONTROL_DATASET.into();
+        for key in NOT_FOR_CONTROLS.iter().filter(|k| values.contains_key(**k)) {
+            ctx.push(
+                span_of(key),
+                format!(
+                    "`{key}` does not apply to `{}`: a control moves by Euler–Maruyama with time step `lr` for \
+                     `control_steps` steps per epoch, records its two coordinates and has no probes; remove it{cell_desc}",
+                    train.model
+                ),
+            );
+        }
+    } else {
+        for key in ["control_lambda", "control_steps"].into_iter().filter(|k| values.contains_key(*k)) {
+            ctx.push(
+                span_of(key),
+                format!("`{key}` applies only to `control:` models, not `{}`{cell_desc}", train.model),
+            );
+        }
+    }
+
+    let opts = train.data_options();
+    let ds = if control.is_some() {
+        None
+    } else {
+        match DatasetName::parse(&train.dataset) {
+            Ok(d) => {
+                let official = d.has_official_split();
+                match opts.apply_to_info(d.info()) {
+                    Ok(info) => Some((info, official)),
+                    Err(e) => {
+                        let key = if e.contains("class") { "classes" } else { "downsample" };
+                        ctx.push(span_of(key), format!("dataset `{}`: {e}{cell_desc}", train.dataset));
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.push(span_of("dataset"), format!("{e}{cell_desc}"));
+                None
+            }
+        }
+    };
+    let model = if control.is_some() {
+        None
+    } else {
+        match Model::parse(&train.model) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                ctx.push(span_of("model"), format!("{e}{cell_desc}"));
+                None
+            }
         }
     };
     // Shapes of file-less data sets are only known to the worker (csv).
@@ -1154,7 +1214,7 @@ fn build_cell(
     {
         ctx.push(span_of("projections"), format!("`projections` exceeds the model's {} parameters", m.param_count()));
     }
-    if probe.basis == crate::spec::ProjectionBasis::Eigen {
+    if probe.basis == crate::spec::ProjectionBasis::Eigen && control.is_none() {
         let spec = crate::spec::RunSpec { train: train.clone(), probe: probe.clone(), seed: 0 };
         let epochs = spec.probe_epochs();
         match epochs.get(probe.basis_probe as usize) {
@@ -1252,6 +1312,41 @@ fn build_cell(
     (ctx.issues.len() == before).then_some(Cell { index, params, train, probe })
 }
 
+/// The `dataset` of a `control:` run's spec: it reads no data.
+pub const CONTROL_DATASET: &str = "none";
+
+/// Keys a `control:` model has no use for; a grid that sets one is refused
+/// rather than silently ignored.
+const NOT_FOR_CONTROLS: &[&str] = &[
+    "dataset",
+    "batch_size",
+    "momentum",
+    "weight_decay",
+    "replacement",
+    "test_fraction",
+    "split_seed",
+    "data_dir",
+    "classes",
+    "downsample",
+    "normalize",
+    "nesterov",
+    "every_epochs",
+    "at_epochs",
+    "sketch_rank",
+    "memory_mb",
+    "shard_samples",
+    "save_gradients",
+    "keep_sketches",
+    "digest_vectors",
+    "projections",
+    "basis",
+    "basis_probe",
+    "projection_seed",
+    "block_size",
+    "wire_precision",
+    "exact",
+];
+
 /// `k=v, k=v` for display.
 pub fn fmt_params(params: &BTreeMap<String, serde_json::Value>) -> String {
     params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
@@ -1280,6 +1375,50 @@ batch_size = [8, 32, 128]
     fn err(text: &str) -> GridIssue {
         let e = parse_grid(text, "g.toml", GridLimits::default()).unwrap_err();
         e.issues[0].clone()
+    }
+
+    const CONTROL: &str = r#"
+[sweep]
+name = "double-well"
+seeds = [0, 1]
+[train]
+model = "control:double-well"
+epochs = 20
+lr = 0.005
+control_steps = 500
+[probe]
+burn_in_epochs = 2
+max_lag = 16
+[grid]
+control_lambda = [0.0, 1.5]
+"#;
+
+    #[test]
+    fn a_control_grid_expands_without_data_or_probes() {
+        let p = parse_grid(CONTROL, "c.toml", GridLimits::default()).unwrap();
+        assert_eq!(p.axes, vec!["control_lambda"]);
+        assert_eq!(p.cells.len(), 2);
+        let spec = p.cells[1].run_spec(0);
+        assert!(spec.is_control());
+        assert_eq!((spec.train.control_lambda, spec.train.control_steps), (1.5, 500));
+        assert_eq!(spec.train.dataset, CONTROL_DATASET);
+        assert!(spec.probe_epochs().is_empty());
+        assert_eq!(crate::run::param_count(&spec).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_control_refuses_the_keys_it_would_ignore_and_networks_refuse_control_keys() {
+        let e = err(&CONTROL.replace("max_lag = 16", "max_lag = 16\nsketch_rank = 64"));
+        assert!(e.message.contains("`sketch_rank` does not apply to `control:double-well`"), "{}", e.message);
+        assert_eq!(e.line, 13);
+        let e = err(&CONTROL.replace("lr = 0.005", "lr = 0.005\nmomentum = 0.9"));
+        assert!(e.message.contains("`momentum` does not apply"), "{}", e.message);
+        let e = err(&CONTROL.replace("control:double-well", "control:triple-well"));
+        assert!(e.message.contains("control:triple-well") && e.message.contains("control:ou"), "{}", e.message);
+        let e = err(&QUICK.replace("epochs = 30", "epochs = 30\ncontrol_lambda = 1.0"));
+        assert!(e.message.contains("`control_lambda` applies only to `control:` models"), "{}", e.message);
+        let e = err(&CONTROL.replace("[0.0, 1.5]", "[0.0, \"x\"]"));
+        assert!(e.message.contains("a finite number"), "{}", e.message);
     }
 
     #[test]
@@ -1381,7 +1520,11 @@ batch_size = [8, 32, 128]
         probe.extend(fields(serde_json::to_value(p).unwrap()));
         probe.sort();
         probe.dedup();
-        let train = fields(serde_json::to_value(TrainConfig::default()).unwrap());
+        let mut train = fields(serde_json::to_value(TrainConfig::default()).unwrap());
+        let t = TrainConfig { control_lambda: 1.0, control_steps: 1, ..TrainConfig::default() };
+        train.extend(fields(serde_json::to_value(t).unwrap()));
+        train.sort();
+        train.dedup();
         for (section, fields) in [(Section::Train, train), (Section::Probe, probe)] {
             let mut declared: Vec<String> =
                 KEYS.iter().filter(|k| k.section == section).map(|k| k.name.to_string()).collect();

@@ -25,7 +25,8 @@
 //! * [`checkpoint`] — run state at a segment boundary: encoding, validation, bit-identical resume.
 //! * [`json_f64`] — NaN-safe JSON for statistics that may be undefined.
 //! * [`analyze`] — statistics of gradients and trajectories from any framework (NPY input).
-//! * [`controls`] — OU and double-well processes with known drift, validating the statistics.
+//! * [`controls`] — OU and double-well processes with known drift, validating the statistics; runnable as the
+//!   grid's `control:` models, through workers and merging like networks.
 //! * [`npy`] — NumPy `.npy` arrays (read and write).
 //! * [`results`] — per-run, per-cell and sweep-level statistics.
 //! * [`digest`] — what is kept of a probe once its cell is merged, and the eigenvalues that add thresholds later.

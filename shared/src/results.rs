@@ -233,7 +233,7 @@ impl CellBracket {
 /// Version of the statistics [`cell_result`] computes. A stored cell with
 /// an older version lacks some of them and is recomputed from its runs
 /// when read.
-pub const RESULTS_VERSION: u32 = 4;
+pub const RESULTS_VERSION: u32 = 5;
 
 /// Statistics of one cell across its seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,6 +289,14 @@ pub struct CellResult {
     /// Cycling frequency (radians per step) of the first projection pair, across seeds.
     #[serde(default = "Summary::empty")]
     pub cycling_frequency: Summary,
+    /// The power statement of `area_rate`: the smallest area rate per step
+    /// these seeds would have told from 0 ([`Summary::detectable`]); a cell
+    /// whose interval contains 0 reads "circulation, if any, is below this".
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub area_rate_detectable: f64,
+    /// The same for `cycling_frequency` (radians per step).
+    #[serde(default = "nan", with = "crate::json_f64")]
+    pub cycling_frequency_detectable: f64,
     /// MSD exponent, across seeds.
     #[serde(default = "Summary::empty")]
     pub msd_exponent: Summary,
@@ -448,6 +456,7 @@ fn merge_runs(
         .ok()
         .flatten()
         .map(|m| DriftStats::from_sums(&m));
+    let area_rate = Summary::of(drifts.iter().map(|d| d.area_rate));
     let result = CellResult {
         results_version: RESULTS_VERSION,
         index: cell.index,
@@ -468,9 +477,11 @@ fn merge_runs(
         rank_fraction: Summary::of(finals.iter().map(|s| s.rank_fraction.value)),
         trace: Summary::of(finals.iter().map(|s| s.trace)),
         lambda_max: Summary::of(finals.iter().map(|s| s.lambda_max.value)),
-        area_rate: Summary::of(results.iter().filter_map(|r| r.drift.as_ref().map(|d| d.area_rate))),
+        area_rate,
         eigenspace_overlap: Summary::of(results.iter().filter_map(|r| r.eigenspace_overlap.last().map(|x| x.0))),
         cycling_frequency: drift_summary(|d| d.cycling_frequency),
+        area_rate_detectable: area_rate.detectable(),
+        cycling_frequency_detectable: drift_summary(|d| d.cycling_frequency).detectable(),
         msd_exponent: drift_summary(|d| d.msd_exponent),
         autocorrelation: drift_summary(DriftStats::autocorrelation_at_max_lag),
         spectral_exponent: drift_summary(|d| d.spectral_exponent),
@@ -525,7 +536,50 @@ impl SpectrumOf {
     }
 }
 
+/// The drift of one pair of a cell's projected coordinates across its
+/// seeds: with `basis = "eigen"`, of one pair of D's top eigenvectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairDrift {
+    /// The pair's first coordinate.
+    pub i: usize,
+    /// Its second (`i < j`).
+    pub j: usize,
+    /// Area-enclosing rate per step, across seeds (zero under detailed balance).
+    pub area_rate: Summary,
+    /// Cycling frequency (radians per step), across seeds.
+    pub cycling_frequency: Summary,
+}
+
+impl PairDrift {
+    /// Whether the area rate's 95 % interval excludes 0.
+    pub fn excludes_zero(&self) -> bool {
+        self.area_rate.ci95.is_finite() && self.area_rate.mean.abs() > self.area_rate.ci95
+    }
+}
+
 impl CellResult {
+    /// Every pair `i < j` of the cell's projected coordinates, from its
+    /// seeds' per-pair area rates and cycling frequencies (in order (0, 1),
+    /// (0, 2), …, (1, 2), …): the decisive statistic of circulation, pair by
+    /// pair. Empty when no seed recorded a trajectory.
+    pub fn pair_drift(&self) -> Vec<PairDrift> {
+        let drifts: Vec<&DriftStats> = self.runs.iter().filter_map(|r| r.drift.as_ref()).collect();
+        let k = drifts.iter().map(|d| d.area_rates.len()).min().unwrap_or(0);
+        let at = |m: &Vec<Vec<crate::json_f64::F64>>, i: usize, j: usize| m.get(i).and_then(|r| r.get(j)).map(|x| x.0);
+        let mut out = vec![];
+        for i in 0..k {
+            for j in (i + 1)..k {
+                out.push(PairDrift {
+                    i,
+                    j,
+                    area_rate: Summary::of(drifts.iter().filter_map(|d| at(&d.area_rates, i, j))),
+                    cycling_frequency: Summary::of(drifts.iter().filter_map(|d| at(&d.cycling_frequencies, i, j))),
+                });
+            }
+        }
+        out
+    }
+
     /// Every spectrum of the cell, in the order [`CellSpectra`] lists them.
     fn spectra_mut(&mut self) -> impl Iterator<Item = &mut SpectrumStats> {
         self.runs

@@ -24,6 +24,8 @@ pub enum Stream {
     Dropout(u64),
     /// Free use in tests and controls.
     Other(u64),
+    /// The Gaussian noise of one epoch of a `control:` run.
+    Noise(u64),
 }
 
 impl Stream {
@@ -35,6 +37,7 @@ impl Stream {
             Stream::Data => (4, 0),
             Stream::Dropout(s) => (5, s),
             Stream::Other(x) => (6, x),
+            Stream::Noise(e) => (7, e),
         }
     }
 }

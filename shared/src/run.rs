@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointHeader, spec_fingerprint};
+use crate::controls::Control;
 use crate::data::{DataError, DatasetName, load_split};
 use crate::linalg::random_orthonormal;
 use crate::model::{Model, ModelError};
@@ -182,6 +183,9 @@ pub enum RunEvent {
 
 /// Number of parameters of the spec's model.
 pub fn param_count(spec: &RunSpec) -> Result<usize, RunError> {
+    if Control::of_model(&spec.train.model)?.is_some() {
+        return Ok(2);
+    }
     Ok(Model::parse(&spec.train.model)?.param_count())
 }
 
@@ -219,6 +223,9 @@ pub fn execute_with(
     sink: &mut dyn FnMut(RunEvent) -> ControlFlow<()>,
 ) -> Result<RunFinal, RunError> {
     let t = &spec.train;
+    if let Some(control) = Control::of_model(&t.model)? {
+        return crate::controls::execute_control(spec, control, resume, stop, sink);
+    }
     let model = Model::parse(&t.model)?;
     let split = load_split(&DatasetName::parse(&t.dataset)?, &t.data_options())?;
     if model.input_dim() != split.train.dim || model.classes() != split.train.classes {
@@ -450,6 +457,7 @@ fn snapshot(
             loss_sum,
             last_epoch_loss,
             recorder: recorder.clone(),
+            state: vec![],
         },
         params: state[0].clone(),
         buffers: state[1].clone(),

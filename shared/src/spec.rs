@@ -54,6 +54,28 @@ pub struct TrainConfig {
     /// ... and every this many SGD steps (0: not by steps).
     #[serde(default)]
     pub checkpoint_every_steps: u64,
+    /// `control:` models: the strength λ of the rotational (non-gradient)
+    /// force; 0 is detailed balance (see [`crate::controls::Control`]).
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub control_lambda: f64,
+    /// `control:` models: Euler–Maruyama steps per epoch, each of length `lr`.
+    #[serde(default = "default_control_steps", skip_serializing_if = "is_default_control_steps")]
+    pub control_steps: u32,
+}
+
+/// Steps per epoch of a `control:` run unless the grid says otherwise.
+pub const DEFAULT_CONTROL_STEPS: u32 = 1000;
+
+fn default_control_steps() -> u32 {
+    DEFAULT_CONTROL_STEPS
+}
+
+fn is_default_control_steps(v: &u32) -> bool {
+    *v == DEFAULT_CONTROL_STEPS
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0 && v.is_sign_positive()
 }
 
 impl TrainConfig {
@@ -116,6 +138,8 @@ impl Default for TrainConfig {
             lr_gamma: 0.1,
             checkpoint_every_epochs: 1,
             checkpoint_every_steps: 0,
+            control_lambda: 0.0,
+            control_steps: DEFAULT_CONTROL_STEPS,
         }
     }
 }
@@ -365,8 +389,17 @@ impl RunSpec {
         self.train.lr / (2.0 * self.train.batch_size as f64)
     }
 
-    /// Epochs after which a probe runs, in order (the last epoch included).
+    /// Whether the model is a `control:` process (no data, no probes).
+    pub fn is_control(&self) -> bool {
+        self.train.model.starts_with(crate::controls::CONTROL_PREFIX)
+    }
+
+    /// Epochs after which a probe runs, in order (the last epoch included);
+    /// none for a `control:` run, which has no per-sample gradients.
     pub fn probe_epochs(&self) -> Vec<u32> {
+        if self.is_control() {
+            return vec![];
+        }
         let every = self.probe.every_epochs.max(1);
         let mut e: Vec<u32> = if self.probe.at_epochs.is_empty() {
             (1..=self.train.epochs).filter(|e| e % every == 0).collect()

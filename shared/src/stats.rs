@@ -457,6 +457,40 @@ impl Summary {
         Summary { count, mean, std, ci95: student_t95(count - 1) * std / (count as f64).sqrt() }
     }
 
+    /// The power statement of a statistic whose null value is 0 (an area
+    /// rate, a cycling frequency): the smallest true mean that these
+    /// `count` values, with this deviation, would have told from 0 — a
+    /// two-sided 5 % t-test rejecting with probability 80 % —
+    /// `(t₀.₉₇₅ + t₀.₈₀)·s/√n` with `n − 1` degrees of freedom. A null
+    /// result then reads "below this, if any". NaN with fewer than 2 values.
+    pub fn detectable(&self) -> f64 {
+        if self.count < 2 {
+            return f64::NAN;
+        }
+        let dof = self.count - 1;
+        (student_t95(dof) + student_t80(dof)) * self.std / (self.count as f64).sqrt()
+    }
+
+    /// A sign-free bound for a statistic whose sign is arbitrary from seed
+    /// to seed — an area rate between directions each seed chooses for
+    /// itself (its own eigenvectors of D), whose circulation may turn either
+    /// way: the 95 % upper confidence bound on the root mean square of the
+    /// per-seed values, `√(Σxᵢ² / χ²₀.₀₅(n))` (χ² quantile by Wilson–Hilferty,
+    /// within 1 % for n ≥ 3). Each seed's true |value| is at most the true
+    /// RMS (sampling noise only adds to it), so this bounds circulation of
+    /// either sign in every seed. NaN with no values.
+    pub fn rms_upper95(&self) -> f64 {
+        if self.count == 0 {
+            return f64::NAN;
+        }
+        let n = self.count as f64;
+        let spread = if self.count > 1 { (n - 1.0) * self.std * self.std } else { 0.0 };
+        let sum_sq = spread + n * self.mean * self.mean;
+        let h = 2.0 / (9.0 * n);
+        let chi2 = n * (1.0 - h - 1.644_853_6 * h.sqrt()).max(1e-3).powi(3);
+        (sum_sq / chi2).sqrt()
+    }
+
     /// The summary of no values.
     pub fn empty() -> Summary {
         Summary::of([])
@@ -479,6 +513,19 @@ fn student_t95(dof: usize) -> f64 {
         0 => f64::NAN,
         1..=30 => TABLE[dof - 1],
         _ => 1.96 + 2.4 / dof as f64,
+    }
+}
+
+/// One-sided 80 % quantile of Student's t with `dof` degrees of freedom.
+fn student_t80(dof: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868, 0.866, 0.865,
+        0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854,
+    ];
+    match dof {
+        0 => f64::NAN,
+        1..=30 => TABLE[dof - 1],
+        _ => 0.8416 + 0.36 / dof as f64,
     }
 }
 
@@ -545,6 +592,43 @@ impl SketchMoments {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The power statement means what it says: seeds whose true mean is the
+    /// detectable effect give an interval that excludes 0 about 80 % of the
+    /// time, and a sign-free bound covers a circulation of random sign per
+    /// seed about 95 % of the time (seeded simulations, 4,000 sweeps of 8
+    /// seeds each).
+    #[test]
+    fn the_power_statement_and_the_sign_free_bound_hold_their_rates() {
+        let s = Summary::of([1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0]);
+        assert!((s.detectable() - (2.365 + 0.896) * s.std / 8f64.sqrt()).abs() < 1e-12);
+        assert!(Summary::of([1.0]).detectable().is_nan());
+        let mut rng = crate::rng::Rng::new(1, crate::rng::Stream::Other(15));
+        let (n, trials) = (8, 4000);
+        let effect = (2.365 + 0.896) / (n as f64).sqrt(); // σ = 1
+        let (mut rejected, mut covered, mut covered_signed) = (0, 0, 0);
+        for _ in 0..trials {
+            let s = Summary::of((0..n).map(|_| effect + rng.normal()));
+            if s.mean.abs() > s.ci95 {
+                rejected += 1;
+            }
+            // Pure noise of RMS 1: the χ² bound is exact up to Wilson–Hilferty.
+            if Summary::of((0..n).map(|_| rng.normal())).rms_upper95() >= 1.0 {
+                covered += 1;
+            }
+            // Circulation ±0.7 per seed plus noise: noise only adds, so the
+            // bound covers 0.7 at least as often.
+            let c = 0.7;
+            let signed = Summary::of((0..n).map(|_| if rng.uniform() < 0.5 { c } else { -c } + 0.5 * rng.normal()));
+            if signed.rms_upper95() >= c {
+                covered_signed += 1;
+            }
+        }
+        let rate = |k: usize| k as f64 / trials as f64;
+        assert!((0.75..0.85).contains(&rate(rejected)), "power {}", rate(rejected));
+        assert!((0.935..0.965).contains(&rate(covered)), "coverage {}", rate(covered));
+        assert!(rate(covered_signed) >= 0.95, "coverage of a signed circulation {}", rate(covered_signed));
+    }
 
     #[test]
     fn rank_of_exact_low_rank_matrix() {
