@@ -674,6 +674,41 @@ fn tql2(n: usize, v: &mut [f64], d: &mut [f64], e: &mut [f64]) {
     }
 }
 
+/// Projects `x` (length d) on each of the `k = out.len()` rows of `rows`
+/// (k × d, f32): `out[i] = Σⱼ rows[i][j]·x[j]` in f64. Each sum runs in index
+/// order from the same start as `Iterator::sum`, so every bit equals the
+/// one-row-at-a-time `.map(..).sum()`; rows go four at a time in one pass
+/// over `x`, so their four dependent chains of additions overlap instead of
+/// running one after another (the per-step projection of a trajectory).
+pub fn project_rows(rows: &[f32], x: &[f32], out: &mut [f64]) {
+    let (k, d) = (out.len(), x.len());
+    assert_eq!(rows.len(), k * d, "{k} rows of length {d}");
+    // `Iterator::sum`'s neutral element (−0.0 in current Rust).
+    let zero = std::iter::empty::<f64>().sum::<f64>();
+    let mut i = 0;
+    while i + 4 <= k {
+        let r = [
+            &rows[i * d..(i + 1) * d],
+            &rows[(i + 1) * d..(i + 2) * d],
+            &rows[(i + 2) * d..(i + 3) * d],
+            &rows[(i + 3) * d..(i + 4) * d],
+        ];
+        let mut acc = [zero; 4];
+        for (j, &xj) in x.iter().enumerate() {
+            let xj = xj as f64;
+            acc[0] += r[0][j] as f64 * xj;
+            acc[1] += r[1][j] as f64 * xj;
+            acc[2] += r[2][j] as f64 * xj;
+            acc[3] += r[3][j] as f64 * xj;
+        }
+        out[i..i + 4].copy_from_slice(&acc);
+        i += 4;
+    }
+    for (o, row) in out[i..].iter_mut().zip(rows[i * d..].chunks_exact(d.max(1))) {
+        *o = row.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum();
+    }
+}
+
 /// `k` orthonormal vectors of length `d` (rows of a k×d f32 matrix), drawn
 /// uniformly (Gaussian vectors, modified Gram–Schmidt in f64).
 pub fn random_orthonormal(k: usize, d: usize, rng: &mut Rng) -> Vec<f32> {
@@ -699,6 +734,29 @@ pub fn random_orthonormal(k: usize, d: usize, rng: &mut Rng) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused projection is the one-row-at-a-time sum, bit for bit: for
+    /// k = 1…9 (four-row blocks and the rest), random values, and a row and
+    /// an input of signed zeros (the sum's neutral element decides the sign).
+    #[test]
+    fn projecting_rows_together_changes_no_bit() {
+        let mut rng = Rng::new(7, crate::rng::Stream::Other(3));
+        for k in 1..=9 {
+            let d = 37;
+            let mut rows: Vec<f32> = (0..k * d).map(|_| rng.normal() as f32).collect();
+            let mut x: Vec<f32> = (0..d).map(|_| (rng.normal() * 1e3) as f32).collect();
+            if k == 9 {
+                rows[..d].fill(-0.0);
+                x.iter_mut().step_by(2).for_each(|v| *v = -0.0);
+            }
+            let mut got = vec![f64::NAN; k];
+            project_rows(&rows, &x, &mut got);
+            for i in 0..k {
+                let want: f64 = rows[i * d..(i + 1) * d].iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                assert_eq!(got[i].to_bits(), want.to_bits(), "k = {k}, row {i}");
+            }
+        }
+    }
     use crate::rng::Stream;
 
     #[test]

@@ -331,9 +331,7 @@ pub fn execute_with(
             loss_sum += loss + 0.5 * t.weight_decay * sq;
             step += 1;
             if epoch >= spec.probe.burn_in_epochs && !dirs.is_empty() {
-                for (i, pr) in proj.iter_mut().enumerate() {
-                    *pr = dirs[i * d..(i + 1) * d].iter().zip(&params).map(|(&a, &x)| a as f64 * x as f64).sum();
-                }
+                crate::linalg::project_rows(&dirs, &params, &mut proj);
                 if proj.iter().any(|p| !p.is_finite()) {
                     diverged = true;
                     break 'epochs;
