@@ -406,10 +406,15 @@ pub fn print_results(format: OutputFormat, doc: &ResultsDocument, th: &RankThres
             crate::outln!()?;
             crate::out!("{}", report::drift_table(&doc.cells))?;
             crate::outln!()?;
-            let pairs = report::pairs_table(&doc.cells);
-            if !pairs.is_empty() {
-                crate::out!("{pairs}")?;
-                crate::outln!()?;
+            for section in [
+                report::pairs_table(&doc.cells),
+                report::epochs_table(&doc.cells),
+                report::epoch_pairs_table(&doc.cells),
+            ] {
+                if !section.is_empty() {
+                    crate::out!("{section}")?;
+                    crate::outln!()?;
+                }
             }
             crate::out!("{}", report::eta_table(&doc.summary))?;
         }

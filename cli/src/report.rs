@@ -2,10 +2,11 @@
 //!
 //! The table format prints the spectrum of `D` per cell ([`table`]), the
 //! drift statistics per cell ([`drift_table`]), the area rate of every pair
-//! of directions when a cell projects on more than two ([`pairs_table`]),
-//! and the sweep-level η/b table with the collapse scores ([`eta_table`]).
+//! of directions when a cell projects on more than two ([`pairs_table`];
+//! per epoch, [`epoch_pairs_table`]), what the seeds recorded once per
+//! epoch ([`epochs_table`]), and the sweep-level η/b table with the collapse scores ([`eta_table`]).
 
-use gradsweep_shared::results::{BracketKind, CellBracket, CellResult, PairDrift, SweepSummary};
+use gradsweep_shared::results::{BracketKind, CellBracket, CellEpochs, CellResult, PairDrift, SweepSummary};
 use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 
 pub use gradsweep_report::document::{Provenance, RunCounts};
@@ -252,32 +253,52 @@ const PAIR_TABLE_CELLS: usize = 4;
 /// Pairs listed per cell, the strongest first.
 const PAIR_TABLE_ROWS: usize = 12;
 
+/// A 95 % upper bound as it reads: `≤ x` (`-` when there is none).
+fn at_most(x: f64) -> String {
+    if x.is_finite() { format!("≤ {}", num(x)) } else { "-".into() }
+}
+
+/// An interval `[lo, hi]` (`-` when it is not finite).
+fn interval((lo, hi): (f64, f64)) -> String {
+    if lo.is_finite() && hi.is_finite() { format!("[{}, {}]", num(lo), num(hi)) } else { "-".into() }
+}
+
 /// The area rate of every pair of projected coordinates (with `basis =
 /// "eigen"`, of D's eigenvectors), for cells that project on more than two
 /// directions: per cell, how many pairs' 95 % intervals exclude 0 against
 /// how many would by chance alone (5 % of the pairs), then the pairs with
-/// the largest |mean|/interval, each with its power statement. Empty when
-/// no cell has more than one pair.
+/// the largest |mean|/interval, each with its seeded bootstrap interval and
+/// its power statements. Empty when no cell has more than one pair.
 pub fn pairs_table(cells: &[CellResult]) -> String {
+    pairs_section(cells, CellResult::pair_drift, "step")
+}
+
+/// [`pairs_table`] of the trajectories recorded once per epoch
+/// (`epoch_psd_window`): rates per epoch. Empty when no cell recorded them.
+pub fn epoch_pairs_table(cells: &[CellResult]) -> String {
+    pairs_section(cells, CellResult::epoch_pair_drift, "epoch")
+}
+
+fn pairs_section(cells: &[CellResult], pairs_of: fn(&CellResult) -> Vec<PairDrift>, unit: &str) -> String {
     let with_pairs: Vec<(&CellResult, Vec<PairDrift>)> =
-        cells.iter().map(|c| (c, c.pair_drift())).filter(|(_, p)| p.len() > 1).collect();
+        cells.iter().map(|c| (c, pairs_of(c))).filter(|(_, p)| p.len() > 1).collect();
     if with_pairs.is_empty() {
         return String::new();
     }
-    let mut out = String::from(
-        "area rate of every pair of directions (per step; ± 95 % across seeds; detectable: the smallest mean rate \
-         the seeds would have told from 0; |rate| ≤: a 95 % bound on each seed's rate whatever its sign, for \
-         directions each seed chooses itself)\n",
+    let mut out = format!(
+        "area rate of every pair of directions, per {unit} (± 95 % across seeds; bootstrap: seeded percentile \
+         interval resampling seeds; detectable: the smallest mean rate the seeds would have told from 0; |rate|: a \
+         95 % bound on each seed's rate whatever its sign, for directions each seed chooses itself)\n",
     );
     for (n, (c, pairs)) in with_pairs.iter().enumerate() {
         let excl = pairs.iter().filter(|p| p.excludes_zero()).count();
         out.push_str(&format!(
-            "cell {}: {excl} of {} pairs exclude 0 (chance alone: {:.1}); largest detectable {}; largest |rate| bound {}\n",
+            "cell {}: {excl} of {} pairs exclude 0 (chance alone: {:.1}); largest detectable {}; largest |rate| {}\n",
             c.index,
             pairs.len(),
             0.05 * pairs.len() as f64,
             num(pairs.iter().map(|p| p.area_rate.detectable()).fold(f64::NAN, f64::max)),
-            num(pairs.iter().map(|p| p.area_rate.rms_upper95()).fold(f64::NAN, f64::max)),
+            at_most(pairs.iter().map(|p| p.area_rate.rms_upper95()).fold(f64::NAN, f64::max)),
         ));
         if n >= PAIR_TABLE_CELLS {
             continue;
@@ -286,7 +307,7 @@ pub fn pairs_table(cells: &[CellResult]) -> String {
         let strength = |p: &PairDrift| (p.area_rate.mean / p.area_rate.ci95).abs();
         sorted.sort_by(|a, b| strength(b).total_cmp(&strength(a)));
         let mut rows: Vec<Vec<String>> = vec![
-            ["pair", "area rate", "detectable", "|rate| ≤", "cycling ω", "|ω| ≤", "excludes 0"]
+            ["pair", "area rate", "bootstrap 95 %", "detectable", "|rate|", "cycling ω", "|ω|", "excludes 0"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -295,10 +316,11 @@ pub fn pairs_table(cells: &[CellResult]) -> String {
             rows.push(vec![
                 format!("({}, {})", p.i, p.j),
                 pm(p.area_rate),
+                interval(p.area_rate_bootstrap95),
                 num(p.area_rate.detectable()),
-                num(p.area_rate.rms_upper95()),
+                at_most(p.area_rate.rms_upper95()),
                 pm(p.cycling_frequency),
-                num(p.cycling_frequency.rms_upper95()),
+                at_most(p.cycling_frequency.rms_upper95()),
                 if p.excludes_zero() { "yes".into() } else { "no".into() },
             ]);
         }
@@ -309,6 +331,68 @@ pub fn pairs_table(cells: &[CellResult]) -> String {
             "(pairs listed for the first {PAIR_TABLE_CELLS} cells; results.json holds every run's)\n"
         ));
     }
+    out
+}
+
+/// The cells recorded once per epoch (`epoch_psd_window`): epochs recorded;
+/// the weight norm's trend (relative, per 1,000 epochs, ± 95 % across
+/// seeds: a scale-invariant net's growing norm reads as drift); the
+/// surrogate test for spectral peaks of the per-epoch trajectory — how many
+/// seeds find a peak at p ≤ 0.05 against how many would by chance alone,
+/// and the most significant one. Empty when no cell recorded per epoch.
+pub fn epochs_table(cells: &[CellResult]) -> String {
+    let with: Vec<(&CellResult, &CellEpochs)> = cells.iter().filter_map(|c| Some((c, c.epochs.as_ref()?))).collect();
+    if with.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "per-epoch recording (norm trend: least-squares change of ‖x‖ per 10³ epochs, relative, ± 95 % across \
+         seeds; peaks: phase-randomised surrogate test per seed, the strongest line over its running-median \
+         background among every direction and frequency)\n",
+    );
+    let header = [
+        "cell",
+        "epochs",
+        "‖x‖ first→last",
+        "norm trend /10³ ep",
+        "peaks p ≤ 0.05",
+        "chance",
+        "strongest",
+        "at (cycles/epoch)",
+        "p",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for (c, e) in with {
+        let norms = |f: fn(&gradsweep_shared::epochs::EpochStats) -> f64| {
+            Summary::of(c.runs.iter().filter_map(|r| r.epochs.as_ref().map(f))).mean
+        };
+        let strongest = e.strongest_peak.as_ref();
+        rows.push(vec![
+            c.index.to_string(),
+            num(e.epochs.mean),
+            format!("{}→{}", num(norms(|s| s.weight_norm_first)), num(norms(|s| s.weight_norm_last))),
+            if e.weight_norm_trend.count > 0 {
+                format!(
+                    "{}%{}",
+                    num(100.0 * e.weight_norm_trend.mean),
+                    if e.weight_norm_trend.ci95.is_finite() {
+                        format!("±{}", num(100.0 * e.weight_norm_trend.ci95))
+                    } else {
+                        String::new()
+                    }
+                )
+            } else {
+                "-".into()
+            },
+            format!("{} of {}", e.peaks_significant, e.peaks_tested),
+            format!("{:.1}", 0.05 * e.peaks_tested as f64),
+            strongest
+                .map_or("-".into(), |(seed, t)| format!("×{} (seed {seed}, dir {})", num(t.statistic), t.coordinate)),
+            strongest.map_or("-".into(), |(_, t)| num(t.frequency)),
+            strongest.map_or("-".into(), |(_, t)| num(t.p_value)),
+        ]);
+    }
+    out.push_str(&align(&rows));
     out
 }
 
@@ -407,7 +491,8 @@ pub fn csv_header(axes: &[String], th: &RankThresholds) -> String {
          eigenspace_overlap_ci95,cycling_frequency,cycling_frequency_ci95,msd_exponent,msd_exponent_ci95,\
          autocorrelation_max_lag,autocorrelation_max_lag_ci95,spectral_exponent,spectral_exponent_ci95,\
          peak_to_background,peak_to_background_ci95,grad_norm_per_sqrt_d,grad_norm_per_sqrt_d_ci95,\
-         area_rate_detectable,cycling_frequency_detectable,",
+         area_rate_detectable,cycling_frequency_detectable,weight_norm_trend_per_kepoch,\
+         weight_norm_trend_per_kepoch_ci95,epoch_peaks_significant,epoch_peaks_tested,",
     );
     for col in &user {
         out.push_str(&format!("{0}_lo,{0}_hi,{0}_resolved,", col.csv));
@@ -479,6 +564,16 @@ pub fn csv_row(c: &CellResult, axes: &[String], th: &RankThresholds) -> String {
             .iter()
             .map(|s| format!("{},{}", f(s.mean), f(s.ci95)))
             .chain([format!("{},{}", f(c.area_rate_detectable), f(c.cycling_frequency_detectable))])
+            .chain([match &c.epochs {
+                Some(e) => format!(
+                    "{},{},{},{}",
+                    f(e.weight_norm_trend.mean),
+                    f(e.weight_norm_trend.ci95),
+                    e.peaks_significant,
+                    e.peaks_tested
+                ),
+                None => ",,,".into(),
+            }])
             .collect::<Vec<_>>()
             .join(","),
             user.iter()

@@ -13,8 +13,9 @@
 
 use std::collections::BTreeMap;
 
-use gradsweep_shared::results::{CellResult, SpectrumOf};
+use gradsweep_shared::results::{CellEpochs, CellResult, SpectrumOf};
 use gradsweep_shared::stats::SpectrumStats;
+use gradsweep_shared::trajectory::DriftStats;
 
 use crate::ReportError;
 use crate::format::{bracket, num};
@@ -366,7 +367,15 @@ pub fn cell_figures(input: &ReportInput, c: &CellResult) -> Result<Vec<Figure>, 
         ),
         "Test accuracy at the end of each epoch, per seed.".into(),
     ));
-    out.extend(drift_figures(c, &title));
+    if let Some(d) = &c.merged_drift {
+        out.extend(drift_figures(c.index, d, &title, TimeScale::Step));
+    }
+    if let Some(e) = &c.epochs {
+        if let Some(d) = &e.merged_drift {
+            out.extend(drift_figures(c.index, d, &title, TimeScale::Epoch));
+        }
+        out.extend(increment_figure(c.index, e, &title));
+    }
     let grad = seed_lines(&c.runs, |r| (r.seed, r.grad_norm.iter().map(|&(e, v)| (e as f64, v.0)).collect()));
     out.extend(figure(
         format!("cell{}-grad-norm", c.index),
@@ -386,9 +395,80 @@ fn level(points: &[(f64, f64)], k: f64) -> Option<f64> {
     (!logs.is_empty() && k.is_finite()).then(|| 10f64.powf(logs.iter().sum::<f64>() / logs.len() as f64))
 }
 
-/// The drift figures of a cell, from its seeds' trajectories pooled.
-fn drift_figures(c: &CellResult, title: &str) -> Vec<Result<Figure, ReportError>> {
-    let Some(d) = &c.merged_drift else { return vec![] };
+/// The time scale of a trajectory: one point per SGD step, or one per epoch
+/// (`epoch_psd_window`).
+#[derive(Clone, Copy)]
+enum TimeScale {
+    Step,
+    Epoch,
+}
+
+impl TimeScale {
+    /// "step" or "epoch".
+    fn unit(self) -> &'static str {
+        match self {
+            TimeScale::Step => "step",
+            TimeScale::Epoch => "epoch",
+        }
+    }
+
+    /// The figure id's infix: none per step (the ids figures always had),
+    /// `-epoch` per epoch.
+    fn infix(self) -> &'static str {
+        match self {
+            TimeScale::Step => "",
+            TimeScale::Epoch => "-epoch",
+        }
+    }
+}
+
+/// The paper's FFT of the increments: each weight's Welch spectrum of its
+/// per-epoch increments, mean ± one standard deviation over the weights of
+/// every seed.
+fn increment_figure(cell: u32, e: &CellEpochs, title: &str) -> Option<Result<Figure, ReportError>> {
+    let pts: Vec<(f64, f64, f64)> = e.increment_spectrum.iter().map(|(f, m, d)| (f.0, m.0, d.0)).collect();
+    if pts.is_empty() {
+        return None;
+    }
+    let series = vec![
+        Series::Band {
+            name: Some("± one standard deviation over weights".into()),
+            color: 6,
+            // A log axis cannot show mean − std below 0: the band is cut at a
+            // thousandth of the mean there.
+            points: pts.iter().map(|&(f, m, d)| (f, (m - d).max(m * 1e-3), m + d)).collect(),
+        },
+        Series::Line {
+            name: Some("mean over weights".into()),
+            color: 0,
+            points: pts.iter().map(|&(f, m, _)| (f, m)).collect(),
+            dashed: false,
+        },
+    ];
+    figure(
+        format!("cell{cell}-increment-spectrum"),
+        Plot::new(
+            format!("{title}: spectrum of the weights' per-epoch increments"),
+            Axis::log("frequency (cycles per epoch)"),
+            Axis::log("power"),
+            series,
+        ),
+        format!(
+            "Welch spectrum of each weight's increment from one epoch to the next (the paper's Fig. 3a), mean and \
+             standard deviation over the weights of {} seeds ({} epochs each). A limit cycle would stand out as a \
+             line at its frequency in every weight; the surrogate test in the results asks whether any line stands \
+             above its background by more than chance. Where the deviation exceeds the mean, the band is cut at a \
+             thousandth of the mean (a log axis has no 0).",
+            e.peaks_tested.max(e.epochs.count),
+            num(e.epochs.mean)
+        ),
+    )
+}
+
+/// The drift figures of a cell, from its seeds' trajectories pooled, at
+/// one time scale.
+fn drift_figures(cell: u32, d: &DriftStats, title: &str, scale: TimeScale) -> Vec<Result<Figure, ReportError>> {
+    let (unit, infix) = (scale.unit(), scale.infix());
     let mut out = vec![];
     let mut power =
         vec![Series::Line { name: Some("power".into()), color: 0, points: d.spectrum.clone(), dashed: false }];
@@ -408,10 +488,10 @@ fn drift_figures(c: &CellResult, title: &str) -> Vec<Result<Figure, ReportError>
         });
     }
     out.extend(figure(
-        format!("cell{}-power", c.index),
+        format!("cell{cell}{infix}-power"),
         Plot::new(
-            format!("{title}: power spectrum of the weights"),
-            Axis::log("frequency (cycles per step)"),
+            format!("{title}: power spectrum of the weights, per {unit}"),
+            Axis::log(format!("frequency (cycles per {unit})")),
             Axis::log("power"),
             power,
         ),
@@ -436,10 +516,10 @@ fn drift_figures(c: &CellResult, title: &str) -> Vec<Result<Figure, ReportError>
         },
     ];
     out.extend(figure(
-        format!("cell{}-autocorrelation", c.index),
+        format!("cell{cell}{infix}-autocorrelation"),
         Plot::new(
-            format!("{title}: autocorrelation of the weights"),
-            Axis::linear("lag (steps)"),
+            format!("{title}: autocorrelation of the weights, per {unit}"),
+            Axis::linear(format!("lag ({unit}s)")),
             Axis::linear("autocorrelation"),
             acf,
         ),
@@ -460,10 +540,10 @@ fn drift_figures(c: &CellResult, title: &str) -> Vec<Result<Figure, ReportError>
         });
     }
     out.extend(figure(
-        format!("cell{}-msd", c.index),
+        format!("cell{cell}{infix}-msd"),
         Plot::new(
-            format!("{title}: mean squared displacement — exponent {}", num(d.msd_exponent)),
-            Axis::log("lag τ (steps)"),
+            format!("{title}: mean squared displacement per {unit} — exponent {}", num(d.msd_exponent)),
+            Axis::log(format!("lag τ ({unit}s)")),
             Axis::log("MSD"),
             series,
         ),

@@ -89,6 +89,10 @@ pub struct CheckpointHeader {
     /// then holds them rounded to f32); empty for networks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub state: Vec<f64>,
+    /// The per-epoch recorder of a run with `epoch_psd_window` (see
+    /// [`crate::epochs`]); none otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_recorder: Option<crate::epochs::EpochRecorder>,
 }
 
 /// A fingerprint of everything in a spec that determines a run's results.
@@ -300,6 +304,7 @@ mod tests {
                 last_epoch_loss: 0.3,
                 recorder,
                 state: vec![],
+                epoch_recorder: None,
             },
             params: vec![0.5, -1.0, 2.0],
             buffers: vec![1.0],

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::checkpoint::{Checkpoint, CheckpointHeader, spec_fingerprint};
 use crate::rng::{Rng, Stream};
 use crate::run::{RunError, RunEvent};
-use crate::spec::{RunFinal, RunSpec};
+use crate::spec::{RunFinal, RunSpec, hash_f64};
 use crate::stats::Summary;
 use crate::trajectory::{TrajectoryRecorder, TrajectorySums, default_lags};
 
@@ -300,18 +300,6 @@ fn double_well_integrals() -> (f64, f64) {
     (i0 * h / 3.0, i2 * h / 3.0)
 }
 
-/// FNV-1a over the bit patterns of `xs` (a control's final state).
-fn hash_f64(xs: &[f64]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for x in xs {
-        for b in x.to_bits().to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01B3);
-        }
-    }
-    h
-}
-
 /// Runs a grid's `control:` run: integrates the process from a seeded
 /// start for `epochs × control_steps` steps of size `lr` (the schedule
 /// applies), reports each epoch's mean potential as its loss, records the
@@ -378,6 +366,7 @@ pub fn execute_control(
                     last_epoch_loss: last,
                     recorder: rec.clone(),
                     state: x.to_vec(),
+                    epoch_recorder: None,
                 },
                 params: x.iter().map(|&v| v as f32).collect(),
                 buffers: vec![],

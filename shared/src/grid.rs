@@ -451,6 +451,12 @@ const KEYS: &[KeyDef] = &[
         doc: "Welch window of the trajectory's power spectrum, a power of two in 8..=4096 (0: none).",
     },
     KeyDef {
+        name: "epoch_psd_window",
+        section: Section::Probe,
+        kind: Kind::Int(0),
+        doc: "Record the trajectory once per epoch too, with Welch windows of this many epochs (a power of two in 8..=4096; 0: not): per-epoch drift, every weight's increment spectrum, the weight-norm trend and a surrogate test for spectral peaks; keeps W × d increments (see docs/limit-cycles.md).",
+    },
+    KeyDef {
         name: "wire_precision",
         section: Section::Probe,
         kind: Kind::Choice(&["f32", "f16"]),
@@ -482,26 +488,25 @@ pub struct KeyReference {
 /// Every `[train]` and `[probe]` key with its values, default and
 /// meaning, in the order of the declaration the parser uses.
 pub fn key_reference() -> Vec<KeyReference> {
-    let mut train = serde_json::to_value(TrainConfig::default()).unwrap_or_default();
-    let t = TrainConfig::default();
-    if let Some(p) = train.as_object_mut() {
-        for (k, v) in [("control_lambda", t.control_lambda.into()), ("control_steps", t.control_steps.into())] {
-            p.entry(k).or_insert(v);
-        }
-    }
-    let mut probe = serde_json::to_value(ProbeConfig::default()).unwrap_or_default();
     // Fields left out of the serialised spec at their defaults (so that
     // adding them changed no fingerprint) have their defaults here.
-    let d = ProbeConfig::default();
-    if let Some(p) = probe.as_object_mut() {
-        for (k, v) in [
-            ("at_epochs", serde_json::json!(d.at_epochs)),
-            ("memory_mb", d.memory_mb.into()),
-            ("shard_samples", d.shard_samples.into()),
-            ("save_gradients", d.save_gradients.into()),
-            ("keep_sketches", d.keep_sketches.into()),
-            ("digest_vectors", d.digest_vectors.into()),
-        ] {
+    let (t, d) = (TrainConfig::default(), ProbeConfig::default());
+    let skipped: [(Section, &str, serde_json::Value); 9] = [
+        (Section::Train, "control_lambda", t.control_lambda.into()),
+        (Section::Train, "control_steps", t.control_steps.into()),
+        (Section::Probe, "at_epochs", serde_json::json!(d.at_epochs)),
+        (Section::Probe, "memory_mb", d.memory_mb.into()),
+        (Section::Probe, "shard_samples", d.shard_samples.into()),
+        (Section::Probe, "save_gradients", d.save_gradients.into()),
+        (Section::Probe, "keep_sketches", d.keep_sketches.into()),
+        (Section::Probe, "digest_vectors", d.digest_vectors.into()),
+        (Section::Probe, "epoch_psd_window", d.epoch_psd_window.into()),
+    ];
+    let mut train = serde_json::to_value(&t).unwrap_or_default();
+    let mut probe = serde_json::to_value(&d).unwrap_or_default();
+    for (section, k, v) in skipped {
+        let target = if section == Section::Train { &mut train } else { &mut probe };
+        if let Some(p) = target.as_object_mut() {
             p.entry(k).or_insert(v);
         }
     }
@@ -1294,6 +1299,24 @@ fn build_cell(
             format!("`psd_window` must be 0 or a power of two in 8..=4096, found {}{cell_desc}", probe.psd_window),
         );
     }
+    let epoch_window = probe.epoch_psd_window;
+    if !crate::trajectory::valid_psd_window(epoch_window as usize) {
+        ctx.push(
+            span_of("epoch_psd_window"),
+            format!("`epoch_psd_window` must be 0 or a power of two in 8..=4096, found {epoch_window}{cell_desc}"),
+        );
+    } else if epoch_window > 0 && train.epochs.saturating_sub(probe.burn_in_epochs) <= epoch_window {
+        ctx.push(
+            span_of("epoch_psd_window"),
+            format!(
+                "`epoch_psd_window` ({epoch_window}) needs more recorded epochs than one window: the run records {} \
+                 (`epochs` {} − `burn_in_epochs` {}){cell_desc}",
+                train.epochs.saturating_sub(probe.burn_in_epochs),
+                train.epochs,
+                probe.burn_in_epochs
+            ),
+        );
+    }
     if let Some(&e) = probe.at_epochs.iter().find(|&&e| e == 0 || e > train.epochs) {
         ctx.push(
             span_of("at_epochs"),
@@ -1345,6 +1368,7 @@ const NOT_FOR_CONTROLS: &[&str] = &[
     "block_size",
     "wire_precision",
     "exact",
+    "epoch_psd_window",
 ];
 
 /// `k=v, k=v` for display.
@@ -1419,6 +1443,27 @@ control_lambda = [0.0, 1.5]
         assert!(e.message.contains("`control_lambda` applies only to `control:` models"), "{}", e.message);
         let e = err(&CONTROL.replace("[0.0, 1.5]", "[0.0, \"x\"]"));
         assert!(e.message.contains("a finite number"), "{}", e.message);
+    }
+
+    /// Issue 15: per-epoch recording is a probe key with its own checks.
+    #[test]
+    fn epoch_recording_needs_a_valid_window_and_more_epochs_than_one() {
+        let ok = parse_grid(
+            &QUICK.replace("sketch_rank = 64", "sketch_rank = 64\nepoch_psd_window = 16"),
+            "q",
+            GridLimits::default(),
+        )
+        .expect("a 16-epoch window in a 30-epoch run");
+        assert_eq!(ok.cells[0].probe.epoch_psd_window, 16);
+        let e = err(&QUICK.replace("sketch_rank = 64", "sketch_rank = 64\nepoch_psd_window = 12"));
+        assert!(e.message.contains("`epoch_psd_window` must be 0 or a power of two"), "{}", e.message);
+        assert_eq!(e.line, 12);
+        let e = err(&QUICK.replace("sketch_rank = 64", "sketch_rank = 64\nburn_in_epochs = 20\nepoch_psd_window = 16"));
+        assert!(e.message.contains("needs more recorded epochs than one window: the run records 10"), "{}", e.message);
+        let e = err(&CONTROL.replace("max_lag = 16", "max_lag = 16\nepoch_psd_window = 16"));
+        assert!(e.message.contains("`epoch_psd_window` does not apply to `control:double-well`"), "{}", e.message);
+        // Left out of a spec at 0, so grids without it keep their fingerprints.
+        assert!(!serde_json::to_string(&crate::spec::ProbeConfig::default()).unwrap().contains("epoch_psd_window"));
     }
 
     #[test]
@@ -1515,6 +1560,7 @@ control_lambda = [0.0, 1.5]
             keep_sketches: true,
             digest_vectors: 1,
             at_epochs: vec![1],
+            epoch_psd_window: 8,
             ..ProbeConfig::default()
         };
         probe.extend(fields(serde_json::to_value(p).unwrap()));

@@ -19,6 +19,8 @@
 //! * [`stats`] — spectral statistics of `D` with certified brackets; seed summaries.
 //! * [`trajectory`] — projected trajectories: lagged covariances, area-enclosing rates, cycling
 //!   frequencies, MSD, autocorrelation, Welch spectra.
+//! * [`epochs`] — the trajectory once per epoch, as the paper records it: per-epoch drift, the weights'
+//!   increment spectra, the weight-norm trend, and a phase-randomised surrogate test for spectral peaks.
 //! * [`spec`] — the configuration of one run and its final figures.
 //! * [`grid`] — the grid file: parse, validate (file:line:col errors), expand.
 //! * [`run`] — execute one run (from the start or a checkpoint) and emit its probes, trajectory and checkpoints.
@@ -37,6 +39,7 @@ pub mod checkpoint;
 pub mod controls;
 pub mod data;
 pub mod digest;
+pub mod epochs;
 pub mod grid;
 pub mod json_f64;
 pub mod linalg;

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{CellSpectra, ProbeDigest};
+use crate::epochs::{EpochStats, EpochSums, PeakTest};
 use crate::grid::Cell;
+use crate::json_f64::F64;
 use crate::run::{ProbeMeta, ProbeRecord, SizingStop};
 use crate::sketch::FdSketch;
 use crate::spec::RunFinal;
@@ -59,6 +61,9 @@ pub struct RunResult {
     /// ‖∇f‖² estimate, clamped at 0.
     #[serde(default)]
     pub grad_norm: Vec<(u32, crate::json_f64::F64)>,
+    /// The run recorded once per epoch (`epoch_psd_window`), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<EpochStats>,
 }
 
 /// Dimension of the eigenspaces compared between successive probes.
@@ -233,7 +238,7 @@ impl CellBracket {
 /// Version of the statistics [`cell_result`] computes. A stored cell with
 /// an older version lacks some of them and is recomputed from its runs
 /// when read.
-pub const RESULTS_VERSION: u32 = 5;
+pub const RESULTS_VERSION: u32 = 6;
 
 /// Statistics of one cell across its seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,8 +322,73 @@ pub struct CellResult {
     /// the spread between where the seeds settle is not counted as motion.
     #[serde(default)]
     pub merged_drift: Option<DriftStats>,
+    /// The seeds recorded once per epoch, if they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<CellEpochs>,
     /// The runs.
     pub runs: Vec<RunResult>,
+}
+
+/// A cell's seeds recorded once per epoch ([`crate::epochs`]): the paper's
+/// statistics at its own time scale, with the confounds next to them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellEpochs {
+    /// Epochs each seed recorded, across seeds.
+    pub epochs: Summary,
+    /// Drift of the seeds' per-epoch trajectories pooled (centred, as
+    /// `merged_drift`): rates per epoch, lags and frequencies in epochs.
+    pub merged_drift: Option<DriftStats>,
+    /// `(cycles per epoch, mean, std)` of the weights' increment spectra over
+    /// every weight of every seed: the paper's FFT of the increments.
+    pub increment_spectrum: Vec<(F64, F64, F64)>,
+    /// The weight norm's trend, relative per 1,000 epochs, across seeds
+    /// (a scale-invariant net's norm grows, and reads as drift).
+    pub weight_norm_trend: Summary,
+    /// Seeds whose surrogate test found a spectral peak at p ≤ 0.05.
+    pub peaks_significant: usize,
+    /// Seeds tested.
+    pub peaks_tested: usize,
+    /// The most significant seed's test (smallest p, then largest ratio),
+    /// with its seed.
+    pub strongest_peak: Option<(u64, PeakTest)>,
+}
+
+impl CellEpochs {
+    /// From a cell's runs and their sums; `None` when no seed recorded
+    /// once per epoch.
+    fn of(runs: &[&RunData], results: &[RunResult]) -> Option<CellEpochs> {
+        let sums: Vec<&EpochSums> =
+            runs.iter().filter_map(|r| r.trajectory.as_ref().and_then(|t| t.epochs.as_deref())).collect();
+        if sums.is_empty() {
+            return None;
+        }
+        let stats: Vec<(u64, &EpochStats)> =
+            results.iter().filter_map(|r| Some((r.seed, r.epochs.as_ref()?))).collect();
+        let mut inc = sums[0].increments.clone();
+        let spectrum_ok = sums[1..].iter().all(|s| inc.merge(&s.increments).is_ok());
+        let tests: Vec<(u64, &PeakTest)> =
+            stats.iter().filter_map(|(seed, s)| Some((*seed, s.peaks.as_ref()?))).collect();
+        let strongest = tests
+            .iter()
+            .min_by(|a, b| a.1.p_value.total_cmp(&b.1.p_value).then(b.1.statistic.total_cmp(&a.1.statistic)))
+            .map(|(seed, t)| (*seed, (*t).clone()));
+        Some(CellEpochs {
+            epochs: Summary::of(sums.iter().map(|s| s.trajectory.points as f64)),
+            merged_drift: TrajectorySums::pool(sums.iter().map(|s| &s.trajectory))
+                .ok()
+                .flatten()
+                .map(|m| DriftStats::from_sums(&m)),
+            increment_spectrum: if spectrum_ok {
+                inc.mean_std().into_iter().map(|(f, m, d)| (F64(f), F64(m), F64(d))).collect()
+            } else {
+                vec![]
+            },
+            weight_norm_trend: Summary::of(stats.iter().map(|(_, s)| s.weight_norm_trend)),
+            peaks_significant: tests.iter().filter(|(_, t)| t.p_value <= 0.05).count(),
+            peaks_tested: tests.len(),
+            strongest_peak: strongest,
+        })
+    }
 }
 
 impl CellResult {
@@ -384,6 +454,7 @@ fn run_merge(
         drift: r.trajectory.as_ref().map(DriftStats::from_sums),
         eigenspace_overlap,
         grad_norm,
+        epochs: r.trajectory.as_ref().and_then(|t| t.epochs.as_deref()).map(EpochStats::from_sums),
     }
 }
 
@@ -457,6 +528,7 @@ fn merge_runs(
         .flatten()
         .map(|m| DriftStats::from_sums(&m));
     let area_rate = Summary::of(drifts.iter().map(|d| d.area_rate));
+    let cycling_frequency = drift_summary(|d| d.cycling_frequency);
     let result = CellResult {
         results_version: RESULTS_VERSION,
         index: cell.index,
@@ -479,15 +551,16 @@ fn merge_runs(
         lambda_max: Summary::of(finals.iter().map(|s| s.lambda_max.value)),
         area_rate,
         eigenspace_overlap: Summary::of(results.iter().filter_map(|r| r.eigenspace_overlap.last().map(|x| x.0))),
-        cycling_frequency: drift_summary(|d| d.cycling_frequency),
+        cycling_frequency,
         area_rate_detectable: area_rate.detectable(),
-        cycling_frequency_detectable: drift_summary(|d| d.cycling_frequency).detectable(),
+        cycling_frequency_detectable: cycling_frequency.detectable(),
         msd_exponent: drift_summary(|d| d.msd_exponent),
         autocorrelation: drift_summary(DriftStats::autocorrelation_at_max_lag),
         spectral_exponent: drift_summary(|d| d.spectral_exponent),
         peak_to_background: drift_summary(|d| d.peak_to_background),
         grad_norm: Summary::of(results.iter().filter_map(|r| r.grad_norm.last().map(|x| x.1.0))),
         merged_drift,
+        epochs: CellEpochs::of(&runs, &results),
         runs: results,
     };
     CellMerge { result, spectra, digests: vec![] }
@@ -536,6 +609,32 @@ impl SpectrumOf {
     }
 }
 
+/// Every pair's drift across the seeds' `drifts` (see
+/// [`CellResult::pair_drift`]); bootstrap draws are seeded by the pair.
+fn pairs_of(drifts: Vec<&DriftStats>) -> Vec<PairDrift> {
+    let k = drifts.iter().map(|d| d.area_rates.len()).min().unwrap_or(0);
+    let at = |m: &Vec<Vec<F64>>, i: usize, j: usize| m.get(i).and_then(|r| r.get(j)).map(|x| x.0);
+    let mut out = vec![];
+    for i in 0..k {
+        for j in (i + 1)..k {
+            let rates: Vec<f64> = drifts.iter().filter_map(|d| at(&d.area_rates, i, j)).collect();
+            let mut rng = crate::rng::Rng::new((i * k + j) as u64, crate::rng::Stream::Bootstrap(0));
+            out.push(PairDrift {
+                i,
+                j,
+                area_rate: Summary::of(rates.iter().copied()),
+                cycling_frequency: Summary::of(drifts.iter().filter_map(|d| at(&d.cycling_frequencies, i, j))),
+                area_rate_bootstrap95: crate::stats::bootstrap_mean95(
+                    &rates,
+                    crate::stats::BOOTSTRAP_RESAMPLES,
+                    &mut rng,
+                ),
+            });
+        }
+    }
+    out
+}
+
 /// The drift of one pair of a cell's projected coordinates across its
 /// seeds: with `basis = "eigen"`, of one pair of D's top eigenvectors.
 #[derive(Debug, Clone, PartialEq)]
@@ -548,6 +647,11 @@ pub struct PairDrift {
     pub area_rate: Summary,
     /// Cycling frequency (radians per step), across seeds.
     pub cycling_frequency: Summary,
+    /// Seeded percentile-bootstrap 95 % interval of the mean area rate,
+    /// resampling seeds ([`crate::stats::bootstrap_mean95`]): a check on the
+    /// t interval that assumes no distribution (and, with few seeds, is a
+    /// little narrower than it).
+    pub area_rate_bootstrap95: (f64, f64),
 }
 
 impl PairDrift {
@@ -563,21 +667,13 @@ impl CellResult {
     /// (0, 2), …, (1, 2), …): the decisive statistic of circulation, pair by
     /// pair. Empty when no seed recorded a trajectory.
     pub fn pair_drift(&self) -> Vec<PairDrift> {
-        let drifts: Vec<&DriftStats> = self.runs.iter().filter_map(|r| r.drift.as_ref()).collect();
-        let k = drifts.iter().map(|d| d.area_rates.len()).min().unwrap_or(0);
-        let at = |m: &Vec<Vec<crate::json_f64::F64>>, i: usize, j: usize| m.get(i).and_then(|r| r.get(j)).map(|x| x.0);
-        let mut out = vec![];
-        for i in 0..k {
-            for j in (i + 1)..k {
-                out.push(PairDrift {
-                    i,
-                    j,
-                    area_rate: Summary::of(drifts.iter().filter_map(|d| at(&d.area_rates, i, j))),
-                    cycling_frequency: Summary::of(drifts.iter().filter_map(|d| at(&d.cycling_frequencies, i, j))),
-                });
-            }
-        }
-        out
+        pairs_of(self.runs.iter().filter_map(|r| r.drift.as_ref()).collect())
+    }
+
+    /// [`pair_drift`](Self::pair_drift) of the trajectories recorded once per
+    /// epoch (rates per epoch); empty when the seeds did not record them.
+    pub fn epoch_pair_drift(&self) -> Vec<PairDrift> {
+        pairs_of(self.runs.iter().filter_map(|r| r.epochs.as_ref().map(|e| &e.drift)).collect())
     }
 
     /// Every spectrum of the cell, in the order [`CellSpectra`] lists them.

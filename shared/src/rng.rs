@@ -26,6 +26,10 @@ pub enum Stream {
     Other(u64),
     /// The Gaussian noise of one epoch of a `control:` run.
     Noise(u64),
+    /// The phase-randomised surrogates of a run's spectral peak test.
+    Surrogates,
+    /// Bootstrap resamples of a statistic (the argument tells statistics apart).
+    Bootstrap(u64),
 }
 
 impl Stream {
@@ -38,6 +42,8 @@ impl Stream {
             Stream::Dropout(s) => (5, s),
             Stream::Other(x) => (6, x),
             Stream::Noise(e) => (7, e),
+            Stream::Surrogates => (8, 0),
+            Stream::Bootstrap(x) => (9, x),
         }
     }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, CheckpointHeader, spec_fingerprint};
 use crate::controls::Control;
 use crate::data::{DataError, DatasetName, load_split};
+use crate::epochs::EpochRecorder;
 use crate::linalg::random_orthonormal;
 use crate::model::{Model, ModelError};
 use crate::rng::{Rng, Stream};
@@ -251,6 +252,9 @@ pub fn execute_with(
         TrajectoryRecorder::with_spectrum(k, default_lags(spec.probe.max_lag as usize), spec.probe.psd_window as usize)
     };
     let mut recorder = new_recorder();
+    let epoch_window = spec.probe.epoch_psd_window as usize;
+    let new_epoch_recorder = || (epoch_window > 0).then(|| EpochRecorder::new(k, d, epoch_window));
+    let mut epoch_recorder = new_epoch_recorder();
     let probe_epochs = spec.probe_epochs();
 
     let mut params = model.init(spec.seed);
@@ -277,6 +281,7 @@ pub fn execute_with(
             || h.recorder.sums().lags != fresh_recorder.sums().lags
             || (h.recorder.sums().psd_window != fresh_recorder.sums().psd_window && !h.recorder.sums().is_legacy())
             || c.basis.len() != if eigen_basis && h.probes_done > spec.probe.basis_probe { k * d } else { 0 }
+            || h.epoch_recorder.as_ref().map(|r| r.fits(k, d, epoch_window)) != (epoch_window > 0).then_some(true)
             || h.epoch >= t.epochs
             || h.step_in_epoch >= steps_per_epoch as u64
             || h.step != h.epoch as u64 * steps_per_epoch as u64 + h.step_in_epoch
@@ -291,7 +296,7 @@ pub fn execute_with(
             (dirs, saved_basis) = (c.basis.clone(), c.basis);
         }
         (start_epoch, start_s, resume_loss_sum) = (h.epoch, h.step_in_epoch as usize, h.loss_sum);
-        (step, last_epoch_loss, recorder) = (h.step, h.last_epoch_loss, h.recorder);
+        (step, last_epoch_loss, recorder, epoch_recorder) = (h.step, h.last_epoch_loss, h.recorder, h.epoch_recorder);
     }
     let every_epochs = t.checkpoint_every_epochs;
     let every_steps = t.checkpoint_every_steps;
@@ -345,7 +350,7 @@ pub fn execute_with(
                     at,
                     loss_sum,
                     last_epoch_loss,
-                    &recorder,
+                    (&recorder, epoch_recorder.as_ref()),
                     [&params, &buffers, &velocity, &saved_basis],
                 );
                 if sink(RunEvent::Checkpoint(Box::new(c))).is_break() {
@@ -358,6 +363,12 @@ pub fn execute_with(
         if sink(RunEvent::Progress { epoch: epoch + 1, step, total_steps, train_loss: last_epoch_loss, lr }).is_break()
         {
             return Err(RunError::Stopped);
+        }
+        if let Some(er) = epoch_recorder.as_mut().filter(|_| epoch >= spec.probe.burn_in_epochs && !dirs.is_empty()) {
+            // The end of an epoch recorded step by step is recorded once
+            // more, on its own time scale.
+            crate::linalg::project_rows(&dirs, &params, &mut proj);
+            er.push(&params, &proj);
         }
         if let Some(index) = probe_epochs.iter().position(|&e| e == epoch + 1) {
             let mut on_pass = |p: ProbePass| {
@@ -388,7 +399,7 @@ pub fn execute_with(
                 at,
                 0.0,
                 last_epoch_loss,
-                &recorder,
+                (&recorder, epoch_recorder.as_ref()),
                 [&params, &buffers, &velocity, &saved_basis],
             );
             if sink(RunEvent::Checkpoint(Box::new(c))).is_break() {
@@ -396,7 +407,9 @@ pub fn execute_with(
             }
         }
     }
-    if sink(RunEvent::Trajectory(Box::new(recorder.into_sums()))).is_break() {
+    let mut sums = recorder.into_sums();
+    sums.epochs = epoch_recorder.map(|r| Box::new(r.into_sums(spec.seed)));
+    if sink(RunEvent::Trajectory(Box::new(sums))).is_break() {
         return Err(RunError::Stopped);
     }
     let train_eval = model.evaluate(&params, &buffers, &split.train.x, &split.train.y);
@@ -442,7 +455,7 @@ fn snapshot(
     at: Position,
     loss_sum: f64,
     last_epoch_loss: f64,
-    recorder: &TrajectoryRecorder,
+    recorders: (&TrajectoryRecorder, Option<&EpochRecorder>),
     state: [&Vec<f32>; 4],
 ) -> Checkpoint {
     Checkpoint {
@@ -454,8 +467,9 @@ fn snapshot(
             probes_done: at.probes_done,
             loss_sum,
             last_epoch_loss,
-            recorder: recorder.clone(),
+            recorder: recorders.0.clone(),
             state: vec![],
+            epoch_recorder: recorders.1.cloned(),
         },
         params: state[0].clone(),
         buffers: state[1].clone(),
@@ -1159,6 +1173,41 @@ mod tests {
         assert_resumes_bit_identical(&spec);
     }
 
+    /// Issue 15: a run recorded once per epoch too (increment spectra of
+    /// every weight, the per-epoch trajectory, the weight norm, the
+    /// surrogate test) resumes bit-identically from every boundary, and its
+    /// sums say what was recorded.
+    #[test]
+    fn resume_with_per_epoch_recording_is_bit_identical() {
+        let mut spec = small();
+        spec.train.epochs = 20;
+        spec.train.checkpoint_every_steps = 9;
+        spec.probe.every_epochs = 10;
+        spec.probe.burn_in_epochs = 1;
+        spec.probe.epoch_psd_window = 16;
+        let whole = emit(&spec, None);
+        let e = whole.traj.as_ref().and_then(|t| t.epochs.as_deref()).expect("per-epoch sums");
+        e.validate().expect("valid");
+        assert_eq!(e.trajectory.points, 19, "one point per epoch after the burn-in");
+        assert_eq!(e.weight_norm.n, 19);
+        assert_eq!(e.increments.coords as usize, whole.fin.params, "every weight's increment spectrum");
+        assert_eq!(e.increments.windows, 1, "18 increments: one window of 16");
+        assert!(e.peaks.as_ref().is_some_and(|p| p.p_value > 0.0 && p.p_value <= 1.0));
+        assert!(whole.checkpoints.iter().all(|c| c.header.epoch_recorder.is_some()));
+        assert_resumes_bit_identical(&spec);
+        // A checkpoint of the run without per-epoch recording does not fit it.
+        let mut plain = spec.clone();
+        plain.probe.epoch_psd_window = 0;
+        let other = emit(&plain, None);
+        let c = other.checkpoints.last().expect("checkpoints").clone();
+        let mut forged = c.clone();
+        forged.header.spec_fingerprint = crate::checkpoint::spec_fingerprint(&spec);
+        assert!(matches!(
+            execute_from(&spec, Some(forged), &AtomicBool::new(false), &mut |_| ControlFlow::Continue(())),
+            Err(RunError::Spec(_))
+        ));
+    }
+
     #[test]
     fn eigen_basis_projects_onto_the_probes_top_eigenvectors() {
         let mut spec = small();
@@ -1191,8 +1240,10 @@ mod tests {
         let whole = emit(&spec, None);
         let steps_per_epoch = 1437 / 64;
         let epochs = spec.train.epochs as usize;
+        // Epoch ends and every 9th step, less those that are both (every
+        // 198th step: lcm(9, 22)).
         assert!(
-            whole.checkpoints.len() >= epochs - 1 + epochs * steps_per_epoch / 9 - 1,
+            whole.checkpoints.len() >= epochs - 1 + epochs * steps_per_epoch / 9 - 1 - epochs * steps_per_epoch / 198,
             "{}",
             whole.checkpoints.len()
         );

@@ -216,6 +216,12 @@ pub struct ProbeConfig {
     /// two in 8..=4096, or 0 for none.
     #[serde(default = "default_psd_window")]
     pub psd_window: u32,
+    /// Welch window, in epochs, of the trajectory recorded once per epoch
+    /// as well (see [`crate::epochs`]): the projected coordinates, every
+    /// weight's increments and the weight norm, at the end of each epoch
+    /// after the burn-in; a power of two in 8..=4096, or 0 for none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch_psd_window: u32,
     /// Also compute D exactly (dense d×d, symmetric eigendecomposition) at
     /// each probe, next to the sketch; for d up to [`EXACT_MAX_DIM`].
     pub exact: bool,
@@ -365,6 +371,7 @@ impl Default for ProbeConfig {
             projection_seed: 0,
             block_size: 64,
             psd_window: default_psd_window(),
+            epoch_psd_window: 0,
             wire_precision: WirePrecision::F32,
             exact: false,
         }
@@ -392,6 +399,12 @@ impl RunSpec {
     /// Whether the model is a `control:` process (no data, no probes).
     pub fn is_control(&self) -> bool {
         self.train.model.starts_with(crate::controls::CONTROL_PREFIX)
+    }
+
+    /// Whether the run has a held-out set, and so finite test figures (a
+    /// `control:` run reads no data: its test figures are NaN).
+    pub fn has_test_set(&self) -> bool {
+        !self.is_control()
     }
 
     /// Epochs after which a probe runs, in order (the last epoch included);
@@ -444,12 +457,20 @@ pub struct RunFinal {
 
 /// FNV-1a over the bit patterns of `xs`.
 pub fn hash_f32(xs: &[f32]) -> u64 {
+    fnv1a(xs.iter().flat_map(|x| x.to_bits().to_le_bytes()))
+}
+
+/// FNV-1a over the bit patterns of `xs` (a control's exact f64 state).
+pub fn hash_f64(xs: &[f64]) -> u64 {
+    fnv1a(xs.iter().flat_map(|x| x.to_bits().to_le_bytes()))
+}
+
+/// 64-bit FNV-1a of a byte sequence: the hash of final weights in results.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for x in xs {
-        for b in x.to_bits().to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01B3);
-        }
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
     }
     h
 }

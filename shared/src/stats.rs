@@ -503,6 +503,26 @@ impl Summary {
     }
 }
 
+/// Resamples in every seeded bootstrap of a mean.
+pub const BOOTSTRAP_RESAMPLES: usize = 4000;
+
+/// The percentile-bootstrap 95 % interval of the mean of `values` (the
+/// finite ones): `resamples` means of as many values drawn with
+/// replacement from `rng`, their 2.5 % and 97.5 % quantiles. `(NaN, NaN)`
+/// with fewer than 2 values.
+pub fn bootstrap_mean95(values: &[f64], resamples: usize, rng: &mut crate::rng::Rng) -> (f64, f64) {
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.len() < 2 || resamples == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = v.len();
+    let mut means: Vec<f64> =
+        (0..resamples).map(|_| (0..n).map(|_| v[rng.below(n as u64) as usize]).sum::<f64>() / n as f64).collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
+    (at(0.025), at(0.975))
+}
+
 /// Two-sided 95 % quantile of Student's t with `dof` degrees of freedom.
 fn student_t95(dof: usize) -> f64 {
     const TABLE: [f64; 30] = [

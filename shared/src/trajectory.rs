@@ -80,6 +80,11 @@ pub struct TrajectorySums {
     /// with k < 2): the frequency-resolved counterpart of `A₁₀(τ)`.
     #[serde(default)]
     pub quadrature: Vec<f64>,
+    /// The same run recorded once per epoch (`[probe] epoch_psd_window`),
+    /// see [`crate::epochs`]. A run's own: [`merge`](Self::merge) and
+    /// [`pool`](Self::pool) leave it out, and cells read it run by run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<Box<crate::epochs::EpochSums>>,
 }
 
 impl TrajectorySums {
@@ -107,6 +112,7 @@ impl TrajectorySums {
             psd: if window > 0 { vec![0.0; k * (window / 2 + 1)] } else { vec![] },
             psd_windows: 0,
             quadrature: if window > 0 && k >= 2 { vec![0.0; window / 2 + 1] } else { vec![] },
+            epochs: None,
         }
     }
 
@@ -146,7 +152,7 @@ impl TrajectorySums {
         if self.psd.iter().any(|&p| p < 0.0) {
             return Err("negative power".into());
         }
-        Ok(())
+        self.epochs.as_ref().map_or(Ok(()), |e| e.validate())
     }
 
     /// Adds the sums of another window with the same shape.
@@ -183,6 +189,7 @@ impl TrajectorySums {
         add(&mut self.quadrature, &other.quadrature);
         self.psd_windows += other.psd_windows;
         self.points += other.points;
+        self.epochs = None;
         Ok(())
     }
 
@@ -198,6 +205,7 @@ impl TrajectorySums {
     /// centred per window and are kept as they are.
     pub fn centred(&self) -> TrajectorySums {
         let mut c = self.clone();
+        c.epochs = None;
         for l in 0..c.lags.len() {
             let n = c.count[l] as f64;
             c.cross[l] = self.lagged_covariance(l).into_iter().map(|v| v * n).collect();
@@ -395,7 +403,9 @@ pub fn spectral_peak(freqs: &[f64], power: &[f64]) -> Option<(f64, f64, f64)> {
 }
 
 /// In-place iterative radix-2 FFT of `(re, im)`; the length is a power of two.
-fn fft(re: &mut [f64], im: &mut [f64]) {
+/// Each stage's twiddle factors are computed once (the same values as one
+/// per butterfly, so the result is bit-identical).
+pub(crate) fn fft(re: &mut [f64], im: &mut [f64]) {
     let n = re.len();
     let mut j = 0;
     for i in 1..n {
@@ -411,11 +421,13 @@ fn fft(re: &mut [f64], im: &mut [f64]) {
         }
     }
     let mut len = 2;
+    let mut twiddles: Vec<(f64, f64)> = Vec::with_capacity(n / 2);
     while len <= n {
         let ang = -2.0 * std::f64::consts::PI / len as f64;
+        twiddles.clear();
+        twiddles.extend((0..len / 2).map(|m| ((ang * m as f64).cos(), (ang * m as f64).sin())));
         for start in (0..n).step_by(len) {
-            for m in 0..len / 2 {
-                let (wr, wi) = ((ang * m as f64).cos(), (ang * m as f64).sin());
+            for (m, &(wr, wi)) in twiddles.iter().enumerate() {
                 let (a, b) = (start + m, start + m + len / 2);
                 let (xr, xi) = (re[b] * wr - im[b] * wi, re[b] * wi + im[b] * wr);
                 re[b] = re[a] - xr;
@@ -425,6 +437,64 @@ fn fft(re: &mut [f64], im: &mut [f64]) {
             }
         }
         len <<= 1;
+    }
+}
+
+/// One Welch window's periodogram: each window's mean removed, a periodic
+/// Hann taper, one-sided, normalised by Σ taper² so white noise of variance
+/// σ² reads 2σ² per bin. Holds the taper and the work buffers, so one value
+/// serves every window and coordinate of the same length.
+pub(crate) struct Periodogram {
+    taper: Vec<f64>,
+    norm: f64,
+    /// Real part of the last window's transform (bins `0..=W/2` are read).
+    pub(crate) re: Vec<f64>,
+    /// Imaginary part of the last window's transform.
+    pub(crate) im: Vec<f64>,
+}
+
+impl Periodogram {
+    /// For windows of `w` points (a power of two).
+    pub(crate) fn new(w: usize) -> Self {
+        let taper: Vec<f64> =
+            (0..w).map(|t| 0.5 * (1.0 - (2.0 * std::f64::consts::PI * t as f64 / w as f64).cos())).collect();
+        let norm = taper.iter().map(|v| v * v).sum();
+        Periodogram { taper, norm, re: vec![0.0; w], im: vec![0.0; w] }
+    }
+
+    /// Transforms the window whose point `t` is `value(t)`, mean removed
+    /// and tapered, into `re`/`im`.
+    pub(crate) fn transform(&mut self, value: impl Fn(usize) -> f64) {
+        let w = self.taper.len();
+        let mean = (0..w).map(&value).sum::<f64>() / w as f64;
+        for t in 0..w {
+            self.re[t] = (value(t) - mean) * self.taper[t];
+            self.im[t] = 0.0;
+        }
+        fft(&mut self.re, &mut self.im);
+    }
+
+    /// The one-sided weight of bin `m` (1 at 0 and W/2, 2 between).
+    fn one_sided(&self, m: usize, p: f64) -> f64 {
+        if m == 0 || m == self.taper.len() / 2 { p } else { 2.0 * p }
+    }
+
+    /// Power of bin `m` of the last transform.
+    pub(crate) fn power(&self, m: usize) -> f64 {
+        self.one_sided(m, (self.re[m] * self.re[m] + self.im[m] * self.im[m]) / self.norm)
+    }
+
+    /// Adds the last transform's power at bins `0..=W/2` to `out`.
+    pub(crate) fn add_power(&self, out: &mut [f64]) {
+        for (m, o) in out.iter_mut().enumerate() {
+            *o += self.power(m);
+        }
+    }
+
+    /// `Im(X₀ · conj X₁)` at bin `m`, one-sided and normalised, for the
+    /// transform `(r0, i0)` of coordinate 0 and the last one of coordinate 1.
+    fn quadrature(&self, m: usize, r0: &[f64], i0: &[f64]) -> f64 {
+        self.one_sided(m, (i0[m] * self.re[m] - r0[m] * self.im[m]) / self.norm)
     }
 }
 
@@ -513,28 +583,18 @@ impl TrajectoryRecorder {
         let (w, k) = (s.psd_window, s.k);
         let bins = w / 2 + 1;
         let start = self.history.len() - w;
-        let taper: Vec<f64> =
-            (0..w).map(|t| 0.5 * (1.0 - (2.0 * std::f64::consts::PI * t as f64 / w as f64).cos())).collect();
-        let norm: f64 = taper.iter().map(|v| v * v).sum();
-        let (mut re, mut im) = (vec![0.0; w], vec![0.0; w]);
+        let mut pg = Periodogram::new(w);
         let mut first: Option<(Vec<f64>, Vec<f64>)> = None;
-        let one_sided = |m: usize, p: f64| if m == 0 || m == w / 2 { p } else { 2.0 * p };
         for a in 0..k {
-            let mean = (0..w).map(|t| self.history[start + t][a]).sum::<f64>() / w as f64;
-            for t in 0..w {
-                re[t] = (self.history[start + t][a] - mean) * taper[t];
-                im[t] = 0.0;
-            }
-            fft(&mut re, &mut im);
-            for m in 0..bins {
-                s.psd[a * bins + m] += one_sided(m, (re[m] * re[m] + im[m] * im[m]) / norm);
-            }
+            let history = &self.history;
+            pg.transform(|t| history[start + t][a]);
+            pg.add_power(&mut s.psd[a * bins..(a + 1) * bins]);
             match (a, &first) {
-                (0, _) => first = Some((re[..bins].to_vec(), im[..bins].to_vec())),
+                (0, _) => first = Some((pg.re[..bins].to_vec(), pg.im[..bins].to_vec())),
                 // Im(X₀ · conj X₁): positive when coordinate 1 lags 0 by a quarter turn.
                 (1, Some((r0, i0))) if !s.quadrature.is_empty() => {
                     for m in 0..bins {
-                        s.quadrature[m] += one_sided(m, (i0[m] * re[m] - r0[m] * im[m]) / norm);
+                        s.quadrature[m] += pg.quadrature(m, r0, i0);
                     }
                 }
                 _ => {}

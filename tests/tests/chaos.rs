@@ -18,14 +18,16 @@ use gradsweep_tests::{
 /// 2 × 2 cells × `seeds` seeds of a small MLP on digits; segments every
 /// 2 epochs and every 25 steps (so boundaries fall mid-epoch too). The
 /// trajectory is projected onto the top eigenvectors of `D` at the first
-/// probe, so segments after it must carry those directions. A faulted run
+/// probe, so segments after it must carry those directions, and recorded
+/// once per epoch too (`epoch_psd_window`), so they carry that recorder's
+/// weights, increments and spectra as well. A faulted run
 /// must still be running when its fault lands: an epoch takes about 10 ms
 /// on a 2-core machine of 2026 (16 epochs, 0.2 s, let a whole sweep end
 /// before the first fault), so the suites ask for tens of epochs.
 fn grid(name: &str, seeds: u32, epochs: u32) -> String {
     let segments = "momentum = 0.9\ncheckpoint_every_epochs = 2\ncheckpoint_every_steps = 25";
     let g = gradsweep_tests::grids::mlp(name, &seeds.to_string(), epochs, segments, 4);
-    g.replace("projections = 4", "projections = 4\nbasis = \"eigen\"\npsd_window = 16")
+    g.replace("projections = 4", "projections = 4\nbasis = \"eigen\"\npsd_window = 16\nepoch_psd_window = 16")
 }
 
 /// (run, resume_seq) of every grant that resumed from a checkpoint.

@@ -191,8 +191,7 @@ impl Store {
                         if has_traj { "a" } else { "no" }
                     )));
                 }
-                // A control has no held-out set: its test figures are NaN.
-                let test_ok = spec.is_control() || fin.test_accuracy.is_finite();
+                let test_ok = !spec.has_test_set() || fin.test_accuracy.is_finite();
                 if completed && !(test_ok && fin.final_train_loss.is_finite()) {
                     return Err(CoordinatorError::InvalidArgument(format!(
                         "run `{run_id}` completed with non-finite final figures"
