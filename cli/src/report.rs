@@ -334,8 +334,9 @@ fn pairs_section(cells: &[CellResult], pairs_of: fn(&CellResult) -> Vec<PairDrif
     out
 }
 
-/// The cells recorded once per epoch (`epoch_psd_window`): epochs recorded;
-/// the weight norm's trend (relative, per 1,000 epochs, ± 95 % across
+/// The cells recorded once per epoch (`epoch_psd_window`): epochs recorded
+/// (mean over seeds); the weight norm at the first and last recorded epoch
+/// (means over seeds); its trend (relative, per 1,000 epochs, ± 95 % across
 /// seeds: a scale-invariant net's growing norm reads as drift); the
 /// surrogate test for spectral peaks of the per-epoch trajectory — how many
 /// seeds find a peak at p ≤ 0.05 against how many would by chance alone,
@@ -353,7 +354,7 @@ pub fn epochs_table(cells: &[CellResult]) -> String {
     let header = [
         "cell",
         "epochs",
-        "‖x‖ first→last",
+        "‖x‖ first→last (mean)",
         "norm trend /10³ ep",
         "peaks p ≤ 0.05",
         "chance",
@@ -369,7 +370,7 @@ pub fn epochs_table(cells: &[CellResult]) -> String {
         let strongest = e.strongest_peak.as_ref();
         rows.push(vec![
             c.index.to_string(),
-            num(e.epochs.mean),
+            count(e.epochs.mean),
             format!("{}→{}", num(norms(|s| s.weight_norm_first)), num(norms(|s| s.weight_norm_last))),
             if e.weight_norm_trend.count > 0 {
                 format!(
