@@ -53,6 +53,9 @@ pub async fn submit(connect: &ConnectArgs, file: &Path, new: bool, check: bool) 
             plan.seeds.len(),
             plan.run_count()
         )?;
+        for line in left_to_trainers(&plan) {
+            crate::outln!("{line}")?;
+        }
         return Ok(());
     }
     fits_one_message(&text, &name)?;
@@ -69,6 +72,34 @@ pub async fn submit(connect: &ConnectArgs, file: &Path, new: bool, check: bool) 
     }
     eprintln!("{} cells, {} runs", r.cells, r.runs);
     Ok(())
+}
+
+/// What `submit --check` could not check, per `python:` trainer: the
+/// model, the data and the `[user]` keys mean what the trainer makes of
+/// them, and only a worker that declares the trainer runs its cells.
+fn left_to_trainers(plan: &gradsweep_shared::SweepPlan) -> Vec<String> {
+    let mut by_trainer: std::collections::BTreeMap<String, (usize, std::collections::BTreeSet<&str>)> =
+        Default::default();
+    for c in plan.cells.iter().filter(|c| !c.train.trainer.is_builtin()) {
+        let e = by_trainer.entry(c.train.trainer.name()).or_default();
+        e.0 += 1;
+        e.1.extend(c.user.keys().map(String::as_str));
+    }
+    by_trainer
+        .into_iter()
+        .map(|(trainer, (cells, keys))| {
+            let user = if keys.is_empty() {
+                String::new()
+            } else {
+                format!(", the [user] keys {}", keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
+            };
+            format!(
+                "{cells} cell(s) train with `{trainer}`: checked are the probe and trajectory keys and the run \
+                 schedule; left to the trainer are `model`, `dataset`, the data and optimiser keys{user} — it \
+                 reads them from run.params — and only workers that declare `{trainer}` take these runs"
+            )
+        })
+        .collect()
 }
 
 fn status_line(s: &pb::SweepStatus) -> String {
@@ -599,13 +630,21 @@ pub async fn workers(remote: &Remote, format: OutputFormat) -> anyhow::Result<()
             "hostname": w.hostname,
             "slots": w.slots,
             "last_heartbeat_ms": w.last_heartbeat_ms,
+            "trainers": w.trainers,
             "runs": w.runs,
         })
     };
-    // In CSV, `runs` is how many it holds (their ids are in the JSON).
-    let cols = ["worker_id", "state", "name", "hostname", "slots", "last_heartbeat_ms", "runs"];
+    // In CSV, `runs` is how many it holds (their ids are in the JSON), and
+    // `trainers` the names separated by spaces.
+    let cols = ["worker_id", "state", "name", "hostname", "slots", "last_heartbeat_ms", "trainers", "runs"];
     let objects: Vec<serde_json::Value> = ws.iter().map(json).collect();
-    if print_data(format, &objects, &cols, |j, c| csv_value(&j[c]))? {
+    let field = |j: &serde_json::Value, c: &str| match (c, j[c].as_array()) {
+        ("trainers", Some(names)) => {
+            crate::runs::csv_field(&names.iter().filter_map(|n| n.as_str()).collect::<Vec<_>>().join(" "))
+        }
+        _ => csv_value(&j[c]),
+    };
+    if print_data(format, &objects, &cols, field)? {
         return Ok(());
     }
     if ws.is_empty() {
@@ -613,24 +652,26 @@ pub async fn workers(remote: &Remote, format: OutputFormat) -> anyhow::Result<()
     }
     let now = gradsweep_coordinator::store::now_ms();
     crate::outln!(
-        "{:<14} {:<9} {:<20} {:<16} {:>5} {:>9}  runs",
+        "{:<14} {:<9} {:<20} {:<16} {:>5} {:>9}  {:<10} runs",
         "worker",
         "state",
         "name",
         "host",
         "slots",
-        "last beat"
+        "last beat",
+        "trainers"
     )?;
     for w in ws {
         let age = (now - w.last_heartbeat_ms).max(0) as f64 / 1000.0;
         crate::outln!(
-            "{:<14} {:<9} {:<20} {:<16} {:>5} {:>8.1}s  {}",
+            "{:<14} {:<9} {:<20} {:<16} {:>5} {:>8.1}s  {:<10} {}",
             w.worker_id,
             w.state,
             w.name,
             w.hostname,
             w.slots,
             age,
+            w.trainers.join(","),
             if w.runs.is_empty() { "-".to_string() } else { w.runs.join(",") }
         )?;
     }

@@ -78,6 +78,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let limits = GridLimits { max_runs: args.max_runs };
     let (text, file_name, plan) = read_grid(&args.file, limits)?;
     fits_one_message(&text, &file_name)?;
+    if let Some(c) = plan.cells.iter().find(|c| !c.train.trainer.is_builtin()) {
+        anyhow::bail!(
+            "{file_name}: cell {} trains with `{}`, which `local`'s workers (gradsweep's engine) do not run: start \
+             `gradsweep serve`, `gradsweep submit` the grid, and run workers that declare the trainer",
+            c.index,
+            c.train.trainer
+        );
+    }
     let worker_bin = worker_binary(args.worker_bin.as_deref())?;
     let out = output_folder(args.out.as_deref(), &plan)?;
     let logs = out.join("logs");

@@ -420,5 +420,18 @@ pub fn worker_to_wire(w: WorkerRow) -> pb::WorkerInfo {
         state: w.state.to_string(),
         runs: w.runs,
         last_heartbeat_ms: w.last_heartbeat_ms,
+        trainers: w.trainers,
     }
+}
+
+/// The trainers a registering worker declared (none: the built-in
+/// engine), each checked; a malformed name is refused with its reason.
+pub fn trainers_from_wire(names: &[String]) -> Result<Vec<gradsweep_shared::spec::Trainer>> {
+    names
+        .iter()
+        .map(|n| {
+            gradsweep_shared::spec::Trainer::parse(n)
+                .map_err(|e| CoordinatorError::InvalidArgument(format!("a worker declared a trainer: {e}")))
+        })
+        .collect()
 }

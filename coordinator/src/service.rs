@@ -63,7 +63,9 @@ impl WorkerService for WorkerApi {
             .into());
         }
         let slots = r.slots.max(1);
-        let id = self.state.with_store(move |s| s.register_worker(&r.name, &r.hostname, slots, r.pid)).await?;
+        let trainers = convert::trainers_from_wire(&r.trainers)?;
+        let id =
+            self.state.with_store(move |s| s.register_worker(&r.name, &r.hostname, slots, r.pid, &trainers)).await?;
         let cfg = self.state.config();
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id,

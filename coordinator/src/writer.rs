@@ -186,10 +186,10 @@ mod tests {
                     w.run(move |s| {
                         if i % 10 == 9 {
                             // Fails inside its batch: its own write is undone.
-                            s.register_worker(&format!("bad{i}"), "h", 1, 1)?;
+                            s.register_worker(&format!("bad{i}"), "h", 1, 1, crate::store::BUILTIN_ONLY)?;
                             return Err(CoordinatorError::InvalidArgument(format!("no {i}")));
                         }
-                        s.register_worker(&format!("w{i}"), "h", 1, 1)
+                        s.register_worker(&format!("w{i}"), "h", 1, 1, crate::store::BUILTIN_ONLY)
                     })
                     .await
                 })
@@ -216,7 +216,10 @@ mod tests {
         let (w, _) = writer(dir.path());
         let r: Result<()> = w.run(|_| panic!("boom")).await;
         assert!(r.unwrap_err().to_string().contains("writer stopped"));
-        assert!(w.run(|s| s.register_worker("a", "h", 1, 1)).await.is_ok(), "the writer goes on");
+        assert!(
+            w.run(|s| s.register_worker("a", "h", 1, 1, crate::store::BUILTIN_ONLY)).await.is_ok(),
+            "the writer goes on"
+        );
         drop(w);
         DbLock::acquire(&dir.path().join("w.db")).expect("the lock is released once the writer is dropped");
     }
@@ -243,7 +246,9 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let before = {
             let w = w.clone();
-            tokio::spawn(async move { w.run(|s| s.register_worker("before", "h", 1, 1)).await })
+            tokio::spawn(
+                async move { w.run(|s| s.register_worker("before", "h", 1, 1, crate::store::BUILTIN_ONLY)).await },
+            )
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let huge = {
@@ -257,7 +262,9 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let after = {
             let w = w.clone();
-            tokio::spawn(async move { w.run(|s| s.register_worker("after", "h", 1, 1)).await })
+            tokio::spawn(
+                async move { w.run(|s| s.register_worker("after", "h", 1, 1, crate::store::BUILTIN_ONLY)).await },
+            )
         };
         hold.await.unwrap().unwrap();
         let huge = huge.await.unwrap().unwrap_err();

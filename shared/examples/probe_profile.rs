@@ -37,7 +37,12 @@ fn main() {
     };
     let train =
         TrainConfig { model: model_name.clone(), dataset: dataset.clone(), normalize: true, ..Default::default() };
-    let spec = RunSpec { train, probe: ProbeConfig { sketch_rank: size, ..Default::default() }, seed: 0 };
+    let spec = RunSpec {
+        train,
+        probe: ProbeConfig { sketch_rank: size, ..Default::default() },
+        seed: 0,
+        user: Default::default(),
+    };
     let model = Model::parse(&model_name).expect("model");
     let mut split = load_split(&DatasetName::parse(&dataset).expect("dataset"), &spec.train.data_options())
         .expect("data (run deploy/fetch-data.sh for MNIST)");

@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn roundtrip_and_every_rejection() {
-        let spec = RunSpec { train: Default::default(), probe: Default::default(), seed: 3 };
+        let spec = RunSpec { train: Default::default(), probe: Default::default(), seed: 3, user: Default::default() };
         let c = sample(&spec);
         let bytes = c.encode();
         assert_eq!(Checkpoint::decode(&bytes, &spec, 3).unwrap(), c);

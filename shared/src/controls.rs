@@ -553,6 +553,7 @@ mod tests {
             },
             probe: crate::spec::ProbeConfig { burn_in_epochs: 1, max_lag: 8, psd_window: 64, ..Default::default() },
             seed: 5,
+            user: Default::default(),
         };
         spec.probe.projections = 2;
         spec

@@ -1083,6 +1083,7 @@ mod tests {
             train: TrainConfig { epochs: 3, batch_size: 64, lr: 0.1, ..TrainConfig::default() },
             probe: ProbeConfig { every_epochs: 2, sketch_rank: SketchSize::Fixed(16), ..ProbeConfig::default() },
             seed: 5,
+            user: Default::default(),
         }
     }
 

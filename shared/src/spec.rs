@@ -3,6 +3,8 @@
 //! [`RunSpec`] travels to workers as JSON (the `spec_json` field of the
 //! wire's `RunAssignment`); [`RunFinal`] comes back the same way.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Training configuration (the `[train]` section of a grid file).
@@ -61,6 +63,102 @@ pub struct TrainConfig {
     /// `control:` models: Euler–Maruyama steps per epoch, each of length `lr`.
     #[serde(default = "default_control_steps", skip_serializing_if = "is_default_control_steps")]
     pub control_steps: u32,
+    /// Who trains the run: gradsweep's own engine (the default, left out of
+    /// the JSON) or a Python function (see [`Trainer`]).
+    #[serde(default, skip_serializing_if = "Trainer::is_builtin")]
+    pub trainer: Trainer,
+}
+
+/// Who trains a run: gradsweep's own engine, or a function of the user's
+/// that a Python worker imports (`python:MODULE:FUNCTION`, e.g.
+/// `python:my_package.train:main`).
+///
+/// Workers declare the trainers they run when they register (a Rust worker:
+/// [`Trainer::Builtin`] only); the coordinator leases a run only to a worker
+/// that declared its trainer, so a Rust worker never takes a Python run and
+/// a Python worker never takes another trainer's. In a grid file and in
+/// JSON it is its name: `"builtin"` or `"python:MODULE:FUNCTION"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Trainer {
+    /// gradsweep's engine: the named models, `mlp:`, `linear:` and `control:`.
+    #[default]
+    Builtin,
+    /// A Python function `FUNCTION` of module `MODULE`, called with each run.
+    Python {
+        /// Dotted module path (`my_package.train`).
+        module: String,
+        /// Attribute of the module (`main`; dotted for a class's method).
+        function: String,
+    },
+}
+
+impl Trainer {
+    /// The name of [`Trainer::Builtin`].
+    pub const BUILTIN: &'static str = "builtin";
+
+    /// Whether this is gradsweep's own engine.
+    pub fn is_builtin(&self) -> bool {
+        matches!(self, Trainer::Builtin)
+    }
+
+    /// Reads a trainer's name, saying what is wrong with a malformed one.
+    pub fn parse(name: &str) -> Result<Trainer, String> {
+        if name == Self::BUILTIN {
+            return Ok(Trainer::Builtin);
+        }
+        let Some(rest) = name.strip_prefix("python:") else {
+            return Err(format!(
+                "unknown trainer {name:?}: use \"builtin\" (gradsweep's engine) or \"python:MODULE:FUNCTION\" \
+                 (e.g. \"python:my_package.train:main\")"
+            ));
+        };
+        let Some((module, function)) = rest.split_once(':') else {
+            return Err(format!("trainer {name:?} needs a function after the module: \"python:MODULE:FUNCTION\""));
+        };
+        let dotted = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|part| {
+                    let mut c = part.chars();
+                    c.next().is_some_and(|f| f == '_' || f.is_alphabetic())
+                        && c.all(|x| x == '_' || x.is_alphanumeric())
+                })
+        };
+        if !dotted(module) {
+            return Err(format!("trainer {name:?}: {module:?} is not a Python module path (dotted identifiers)"));
+        }
+        if !dotted(function) {
+            return Err(format!("trainer {name:?}: {function:?} is not a Python attribute (dotted identifiers)"));
+        }
+        Ok(Trainer::Python { module: module.into(), function: function.into() })
+    }
+
+    /// Its name, as a grid file and a worker's registration spell it.
+    pub fn name(&self) -> String {
+        match self {
+            Trainer::Builtin => Self::BUILTIN.into(),
+            Trainer::Python { module, function } => format!("python:{module}:{function}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl From<Trainer> for String {
+    fn from(t: Trainer) -> String {
+        t.name()
+    }
+}
+
+impl TryFrom<String> for Trainer {
+    type Error = String;
+    fn try_from(s: String) -> Result<Trainer, String> {
+        Trainer::parse(&s)
+    }
 }
 
 /// Steps per epoch of a `control:` run unless the grid says otherwise.
@@ -140,6 +238,7 @@ impl Default for TrainConfig {
             checkpoint_every_steps: 0,
             control_lambda: 0.0,
             control_steps: DEFAULT_CONTROL_STEPS,
+            trainer: Trainer::Builtin,
         }
     }
 }
@@ -388,6 +487,11 @@ pub struct RunSpec {
     pub probe: ProbeConfig,
     /// The run's seed (weights and data order).
     pub seed: u64,
+    /// The grid's `[user]` keys, with this cell's values: free-form
+    /// settings a `python:` trainer reads (empty, and left out of the JSON,
+    /// for the built-in engine).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user: BTreeMap<String, serde_json::Value>,
 }
 
 impl RunSpec {

@@ -427,6 +427,7 @@ pub fn register_request(name: &str) -> pb::RegisterRequest {
         slots: 1,
         pid: std::process::id(),
         build_version: "test".into(),
+        trainers: vec![],
     }
 }
 

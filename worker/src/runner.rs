@@ -40,6 +40,9 @@ pub enum RunEnd {
     Lost,
     /// Stopped on request (shutdown); the lease is to be handed back.
     Stopped,
+    /// Not this worker's to run (another trainer's): handed back at once,
+    /// untouched.
+    Refused,
 }
 
 /// Everything one run needs.
@@ -212,6 +215,26 @@ impl RunContext {
         }
     }
 
+    /// Hands back a run of another trainer than the built-in engine, which
+    /// a coordinator leases only by mistake (it grants a worker only the
+    /// trainers it declared): nothing is computed or reported, and the run
+    /// goes back to the queue for a worker that runs `trainer`.
+    async fn refuse(&self, trainer: &gradsweep_shared::spec::Trainer) -> RunEnd {
+        let reason = format!("this worker runs only the built-in trainer; the run needs `{trainer}`");
+        tracing::error!(run_id = %self.run.run_id, %trainer, "run refused: {reason}");
+        let req = pb::ReleaseRequest {
+            worker_id: self.worker_id.clone(),
+            runs: vec![pb::RunLease { run_id: self.run.run_id.clone(), epoch: self.run.epoch }],
+            reason,
+            leaving: false,
+            shards: vec![],
+        };
+        if let Err(s) = self.client.clone().release(req).await {
+            tracing::warn!(run_id = %self.run.run_id, error = %s.message(), "could not hand the run back; its lease will lapse");
+        }
+        RunEnd::Refused
+    }
+
     /// Executes the run to its end.
     pub async fn execute(self) -> RunEnd {
         let run_id = self.run.run_id.clone();
@@ -224,6 +247,9 @@ impl RunContext {
                 return self.finish(req, &mut backoff).await;
             }
         };
+        if !spec.train.trainer.is_builtin() {
+            return self.refuse(&spec.train.trainer).await;
+        }
         let resume = if self.run.resume_seq > 0 {
             match self.fetch_checkpoint(&spec, &mut backoff).await {
                 Ok(c) => Some(c),

@@ -115,7 +115,7 @@ impl ShardJob {
         match end {
             RunEnd::Finished => self.metrics.probe_shards_computed.inc(),
             RunEnd::Lost => self.metrics.probe_shards_lost.inc(),
-            RunEnd::Stopped => {}
+            RunEnd::Stopped | RunEnd::Refused => {}
         }
         end
     }

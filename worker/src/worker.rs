@@ -101,6 +101,8 @@ impl Shared {
                 slots: self.cfg.slots,
                 pid: std::process::id(),
                 build_version: env!("CARGO_PKG_VERSION").to_string(),
+                // This worker runs gradsweep's own engine only.
+                trainers: vec![gradsweep_shared::spec::Trainer::Builtin.name()],
             };
             match self.client.clone().register(req).await {
                 Ok(r) => {
@@ -324,7 +326,7 @@ async fn work(
                     match end {
                         RunEnd::Finished => m.runs_finished.inc(),
                         RunEnd::Lost => m.runs_lost.inc(),
-                        RunEnd::Stopped => {}
+                        RunEnd::Stopped | RunEnd::Refused => {}
                     }
                     if end != RunEnd::Stopped
                         && let Ok(mut m) = shared2.runs.lock()

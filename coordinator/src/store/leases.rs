@@ -7,6 +7,7 @@
 //! report; the run goes back to the queue rewound to its last checkpoint
 //! ([`requeue`]), or fails after too many lapses.
 
+use gradsweep_shared::spec::Trainer;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Cached;
@@ -47,6 +48,20 @@ pub struct WorkerRow {
     pub runs: Vec<String>,
     /// Last heartbeat.
     pub last_heartbeat_ms: i64,
+    /// The trainers it runs (it is leased only their runs).
+    pub trainers: Vec<String>,
+}
+
+/// What a Rust worker runs, and what a worker that declares nothing is
+/// taken to run (workers built before trainers existed).
+pub const BUILTIN_ONLY: &[Trainer] = &[Trainer::Builtin];
+
+/// How the `workers` table keeps a worker's trainers: names, one a line
+/// (a valid name has no line break).
+fn trainers_column(trainers: &[Trainer]) -> String {
+    let names: Vec<String> =
+        if trainers.is_empty() { BUILTIN_ONLY } else { trainers }.iter().map(Trainer::name).collect();
+    names.join("\n")
 }
 
 /// A lease named by run and epoch.
@@ -72,18 +87,27 @@ impl Store {
         )?)
     }
 
-    /// Registers a worker.
-    pub fn register_worker(&mut self, name: &str, hostname: &str, slots: u32, pid: u32) -> Result<String> {
+    /// Registers a worker that runs `trainers` (none: the built-in engine).
+    pub fn register_worker(
+        &mut self,
+        name: &str,
+        hostname: &str,
+        slots: u32,
+        pid: u32,
+        trainers: &[Trainer],
+    ) -> Result<String> {
         let now = now_ms();
+        let trainers = trainers_column(trainers);
         let tx = self.tx()?;
         let n: i64 = tx.row("SELECT count(*) FROM workers", [], |r| r.get(0))?;
         let id = format!("w{}-{:x}", n + 1, (now as u64 ^ ((pid as u64) << 20)) & 0xff_ffff);
         tx.exec(
-            "INSERT INTO workers (id, name, hostname, slots, state, registered_ms, last_heartbeat_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![id, name, hostname, slots, WorkerState::Active, now],
+            "INSERT INTO workers (id, name, hostname, slots, state, registered_ms, last_heartbeat_ms, trainers) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+            params![id, name, hostname, slots, WorkerState::Active, now, trainers],
         )?;
         tx.commit()?;
-        tracing::info!(worker_id = %id, name, hostname, slots, "worker registered");
+        tracing::info!(worker_id = %id, name, hostname, slots, trainers = %trainers.replace('\n', ","), "worker registered");
         Ok(id)
     }
 
@@ -108,33 +132,45 @@ impl Store {
         Ok(Some(HeartbeatAnswer { lost, drain: state == WorkerState::Draining }))
     }
 
-    /// Grants the oldest queued run of an active sweep to the worker.
+    /// Grants the oldest queued run of an active sweep, among the runs of
+    /// the trainers the worker declared, to the worker.
     pub fn acquire(&mut self, worker_id: &str) -> Result<Option<Lease>> {
         let now = now_ms();
         let ttl = self.policy.ttl_ms;
         let tx = self.tx()?;
-        let state: Option<WorkerState> =
-            tx.row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
-        match state {
-            None => return Err(CoordinatorError::NotFound { kind: "worker", id: worker_id.into() }),
-            Some(s) if !s.takes_work() => return Ok(None),
-            Some(_) => {}
-        }
-        let next: Option<(String, String, i64, i64, String)> = tx
-            .prepare_cached(
-                // The queue's order, read off its index: the first queued
-                // run of an active sweep, without sorting a sweep's runs
-                // (CROSS JOIN keeps runs the outer loop).
-                "SELECT r.id, r.sweep_id, r.epoch, r.seed, c.spec_json FROM runs r INDEXED BY runs_queue \
-                 CROSS JOIN sweeps s ON s.id = r.sweep_id \
-                 CROSS JOIN cell_specs c ON c.sweep_id = r.sweep_id AND c.cell = r.cell \
-                 WHERE r.state = ?1 AND s.state = ?2 ORDER BY r.queue_order LIMIT 1",
-            )?
-            .query_row(params![RunState::Queued, SweepState::Active], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
+        let worker: Option<(WorkerState, String)> = tx
+            .row("SELECT state, trainers FROM workers WHERE id = ?1", [worker_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let Some((run_id, sweep_id, epoch, seed, cell_spec)) = next else { return Ok(None) };
+        let trainers = match worker {
+            None => return Err(CoordinatorError::NotFound { kind: "worker", id: worker_id.into() }),
+            Some((s, _)) if !s.takes_work() => return Ok(None),
+            Some((_, t)) => t,
+        };
+        // The first queued run of each trainer, read off the queue's index
+        // (state, trainer, queue_order): the first of an active sweep,
+        // without sorting a sweep's runs (CROSS JOIN keeps runs the outer
+        // loop); the earliest of them is granted.
+        let mut next: Option<(i64, String, String, i64, i64, String)> = None;
+        for trainer in trainers.lines() {
+            let first: Option<(i64, String, String, i64, i64, String)> = tx
+                .prepare_cached(
+                    "SELECT r.queue_order, r.id, r.sweep_id, r.epoch, r.seed, c.spec_json \
+                     FROM runs r INDEXED BY runs_queue \
+                     CROSS JOIN sweeps s ON s.id = r.sweep_id \
+                     CROSS JOIN cell_specs c ON c.sweep_id = r.sweep_id AND c.cell = r.cell \
+                     WHERE r.state = ?1 AND r.trainer = ?3 AND s.state = ?2 ORDER BY r.queue_order LIMIT 1",
+                )?
+                .query_row(params![RunState::Queued, SweepState::Active, trainer], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                })
+                .optional()?;
+            if let Some(f) = first
+                && next.as_ref().is_none_or(|n| f.0 < n.0)
+            {
+                next = Some(f);
+            }
+        }
+        let Some((_, run_id, sweep_id, epoch, seed, cell_spec)) = next else { return Ok(None) };
         let spec_json = serde_json::to_string(&spec_with_seed(&cell_spec, seed as u64)?)
             .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
         let epoch = epoch + 1;
@@ -154,12 +190,17 @@ impl Store {
         Ok(Some(Lease { run_id, epoch: epoch as u64, sweep_id, spec_json, resume_seq }))
     }
 
-    /// Whether the worker takes work: registered, neither draining nor gone
-    /// (a helper gets probe shards only then).
+    /// Whether the worker takes probe shards: registered, neither draining
+    /// nor gone, and running the built-in engine (a shard is the engine's
+    /// gradients of its model; a worker of another trainer cannot compute
+    /// it).
     pub fn takes_work(&self, worker_id: &str) -> Result<bool> {
-        let state: Option<WorkerState> =
-            self.conn.row("SELECT state FROM workers WHERE id = ?1", [worker_id], |r| r.get(0)).optional()?;
-        Ok(state.is_some_and(WorkerState::takes_work))
+        let worker: Option<(WorkerState, String)> = self
+            .conn
+            .row("SELECT state, trainers FROM workers WHERE id = ?1", [worker_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(worker
+            .is_some_and(|(state, trainers)| state.takes_work() && trainers.lines().any(|t| t == Trainer::BUILTIN)))
     }
 
     /// The sweep and spec of a run whose lease `owner` holds (to publish a
@@ -228,7 +269,8 @@ impl Store {
     /// Workers, with the runs they hold.
     pub fn workers(&self) -> Result<Vec<WorkerRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, name, hostname, slots, state, last_heartbeat_ms FROM workers ORDER BY registered_ms, id",
+            "SELECT id, name, hostname, slots, state, last_heartbeat_ms, trainers FROM workers \
+             ORDER BY registered_ms, id",
         )?;
         let mut out: Vec<WorkerRow> = stmt
             .query_map([], |r| {
@@ -240,6 +282,7 @@ impl Store {
                     state: r.get(4)?,
                     runs: vec![],
                     last_heartbeat_ms: r.get(5)?,
+                    trainers: r.get::<_, String>(6)?.lines().map(str::to_string).collect(),
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -400,6 +443,48 @@ mod tests {
     use super::super::LeasePolicy;
     use super::super::testing::*;
     use super::*;
+    use gradsweep_shared::grid::GridLimits;
+
+    /// A grid of 2 cells × 1 seed trained by `trainer`.
+    fn trainer_grid(name: &str, trainer: &str) -> String {
+        format!(
+            "[sweep]\nname = \"{name}\"\n[train]\ntrainer = \"{trainer}\"\nmodel = \"theirs\"\nepochs = 2\n\
+             [probe]\nsketch_rank = 8\n[user]\nwidth = 4\n[grid]\nwidth = [4, 8]\n"
+        )
+    }
+
+    #[test]
+    fn a_worker_is_granted_only_runs_of_the_trainers_it_declared_in_queue_order() {
+        let (_dir, mut s) = store();
+        let limits = GridLimits::default();
+        let py = "python:my_pkg.train:main";
+        let first = s.submit(&trainer_grid("theirs", py), "p.toml", false, limits).unwrap().sweep_id;
+        let builtin = submit(&mut s, 1, 1);
+        let rust = worker(&mut s, "rust");
+        let parse = |n: &str| Trainer::parse(n).unwrap();
+        let python = s.register_worker("py", "h", 1, 2, &[parse(py)]).unwrap();
+        let other = s.register_worker("other", "h", 1, 3, &[parse("python:other:main")]).unwrap();
+        let both = s.register_worker("both", "h", 1, 4, &[Trainer::Builtin, parse(py)]).unwrap();
+        let names: Vec<Vec<String>> = s.workers().unwrap().into_iter().map(|w| w.trainers).collect();
+        assert_eq!(names, [vec!["builtin"], vec![py], vec!["python:other:main"], vec!["builtin", py]]);
+
+        // The Rust worker passes over the python runs queued before its own.
+        let l = s.acquire(&rust).unwrap().unwrap();
+        assert_eq!(l.sweep_id, builtin);
+        assert!(s.acquire(&rust).unwrap().is_none(), "a Rust worker never takes a python run");
+        assert!(s.acquire(&other).unwrap().is_none(), "nor does a worker of another trainer");
+        assert!(s.takes_work(&rust).unwrap() && !s.takes_work(&python).unwrap(), "probe shards are the engine's");
+        // The python worker gets its runs, with their user keys, in order.
+        let l = s.acquire(&python).unwrap().unwrap();
+        assert_eq!((l.sweep_id.as_str(), l.run_id.as_str()), (first.as_str(), format!("{first}/c0/s0").as_str()));
+        let spec: gradsweep_shared::spec::RunSpec = serde_json::from_str(&l.spec_json).unwrap();
+        assert_eq!((spec.train.trainer, spec.user["width"].as_i64()), (parse(py), Some(4)));
+        // A worker of both takes the earliest queued run of either.
+        s.release(&rust, &[], true, "bye").unwrap();
+        assert_eq!(s.acquire(&both).unwrap().unwrap().run_id, format!("{first}/c1/s0"));
+        assert_eq!(s.acquire(&both).unwrap().unwrap().sweep_id, builtin);
+        assert!(s.acquire(&both).unwrap().is_none());
+    }
 
     #[test]
     fn a_heartbeat_keeps_held_leases_and_names_the_others_lost() {

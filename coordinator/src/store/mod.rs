@@ -40,7 +40,7 @@ pub mod schema;
 pub mod states;
 pub mod sweeps;
 
-pub use leases::{HeartbeatAnswer, Lease, LeaseRef, Seen, WorkerRow};
+pub use leases::{BUILTIN_ONLY, HeartbeatAnswer, Lease, LeaseRef, Seen, WorkerRow};
 pub use merges::{CellInputs, CellSource, EncodedMerge, SavedProbeRef, StoredCell};
 pub use reports::{BlobKind, Chunk, Outcome, Progress, Report, ReportBody};
 pub use runs::{EpochRow, FailureGroup, RunRow};
@@ -366,7 +366,7 @@ pub(crate) mod testing {
 
     /// Registers a worker of one slot.
     pub(crate) fn worker(s: &mut Store, name: &str) -> String {
-        s.register_worker(name, "host", 1, 1).unwrap()
+        s.register_worker(name, "host", 1, 1, crate::store::BUILTIN_ONLY).unwrap()
     }
 
     /// A store with a sweep of `cells` × `seeds` runs and one worker `a`

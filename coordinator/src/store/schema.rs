@@ -23,6 +23,12 @@
 //! `cells.pruned` marks such a cell, which is never merged again. Runs
 //! remember the last worker that held them and when they were first
 //! leased and when they ended (`gradsweep runs`).
+//!
+//! Version 6: each run carries its trainer (`builtin` or
+//! `python:MODULE:FUNCTION`) and each worker the trainers it declared; the
+//! queue's index leads with (state, trainer), so a worker finds the first
+//! queued run of its trainers in one index probe per trainer, however many
+//! runs of other trainers wait before it.
 
 use gradsweep_shared::grid::SweepPlan;
 
@@ -32,7 +38,7 @@ use rusqlite::Connection;
 use crate::error::{CoordinatorError, Result};
 
 /// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Bytes a WAL file keeps after a checkpoint resets it (`journal_size_limit`).
 pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
@@ -79,9 +85,10 @@ CREATE TABLE runs (
     updated_ms INTEGER NOT NULL,
     last_worker TEXT,
     started_ms INTEGER,
-    finished_ms INTEGER
+    finished_ms INTEGER,
+    trainer TEXT NOT NULL DEFAULT 'builtin'
 );
-CREATE INDEX runs_queue ON runs(state, queue_order);
+CREATE INDEX runs_queue ON runs(state, trainer, queue_order);
 CREATE INDEX runs_sweep ON runs(sweep_id, cell, state);
 CREATE TABLE probes (run_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, idx));
 CREATE TABLE trajectories (run_id TEXT PRIMARY KEY, data BLOB NOT NULL);
@@ -102,7 +109,7 @@ CREATE TABLE epochs (
 ) WITHOUT ROWID;
 CREATE TABLE workers (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, hostname TEXT NOT NULL, slots INTEGER NOT NULL, state TEXT NOT NULL,
-    registered_ms INTEGER NOT NULL, last_heartbeat_ms INTEGER NOT NULL
+    registered_ms INTEGER NOT NULL, last_heartbeat_ms INTEGER NOT NULL, trainers TEXT NOT NULL DEFAULT 'builtin'
 );
 "#;
 
@@ -222,6 +229,17 @@ pub(super) fn prepare(conn: &Connection) -> Result<()> {
             SweepState::Active
         ))?;
         tracing::info!("database upgraded from schema version 4 to 5");
+    }
+    if version < 6 {
+        // Version 6: trainers. Every run and worker before it is the
+        // built-in engine's; the queue index gains the trainer.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; ALTER TABLE runs ADD COLUMN trainer TEXT NOT NULL DEFAULT 'builtin'; \
+             ALTER TABLE workers ADD COLUMN trainers TEXT NOT NULL DEFAULT 'builtin'; \
+             DROP INDEX runs_queue; CREATE INDEX runs_queue ON runs(state, trainer, queue_order); \
+             UPDATE meta SET value = '6' WHERE key = 'schema_version'; COMMIT;",
+        )?;
+        tracing::info!("database upgraded from schema version 5 to 6");
     }
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
@@ -429,7 +447,7 @@ mod tests {
             (1, 1, 2)
         );
         // The queued runs' specs are their cells' with their own seeds.
-        let w = s.register_worker("a", "h", 1, 1).unwrap();
+        let w = s.register_worker("a", "h", 1, 1, crate::store::BUILTIN_ONLY).unwrap();
         let l = s.acquire(&w).unwrap().unwrap();
         assert_eq!(l.run_id, "old/c0/s1");
         let plan = crate::store::testing::plan(2, 2);
@@ -440,6 +458,12 @@ mod tests {
         assert_eq!(version(&conn), SCHEMA_VERSION);
         let n: i64 = conn.query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0, "the upgrade created the checkpoints table");
+        // Version 6: every run and worker from before is the built-in engine's.
+        let n: i64 = conn.query_row("SELECT count(*) FROM runs WHERE trainer = 'builtin'", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 4);
+        let cols: String =
+            conn.query_row("SELECT group_concat(name) FROM pragma_index_info('runs_queue')", [], |r| r.get(0)).unwrap();
+        assert_eq!(cols, "state,trainer,queue_order");
     }
 
     #[test]

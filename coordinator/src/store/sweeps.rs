@@ -117,15 +117,21 @@ impl Store {
                 plan.seeds.len() as i64
             ],
         )?;
-        // A cell's spec once (seed 0), with its parameter count.
+        // A cell's spec once (seed 0), with its parameter count (0 for a
+        // python: trainer's model, which only the trainer knows) and its
+        // trainer.
         let mut params_of = Vec::with_capacity(plan.cells.len());
         {
             let mut ins = tx.prepare("INSERT INTO cell_specs (sweep_id, cell, spec_json) VALUES (?1, ?2, ?3)")?;
             for cell in &plan.cells {
                 let spec = cell.run_spec(0);
-                let d = gradsweep_shared::run::param_count(&spec)
-                    .map_err(|e| CoordinatorError::InvalidArgument(format!("cell {}: {e}", cell.index)))?;
-                params_of.push(d as i64);
+                let d = if spec.train.trainer.is_builtin() {
+                    gradsweep_shared::run::param_count(&spec)
+                        .map_err(|e| CoordinatorError::InvalidArgument(format!("cell {}: {e}", cell.index)))?
+                } else {
+                    0
+                };
+                params_of.push((d as i64, spec.train.trainer.name()));
                 let json = serde_json::to_string(&spec).map_err(|e| CoordinatorError::Internal(e.to_string()))?;
                 ins.execute(params![id, cell.index, json])?;
             }
@@ -133,8 +139,8 @@ impl Store {
         let base_order: i64 = tx.row("SELECT coalesce(max(queue_order), 0) FROM runs", [], |r| r.get(0))?;
         {
             let mut ins = tx.prepare(
-                "INSERT INTO runs (id, sweep_id, cell, seed, params, state, queue_order, updated_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO runs (id, sweep_id, cell, seed, params, state, queue_order, updated_ms, trainer) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             // Queued in the grid's order (cells or seeds outermost), but
             // inserted cell by cell: a cell's rows are neighbours in the id
@@ -142,13 +148,23 @@ impl Store {
             // order instead of touching a page per run.
             let (cells, seeds) = (plan.cells.len(), plan.seeds.len());
             let mut run_id = String::with_capacity(id.len() + 24);
-            for (pos, (cell, &d)) in plan.cells.iter().zip(&params_of).enumerate() {
+            for (pos, (cell, (d, trainer))) in plan.cells.iter().zip(&params_of).enumerate() {
                 for (k, &seed) in plan.seeds.iter().enumerate() {
                     let order = base_order + plan.order.position(pos, k, cells, seeds) as i64 + 1;
                     run_id.clear();
                     use std::fmt::Write as _;
                     let _ = write!(run_id, "{id}/c{}/s{seed}", cell.index);
-                    ins.execute(params![run_id, id, cell.index, seed as i64, d, RunState::Queued, order, now])?;
+                    ins.execute(params![
+                        run_id,
+                        id,
+                        cell.index,
+                        seed as i64,
+                        d,
+                        RunState::Queued,
+                        order,
+                        now,
+                        trainer
+                    ])?;
                 }
             }
         }
