@@ -13,8 +13,11 @@
 //! # Layout
 //! * [`FdSketch`] — the sketch: insert blocks of per-sample gradients, merge, eigenvalues, certified ranks,
 //!   the wire encoding.
+//! * [`worker`] — the Python worker: gradsweep's worker with an executor that calls the user's `train(run)`.
 //! * [`analyze_grads`], [`analyze_trajectory`] — the statistics of `gradsweep analyze`, as JSON text the
 //!   Python layer loads into dicts.
+
+pub mod worker;
 
 use gradsweep_shared::analyze::{GradsOptions, TrajectoryOptions};
 use gradsweep_shared::npy::Array2;
@@ -219,6 +222,9 @@ fn _analyze_trajectory_json(
 #[pymodule]
 fn _gradsweep(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FdSketch>()?;
+    m.add_class::<worker::RunHandle>()?;
+    m.add_function(wrap_pyfunction!(worker::_serve, m)?)?;
+    m.add("RunStopped", m.py().get_type::<worker::RunStopped>())?;
     m.add_function(wrap_pyfunction!(_analyze_grads_json, m)?)?;
     m.add_function(wrap_pyfunction!(_analyze_trajectory_json, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -106,5 +106,54 @@ class TrajectoryTests(unittest.TestCase):
             gradsweep.analyze_trajectory(np.zeros((100, 3)), projections=1)
 
 
+class FakeHandle:
+    """What the Rust worker hands train(run), as far as the Python layer uses it."""
+
+    spec_json = (
+        '{"train": {"lr": 0.1, "batch_size": 8, "epochs": 2, "trainer": "python:m:f"},'
+        ' "probe": {}, "seed": 4, "user": {"hidden": 32}}'
+    )
+
+    def __init__(self) -> None:
+        self.step, self.losses, self.probes = 0, [], []
+
+    def record_step(self, loss: float) -> None:
+        self.step += 1
+        self.losses.append(loss)
+
+    def _probe(self, blocks, n, d, train_loss, train_accuracy) -> None:
+        self.probes.append((np.concatenate(list(blocks())), n, d))
+
+
+class RunTests(unittest.TestCase):
+    def test_params_hold_the_cells_values_and_user_keys(self) -> None:
+        run = gradsweep.Run(FakeHandle())
+        self.assertEqual(run.params["lr"], 0.1)
+        self.assertEqual((run.params["hidden"], run.params["seed"], run.seed, run.epochs), (32, 4, 4, 2))
+        self.assertNotIn("trainer", run.params)
+
+    def test_steps_come_one_at_a_time(self) -> None:
+        h = FakeHandle()
+        run = gradsweep.Run(h)
+        run.progress(1, 0.5)
+        with self.assertRaisesRegex(ValueError, r"next is 2"):
+            run.progress(3, 0.5)
+        self.assertEqual(h.losses, [0.5])
+
+    def test_probe_takes_arrays_torch_like_tensors_and_block_functions(self) -> None:
+        h = FakeHandle()
+        run = gradsweep.Run(h)
+        g = low_rank(20, 6, 2, 3)
+        run.probe(TorchLike(g.astype(np.float64)))
+        run.probe(lambda: (g[i : i + 7] for i in range(0, 20, 7)), n=20, d=6)
+        for got, n, d in h.probes:
+            self.assertEqual((n, d, got.dtype), (20, 6, np.float32))
+            np.testing.assert_array_equal(got, g)
+        with self.assertRaisesRegex(ValueError, r"needs n="):
+            run.probe(lambda: [g])
+        with self.assertRaisesRegex(ValueError, r"2-d"):
+            run.probe(g[0])
+
+
 if __name__ == "__main__":
     unittest.main()

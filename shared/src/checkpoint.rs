@@ -18,8 +18,12 @@
 //!
 //! ```text
 //! "GSCK" | version u16 | flags u16 | header_len u32 | header (JSON) |
-//! params f32×d | buffers f32×nb | velocity f32×d | basis f32×(kb·d) | crc32 u32
+//! params f32×d | buffers f32×nb | velocity f32×d | basis f32×(kb·d) | user u8×nu | crc32 u32
 //! ```
+//!
+//! where `nu` (in the header; 0 when absent) is the length of a `python:`
+//! trainer's own state ([`Checkpoint::user_state`]): opaque bytes gradsweep
+//! keeps and hands back on resume, with no weights of its own beside them.
 //!
 //! where `kb` (in the header; 0 when absent, and absent in checkpoints
 //! written before eigenvector bases existed) is the number of saved
@@ -63,6 +67,9 @@ pub struct Checkpoint {
     /// Projection directions chosen from `D`'s eigenvectors (`kb × d`,
     /// row-major), once chosen; empty otherwise.
     pub basis: Vec<f32>,
+    /// A `python:` trainer's own state (its model, optimiser, data order,
+    /// as the user's code serialised them); empty for the built-in engine.
+    pub user_state: Vec<u8>,
 }
 
 /// The position and small state of a checkpoint.
@@ -172,6 +179,7 @@ impl Checkpoint {
             params: self.params.len(),
             buffers: self.buffers.len(),
             basis: self.basis.len().checked_div(self.params.len()).unwrap_or(0),
+            user: self.user_state.len(),
         })
         .expect("a checkpoint header always serialises");
         let mut out = Vec::with_capacity(16 + header.len() + 4 * (2 * self.params.len() + self.buffers.len()));
@@ -184,6 +192,7 @@ impl Checkpoint {
         put_f32s(&mut out, &self.buffers);
         put_f32s(&mut out, &self.velocity);
         put_f32s(&mut out, &self.basis);
+        out.extend_from_slice(&self.user_state);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -229,7 +238,9 @@ impl Checkpoint {
         let header_end =
             12usize.checked_add(hlen).filter(|&e| e <= body.len()).ok_or_else(|| bad("header length".into()))?;
         let wire: WireOwned = serde_json::from_slice(&body[12..header_end]).map_err(|e| bad(format!("header: {e}")))?;
-        let floats = &body[header_end..];
+        let user_start = body.len().checked_sub(wire.user).filter(|&u| u >= header_end);
+        let user_start = user_start.ok_or_else(|| bad(format!("{} bytes of user state announced", wire.user)))?;
+        let (floats, user_state) = body[header_end..].split_at(user_start - header_end);
         let need = wire
             .params
             .checked_mul(wire.basis.saturating_add(2))
@@ -261,6 +272,7 @@ impl Checkpoint {
             buffers: b.to_vec(),
             velocity: v.to_vec(),
             basis: basis.to_vec(),
+            user_state: user_state.to_vec(),
         })
     }
 }
@@ -271,6 +283,12 @@ struct Wire<'a> {
     params: usize,
     buffers: usize,
     basis: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    user: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Deserialize)]
@@ -281,6 +299,8 @@ struct WireOwned {
     buffers: usize,
     #[serde(default)]
     basis: usize,
+    #[serde(default)]
+    user: usize,
 }
 
 #[cfg(test)]
@@ -310,6 +330,7 @@ mod tests {
             buffers: vec![1.0],
             velocity: vec![0.0, 0.1, -0.2],
             basis: vec![],
+            user_state: vec![],
         }
     }
 

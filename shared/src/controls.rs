@@ -372,6 +372,7 @@ pub fn execute_control(
                 buffers: vec![],
                 velocity: vec![0.0; 2],
                 basis: vec![],
+                user_state: vec![],
             })
         };
     let (every_epochs, every_steps) = (t.checkpoint_every_epochs, t.checkpoint_every_steps);

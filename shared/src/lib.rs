@@ -22,6 +22,7 @@
 //! * [`epochs`] — the trajectory once per epoch, as the paper records it: per-epoch drift, the weights'
 //!   increment spectra, the weight-norm trend, and a phase-randomised surrogate test for spectral peaks.
 //! * [`spec`] — the configuration of one run and its final figures.
+//! * [`external`] — runs trained by user code (`python:` trainers): position, probes, trajectory, checkpoints.
 //! * [`grid`] — the grid file: parse, validate (file:line:col errors), expand.
 //! * [`run`] — execute one run (from the start or a checkpoint) and emit its probes, trajectory and checkpoints.
 //! * [`checkpoint`] — run state at a segment boundary: encoding, validation, bit-identical resume.
@@ -40,6 +41,7 @@ pub mod controls;
 pub mod data;
 pub mod digest;
 pub mod epochs;
+pub mod external;
 pub mod grid;
 pub mod json_f64;
 pub mod linalg;

@@ -475,6 +475,7 @@ fn snapshot(
         buffers: state[1].clone(),
         velocity: state[2].clone(),
         basis: state[3].clone(),
+        user_state: vec![],
     }
 }
 
@@ -944,6 +945,81 @@ pub fn probe_shard(
     Some((sketch, more))
 }
 
+/// A probe's sketch, sized as the spec says: one pass at a fixed ℓ, or
+/// (`sketch_rank = "auto"`) passes of growing ℓ until the rank at the
+/// paper's threshold is resolved, the sketch is exact, or `memory_mb` stops
+/// it ([`SketchSize`]). `pass(ℓ, first)` sketches all `n` samples' rows of
+/// dimension `d` once (the first pass with `first`), returning what
+/// `on_pass` is told about who computed it; `on_pass(sketch, stats, k,
+/// who)` hears of pass `k`. `None` when a pass is `None` (stopped). Shared by
+/// the engine's probes and a `python:` trainer's.
+///
+/// [`SketchSize`]: crate::spec::SketchSize
+pub fn sized_sketch<W>(
+    spec: &RunSpec,
+    d: usize,
+    n: usize,
+    pass: &mut dyn FnMut(usize, bool) -> Option<(FdSketch, W)>,
+    on_pass: &mut dyn FnMut(&FdSketch, &crate::stats::SpectrumStats, usize, &W),
+) -> Option<(FdSketch, ProbeSizing)> {
+    Some(match spec.probe.sketch_rank.fixed() {
+        Some(ell) => {
+            let (sk, who) = pass(ell as usize, true)?;
+            on_pass(&sk, &crate::stats::SpectrumStats::from_sketch(&sk), 0, &who);
+            (sk, ProbeSizing { passes: vec![ell], stop: SizingStop::Fixed })
+        }
+        None => {
+            let (first, cap) = auto_ell_range(spec, d, n);
+            let (mut sk, mut who) = pass(first, true)?;
+            let mut passes = vec![first as u32];
+            let exact_at = crate::sketch::exact_size(d, n);
+            // (ℓ, Δ/n) of the previous pass: FD's error falls faster than
+            // the eigenvalues once ℓ nears the rank, and two passes show by
+            // how much.
+            let mut previous: Option<(usize, f64)> = None;
+            let stop_reason = loop {
+                let eig = sk.eigenvalues();
+                let st = crate::stats::SpectrumStats::from_sketch_eigenvalues(&sk, eig.clone(), &Default::default());
+                on_pass(&sk, &st, passes.len() - 1, &who);
+                if st.rank_resolved {
+                    break SizingStop::Resolved;
+                }
+                if sk.ell() >= exact_at {
+                    break SizingStop::ExactSize;
+                }
+                if sk.ell() >= cap || passes.len() >= MAX_PROBE_PASSES {
+                    break SizingStop::MemoryCap { max_ell: cap as u32, memory_mb: spec.probe.memory_mb };
+                }
+                // The estimate, but at least 1.25 and at most 4 times the
+                // last ℓ (on a multiple of 64): an extrapolation from a
+                // small sketch is rough, a pass at 4ℓ costs a fraction of
+                // one at the final size, and the estimate errs high.
+                let now = sk.ell();
+                let e = st.eig_error;
+                let observed = previous
+                    .filter(|&(l0, e0)| l0 < now && e0 > e && e > 0.0)
+                    .map(|(l0, e0)| (e0 / e).ln() / (now as f64 / l0 as f64).ln());
+                let estimate = match crate::stats::resolve_target(&eig, e, d, st.trace, st.rank_threshold) {
+                    Some(t) => crate::stats::ell_for_uncertainty(
+                        now,
+                        e,
+                        t.uncertainty,
+                        observed.map_or(t.alpha, |b| b.max(t.alpha)),
+                        exact_at,
+                    ),
+                    None => st.rank_needs_ell,
+                };
+                previous = Some((now, e));
+                let at_least = (now + now / 4).div_ceil(64) * 64;
+                let next = estimate.map_or(4 * now, |l| (l as usize).clamp(at_least, 4 * now)).min(cap);
+                (sk, who) = pass(next, false)?;
+                passes.push(next as u32);
+            };
+            (sk, ProbeSizing { passes, stop: stop_reason })
+        }
+    })
+}
+
 /// Per-sample gradients over the whole training set at `params` (eval
 /// mode), in blocks, into a sketch: one pass at a fixed ℓ, or, with
 /// `sketch_rank = "auto"`, passes of growing ℓ until the rank at the paper's
@@ -978,62 +1054,16 @@ pub fn probe(
             remote: who.remote as u32,
         })
     };
-    let (mut sketch, sizing, extras) = match spec.probe.sketch_rank.fixed() {
-        Some(ell) => {
-            let (sk, x, threads) = pass(ell as usize, true)?;
-            report(&sk, &crate::stats::SpectrumStats::from_sketch(&sk), 0, threads);
-            (sk, ProbeSizing { passes: vec![ell], stop: SizingStop::Fixed }, x)
+    let mut extras = None;
+    let mut one_pass = |ell: usize, first: bool| {
+        let (sk, x, who) = pass(ell, first)?;
+        if first {
+            extras = x;
         }
-        None => {
-            let (first, cap) = auto_ell_range(spec, d, train.len());
-            let (mut sk, x, mut threads) = pass(first, true)?;
-            let mut passes = vec![first as u32];
-            let exact_at = crate::sketch::exact_size(d, train.len());
-            // (ℓ, Δ/n) of the previous pass: FD's error falls faster than
-            // the eigenvalues once ℓ nears the rank, and two passes show by
-            // how much.
-            let mut previous: Option<(usize, f64)> = None;
-            let stop_reason = loop {
-                let eig = sk.eigenvalues();
-                let st = crate::stats::SpectrumStats::from_sketch_eigenvalues(&sk, eig.clone(), &Default::default());
-                report(&sk, &st, passes.len() - 1, threads);
-                if st.rank_resolved {
-                    break SizingStop::Resolved;
-                }
-                if sk.ell() >= exact_at {
-                    break SizingStop::ExactSize;
-                }
-                if sk.ell() >= cap || passes.len() >= MAX_PROBE_PASSES {
-                    break SizingStop::MemoryCap { max_ell: cap as u32, memory_mb: spec.probe.memory_mb };
-                }
-                // The estimate, but at least 1.25 and at most 4 times the
-                // last ℓ (on a multiple of 64): an extrapolation from a
-                // small sketch is rough, a pass at 4ℓ costs a fraction of
-                // one at the final size, and the estimate errs high.
-                let now = sk.ell();
-                let e = st.eig_error;
-                let observed = previous
-                    .filter(|&(l0, e0)| l0 < now && e0 > e && e > 0.0)
-                    .map(|(l0, e0)| (e0 / e).ln() / (now as f64 / l0 as f64).ln());
-                let estimate = match crate::stats::resolve_target(&eig, e, d, st.trace, st.rank_threshold) {
-                    Some(t) => crate::stats::ell_for_uncertainty(
-                        now,
-                        e,
-                        t.uncertainty,
-                        observed.map_or(t.alpha, |b| b.max(t.alpha)),
-                        exact_at,
-                    ),
-                    None => st.rank_needs_ell,
-                };
-                previous = Some((now, e));
-                let at_least = (now + now / 4).div_ceil(64) * 64;
-                let next = estimate.map_or(4 * now, |l| (l as usize).clamp(at_least, 4 * now)).min(cap);
-                (sk, _, threads) = pass(next, false)?;
-                passes.push(next as u32);
-            };
-            (sk, ProbeSizing { passes, stop: stop_reason }, x)
-        }
+        Some((sk, who))
     };
+    let (mut sketch, sizing) =
+        sized_sketch(spec, d, train.len(), &mut one_pass, &mut |sk, st, k, who| report(sk, st, k, *who))?;
     let PassExtras { mut loss, correct, exact, rows } = extras?;
     let saved = (spec.probe.save_gradients > 0).then(|| SavedGradients {
         rows: (rows.len() / d) as u32,

@@ -505,10 +505,11 @@ impl RunSpec {
         self.train.model.starts_with(crate::controls::CONTROL_PREFIX)
     }
 
-    /// Whether the run has a held-out set, and so finite test figures (a
-    /// `control:` run reads no data: its test figures are NaN).
+    /// Whether the run must have finite test figures: the engine's
+    /// networks do; a `control:` run reads no data, and a `python:`
+    /// trainer's figures are what it reports (NaN when it reports none).
     pub fn has_test_set(&self) -> bool {
-        !self.is_control()
+        !self.is_control() && self.train.trainer.is_builtin()
     }
 
     /// Epochs after which a probe runs, in order (the last epoch included);

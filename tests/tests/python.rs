@@ -1,8 +1,11 @@
-//! Issue 16, first part: the `gradsweep` Python package (python/, PyO3 and
-//! maturin) over the same Rust code. A sketch built from Python has the very
-//! bytes the Rust sketch has on the same input, merged or not;
+//! Issue 16: the `gradsweep` Python package (python/, PyO3 and maturin) over
+//! the same Rust code. A sketch built from Python has the very bytes the
+//! Rust sketch has on the same input, merged or not;
 //! `gradsweep.analyze_grads` equals `gradsweep analyze grads --format json`;
-//! and the package's own tests (python/tests) pass. Runs when python3 can
+//! the package's own tests (python/tests) pass; and Python workers of the
+//! NumPy example (examples/numpy) run a sweep through a real coordinator,
+//! one SIGKILLed mid-run and resumed elsewhere, with results equal to an
+//! undisturbed sweep's. Runs when python3 can
 //! import the package; CI installs it (`pip install ./python`) and sets
 //! `GRADSWEEP_REQUIRE_PYPKG=1`, so there the tests cannot skip.
 
@@ -141,4 +144,121 @@ fn the_python_packages_own_tests_pass() {
     let o = Command::new("python3").args(["-m", "unittest", "discover", "-s", tests, "-v"]).output().unwrap();
     let text = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && text.contains("OK"), "{text}");
+}
+
+/// A Python worker process of the NumPy example (`examples/numpy/worker.py`).
+fn python_worker(url: &str, name: &str, log_dir: &Path) -> std::process::Child {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/numpy/worker.py");
+    let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
+    Command::new("python3")
+        .args([script, "--coordinator", url, "--name", name, "--idle-exit", "1"])
+        // One BLAS thread: the same arithmetic on every worker.
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start a python worker")
+}
+
+/// `examples/numpy/grid.toml`, longer, so a worker can die mid-run.
+fn numpy_grid(dir: &Path) -> std::path::PathBuf {
+    let grid = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/numpy/grid.toml")).unwrap();
+    assert!(grid.contains("epochs = 6\n") && grid.contains("every_epochs = 3\n"));
+    let file = dir.join("numpy.toml");
+    std::fs::write(
+        &file,
+        grid.replace("epochs = 6\n", "epochs = 24\n").replace("every_epochs = 3\n", "every_epochs = 8\n"),
+    )
+    .unwrap();
+    file
+}
+
+fn cli_json(args: &[&str]) -> serde_json::Value {
+    let o = cli(args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Submits the NumPy grid to a fresh coordinator in `dir`; returns it and the sweep.
+fn numpy_sweep(dir: &Path) -> (gradsweep_tests::CoordinatorProc, String, String) {
+    let coord = gradsweep_tests::CoordinatorProc::start(
+        &dir.join("state.db"),
+        0,
+        &["--lease-ttl-ms", "1500", "--heartbeat-ms", "300"],
+        dir,
+    );
+    let addr = format!("127.0.0.1:{}", coord.port);
+    let grid = numpy_grid(dir);
+    let o = cli(&["submit", "--coordinator", &addr, grid.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sweep = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (coord, addr, sweep)
+}
+
+async fn wait_completed(addr: &str, sweep: &str) {
+    gradsweep_tests::wait_until(std::time::Duration::from_secs(240), "the python sweep to complete", || {
+        let st = cli_json(&["status", "--coordinator", addr, sweep, "--format", "json"]);
+        async move { st[0]["state"] == "completed" }
+    })
+    .await;
+}
+
+/// Acceptance (issue 16): a sweep run by two NumPy-example Python workers
+/// and one Rust coordinator completes with one Python worker SIGKILLed
+/// mid-run and its run resumed elsewhere from its last checkpoint; its
+/// results equal those of an undisturbed sweep, bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_workers_survive_a_sigkill_and_match_an_undisturbed_sweep() {
+    if !package_installed() {
+        return;
+    }
+    // Undisturbed: one Python worker.
+    let calm = tempfile::tempdir().unwrap();
+    let (_c1, addr1, sweep1) = numpy_sweep(calm.path());
+    let mut w = python_worker(&_c1.url(), "calm", calm.path());
+    wait_completed(&addr1, &sweep1).await;
+    w.wait().unwrap();
+
+    // Disturbed: two workers, one killed after its run checkpointed.
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, addr, sweep) = numpy_sweep(dir.path());
+    let mut victim = python_worker(&coord.url(), "victim", dir.path());
+    let mut other = python_worker(&coord.url(), "other", dir.path());
+    let mut killed_run = String::new();
+    gradsweep_tests::wait_until(std::time::Duration::from_secs(120), "the victim to be mid-run", || {
+        let runs = cli_json(&["runs", "--coordinator", &addr, &sweep, "--format", "json"]);
+        let found = runs.as_array().unwrap().iter().find(|r| {
+            r["state"] == "leased" && r["worker"] == "victim" && r["step"].as_u64().is_some_and(|s| s >= 3 * 32)
+        });
+        if let Some(r) = found {
+            killed_run = r["run"].as_str().unwrap().to_string();
+        }
+        let found = found.is_some();
+        async move { found }
+    })
+    .await;
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let mut third = python_worker(&coord.url(), "third", dir.path());
+    wait_completed(&addr, &sweep).await;
+    for w in [&mut other, &mut third] {
+        w.wait().unwrap();
+    }
+    let runs = cli_json(&["runs", "--coordinator", &addr, &sweep, "--format", "json"]);
+    let resumed = runs.as_array().unwrap().iter().find(|r| r["run"] == killed_run.as_str()).unwrap();
+    assert!(resumed["attempts"].as_u64() >= Some(2) && resumed["state"] == "completed", "{resumed}");
+    let logs = ["other", "third"].map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap());
+    assert!(
+        logs.iter().any(|l| l.lines().any(|x| x.contains(&killed_run) && x.contains("resume_step="))),
+        "the killed run resumed from its checkpoint:\n{}",
+        logs.join("\n")
+    );
+
+    let calm_cells = cli_json(&["results", "--coordinator", &addr1, &sweep1, "--format", "json"])["cells"].clone();
+    let cells = cli_json(&["results", "--coordinator", &addr, &sweep, "--format", "json"])["cells"].clone();
+    assert_eq!(cells.as_array().unwrap().len(), 2);
+    assert!(cells.as_array().unwrap().iter().all(|c| c["seeds_done"] == 2), "{cells}");
+    assert!(cells == calm_cells, "results differ from the undisturbed sweep:\n{cells}\n{calm_cells}");
 }

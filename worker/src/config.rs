@@ -1,8 +1,11 @@
 //! Worker settings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gradsweep_proto::transport::ClientSecurity;
+
+use crate::executor::{Builtin, Executor};
 
 /// Settings of a worker process.
 #[derive(Debug, Clone)]
@@ -27,6 +30,9 @@ pub struct WorkerConfig {
     /// Leave after holding no run for this long (work finished, or the
     /// coordinator unreachable); `None` waits for work forever.
     pub idle_exit: Option<Duration>,
+    /// What computes the runs, and so which trainers the worker declares
+    /// (the built-in engine unless the Python package sets its own).
+    pub executor: Arc<dyn Executor>,
 }
 
 impl WorkerConfig {
@@ -43,6 +49,7 @@ impl WorkerConfig {
             security: ClientSecurity::default(),
             idle_exit: None,
             handback_grace: Duration::from_secs(20),
+            executor: Arc::new(Builtin),
         }
     }
 }

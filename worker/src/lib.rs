@@ -14,6 +14,7 @@
 //!
 //! # Layout
 //! * [`config`] — [`WorkerConfig`].
+//! * [`executor`] — what computes a run: the built-in engine, or another trainer ([`executor::Executor`]).
 //! * [`convert`] — run events → wire reports (chunked blobs), the only wire↔domain code here.
 //! * [`runner`] — one run: compute thread + acknowledged, re-sendable report stream.
 //! * [`slots`] — the worker's slots; idle ones lent to running probes for their shards.
@@ -23,6 +24,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod executor;
 pub mod metrics;
 pub mod runner;
 pub mod shards;

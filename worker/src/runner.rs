@@ -19,7 +19,7 @@ use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_proto::v1::worker_service_client::WorkerServiceClient;
 use gradsweep_shared::checkpoint::Checkpoint;
-use gradsweep_shared::run::{RunError, RunEvent, execute_with, param_count};
+use gradsweep_shared::run::{RunError, RunEvent};
 use gradsweep_shared::shards::ProbeHelp;
 use gradsweep_shared::spec::RunSpec;
 use tokio::sync::mpsc;
@@ -179,8 +179,10 @@ impl RunContext {
             .await;
             match got {
                 Ok(bytes) => {
-                    let d = param_count(spec).map_err(|e| FetchEnd::Failed(e.to_string()))?;
-                    return Checkpoint::decode(&bytes, spec, d)
+                    return self
+                        .cfg
+                        .executor
+                        .resume(spec, &bytes)
                         .map_err(|e| FetchEnd::Failed(format!("cannot resume from the stored checkpoint: {e}")));
                 }
                 Err(status) => match self.classify(&status) {
@@ -215,12 +217,13 @@ impl RunContext {
         }
     }
 
-    /// Hands back a run of another trainer than the built-in engine, which
-    /// a coordinator leases only by mistake (it grants a worker only the
+    /// Hands back a run of a trainer this worker does not run, which a
+    /// coordinator leases only by mistake (it grants a worker only the
     /// trainers it declared): nothing is computed or reported, and the run
     /// goes back to the queue for a worker that runs `trainer`.
     async fn refuse(&self, trainer: &gradsweep_shared::spec::Trainer) -> RunEnd {
-        let reason = format!("this worker runs only the built-in trainer; the run needs `{trainer}`");
+        let declared: Vec<String> = self.cfg.executor.trainers().iter().map(|t| t.name()).collect();
+        let reason = format!("this worker runs {}; the run needs `{trainer}`", declared.join(", "));
         tracing::error!(run_id = %self.run.run_id, %trainer, "run refused: {reason}");
         let req = pb::ReleaseRequest {
             worker_id: self.worker_id.clone(),
@@ -247,7 +250,7 @@ impl RunContext {
                 return self.finish(req, &mut backoff).await;
             }
         };
-        if !spec.train.trainer.is_builtin() {
+        if !self.cfg.executor.trainers().contains(&spec.train.trainer) {
             return self.refuse(&spec.train.trainer).await;
         }
         let resume = if self.run.resume_seq > 0 {
@@ -294,11 +297,12 @@ impl RunContext {
             handle: tokio::runtime::Handle::current(),
             metrics: self.metrics.clone(),
         };
+        let executor = self.cfg.executor.clone();
         let compute = tokio::task::spawn_blocking(move || {
             let (mut last_step, mut last_at) = (0u64, std::time::Instant::now());
             let mut pass_at = std::time::Instant::now();
             let help = ProbeHelp { threads: &*slots, exchange: &exchange };
-            execute_with(&spec, resume, &stop, help, &mut |event| {
+            let sink = Box::new(move |event: RunEvent| {
                 let boundary = matches!(event, RunEvent::Checkpoint(_));
                 let mut epoch_seconds = f64::NAN;
                 match &event {
@@ -347,7 +351,8 @@ impl RunContext {
                     return ControlFlow::Break(());
                 }
                 ControlFlow::Continue(())
-            })
+            });
+            executor.execute(&spec, resume, stop, help, sink)
         });
 
         let mut pending: VecDeque<pb::ReportRequest> = VecDeque::new();

@@ -101,8 +101,8 @@ impl Shared {
                 slots: self.cfg.slots,
                 pid: std::process::id(),
                 build_version: env!("CARGO_PKG_VERSION").to_string(),
-                // This worker runs gradsweep's own engine only.
-                trainers: vec![gradsweep_shared::spec::Trainer::Builtin.name()],
+                // Runs of these trainers only are leased to it.
+                trainers: self.cfg.executor.trainers().iter().map(|t| t.name()).collect(),
             };
             match self.client.clone().register(req).await {
                 Ok(r) => {

@@ -318,7 +318,13 @@ fn apply_chunk(tx: &Connection, run_id: &str, seq: u64, d: usize, c: &Chunk) -> 
     let blob: Vec<u8> = parts.into_iter().flat_map(|p| p.1).collect();
     match c.kind {
         BlobKind::Probe => {
-            let rec = ProbeRecord::decode(&blob, Some(d)).map_err(|e| bad(format!("probe {}: {e}", c.index)))?;
+            // d = 0: a python: trainer's model, whose dimension its first
+            // probe tells (every later probe and checkpoint must agree).
+            let rec =
+                ProbeRecord::decode(&blob, (d > 0).then_some(d)).map_err(|e| bad(format!("probe {}: {e}", c.index)))?;
+            if d == 0 {
+                tx.exec("UPDATE runs SET params = ?1 WHERE id = ?2", params![rec.sketch.dim() as i64, run_id])?;
+            }
             if rec.meta.index != c.index {
                 return Err(bad(format!("probe record says index {} but was sent as {}", rec.meta.index, c.index)));
             }
@@ -339,7 +345,10 @@ fn apply_chunk(tx: &Connection, run_id: &str, seq: u64, d: usize, c: &Chunk) -> 
         }
         BlobKind::Checkpoint => {
             let spec = run_spec(tx, run_id)?;
-            let ck = Checkpoint::decode(&blob, &spec, d).map_err(|e| bad(format!("checkpoint: {e}")))?;
+            // A python: trainer's checkpoint keeps no weights of gradsweep's
+            // (its state is the user's bytes).
+            let weights = if spec.train.trainer.is_builtin() { d } else { 0 };
+            let ck = Checkpoint::decode(&blob, &spec, weights).map_err(|e| bad(format!("checkpoint: {e}")))?;
             let h = &ck.header;
             let prev: Option<i64> =
                 tx.row("SELECT step FROM checkpoints WHERE run_id = ?1", [run_id], |r| r.get(0)).optional()?;

@@ -26,20 +26,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _gradsweep
+from ._arrays import matrix as _matrix
+from .worker import Run, RunStopped, Worker
 
-__all__ = ["FdSketch", "analyze_grads", "analyze_trajectory", "__version__"]
+__all__ = ["FdSketch", "Run", "RunStopped", "Worker", "analyze_grads", "analyze_trajectory", "__version__"]
 
 __version__: str = _gradsweep.__version__
 
 
-def _matrix(a: Any, dtype: type, name: str) -> np.ndarray:
-    """``a`` as a C-contiguous 2-d array of ``dtype``, or a ValueError naming ``name``."""
-    if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
-        a = a.detach().cpu()
-    m = np.ascontiguousarray(np.asarray(a), dtype=dtype)
-    if m.ndim != 2:
-        raise ValueError(f"{name} must be a 2-d array (rows × columns), got shape {m.shape}")
-    return m
 
 
 class FdSketch:

@@ -27,3 +27,35 @@ def _analyze_grads_json(
 def _analyze_trajectory_json(
     trajectory: np.ndarray, projections: int, seed: int, max_lag: int, psd_window: int
 ) -> str: ...
+
+class RunStopped(Exception): ...
+
+class RunHandle:
+    spec_json: str
+    epoch: int
+    step: int
+    probe_epochs: list[int]
+    probe_due: bool
+    stopped: bool
+    def resume_state(self) -> bytes | None: ...
+    def record_step(self, loss: float) -> None: ...
+    def epoch_end(
+        self, train_loss: float | None = None, test_accuracy: float | None = None, test_loss: float | None = None
+    ) -> None: ...
+    def _probe(self, blocks: object, n: int, d: int, train_loss: float = ..., train_accuracy: float = ...) -> None: ...
+    def _trajectory(self, weights: np.ndarray) -> bool: ...
+    def checkpoint(self, state: bytes) -> None: ...
+
+def _serve(
+    coordinator: str,
+    trainer: str,
+    train: object,
+    slots: int = 1,
+    name: str | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
+    tls_ca: str | None = None,
+    tls_domain: str | None = None,
+    idle_exit_secs: float = 0.0,
+    handback_grace_secs: float = 20.0,
+) -> None: ...
