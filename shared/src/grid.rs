@@ -1348,7 +1348,15 @@ fn build_cell(
     {
         ctx.push(span_of("projections"), format!("`projections` exceeds the model's {} parameters", m.param_count()));
     }
-    if probe.basis == crate::spec::ProjectionBasis::Eigen && control.is_none() {
+    if probe.basis == crate::spec::ProjectionBasis::Eigen && python {
+        ctx.push(
+            span_of("basis"),
+            format!(
+                "`basis = \"eigen\"` is not available to python: trainers yet: their trajectories are projected on \
+                 the sweep's seeded random directions (`basis = \"random\"`){cell_desc}"
+            ),
+        );
+    } else if probe.basis == crate::spec::ProjectionBasis::Eigen && control.is_none() {
         let spec =
             crate::spec::RunSpec { train: train.clone(), probe: probe.clone(), seed: 0, user: Default::default() };
         let epochs = spec.probe_epochs();
@@ -1621,6 +1629,8 @@ width = [16, 64]
         // What gradsweep computes from its own models does not apply.
         let e = bad("sketch_rank = 32", "sketch_rank = 32\nshard_samples = 100");
         assert!(e.message.contains("`shard_samples` does not apply to trainer") && e.line == 14, "{e}");
+        let e = bad("sketch_rank = 32", "sketch_rank = 32\nbasis = \"eigen\"");
+        assert!(e.message.contains("not available to python: trainers"), "{e}");
         let e = bad("model = \"small-lenet (torch)\"", "model = \"control:ou\"");
         assert!(e.message.contains("needs `trainer = \"builtin\"`"), "{e}");
         // [user] keys with the built-in engine would be ignored: refused.
