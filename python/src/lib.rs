@@ -28,8 +28,17 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 /// A Python `ValueError` carrying `e`'s message.
-fn value_error(e: impl std::fmt::Display) -> PyErr {
+pub(crate) fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
+}
+
+/// Refuses a row-major block with `cols` columns holding a NaN or an
+/// infinity, naming `what` and where: "{what} at row R, column C".
+pub(crate) fn all_finite<T: Copy + Into<f64>>(data: &[T], cols: usize, what: &str) -> PyResult<()> {
+    match data.iter().position(|&v| !v.into().is_finite()) {
+        Some(i) => Err(value_error(format!("{what} at row {}, column {}", i / cols.max(1), i % cols.max(1)))),
+        None => Ok(()),
+    }
 }
 
 /// The thresholds a caller passed (fractions of λ_max, absolute values),
@@ -70,9 +79,7 @@ impl FdSketch {
             )));
         }
         let data = block.as_slice().map_err(value_error)?;
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(value_error(format!("non-finite value at row {}, column {}", i / cols, i % cols)));
-        }
+        all_finite(data, cols, "non-finite value")?;
         let inner = &mut self.inner;
         py.detach(|| inner.insert_block(data));
         Ok(())
@@ -162,9 +169,7 @@ impl FdSketch {
 fn matrix(a: &PyReadonlyArray2<'_, f64>) -> PyResult<Array2> {
     let (rows, cols) = (a.shape()[0], a.shape()[1]);
     let data = a.as_slice().map_err(value_error)?.to_vec();
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        return Err(value_error(format!("non-finite value at row {}, column {}", i / cols.max(1), i % cols.max(1))));
-    }
+    all_finite(&data, cols, "non-finite value")?;
     Ok(Array2 { rows, cols, data, was_f32: false })
 }
 

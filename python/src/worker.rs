@@ -25,9 +25,11 @@ use gradsweep_shared::spec::{RunFinal, RunSpec, Trainer};
 use gradsweep_worker::executor::{EventSink, Executor};
 use gradsweep_worker::{Shutdown, WorkerConfig};
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+
+use crate::value_error;
 
 pyo3::create_exception!(
     _gradsweep,
@@ -36,10 +38,6 @@ pyo3::create_exception!(
     "The run was stopped (its lease was lost, the worker is shutting down, or it is handed back at this \
      checkpoint): let it propagate out of train(run)."
 );
-
-fn value_error(e: impl std::fmt::Display) -> PyErr {
-    PyValueError::new_err(e.to_string())
-}
 
 /// A run's state, shared by its handle (Python) and its executor; taken
 /// by the executor when `train(run)` returns.
@@ -190,13 +188,7 @@ impl RunHandle {
                         return Err(value_error(format!("a gradient block of {rows} × {cols}: this probe's d is {d}")));
                     }
                     let data = a.as_slice().map_err(value_error)?;
-                    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-                        return Err(value_error(format!(
-                            "non-finite per-sample gradient at row {} of a block, column {}",
-                            i / cols,
-                            i % cols
-                        )));
-                    }
+                    crate::all_finite(data, cols, "non-finite per-sample gradient in a block")?;
                     py.detach(|| sk.insert_block(data));
                 }
                 Ok(Some(std::mem::replace(&mut sk, FdSketch::new(1, 1))))

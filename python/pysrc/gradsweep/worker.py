@@ -42,10 +42,6 @@ from ._arrays import matrix
 RunStopped = _gradsweep.RunStopped
 
 
-def _matrix(a: Any, name: str) -> np.ndarray:
-    return matrix(a, np.float32, name)
-
-
 class Run:
     """One run of the sweep, as ``train(run)`` receives it.
 
@@ -139,11 +135,11 @@ class Run:
             source: Callable[[], Iterable[Any]] = grads
 
             def blocks() -> Iterable[np.ndarray]:
-                return (_matrix(b, "a gradient block") for b in source())
+                return (matrix(b, np.float32, "a gradient block") for b in source())
 
             self._h._probe(blocks, n, d, train_loss, train_accuracy)
         else:
-            g = _matrix(grads, "grads")
+            g = matrix(grads, np.float32, "grads")
             self._h._probe(lambda: [g], g.shape[0], g.shape[1], train_loss, train_accuracy)
 
     def trajectory(self, weights: Any) -> bool:
