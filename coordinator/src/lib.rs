@@ -9,7 +9,8 @@
 //! durable) or read on a read-only connection, and map errors to a gRPC
 //! status in one place. Merges are heavy (sketch shrinks and
 //! eigendecompositions) and run on a merger task with the store unlocked,
-//! never inside a worker's request.
+//! never inside a worker's request, on two threads of their own below the
+//! runtime's priority.
 //!
 //! The command line (`gradsweep`, in the `gradsweep-cli` crate) starts it
 //! through [`serve_with_metrics`]; nothing here parses flags or prints.
@@ -20,6 +21,7 @@
 //! * [`store`] — the SQLite store, by concern (schema, states, sweeps, leases, reports, merges); every transition
 //!   atomic, many per commit.
 //! * [`writer`] — [`writer::Writer`]: group commit; one thread owns the write connection and the lock.
+//! * [`merge_pool`] — [`merge_pool::MergePool`]: the merges' two threads, below the runtime's priority.
 //! * [`shards`] — [`shards::ShardBoard`]: probe shards leased to idle workers, in memory.
 //! * [`state`] — [`Coordinator`]: transitions to the writer, reads on read-only connections, work notification,
 //!   the lease reaper, the cell merger.
@@ -33,6 +35,7 @@
 pub mod convert;
 pub mod error;
 pub mod lock;
+pub mod merge_pool;
 pub mod metrics;
 pub mod offline;
 pub mod pages;

@@ -20,6 +20,7 @@ use gradsweep_shared::stats::RankThresholds;
 use tokio::sync::Notify;
 
 use crate::error::{CoordinatorError, Result};
+use crate::merge_pool::MergePool;
 use crate::metrics::CoordinatorMetrics;
 use crate::shards::ShardBoard;
 use crate::store::{CellSource, EncodedMerge, HeartbeatAnswer, LeasePolicy, LeaseRef, Seen, Store, now_ms};
@@ -199,6 +200,8 @@ pub struct Coordinator {
     shards_changed: Arc<Notify>,
     /// Heartbeats heard since the reaper last wrote them.
     seen: Arc<Mutex<Seen>>,
+    /// The threads that merge sketches (cell merges and results).
+    merge_pool: Arc<MergePool>,
 }
 
 /// A few read-only connections; a read takes a free one, or waits for one.
@@ -266,6 +269,7 @@ impl Coordinator {
             board: Arc::new(Mutex::new(ShardBoard::new(config.lease_ttl, config.max_shard_result_bytes))),
             shards_changed: Arc::new(Notify::new()),
             seen: Arc::new(Mutex::new(Seen::default())),
+            merge_pool: Arc::new(MergePool::start()?),
             config: Arc::new(config),
         })
     }
@@ -280,10 +284,10 @@ impl Coordinator {
     }
 
     /// Merges stale cells one at a time until `shutdown` resolves: the
-    /// cell's runs are read on a read connection, merged on the blocking
-    /// pool (heartbeats, grants and reports go on), and stored by the writer
-    /// unless a merge of as many runs already was. A worker's `Finish`
-    /// never waits for this.
+    /// cell's runs are read on a read connection, merged on the merge pool
+    /// (heartbeats, grants and reports go on, ahead of it for the CPU), and
+    /// stored by the writer unless a merge of as many runs already was. A
+    /// worker's `Finish` never waits for this.
     pub async fn run_merger(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
@@ -326,8 +330,9 @@ impl Coordinator {
             return Ok(0);
         };
         let runs = inputs.runs.len();
+        let pool = self.merge_pool.clone();
         let (sweep_id, merge) = tokio::task::spawn_blocking(move || {
-            let m = inputs.merge();
+            let m = pool.run(|| inputs.merge());
             EncodedMerge::of(&m).map(|e| (inputs.sweep_id.clone(), e))
         })
         .await
@@ -375,7 +380,8 @@ impl Coordinator {
             }
             self.metrics.cells_pending_merge.set(set.len() as f64);
         }
-        let (cells, fresh) = tokio::task::spawn_blocking(move || merge_all_keeping(sources, &th))
+        let pool = self.merge_pool.clone();
+        let (cells, fresh) = tokio::task::spawn_blocking(move || pool.run(|| merge_all_keeping(sources, &th)))
             .await
             .map_err(|e| CoordinatorError::Internal(format!("results task failed: {e}")))?;
         if !fresh.is_empty() && self.halted.borrow().is_none() {

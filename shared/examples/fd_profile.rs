@@ -75,11 +75,23 @@ fn main() {
     compact.compact();
     let wire = compact.encode();
     let other = FdSketch::decode(&wire, Some(d)).expect("own encoding");
-    let t_merge = best(5, || {
-        let mut a = FdSketch::decode(&wire, Some(d)).expect("own encoding");
-        a.merge(&other).expect("same shape");
-        std::hint::black_box(a);
-    });
+    // A merge is cut in two (`linalg::Split::Halves`); a pool of one
+    // thread runs the halves one after the other, a pool of two side by
+    // side, with the same bits. Rounds alternate between the two pools.
+    let pools = [1, 2].map(|t| rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a thread pool"));
+    let mut t_merge = [f64::INFINITY; 2];
+    let mut bits: [Option<Vec<u8>>; 2] = [None, None];
+    for _ in 0..3 {
+        for (i, pool) in pools.iter().enumerate() {
+            let t = best(1, || {
+                let mut a = FdSketch::decode(&wire, Some(d)).expect("own encoding");
+                pool.install(|| a.merge(&other).expect("same shape"));
+                bits[i] = Some(a.encode());
+            });
+            t_merge[i] = t_merge[i].min(t);
+        }
+    }
+    assert_eq!(bits[0], bits[1], "a merge's bits depend on its pool");
     let t_decode = best(5, || {
         std::hint::black_box(FdSketch::decode(&wire, Some(d)).expect("own encoding"));
     });
@@ -102,11 +114,17 @@ fn main() {
         100.0 * flops / per_shrink / rate
     );
     println!(
-        "  merge of two compact sketches {:>7.2} ms ({} rows each, {:.1} MB on the wire; decoding one {:.2} ms, not counted; cross Gram {:.2} ms)",
-        (t_merge - t_decode).max(0.0) * 1e3,
+        "  merge of two compact sketches ({} rows each, {:.1} MB on the wire; decoding one {:.2} ms, not counted; cross Gram, one thread, {:.2} ms):",
         compact.rows(),
         wire.len() as f64 / 1e6,
         t_decode * 1e3,
         t_cross * 1e3
+    );
+    let [one, two] = t_merge.map(|t| (t - t_decode).max(0.0));
+    println!(
+        "    one thread {:>8.2} ms, two threads {:>8.2} ms = {:.2}x (the same bits)",
+        one * 1e3,
+        two * 1e3,
+        two / one
     );
 }

@@ -256,6 +256,21 @@ pub fn gram_f64_of_f32(m: usize, k: usize, a: &[f32]) -> Vec<f64> {
 /// then computes only the new rows' blocks, and a merge of two compact
 /// sketches only their cross block.
 pub fn gram_f64_of_f32_groups(m: usize, k: usize, a: &[f32], groups: &[std::ops::Range<usize>]) -> Vec<f64> {
+    gram_f64_of_f32_groups_split(m, k, a, groups, Split::Whole)
+}
+
+/// [`gram_f64_of_f32_groups`] with its strips in `split`'s pieces: with
+/// [`Split::Halves`], each panel's strips are cut at a block row into two
+/// sets of about the same work, computed side by side. Each entry is still
+/// made by the same product over the same panels in the same order, so the
+/// result is bit-identical to [`Split::Whole`]'s.
+pub fn gram_f64_of_f32_groups_split(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    groups: &[std::ops::Range<usize>],
+    split: Split,
+) -> Vec<f64> {
     assert!(a.len() >= m * k, "gram_f64_of_f32: slice too short");
     assert!(groups.iter().all(|g| g.start <= g.end && g.end <= m), "gram_f64_of_f32: group outside the matrix");
     let mut c = vec![0.0; m * m];
@@ -273,6 +288,23 @@ pub fn gram_f64_of_f32_groups(m: usize, k: usize, a: &[f32], groups: &[std::ops:
         })
         .filter(|&(_, _, nj)| nj > 0)
         .collect();
+    // Where the strips are cut in two (by work: bi·nj), for Halves.
+    let cut = match split {
+        Split::Whole => strips.len(),
+        Split::Halves => {
+            let total: usize = strips.iter().map(|&(_, bi, nj)| bi * nj).sum();
+            let mut acc = 0;
+            strips
+                .iter()
+                .position(|&(_, bi, nj)| {
+                    acc += bi * nj;
+                    2 * acc > total
+                })
+                .map_or(strips.len(), |p| p + 1)
+                .min(strips.len())
+        }
+    };
+    let (first, second) = strips.split_at(cut);
     let mut panel = vec![0.0f64; m * GRAM_PANEL.min(k)];
     for start in (0..k).step_by(GRAM_PANEL) {
         let w = GRAM_PANEL.min(k - start);
@@ -282,27 +314,14 @@ pub fn gram_f64_of_f32_groups(m: usize, k: usize, a: &[f32], groups: &[std::ops:
         }
         // One product per block of rows: the strip from column 0 through
         // its diagonal block (long strips keep the kernel busy).
-        for &(i0, bi, nj) in &strips {
-            #[allow(unsafe_code)]
-            // SAFETY: rows i0..i0+bi and 0..nj of the m×w panel are in
-            // bounds (nj ≤ i0 + bi ≤ m); the output strip (i0.., 0..nj) of
-            // the m×m matrix c is in bounds and c does not alias the panel.
-            unsafe {
-                matrixmultiply::dgemm(
-                    bi,
-                    w,
-                    nj,
-                    1.0,
-                    panel.as_ptr().add(i0 * w),
-                    w as isize,
-                    1,
-                    panel.as_ptr(),
-                    1,
-                    w as isize,
-                    1.0,
-                    c.as_mut_ptr().add(i0 * m),
-                    m as isize,
-                    1,
+        let panel = &panel[..m * w];
+        match second.first() {
+            None => gram_strips(m, w, panel, first, &mut c, 0),
+            Some(&(row, _, _)) => {
+                let (top, bottom) = c.split_at_mut(row * m);
+                rayon::join(
+                    || gram_strips(m, w, panel, first, top, 0),
+                    || gram_strips(m, w, panel, second, bottom, row),
                 );
             }
         }
@@ -319,6 +338,63 @@ pub fn gram_f64_of_f32_groups(m: usize, k: usize, a: &[f32], groups: &[std::ops:
         }
     }
     c
+}
+
+/// Adds, for each strip `(i0, bi, nj)`, the panel's rows `i0..i0+bi` times
+/// its rows `0..nj` (transposed) into rows `i0..i0+bi`, columns `0..nj`, of
+/// the m×m matrix whose rows from `row0` on are `out`.
+fn gram_strips(m: usize, w: usize, panel: &[f64], strips: &[(usize, usize, usize)], out: &mut [f64], row0: usize) {
+    for &(i0, bi, nj) in strips {
+        assert!(i0 >= row0 && (i0 + bi - row0) * m <= out.len() && nj <= i0 + bi && (i0 + bi) * w <= panel.len());
+        #[allow(unsafe_code)]
+        // SAFETY: rows i0..i0+bi and 0..nj of the m×w panel are in bounds
+        // (nj ≤ i0 + bi, (i0 + bi)·w ≤ its length); the output strip (rows
+        // i0−row0.., columns 0..nj) of `out` is in bounds (asserted), and
+        // `out` does not alias the panel.
+        unsafe {
+            matrixmultiply::dgemm(
+                bi,
+                w,
+                nj,
+                1.0,
+                panel.as_ptr().add(i0 * w),
+                w as isize,
+                1,
+                panel.as_ptr(),
+                1,
+                w as isize,
+                1.0,
+                out.as_mut_ptr().add((i0 - row0) * m),
+                m as isize,
+                1,
+            );
+        }
+    }
+}
+
+/// How a dense computation is cut into pieces. The cut decides the bits of
+/// the result; the threads that run the pieces decide only the time: the
+/// pieces run on the current rayon pool, side by side when it has threads
+/// to spare, one after the other when it has one, with the same result.
+/// A computation's callers fix its cut (a merge of sketches always uses
+/// [`Split::Halves`], a worker's streaming shrinks [`Split::Whole`]), so
+/// the same inputs give the same bits on any machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// One piece: the calling thread does all of it.
+    Whole,
+    /// Two fixed pieces (faer's parallel solver at degree 2, products cut
+    /// in two by rows or columns).
+    Halves,
+}
+
+impl Split {
+    fn par(self) -> faer::Par {
+        match self {
+            Split::Whole => faer::Par::Seq,
+            Split::Halves => faer::Par::rayon(2),
+        }
+    }
 }
 
 /// Eigen-decomposition of a symmetric matrix.
@@ -343,11 +419,20 @@ pub const FAER_MIN_ORDER: usize = 160;
 /// through faer's blocked tridiagonalisation and divide and conquer, run
 /// sequentially so that the result does not depend on a thread count.
 pub fn sym_eigen(n: usize, a: &[f64]) -> SymEigen {
+    sym_eigen_split(n, a, Split::Whole)
+}
+
+/// [`sym_eigen`] cut as `split` says: from [`FAER_MIN_ORDER`] on, faer's
+/// solver runs at degree 2 for [`Split::Halves`] (its parallel
+/// tridiagonalisation sums fixed column ranges' partial products in a
+/// fixed order: the same bits on a pool of one thread or of many, but not
+/// the bits of [`Split::Whole`]). Below it, the EISPACK pair, whole.
+pub fn sym_eigen_split(n: usize, a: &[f64], split: Split) -> SymEigen {
     assert_eq!(a.len(), n * n, "sym_eigen: wrong size");
     if n == 0 {
         return SymEigen { values: vec![], vectors: vec![] };
     }
-    sym_eigen_by(if n >= FAER_MIN_ORDER { EigenSolver::Faer } else { EigenSolver::Eispack }, n, a)
+    if n >= FAER_MIN_ORDER { faer_eigen(n, a, true, split) } else { eispack_eigen(n, a) }
 }
 
 /// Which dense symmetric eigensolver to use (see [`sym_eigen`], which picks
@@ -367,7 +452,7 @@ pub fn sym_eigen_by(solver: EigenSolver, n: usize, a: &[f64]) -> SymEigen {
         return SymEigen { values: vec![], vectors: vec![] };
     }
     match solver {
-        EigenSolver::Faer => faer_eigen(n, a, true),
+        EigenSolver::Faer => faer_eigen(n, a, true, Split::Whole),
         EigenSolver::Eispack => eispack_eigen(n, a),
     }
 }
@@ -378,23 +463,24 @@ pub fn sym_eigen_by(solver: EigenSolver, n: usize, a: &[f64]) -> SymEigen {
 pub fn sym_eigenvalues(n: usize, a: &[f64]) -> Vec<f64> {
     assert_eq!(a.len(), n * n, "sym_eigenvalues: wrong size");
     if n >= FAER_MIN_ORDER {
-        return faer_eigen(n, a, false).values;
+        return faer_eigen(n, a, false, Split::Whole).values;
     }
     sym_eigen(n, a).values
 }
 
-/// faer's self-adjoint eigendecomposition (sequential), eigenvalues
-/// descending, eigenvectors (when asked for) as rows in the same order.
+/// faer's self-adjoint eigendecomposition (cut as `split` says),
+/// eigenvalues descending, eigenvectors (when asked for) as rows in the
+/// same order.
 /// Should faer report that its QR iteration did not converge (it never has
 /// on a finite symmetric matrix), the EISPACK pair answers instead.
-fn faer_eigen(n: usize, a: &[f64], vectors: bool) -> SymEigen {
+fn faer_eigen(n: usize, a: &[f64], vectors: bool, split: Split) -> SymEigen {
     use faer::dyn_stack::{MemBuffer, MemStack};
     use faer::linalg::evd::{ComputeEigenvectors, self_adjoint_evd, self_adjoint_evd_scratch};
     let m = faer::MatRef::from_row_major_slice(a, n, n);
     let mut s = faer::diag::Diag::<f64>::zeros(n);
     let mut u = if vectors { faer::Mat::<f64>::zeros(n, n) } else { faer::Mat::<f64>::zeros(0, 0) };
     let compute = if vectors { ComputeEigenvectors::Yes } else { ComputeEigenvectors::No };
-    let par = faer::Par::Seq;
+    let par = split.par();
     let mut mem = MemBuffer::new(self_adjoint_evd_scratch::<f64>(n, compute, par, Default::default()));
     let ok =
         self_adjoint_evd(m, s.as_mut(), vectors.then(|| u.as_mut()), par, MemStack::new(&mut mem), Default::default());
@@ -734,6 +820,23 @@ pub fn random_orthonormal(k: usize, d: usize, rng: &mut Rng) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Gram matrix cut in two (strips side by side) is the whole one,
+    /// bit for bit, with and without orthogonal groups and at sizes that
+    /// leave a short last strip and panel.
+    #[test]
+    fn a_gram_cut_in_two_is_the_whole_one() {
+        let mut rng = Rng::new(5, crate::rng::Stream::Other(1));
+        for (m, k) in [(1usize, 10usize), (3, 300), (130, 517), (257, 1000)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let groups: [&[std::ops::Range<usize>]; 2] = [&[], &[0..m / 2, m / 2..m]];
+            for g in groups {
+                let whole = gram_f64_of_f32_groups_split(m, k, &a, g, Split::Whole);
+                let halves = gram_f64_of_f32_groups_split(m, k, &a, g, Split::Halves);
+                assert!(whole.iter().zip(&halves).all(|(x, y)| x.to_bits() == y.to_bits()), "m = {m}, k = {k}");
+            }
+        }
+    }
 
     /// The fused projection is the one-row-at-a-time sum, bit for bit: for
     /// k = 1…9 (four-row blocks and the rest), random values, and a row and

@@ -31,7 +31,8 @@
 use std::ops::Range;
 
 use crate::linalg::{
-    SymEigen, View, dgemm, gram_f64, gram_f64_of_f32_groups, sgemm_view, sum_sq_f64, sym_eigen, sym_eigenvalues,
+    Split, SymEigen, View, dgemm, gram_f64, gram_f64_of_f32_groups_split, sgemm_view, sum_sq_f64, sym_eigen,
+    sym_eigen_split, sym_eigenvalues,
 };
 
 /// `x` rounded to `2^k × (nearest f16 of x·2^-k)`; the same expression
@@ -288,12 +289,12 @@ impl FdSketch {
             self.sum_sq += sum_sq_f64(row);
             self.n += 1;
         }
-        self.append_rows(block, &[]);
+        self.append_rows(block, &[], Split::Whole);
     }
 
     /// Appends rows to `B` (no moment bookkeeping), shrinking when full.
     /// `groups` are orthogonal groups of `block`'s rows (see `orthogonal`).
-    fn append_rows(&mut self, block: &[f32], groups: &[Range<usize>]) {
+    fn append_rows(&mut self, block: &[f32], groups: &[Range<usize>], split: Split) {
         self.f16_exponents = None;
         let cap = 2 * self.ell;
         let total = block.len() / self.d;
@@ -311,7 +312,7 @@ impl FdSketch {
             self.rows += take;
             from += take;
             if self.rows == cap {
-                self.shrink();
+                self.shrink(split);
             }
         }
     }
@@ -326,7 +327,7 @@ impl FdSketch {
     pub fn compact(&mut self) {
         if self.rows > self.ell && self.delta > 0.0 {
             self.f16_exponents = None;
-            self.shrink();
+            self.shrink(Split::Whole);
         }
     }
 
@@ -336,7 +337,9 @@ impl FdSketch {
         self.rows
     }
 
-    fn shrink(&mut self) {
+    /// One Frequent Directions shrink, its products and eigensolver cut as
+    /// `split` says (which decides the bits: see [`Split`]).
+    fn shrink(&mut self, split: Split) {
         let (r, d, ell) = (self.rows, self.d, self.ell);
         if r <= ell {
             return;
@@ -345,8 +348,8 @@ impl FdSketch {
         // matrix is diagonal, and only its diagonal is computed (f64, from
         // the stored rows). What their f32 rounding leaves off the diagonal
         // is of the order of the rotation's own rounding.
-        let gram = gram_f64_of_f32_groups(r, d, &self.buf, &self.orthogonal);
-        let eig = sym_eigen(r, &gram);
+        let gram = gram_f64_of_f32_groups_split(r, d, &self.buf, &self.orthogonal, split);
+        let eig = sym_eigen_split(r, &gram, split);
         let delta = eig.values[ell].max(0.0);
         // New rows: coef[i, :] = sqrt(λᵢ−δ)/sqrt(λᵢ) · Uᵢ  (i < ℓ, λᵢ > δ).
         let mut coef: Vec<f32> = Vec::with_capacity(ell * r);
@@ -361,14 +364,34 @@ impl FdSketch {
             kept += 1;
         }
         // B ← coef·B in place, one column panel at a time: a panel of the
-        // result depends only on the same columns of B.
-        let mut tmp = vec![0.0f32; kept * ROTATE_PANEL.min(d)];
-        for start in (0..d).step_by(ROTATE_PANEL) {
+        // result depends only on the same columns of B. Halves computes two
+        // panels side by side (each by the same product as one at a time:
+        // the same bits), then writes both back.
+        let step = match split {
+            Split::Whole => 1,
+            Split::Halves => 2,
+        };
+        let panel = ROTATE_PANEL.min(d);
+        let mut tmp = vec![vec![0.0f32; kept * panel]; step.min(d.div_ceil(panel))];
+        let rotate = |buf: &[f32], start: usize, out: &mut [f32]| {
             let w = ROTATE_PANEL.min(d - start);
             let b = View { offset: start, row_stride: d, col_stride: 1 };
-            sgemm_view(kept, r, w, 1.0, &coef, View::rows(0, r), &self.buf, b, 0.0, &mut tmp, View::rows(0, w));
-            for i in 0..kept {
-                self.buf[i * d + start..i * d + start + w].copy_from_slice(&tmp[i * w..(i + 1) * w]);
+            sgemm_view(kept, r, w, 1.0, &coef, View::rows(0, r), buf, b, 0.0, out, View::rows(0, w));
+        };
+        let starts: Vec<usize> = (0..d).step_by(ROTATE_PANEL).collect();
+        for group in starts.chunks(step) {
+            let buf = &self.buf;
+            match (group, tmp.as_mut_slice()) {
+                ([a, b], [ta, tb, ..]) => {
+                    rayon::join(|| rotate(buf, *a, ta), || rotate(buf, *b, tb));
+                }
+                _ => group.iter().zip(tmp.iter_mut()).for_each(|(&a, t)| rotate(buf, a, t)),
+            }
+            for (&start, t) in group.iter().zip(&tmp) {
+                let w = ROTATE_PANEL.min(d - start);
+                for i in 0..kept {
+                    self.buf[i * d + start..i * d + start + w].copy_from_slice(&t[i * w..(i + 1) * w]);
+                }
             }
         }
         self.buf.truncate(kept * d);
@@ -400,7 +423,9 @@ impl FdSketch {
         self.slack += other.slack;
         // What is known of the other's rows comes along (it travels with
         // them, so a merge gives the same bits whether they travelled).
-        self.append_rows(&other.buf[..other.rows * other.d], &other.orthogonal);
+        // A merge is cut in two (see `Split`): its shrink is one large
+        // eigendecomposition that two threads do in about half the time.
+        self.append_rows(&other.buf[..other.rows * other.d], &other.orthogonal, Split::Halves);
         Ok(())
     }
 
@@ -951,6 +976,61 @@ mod tests {
         // Rounding rows to f16 breaks their orthogonality: the cache goes.
         reuse.round_rows_to_f16();
         assert!(reuse.orthogonal.is_empty());
+    }
+
+    /// A shrink cut in two computes its Gram strips and rotation panels
+    /// side by side by the same products: below faer's order (where the
+    /// eigensolver is the same either way) its bits equal a whole shrink's,
+    /// over more than two rotation panels and with orthogonal row groups.
+    #[test]
+    fn a_shrink_cut_in_two_changes_no_bit_of_its_products() {
+        let (d, ell) = (2 * ROTATE_PANEL + 517, 40usize);
+        let a = structured(4 * ell, d, 5);
+        let mut base = FdSketch::new(d, ell);
+        base.insert_block(&a[..3 * ell * d]);
+        base.compact();
+        assert!(base.delta() > 0.0 && base.rows() <= ell && !base.orthogonal.is_empty());
+        for rows in [3, ell - 1] {
+            let mut whole = base.clone();
+            whole.buf.extend_from_slice(&a[3 * ell * d..(3 * ell + rows) * d]);
+            whole.rows += rows;
+            let mut halves = whole.clone();
+            whole.shrink(Split::Whole);
+            halves.shrink(Split::Halves);
+            assert_eq!(whole.encode(), halves.encode(), "{rows} new rows");
+        }
+    }
+
+    /// A merge is cut in two whatever pool runs it: its bits are the same
+    /// on one thread and on several (faer's solver at degree 2 included).
+    #[test]
+    fn a_merge_has_the_same_bits_on_a_pool_of_one_thread_or_of_three() {
+        let (d, ell) = (700usize, 200usize);
+        assert!(2 * ell >= crate::linalg::FAER_MIN_ORDER);
+        let a = structured(3 * ell, d, 9);
+        let mut x = FdSketch::new(d, ell);
+        x.insert_block(&a[..ell * 3 / 2 * d]);
+        x.compact();
+        let mut y = FdSketch::new(d, ell);
+        y.insert_block(&a[ell * 3 / 2 * d..]);
+        y.compact();
+        let merged = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut m = x.clone();
+                m.merge(&y).unwrap();
+                m.encode()
+            })
+        };
+        let one = merged(1);
+        assert_eq!(one, merged(3));
+        assert_eq!(one, merged(1));
+        // And it is a sketch of both: within its certificate.
+        let mut m = x.clone();
+        m.merge(&y).unwrap();
+        let mut ex = ExactCovariance::new(d);
+        ex.insert_block(&a);
+        check_bounds(&m, &ex);
     }
 
     #[test]
