@@ -159,8 +159,25 @@ fn gemm_raw(
 }
 
 /// `c = a(m×k) · aᵀ` for row-major f64 `a`, the Gram matrix of its rows.
+/// Only the lower strips (each block of rows through its diagonal block)
+/// are multiplied, then mirrored: half the flops of the whole product and
+/// the same bits (every entry's sum is grouped as in one long product, and
+/// `aᵢ·aⱼ = aⱼ·aᵢ` exactly).
 pub fn gram_f64(m: usize, k: usize, a: &[f64]) -> Vec<f64> {
-    dgemm_strided(m, k, m, a, (k, 1), a, (1, k))
+    assert!(a.len() >= m * k, "gram_f64: slice too short");
+    let mut c = vec![0.0; m * m];
+    if m == 0 || k == 0 {
+        return c;
+    }
+    let strips: Vec<(usize, usize, usize)> =
+        (0..m).step_by(GRAM_BLOCK).map(|i0| (i0, GRAM_BLOCK.min(m - i0), i0 + GRAM_BLOCK.min(m - i0))).collect();
+    gram_strips(m, k, &a[..m * k], &strips, &mut c, 0);
+    for i in 0..m {
+        for j in (i + 1)..m {
+            c[i * m + j] = c[j * m + i];
+        }
+    }
+    c
 }
 
 /// `c = a(m×k) · b(k×n)` for row-major f64 matrices; a fresh `m×n` result.
@@ -820,6 +837,18 @@ pub fn random_orthonormal(k: usize, d: usize, rng: &mut Rng) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The f64 Gram from its lower strips is the whole product, bit for bit.
+    #[test]
+    fn the_f64_gram_from_lower_strips_is_the_whole_product() {
+        let mut r = Rng::new(4, crate::rng::Stream::Other(2));
+        for (m, k) in [(1usize, 1usize), (3, 700), (64, 300), (131, 1100)] {
+            let a: Vec<f64> = (0..m * k).map(|_| r.normal()).collect();
+            let whole = dgemm_strided(m, k, m, &a, (k, 1), &a, (1, k));
+            let strips = gram_f64(m, k, &a);
+            assert!(whole.iter().zip(&strips).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}×{k}");
+        }
+    }
 
     /// The Gram matrix cut in two (strips side by side) is the whole one,
     /// bit for bit, with and without orthogonal groups and at sizes that
