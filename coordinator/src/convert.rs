@@ -2,7 +2,7 @@
 //! only place that knows both.
 
 use gradsweep_proto::v1 as pb;
-use gradsweep_shared::spec::RunFinal;
+use gradsweep_shared::spec::{ProbeConfig, ProjectionBasis, RunFinal, RunSpec, SketchSize, TrainConfig, WirePrecision};
 use gradsweep_shared::stats::RankThresholds;
 
 use crate::error::{CoordinatorError, Result};
@@ -117,8 +117,10 @@ pub fn results_request(sweep_id: &str, th: &RankThresholds) -> pb::ResultsReques
 /// A finish request's outcome.
 pub fn outcome_from_wire(f: &pb::FinishRequest) -> Result<Outcome> {
     let fin = || -> Result<RunFinal> {
-        serde_json::from_str(&f.final_json)
-            .map_err(|e| bad(format!("run `{}`: final figures unreadable: {e}", f.run_id)))
+        f.final_figures
+            .as_ref()
+            .map(final_from_wire)
+            .ok_or_else(|| bad(format!("run `{}`: finished without its final figures", f.run_id)))
     };
     match pb::RunOutcome::try_from(f.outcome) {
         Ok(pb::RunOutcome::Completed) => Ok(Outcome::Completed(fin()?)),
@@ -128,6 +130,78 @@ pub fn outcome_from_wire(f: &pb::FinishRequest) -> Result<Outcome> {
         }
         _ => Err(bad(format!("run `{}`: unknown outcome {}", f.run_id, f.outcome))),
     }
+}
+
+fn final_from_wire(f: &pb::RunFinal) -> RunFinal {
+    let f = *f;
+    gradsweep_proto::moved_fields!(f => RunFinal {
+        steps, train_loss, final_train_loss, test_accuracy, test_loss, diverged, weights_hash;
+        params: f.params as usize,
+    })
+}
+
+/// A run's spec to the wire (every field; the worker side reads it back in
+/// `gradsweep_worker::convert::spec_from_wire`).
+pub fn spec_to_wire(s: &RunSpec) -> pb::RunSpec {
+    let RunSpec { train, probe, seed, user } = s;
+    pb::RunSpec {
+        train: Some(train_to_wire(train)),
+        probe: Some(probe_to_wire(probe)),
+        seed: *seed,
+        user: user.iter().map(|(k, v)| (k.clone(), user_value_to_wire(v))).collect(),
+    }
+}
+
+fn train_to_wire(t: &TrainConfig) -> pb::TrainConfig {
+    let t = t.clone();
+    gradsweep_proto::moved_fields!(t => pb::TrainConfig {
+        model, dataset, epochs, lr, batch_size, momentum, weight_decay, replacement, test_fraction, split_seed,
+        data_dir, classes, downsample, normalize, nesterov, lr_schedule, lr_step_epochs, lr_milestones, lr_gamma,
+        checkpoint_every_epochs, checkpoint_every_steps, control_lambda, control_steps;
+        trainer: t.trainer.name(),
+    })
+}
+
+fn probe_to_wire(p: &ProbeConfig) -> pb::ProbeConfig {
+    use pb::probe_config::SketchRank;
+    let p = p.clone();
+    gradsweep_proto::moved_fields!(p => pb::ProbeConfig {
+        every_epochs, at_epochs, memory_mb, shard_samples, save_gradients, keep_sketches, digest_vectors,
+        projections, basis_probe, max_lag, burn_in_epochs, projection_seed, block_size, psd_window, epoch_psd_window,
+        exact;
+        sketch_rank: Some(match p.sketch_rank {
+            SketchSize::Auto => SketchRank::SketchAuto(pb::SketchAuto {}),
+            SketchSize::Fixed(l) => SketchRank::SketchFixed(l),
+        }),
+        basis: match p.basis {
+            ProjectionBasis::Random => pb::ProjectionBasis::Random,
+            ProjectionBasis::Eigen => pb::ProjectionBasis::Eigen,
+        } as i32,
+        wire_precision: match p.wire_precision {
+            WirePrecision::F32 => pb::WirePrecision::F32,
+            WirePrecision::F16 => pb::WirePrecision::F16,
+        } as i32,
+    })
+}
+
+fn user_value_to_wire(v: &serde_json::Value) -> pb::UserValue {
+    use pb::user_value::Kind;
+    use serde_json::Value;
+    let kind = match v {
+        Value::Null => Kind::Null(pb::UserNull {}),
+        Value::Bool(b) => Kind::Flag(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Kind::Integer(i),
+            (None, Some(u), _) => Kind::Unsigned(u),
+            (None, None, x) => Kind::Number(x.unwrap_or(f64::NAN)),
+        },
+        Value::String(t) => Kind::Text(t.clone()),
+        Value::Array(a) => Kind::List(pb::UserList { items: a.iter().map(user_value_to_wire).collect() }),
+        Value::Object(o) => {
+            Kind::Table(pb::UserTable { entries: o.iter().map(|(k, x)| (k.clone(), user_value_to_wire(x))).collect() })
+        }
+    };
+    pb::UserValue { kind: Some(kind) }
 }
 
 /// Leases named on the wire.
@@ -146,7 +220,7 @@ pub fn lease_to_wire(l: Lease) -> pb::RunAssignment {
         run_id: l.run_id,
         epoch: l.epoch,
         sweep_id: l.sweep_id,
-        spec_json: l.spec_json,
+        spec: Some(spec_to_wire(&l.spec)),
         resume_seq: l.resume_seq,
     }
 }
@@ -177,7 +251,7 @@ pub fn shard_grant_to_wire(g: ShardGrant) -> pb::ShardAssignment {
         lease: Some(pb::ShardLease { pass_id: l.pass_id, shard: l.shard, epoch: l.epoch }),
         run_id: g.run_id,
         sweep_id: g.sweep_id,
-        spec_json: g.spec_json.to_string(),
+        spec: Some(spec_to_wire(&g.spec)),
     }
 }
 

@@ -29,11 +29,10 @@ const MAX_SHARD_BYTES: usize = 1 << 30;
 
 /// What an `Acquire` found in the store.
 enum Found {
-    Run(crate::store::Lease),
+    /// A granted run (boxed: a lease carries its whole spec).
+    Run(Box<crate::store::Lease>),
     /// No run queued; whether this worker takes work (then a shard may do).
-    Nothing {
-        takes_work: bool,
-    },
+    Nothing { takes_work: bool },
 }
 
 /// The worker-facing service.
@@ -108,7 +107,7 @@ impl WorkerService for WorkerApi {
                 .state
                 .with_store(move |s| {
                     Ok(match s.acquire(&worker)? {
-                        Some(lease) => Found::Run(lease),
+                        Some(lease) => Found::Run(Box::new(lease)),
                         None => Found::Nothing { takes_work: shard_free && s.takes_work(&worker)? },
                     })
                 })
@@ -116,7 +115,7 @@ impl WorkerService for WorkerApi {
             match found {
                 Found::Run(lease) => {
                     return Ok(Response::new(pb::AcquireResponse {
-                        run: Some(convert::lease_to_wire(lease)),
+                        run: Some(convert::lease_to_wire(*lease)),
                         shard: None,
                     }));
                 }
@@ -211,9 +210,9 @@ impl WorkerService for WorkerApi {
             return Err(Status::invalid_argument(format!("a probe pass of {count} shards has nothing to share")));
         }
         let o = owner.clone();
-        let (sweep_id, spec_json) = self.state.with_store(move |s| s.pass_source(&o)).await?;
+        let (sweep_id, spec) = self.state.with_store(move |s| s.pass_source(&o)).await?;
         let (run_id, bytes) = (owner.run_id.clone(), blob.len());
-        let id = self.state.with_board(|b| Ok(b.publish(owner, sweep_id, spec_json.into(), blob, count)))?;
+        let id = self.state.with_board(|b| Ok(b.publish(owner, sweep_id, spec.into(), blob, count)))?;
         tracing::info!(run_id = %run_id, pass_id = id, shards = count, bytes, "probe pass published");
         self.state.notify_work();
         Ok(Response::new(pb::PublishPassResponse { pass_id: id }))

@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gradsweep_shared::spec::RunSpec;
+
 use crate::error::{CoordinatorError, Result};
 
 /// Who published a pass: the run's worker under its run lease.
@@ -51,8 +53,8 @@ pub struct ShardGrant {
     pub run_id: String,
     /// That run's sweep.
     pub sweep_id: String,
-    /// That run's spec (JSON).
-    pub spec_json: Arc<str>,
+    /// That run's spec.
+    pub spec: Arc<RunSpec>,
 }
 
 /// Where a shard stands for the run's worker ([`ShardBoard::take`]).
@@ -86,7 +88,7 @@ enum Held {
 struct Pass {
     owner: PassOwner,
     sweep_id: String,
-    spec_json: Arc<str>,
+    spec: Arc<RunSpec>,
     blob: Arc<Vec<u8>>,
     shards: Vec<(Held, u64)>,
 }
@@ -154,7 +156,7 @@ impl ShardBoard {
         &mut self,
         owner: PassOwner,
         sweep_id: String,
-        spec_json: Arc<str>,
+        spec: Arc<RunSpec>,
         blob: Vec<u8>,
         count: u32,
     ) -> u64 {
@@ -162,7 +164,7 @@ impl ShardBoard {
         self.next_id += 1;
         let id = self.next_id;
         let shards = vec![(Held::Free, 0); count as usize];
-        self.passes.insert(id, Pass { owner, sweep_id, spec_json, blob: Arc::new(blob), shards });
+        self.passes.insert(id, Pass { owner, sweep_id, spec, blob: Arc::new(blob), shards });
         id
     }
 
@@ -243,7 +245,7 @@ impl ShardBoard {
             lease: ShardLease { pass_id, shard: k as u32, epoch: *epoch },
             run_id: pass.owner.run_id.clone(),
             sweep_id: pass.sweep_id.clone(),
-            spec_json: pass.spec_json.clone(),
+            spec: pass.spec.clone(),
         })
     }
 
@@ -361,7 +363,7 @@ mod tests {
 
     fn board_with_pass(count: u32) -> (ShardBoard, u64) {
         let mut b = ShardBoard::new(Duration::from_secs(10), 4);
-        let id = b.publish(owner(1), "s".into(), Arc::from("{}"), vec![1, 2, 3], count);
+        let id = b.publish(owner(1), "s".into(), Arc::new(RunSpec::default()), vec![1, 2, 3], count);
         (b, id)
     }
 
@@ -424,8 +426,8 @@ mod tests {
         assert_eq!(b.keep_owners(&[owner(2)]), 1);
         assert!(b.submit("w-a", g.lease, vec![1]).is_err());
         assert!(b.claim(id, &owner(1)).is_err());
-        let id2 = b.publish(owner(2), "s".into(), Arc::from("{}"), vec![], 2);
-        let id3 = b.publish(owner(2), "s".into(), Arc::from("{}"), vec![], 2);
+        let id2 = b.publish(owner(2), "s".into(), Arc::new(RunSpec::default()), vec![], 2);
+        let id3 = b.publish(owner(2), "s".into(), Arc::new(RunSpec::default()), vec![], 2);
         assert!(id3 > id2 && id2 > id);
         assert_eq!(b.counts().passes, 1, "the next pass replaces the previous");
         b.close(id3, &owner(2)).unwrap();

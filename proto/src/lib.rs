@@ -15,6 +15,7 @@
 //! * [`FILE_DESCRIPTOR_SET`] — the encoded schema, served by gRPC reflection.
 //! * [`PROTOCOL_VERSION`] — checked at worker registration.
 //! * [`MAX_MESSAGE_BYTES`] — the size limit both sides enforce.
+//! * [`moved_fields!`] — struct literals for the conversion modules: fields that cross unchanged, named once.
 
 /// Generated messages and services of package `gradsweep.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
@@ -40,7 +41,21 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// 6: probe shards leased to other workers (PublishPass, ClaimShard,
 /// TakeShard, ClosePass, FetchPass, SubmitShard; shard assignments from
 /// Acquire; shard leases in heartbeats and releases).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: run specs and final figures as typed messages (`RunSpec`, `RunFinal`)
+/// instead of JSON strings.
+pub const PROTOCOL_VERSION: u32 = 7;
+
+/// `$ty { f: $src.f, …, g: expr, … }`: a struct literal whose fields `f`
+/// move over unchanged (the same name and type on the wire and in the
+/// domain) and whose fields `g` convert. The two sides' conversion modules
+/// use it so that each direction names each field once; the literal is
+/// exhaustive, so a field added to `$ty` must be added at every use.
+#[macro_export]
+macro_rules! moved_fields {
+    ($src:ident => $($ty:ident)::+ { $($f:ident),* $(,)? ; $($g:ident : $e:expr),* $(,)? }) => {
+        $($ty)::+ { $($f: $src.$f,)* $($g: $e,)* }
+    };
+}
 
 /// No gRPC message in either direction may exceed this size (4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -1,7 +1,9 @@
 //! What one run is: its training and probe configuration and its seed.
 //!
-//! [`RunSpec`] travels to workers as JSON (the `spec_json` field of the
-//! wire's `RunAssignment`); [`RunFinal`] comes back the same way.
+//! [`RunSpec`] travels to workers as the wire's typed `RunSpec` message (in
+//! `RunAssignment` and `ShardAssignment`), and [`RunFinal`] comes back as its
+//! `RunFinal`; the coordinator stores both as JSON, and a `python:` trainer
+//! reads the spec as JSON.
 
 use std::collections::BTreeMap;
 
@@ -478,7 +480,7 @@ impl Default for ProbeConfig {
 }
 
 /// One run: a cell's configuration and one seed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
     /// Training configuration.

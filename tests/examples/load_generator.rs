@@ -112,7 +112,7 @@ impl BigRun {
                 }
             })
         };
-        let spec: gradsweep_shared::RunSpec = serde_json::from_str(&run.spec_json)?;
+        let spec = gradsweep_worker::convert::assigned_spec(run.spec.clone())?;
         let (bodies, fin) = tokio::task::spawn_blocking(move || {
             let mut bodies = vec![];
             let fin = gradsweep_shared::run::execute(&spec, &AtomicBool::new(false), &mut |e| {
@@ -163,7 +163,7 @@ impl BigRun {
                 last_seq: n,
                 outcome: pb::RunOutcome::Completed as i32,
                 error: String::new(),
-                final_json: serde_json::to_string(&self.fin)?,
+                final_figures: Some(gradsweep_worker::convert::final_to_wire(&self.fin)),
             })
             .await?;
         self.beats.abort();

@@ -442,7 +442,7 @@ pub fn finish_uncomputed(worker_id: &str, run: &pb::RunAssignment, why: &str) ->
         last_seq: 0,
         outcome: pb::RunOutcome::Failed as i32,
         error: why.into(),
-        final_json: String::new(),
+        final_figures: None,
     }
 }
 

@@ -13,7 +13,7 @@ use gradsweep_shared::run::{RunEvent, execute};
 use gradsweep_shared::spec::{RunFinal, RunSpec};
 use gradsweep_shared::stats::SpectrumStats;
 use gradsweep_tests::{InProcess, fast_config, submit};
-use gradsweep_worker::convert::event_bodies;
+use gradsweep_worker::convert::{assigned_spec, event_bodies, final_to_wire};
 use tonic::Code;
 
 const ONE_RUN: &str = r#"
@@ -32,11 +32,15 @@ projections = 3
 max_lag = 4
 "#;
 
+/// The spec a run assignment carries, read as a worker reads it.
+fn spec_of(run: &pb::RunAssignment) -> RunSpec {
+    assigned_spec(run.spec.clone()).unwrap()
+}
+
 /// Computes a run offline and returns its report bodies and final figures.
-fn bodies_of(spec_json: &str) -> (Vec<Body>, RunFinal) {
-    let spec: RunSpec = serde_json::from_str(spec_json).unwrap();
+fn bodies_of(spec: &RunSpec) -> (Vec<Body>, RunFinal) {
     let mut bodies = vec![];
-    let fin = execute(&spec, &AtomicBool::new(false), &mut |e: RunEvent| {
+    let fin = execute(spec, &AtomicBool::new(false), &mut |e: RunEvent| {
         bodies.extend(event_bodies(e, f64::NAN));
         ControlFlow::Continue(())
     })
@@ -67,8 +71,101 @@ fn finish(worker: &str, run: &pb::RunAssignment, epoch: u64, last_seq: u64, fin:
         last_seq,
         outcome: pb::RunOutcome::Completed as i32,
         error: String::new(),
-        final_json: serde_json::to_string(fin).unwrap(),
+        final_figures: Some(final_to_wire(fin)),
     }
+}
+
+/// Every field of a run spec and of a run's final figures crosses the wire
+/// unchanged: the coordinator's conversion out and the worker's back in
+/// (and the reverse for the figures) give the value back. Every field
+/// differs from its default, so a field either side dropped would show, and
+/// the struct literals name every field, so a new one must be added here.
+#[test]
+fn specs_and_final_figures_cross_the_wire_unchanged() {
+    use gradsweep_shared::spec::{ProbeConfig, ProjectionBasis, SketchSize, TrainConfig, Trainer, WirePrecision};
+    let train = TrainConfig {
+        model: "lenet".into(),
+        dataset: "mnist".into(),
+        epochs: 12,
+        lr: 0.05,
+        batch_size: 128,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        replacement: true,
+        test_fraction: 0.25,
+        split_seed: 7,
+        data_dir: "/data/x".into(),
+        classes: vec![3, 1],
+        downsample: 4,
+        normalize: true,
+        nesterov: true,
+        lr_schedule: "multistep".into(),
+        lr_step_epochs: 3,
+        lr_milestones: vec![6, 10],
+        lr_gamma: 0.2,
+        checkpoint_every_epochs: 2,
+        checkpoint_every_steps: 500,
+        control_lambda: 0.5,
+        control_steps: 20,
+        trainer: Trainer::parse("python:pkg.train:main").unwrap(),
+    };
+    let probe = ProbeConfig {
+        every_epochs: 3,
+        at_epochs: vec![2, 5, 12],
+        sketch_rank: SketchSize::Fixed(300),
+        memory_mb: 512,
+        shard_samples: 1000,
+        save_gradients: 16,
+        keep_sketches: true,
+        digest_vectors: 4,
+        projections: 5,
+        basis: ProjectionBasis::Eigen,
+        basis_probe: 1,
+        max_lag: 32,
+        burn_in_epochs: 2,
+        projection_seed: 11,
+        block_size: 32,
+        wire_precision: WirePrecision::F16,
+        psd_window: 128,
+        epoch_psd_window: 16,
+        exact: true,
+    };
+    let user = serde_json::json!({
+        "width": 3, "scale": 3.0, "negative": -2, "huge": u64::MAX, "name": "x", "on": true, "nothing": null,
+        "layers": [1, [2.5, "y"]], "opt": {"inner": {"flag": false}, "empty": []},
+    });
+    let user = user.as_object().unwrap().clone().into_iter().collect();
+    let spec = RunSpec { train, probe, seed: 42, user };
+    let wire = gradsweep_coordinator::convert::spec_to_wire(&spec);
+    assert_eq!(assigned_spec(Some(wire.clone())).unwrap(), spec);
+    assert_eq!(spec_of(&pb::RunAssignment { spec: Some(wire), ..Default::default() }), spec);
+    // 3 and 3.0 stay apart, as a Python trainer reads them.
+    let back = assigned_spec(Some(gradsweep_coordinator::convert::spec_to_wire(&spec))).unwrap();
+    assert!(back.user["width"].is_i64() && back.user["scale"].is_f64());
+    // The auto size too.
+    let auto = RunSpec { probe: ProbeConfig { sketch_rank: SketchSize::Auto, ..spec.probe.clone() }, ..spec.clone() };
+    assert_eq!(assigned_spec(Some(gradsweep_coordinator::convert::spec_to_wire(&auto))).unwrap(), auto);
+
+    let fin = RunFinal {
+        steps: 5600,
+        params: 13_338,
+        train_loss: 0.031,
+        final_train_loss: 0.029,
+        test_accuracy: 0.9909,
+        test_loss: 0.027,
+        diverged: true,
+        weights_hash: 0xdead_beef_0123_4567,
+    };
+    let run = pb::RunAssignment { run_id: "s/c0/s42".into(), epoch: 3, ..Default::default() };
+    let req = finish("w", &run, 3, 9, &fin);
+    match gradsweep_coordinator::convert::outcome_from_wire(&req).unwrap() {
+        gradsweep_coordinator::store::Outcome::Completed(f) => assert_eq!(f, fin),
+        other => panic!("{other:?}"),
+    }
+    // A completed run without its figures is refused, naming the run.
+    let bare = pb::FinishRequest { final_figures: None, ..req };
+    let err = gradsweep_coordinator::convert::outcome_from_wire(&bare).unwrap_err();
+    assert!(err.to_string().contains("s/c0/s42") && err.to_string().contains("final figures"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +182,7 @@ async fn stale_epoch_is_refused_and_duplicates_merge_once() {
     let run =
         wc.acquire(pb::AcquireRequest { worker_id: a.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
     assert_eq!(run.epoch, 1);
-    let (bodies, fin) = bodies_of(&run.spec_json);
+    let (bodies, fin) = bodies_of(&spec_of(&run));
     assert!(bodies.len() >= 4, "progress, probes and the trajectory");
 
     // Seq 1 applied; re-sent seq 1 acknowledged without being applied again.
@@ -163,16 +260,16 @@ async fn hostile_payloads_are_rejected_without_changing_state() {
         wc.acquire(pb::AcquireRequest { worker_id: w.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
 
     // A sketch of the wrong dimension (from another model).
-    let mut other: RunSpec = serde_json::from_str(&run.spec_json).unwrap();
+    let mut other = spec_of(&run);
     other.train.model = "mlp:64-9-10".into();
-    let (wrong, _) = bodies_of(&serde_json::to_string(&other).unwrap());
+    let (wrong, _) = bodies_of(&other);
     let wrong_probe = wrong.into_iter().find(|b| matches!(b, Body::Probe(_))).unwrap();
     let err = wc.report(tokio_stream::iter(vec![msg(&w, &run, 1, 1, wrong_probe)])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("dimension"), "{}", err.message());
 
     // Corrupted bytes, an impossible chunk header, an unknown run, no body.
-    let (bodies, fin) = bodies_of(&run.spec_json);
+    let (bodies, fin) = bodies_of(&spec_of(&run));
     let Some(Body::Probe(mut p)) = bodies.iter().find(|b| matches!(b, Body::Probe(_))).cloned() else { panic!() };
     let n = p.data.len();
     p.data[n / 2] ^= 0xff;
@@ -276,7 +373,7 @@ async fn leaving_worker_returns_unlisted_leases() {
     .unwrap();
     assert_eq!(open_store(&db).run_state(&run.run_id).unwrap(), (RunState::Queued, 1, 0));
     // Its late report is refused.
-    let (bodies, _) = bodies_of(&run.spec_json);
+    let (bodies, _) = bodies_of(&spec_of(&run));
     let err = wc.report(tokio_stream::iter(vec![msg(&w, &run, 1, 1, bodies[0].clone())])).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     server.stop().await;
@@ -298,7 +395,7 @@ async fn hostile_values_sizes_replays_and_checkpoints_are_refused() {
     let sweep = submit(&mut control, ONE_RUN).await.sweep_id;
     let run =
         wc.acquire(pb::AcquireRequest { worker_id: w.clone(), wait_ms: 1000 }).await.unwrap().into_inner().run.unwrap();
-    let (bodies, fin) = bodies_of(&run.spec_json);
+    let (bodies, fin) = bodies_of(&spec_of(&run));
     let applied = |db: &std::path::Path| open_store(db).run_state(&run.run_id).unwrap().2;
     let send = |seq: u64, body: Body| {
         let mut c = wc.clone();
@@ -357,9 +454,9 @@ async fn hostile_values_sizes_replays_and_checkpoints_are_refused() {
     }
     let seq = ck as u64 + 1;
     let Body::Checkpoint(honest) = bodies[ck].clone() else { panic!() };
-    let mut other: RunSpec = serde_json::from_str(&run.spec_json).unwrap();
+    let mut other = spec_of(&run);
     other.seed += 1;
-    let (other_bodies, _) = bodies_of(&serde_json::to_string(&other).unwrap());
+    let (other_bodies, _) = bodies_of(&other);
     let Some(Body::Checkpoint(foreign)) = other_bodies.into_iter().find(|b| matches!(b, Body::Checkpoint(_))) else {
         panic!()
     };
@@ -374,7 +471,7 @@ async fn hostile_values_sizes_replays_and_checkpoints_are_refused() {
     corrupted.data[40] ^= 0x10;
     let err = send(seq, Body::Checkpoint(corrupted)).await.unwrap_err();
     assert!(err.message().contains("checksum"), "{}", err.message());
-    let spec: RunSpec = serde_json::from_str(&run.spec_json).unwrap();
+    let spec = spec_of(&run);
     let d = gradsweep_shared::run::param_count(&spec).unwrap();
     let mut nan = Checkpoint::decode(&honest.data, &spec, d).unwrap();
     nan.params[3] = f32::NAN;

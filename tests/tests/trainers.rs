@@ -100,7 +100,7 @@ async fn runs_go_only_to_workers_that_declared_their_trainer() {
     for _ in 0..4 {
         let run = w.acquire(pb::AcquireRequest { worker_id: id.clone(), ..Default::default() }).await.unwrap();
         let run = run.into_inner().run.expect("a python run");
-        let spec: RunSpec = serde_json::from_str(&run.spec_json).unwrap();
+        let spec: RunSpec = gradsweep_worker::convert::assigned_spec(run.spec.clone()).unwrap();
         assert_eq!(spec.train.trainer, Trainer::parse(TRAINER).unwrap());
         assert!(run.run_id.starts_with(&py_sweep), "{}", run.run_id);
         hidden.push(spec.user["hidden"].as_i64().unwrap());

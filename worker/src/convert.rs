@@ -1,8 +1,128 @@
-//! Run events to wire reports — the worker's one wire↔domain module.
+//! The worker's one wire↔domain module: run specs from the wire, run events
+//! to wire reports, final figures to the wire.
+
+use std::collections::BTreeMap;
 
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_shared::run::RunEvent;
+use gradsweep_shared::spec::{
+    ProbeConfig, ProjectionBasis, RunFinal, RunSpec, SketchSize, TrainConfig, Trainer, WirePrecision,
+};
+
+/// A run spec the worker cannot read: which field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("run spec field `{field}`: {problem}")]
+pub struct SpecError {
+    /// The field's path, e.g. `probe.basis` or `user.layers[2]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn spec_error(field: impl Into<String>, problem: impl Into<String>) -> SpecError {
+    SpecError { field: field.into(), problem: problem.into() }
+}
+
+/// The spec of an assignment (a run's or a probe shard's), which must
+/// carry one.
+pub fn assigned_spec(spec: Option<pb::RunSpec>) -> Result<RunSpec, SpecError> {
+    spec_from_wire(spec.ok_or_else(|| spec_error("spec", "the assignment carries none"))?)
+}
+
+/// A run's spec from the wire. Every enum and oneof must be set to a value
+/// this worker knows: a spec from a coordinator of the same protocol always
+/// is, so anything else is refused rather than guessed.
+pub fn spec_from_wire(s: pb::RunSpec) -> Result<RunSpec, SpecError> {
+    let pb::RunSpec { train, probe, seed, user } = s;
+    let train = train.ok_or_else(|| spec_error("train", "missing"))?;
+    let probe = probe.ok_or_else(|| spec_error("probe", "missing"))?;
+    let user = user
+        .into_iter()
+        .map(|(k, v)| {
+            let v = user_value_from_wire(&format!("user.{k}"), v)?;
+            Ok((k, v))
+        })
+        .collect::<Result<BTreeMap<_, _>, SpecError>>()?;
+    Ok(RunSpec { train: train_from_wire(train)?, probe: probe_from_wire(probe)?, seed, user })
+}
+
+fn train_from_wire(t: pb::TrainConfig) -> Result<TrainConfig, SpecError> {
+    let trainer = Trainer::parse(&t.trainer).map_err(|m| spec_error("train.trainer", m))?;
+    Ok(gradsweep_proto::moved_fields!(t => TrainConfig {
+        model, dataset, epochs, lr, batch_size, momentum, weight_decay, replacement, test_fraction, split_seed,
+        data_dir, classes, downsample, normalize, nesterov, lr_schedule, lr_step_epochs, lr_milestones, lr_gamma,
+        checkpoint_every_epochs, checkpoint_every_steps, control_lambda, control_steps;
+        trainer: trainer,
+    }))
+}
+
+fn probe_from_wire(p: pb::ProbeConfig) -> Result<ProbeConfig, SpecError> {
+    use pb::probe_config::SketchRank;
+    let sketch_rank = match p.sketch_rank {
+        Some(SketchRank::SketchAuto(pb::SketchAuto {})) => SketchSize::Auto,
+        Some(SketchRank::SketchFixed(0)) => return Err(spec_error("probe.sketch_rank", "a fixed ℓ must be ≥ 1")),
+        Some(SketchRank::SketchFixed(l)) => SketchSize::Fixed(l),
+        None => return Err(spec_error("probe.sketch_rank", "missing (neither auto nor fixed)")),
+    };
+    let basis = match pb::ProjectionBasis::try_from(p.basis) {
+        Ok(pb::ProjectionBasis::Random) => ProjectionBasis::Random,
+        Ok(pb::ProjectionBasis::Eigen) => ProjectionBasis::Eigen,
+        _ => return Err(spec_error("probe.basis", format!("unknown projection basis {}", p.basis))),
+    };
+    let wire_precision = match pb::WirePrecision::try_from(p.wire_precision) {
+        Ok(pb::WirePrecision::F32) => WirePrecision::F32,
+        Ok(pb::WirePrecision::F16) => WirePrecision::F16,
+        _ => return Err(spec_error("probe.wire_precision", format!("unknown precision {}", p.wire_precision))),
+    };
+    Ok(gradsweep_proto::moved_fields!(p => ProbeConfig {
+        every_epochs, at_epochs, memory_mb, shard_samples, save_gradients, keep_sketches, digest_vectors,
+        projections, basis_probe, max_lag, burn_in_epochs, projection_seed, block_size, psd_window, epoch_psd_window,
+        exact;
+        sketch_rank: sketch_rank, basis: basis, wire_precision: wire_precision,
+    }))
+}
+
+fn user_value_from_wire(field: &str, v: pb::UserValue) -> Result<serde_json::Value, SpecError> {
+    use pb::user_value::Kind;
+    use serde_json::Value;
+    Ok(match v.kind {
+        Some(Kind::Flag(b)) => Value::Bool(b),
+        Some(Kind::Integer(i)) => Value::from(i),
+        Some(Kind::Unsigned(u)) => Value::from(u),
+        Some(Kind::Number(x)) => serde_json::Number::from_f64(x)
+            .map(Value::Number)
+            .ok_or_else(|| spec_error(field, format!("{x} is not a finite number")))?,
+        Some(Kind::Text(t)) => Value::String(t),
+        Some(Kind::List(l)) => Value::Array(
+            l.items
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| user_value_from_wire(&format!("{field}[{i}]"), x))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Kind::Table(t)) => Value::Object(
+            t.entries
+                .into_iter()
+                .map(|(k, x)| {
+                    let x = user_value_from_wire(&format!("{field}.{k}"), x)?;
+                    Ok((k, x))
+                })
+                .collect::<Result<_, SpecError>>()?,
+        ),
+        Some(Kind::Null(pb::UserNull {})) => Value::Null,
+        None => return Err(spec_error(field, "a user value without a kind")),
+    })
+}
+
+/// A run's final figures to the wire.
+pub fn final_to_wire(f: &RunFinal) -> pb::RunFinal {
+    let f = f.clone();
+    gradsweep_proto::moved_fields!(f => pb::RunFinal {
+        steps, train_loss, final_train_loss, test_accuracy, test_loss, diverged, weights_hash;
+        params: f.params as u64,
+    })
+}
 
 fn chunks(index: u32, bytes: &[u8], wrap: fn(pb::BlobChunk) -> Body) -> Vec<Body> {
     let parts = gradsweep_proto::chunk_slices(bytes);
@@ -34,6 +154,59 @@ pub fn event_bodies(event: RunEvent, epoch_seconds: f64) -> Vec<Body> {
 mod tests {
     use super::*;
     use gradsweep_proto::MAX_CHUNK_BYTES;
+
+    /// A wire spec as a coordinator sends it: the defaults, set explicitly.
+    fn wire_spec() -> pb::RunSpec {
+        pb::RunSpec {
+            train: Some(pb::TrainConfig { trainer: "builtin".into(), ..Default::default() }),
+            probe: Some(pb::ProbeConfig {
+                sketch_rank: Some(pb::probe_config::SketchRank::SketchAuto(pb::SketchAuto {})),
+                basis: pb::ProjectionBasis::Random as i32,
+                wire_precision: pb::WirePrecision::F32 as i32,
+                ..Default::default()
+            }),
+            seed: 1,
+            user: Default::default(),
+        }
+    }
+
+    fn refused(s: pb::RunSpec) -> SpecError {
+        spec_from_wire(s).expect_err("the spec should be refused")
+    }
+
+    #[test]
+    fn a_spec_the_worker_cannot_read_is_refused_naming_the_field() {
+        assert!(spec_from_wire(wire_spec()).is_ok());
+        assert_eq!(assigned_spec(None).unwrap_err().field, "spec");
+        let mut s = wire_spec();
+        s.probe = None;
+        assert_eq!(refused(s).field, "probe");
+        let probe = |f: fn(&mut pb::ProbeConfig)| {
+            let mut s = wire_spec();
+            f(s.probe.as_mut().unwrap());
+            refused(s)
+        };
+        assert_eq!(probe(|p| p.sketch_rank = None).field, "probe.sketch_rank");
+        let e = probe(|p| p.sketch_rank = Some(pb::probe_config::SketchRank::SketchFixed(0)));
+        assert!(e.to_string().contains("probe.sketch_rank") && e.to_string().contains("≥ 1"), "{e}");
+        assert_eq!(probe(|p| p.basis = 0).field, "probe.basis", "unspecified");
+        assert_eq!(probe(|p| p.basis = 9).field, "probe.basis", "from a newer contract");
+        assert_eq!(probe(|p| p.wire_precision = 3).field, "probe.wire_precision");
+        let mut s = wire_spec();
+        s.train.as_mut().unwrap().trainer = "julia:x".into();
+        assert_eq!(refused(s).field, "train.trainer");
+        // User values: named down to the element.
+        let number = |x| pb::UserValue { kind: Some(pb::user_value::Kind::Number(x)) };
+        let list = pb::UserValue {
+            kind: Some(pb::user_value::Kind::List(pb::UserList { items: vec![number(1.0), number(f64::INFINITY)] })),
+        };
+        let mut s = wire_spec();
+        s.user.insert("widths".into(), list);
+        assert_eq!(refused(s).field, "user.widths[1]");
+        let mut s = wire_spec();
+        s.user.insert("depth".into(), pb::UserValue { kind: None });
+        assert_eq!(refused(s).field, "user.depth");
+    }
 
     #[test]
     fn large_blobs_are_split_under_the_limit() {

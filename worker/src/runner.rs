@@ -204,7 +204,7 @@ impl RunContext {
         last_seq: u64,
         outcome: pb::RunOutcome,
         error: String,
-        final_json: String,
+        final_figures: Option<pb::RunFinal>,
     ) -> pb::FinishRequest {
         pb::FinishRequest {
             worker_id: self.worker_id.clone(),
@@ -213,7 +213,7 @@ impl RunContext {
             last_seq,
             outcome: outcome as i32,
             error,
-            final_json,
+            final_figures,
         }
     }
 
@@ -242,11 +242,10 @@ impl RunContext {
     pub async fn execute(self) -> RunEnd {
         let run_id = self.run.run_id.clone();
         let mut backoff = Backoff::new(&self.cfg);
-        let spec: RunSpec = match serde_json::from_str(&self.run.spec_json) {
+        let spec: RunSpec = match crate::convert::assigned_spec(self.run.spec.clone()) {
             Ok(s) => s,
             Err(e) => {
-                let req =
-                    self.finish_request(0, pb::RunOutcome::Failed, format!("unreadable run spec: {e}"), String::new());
+                let req = self.finish_request(0, pb::RunOutcome::Failed, format!("unreadable run spec: {e}"), None);
                 return self.finish(req, &mut backoff).await;
             }
         };
@@ -262,7 +261,7 @@ impl RunContext {
                 }
                 Err(FetchEnd::Stopped) => return RunEnd::Stopped,
                 Err(FetchEnd::Failed(m)) => {
-                    let req = self.finish_request(self.run.resume_seq, pb::RunOutcome::Failed, m, String::new());
+                    let req = self.finish_request(self.run.resume_seq, pb::RunOutcome::Failed, m, None);
                     return self.finish(req, &mut backoff).await;
                 }
             }
@@ -391,8 +390,7 @@ impl RunContext {
                 SendError::Stopped => RunEnd::Stopped,
                 SendError::Rejected(m) => {
                     tracing::error!(run_id = %run_id, error = %m, "coordinator rejected a report");
-                    let req =
-                        self.finish_request(0, pb::RunOutcome::Failed, format!("report rejected: {m}"), String::new());
+                    let req = self.finish_request(0, pb::RunOutcome::Failed, format!("report rejected: {m}"), None);
                     self.finish(req, &mut backoff).await
                 }
             };
@@ -401,17 +399,14 @@ impl RunContext {
         let req = match compute.await {
             Ok(Ok(fin)) => {
                 let outcome = if fin.diverged { pb::RunOutcome::Diverged } else { pb::RunOutcome::Completed };
-                let json = serde_json::to_string(&fin).unwrap_or_default();
                 tracing::info!(run_id = %run_id, test_accuracy = fin.test_accuracy, diverged = fin.diverged, "run computed");
-                self.finish_request(last_seq, outcome, String::new(), json)
+                self.finish_request(last_seq, outcome, String::new(), Some(crate::convert::final_to_wire(&fin)))
             }
             Ok(Err(RunError::Stopped)) => {
                 return if self.lost.load(Ordering::Relaxed) { RunEnd::Lost } else { RunEnd::Stopped };
             }
-            Ok(Err(e)) => self.finish_request(last_seq, pb::RunOutcome::Failed, e.to_string(), String::new()),
-            Err(e) => {
-                self.finish_request(last_seq, pb::RunOutcome::Failed, format!("compute panicked: {e}"), String::new())
-            }
+            Ok(Err(e)) => self.finish_request(last_seq, pb::RunOutcome::Failed, e.to_string(), None),
+            Err(e) => self.finish_request(last_seq, pb::RunOutcome::Failed, format!("compute panicked: {e}"), None),
         };
         self.finish(req, &mut backoff).await
     }

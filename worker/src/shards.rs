@@ -122,7 +122,7 @@ impl ShardJob {
 
     async fn compute(&self) -> RunEnd {
         let Some(lease) = self.assignment.lease else { return RunEnd::Lost };
-        let spec: RunSpec = match serde_json::from_str(&self.assignment.spec_json) {
+        let spec: RunSpec = match crate::convert::assigned_spec(self.assignment.spec.clone()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(run_id = %self.assignment.run_id, error = %e, "unreadable run spec; shard dropped");

@@ -7,7 +7,7 @@
 //! report; the run goes back to the queue rewound to its last checkpoint
 //! ([`requeue`]), or fails after too many lapses.
 
-use gradsweep_shared::spec::Trainer;
+use gradsweep_shared::spec::{RunSpec, Trainer};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Cached;
@@ -25,8 +25,8 @@ pub struct Lease {
     pub epoch: u64,
     /// Sweep identifier.
     pub sweep_id: String,
-    /// The run spec as JSON.
-    pub spec_json: String,
+    /// The run's spec (its cell's, with its seed).
+    pub spec: RunSpec,
     /// 0, or the sequence number of the checkpoint to resume from.
     pub resume_seq: u64,
 }
@@ -171,8 +171,7 @@ impl Store {
             }
         }
         let Some((_, run_id, sweep_id, epoch, seed, cell_spec)) = next else { return Ok(None) };
-        let spec_json = serde_json::to_string(&spec_with_seed(&cell_spec, seed as u64)?)
-            .map_err(|e| CoordinatorError::Internal(e.to_string()))?;
+        let spec = spec_with_seed(&cell_spec, seed as u64)?;
         let epoch = epoch + 1;
         // Rewinds to the last checkpoint (a no-op for a run requeued that way).
         let resume_seq = requeue(&tx, &run_id)?;
@@ -187,7 +186,7 @@ impl Store {
         )?;
         tx.commit()?;
         tracing::info!(run_id = %run_id, epoch, worker_id, resume_seq, "run leased");
-        Ok(Some(Lease { run_id, epoch: epoch as u64, sweep_id, spec_json, resume_seq }))
+        Ok(Some(Lease { run_id, epoch: epoch as u64, sweep_id, spec, resume_seq }))
     }
 
     /// Whether the worker takes probe shards: registered, neither draining
@@ -205,13 +204,13 @@ impl Store {
 
     /// The sweep and spec of a run whose lease `owner` holds (to publish a
     /// probe pass of it); refused like a report from a stale lease.
-    pub fn pass_source(&mut self, owner: &PassOwner) -> Result<(String, String)> {
+    pub fn pass_source(&mut self, owner: &PassOwner) -> Result<(String, RunSpec)> {
         let tx = self.tx()?;
         check_lease(&tx, &owner.worker_id, &owner.run_id, owner.epoch)?;
         let sweep_id: String = tx.row("SELECT sweep_id FROM runs WHERE id = ?1", [&owner.run_id], |r| r.get(0))?;
         let spec = run_spec(&tx, &owner.run_id)?;
         tx.commit()?;
-        Ok((sweep_id, serde_json::to_string(&spec).map_err(|e| CoordinatorError::Internal(e.to_string()))?))
+        Ok((sweep_id, spec))
     }
 
     /// Of the `owners` of probe passes, those whose run lease is current.
@@ -477,7 +476,7 @@ mod tests {
         // The python worker gets its runs, with their user keys, in order.
         let l = s.acquire(&python).unwrap().unwrap();
         assert_eq!((l.sweep_id.as_str(), l.run_id.as_str()), (first.as_str(), format!("{first}/c0/s0").as_str()));
-        let spec: gradsweep_shared::spec::RunSpec = serde_json::from_str(&l.spec_json).unwrap();
+        let spec = l.spec;
         assert_eq!((spec.train.trainer, spec.user["width"].as_i64()), (parse(py), Some(4)));
         // A worker of both takes the earliest queued run of either.
         s.release(&rust, &[], true, "bye").unwrap();

@@ -520,7 +520,7 @@ mod tests {
         let w = worker(s, "w");
         let mut to_merge = vec![];
         while let Some(l) = s.acquire(&w).unwrap() {
-            let spec: gradsweep_shared::RunSpec = serde_json::from_str(&l.spec_json).unwrap();
+            let spec = l.spec.clone();
             let mut blobs = vec![];
             let stop = std::sync::atomic::AtomicBool::new(false);
             let fin = gradsweep_shared::run::execute(&spec, &stop, &mut |e| {

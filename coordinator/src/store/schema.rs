@@ -451,7 +451,7 @@ mod tests {
         let l = s.acquire(&w).unwrap().unwrap();
         assert_eq!(l.run_id, "old/c0/s1");
         let plan = crate::store::testing::plan(2, 2);
-        assert_eq!(l.spec_json, serde_json::to_string(&plan.cells[0].run_spec(1)).unwrap());
+        assert_eq!(l.spec, plan.cells[0].run_spec(1));
         assert_eq!(s.sweep("old").unwrap().count(RunState::Leased), 2, "the counts follow transitions");
         drop(s);
         let conn = Connection::open(&path).unwrap();
