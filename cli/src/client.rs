@@ -115,15 +115,22 @@ pub async fn stream_results(
     let (mut rows, mut summary) = (vec![], None::<SweepSummary>);
     while let Some(chunk) = stream.message().await? {
         match chunk.body {
-            Some(pb::results_chunk::Body::CellJson(j)) => {
-                let c: CellResult = serde_json::from_str(&j).map_err(|e| ClientError::Decode(e.to_string()))?;
+            Some(pb::results_chunk::Body::Cell(c)) => {
+                let index = c.index;
+                let c =
+                    crate::convert::cell_from_wire(c).map_err(|e| ClientError::Decode(format!("cell {index}: {e}")))?;
                 rows.push(eta_over_b_row(&c));
                 on_cell(c).map_err(ClientError::Output)?;
             }
-            Some(pb::results_chunk::Body::SummaryJson(j)) => {
-                summary = Some(serde_json::from_str(&j).map_err(|e| ClientError::Decode(e.to_string()))?)
+            Some(pb::results_chunk::Body::Summary(s)) => summary = Some(crate::convert::sweep_summary_from_wire(s)),
+            // What a coordinator of another release sends (JSON strings
+            // before protocol 7): nothing here can read it.
+            None => {
+                return Err(ClientError::Decode(
+                    "a results message of another release (the coordinator and this command must be of the same                      gradsweep version)"
+                        .into(),
+                ));
             }
-            None => {}
         }
     }
     let mut summary = summary.ok_or_else(|| ClientError::Decode("results stream ended without a summary".into()))?;

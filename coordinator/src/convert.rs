@@ -2,8 +2,15 @@
 //! only place that knows both.
 
 use gradsweep_proto::v1 as pb;
+use gradsweep_shared::epochs::{EpochStats, PeakTest};
+use gradsweep_shared::json_f64::F64;
+use gradsweep_shared::results::{BracketKind, CellBracket, CellEpochs, CellResult, RunResult, SweepSummary};
+use gradsweep_shared::run::{ProbeMeta, SizingStop};
+use gradsweep_shared::scaling::CollapseScore;
 use gradsweep_shared::spec::{ProbeConfig, ProjectionBasis, RunFinal, RunSpec, SketchSize, TrainConfig, WirePrecision};
 use gradsweep_shared::stats::RankThresholds;
+use gradsweep_shared::stats::{Bracket, SpectrumStats, Summary};
+use gradsweep_shared::trajectory::DriftStats;
 
 use crate::error::{CoordinatorError, Result};
 use crate::shards::{PassOwner, ShardGrant, ShardLease, ShardView};
@@ -132,6 +139,13 @@ pub fn outcome_from_wire(f: &pb::FinishRequest) -> Result<Outcome> {
     }
 }
 
+fn final_to_wire(f: RunFinal) -> pb::RunFinal {
+    gradsweep_proto::moved_fields!(f => pb::RunFinal {
+        steps, train_loss, final_train_loss, test_accuracy, test_loss, diverged, weights_hash;
+        params: f.params as u64,
+    })
+}
+
 fn final_from_wire(f: &pb::RunFinal) -> RunFinal {
     let f = *f;
     gradsweep_proto::moved_fields!(f => RunFinal {
@@ -148,7 +162,7 @@ pub fn spec_to_wire(s: &RunSpec) -> pb::RunSpec {
         train: Some(train_to_wire(train)),
         probe: Some(probe_to_wire(probe)),
         seed: *seed,
-        user: user.iter().map(|(k, v)| (k.clone(), user_value_to_wire(v))).collect(),
+        user: gradsweep_proto::grid_value::map_to_wire(user),
     }
 }
 
@@ -184,24 +198,189 @@ fn probe_to_wire(p: &ProbeConfig) -> pb::ProbeConfig {
     })
 }
 
-fn user_value_to_wire(v: &serde_json::Value) -> pb::UserValue {
-    use pb::user_value::Kind;
-    use serde_json::Value;
-    let kind = match v {
-        Value::Null => Kind::Null(pb::UserNull {}),
-        Value::Bool(b) => Kind::Flag(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => Kind::Integer(i),
-            (None, Some(u), _) => Kind::Unsigned(u),
-            (None, None, x) => Kind::Number(x.unwrap_or(f64::NAN)),
-        },
-        Value::String(t) => Kind::Text(t.clone()),
-        Value::Array(a) => Kind::List(pb::UserList { items: a.iter().map(user_value_to_wire).collect() }),
-        Value::Object(o) => {
-            Kind::Table(pb::UserTable { entries: o.iter().map(|(k, x)| (k.clone(), user_value_to_wire(x))).collect() })
-        }
+/// A cell's results to the wire (its typed `CellResult`; the client reads
+/// it back in `gradsweep_cli::convert`).
+pub fn cell_to_wire(c: CellResult) -> pb::CellResult {
+    gradsweep_proto::moved_fields!(c => pb::CellResult {
+        results_version, index, lr, batch_size, eta_over_b, temperature, area_rate_detectable,
+        cycling_frequency_detectable;
+        params: gradsweep_proto::grid_value::map_to_wire(&c.params),
+        seeds_total: c.seeds_total as u64,
+        seeds_done: c.seeds_done as u64,
+        seeds_diverged: c.seeds_diverged as u64,
+        d: c.d as u64,
+        train_loss: Some(summary_to_wire(c.train_loss)),
+        test_accuracy: Some(summary_to_wire(c.test_accuracy)),
+        merged_final: c.merged_final.map(spectrum_to_wire),
+        rank: Some(summary_to_wire(c.rank)),
+        rank_fraction: Some(summary_to_wire(c.rank_fraction)),
+        rank_certified: c.rank_certified.map(cell_bracket_to_wire),
+        trace: Some(summary_to_wire(c.trace)),
+        lambda_max: Some(summary_to_wire(c.lambda_max)),
+        area_rate: Some(summary_to_wire(c.area_rate)),
+        eigenspace_overlap: Some(summary_to_wire(c.eigenspace_overlap)),
+        cycling_frequency: Some(summary_to_wire(c.cycling_frequency)),
+        msd_exponent: Some(summary_to_wire(c.msd_exponent)),
+        autocorrelation: Some(summary_to_wire(c.autocorrelation)),
+        spectral_exponent: Some(summary_to_wire(c.spectral_exponent)),
+        peak_to_background: Some(summary_to_wire(c.peak_to_background)),
+        grad_norm: Some(summary_to_wire(c.grad_norm)),
+        merged_drift: c.merged_drift.map(drift_to_wire),
+        epochs: c.epochs.map(cell_epochs_to_wire),
+        runs: c.runs.into_iter().map(run_result_to_wire).collect(),
+    })
+}
+
+/// A sweep's summary to the wire, without its η/b rows (the client
+/// rebuilds them from the cells).
+pub fn sweep_summary_to_wire(s: SweepSummary) -> pb::SweepSummary {
+    gradsweep_proto::moved_fields!(s => pb::SweepSummary {
+        sweep_id, name;
+        cells: s.cells as u64,
+        runs_total: s.runs_total as u64,
+        runs_done: s.runs_done as u64,
+        collapse: s.collapse.into_iter().map(collapse_to_wire).collect(),
+    })
+}
+
+fn collapse_to_wire(c: CollapseScore) -> pb::CollapseScore {
+    gradsweep_proto::moved_fields!(c => pb::CollapseScore {
+        statistic, score, ci_lo, ci_hi, r2_separate, r2_ratio, slope_ratio, p_value, note;
+        cells: c.cells as u64,
+    })
+}
+
+fn summary_to_wire(s: Summary) -> pb::Summary {
+    gradsweep_proto::moved_fields!(s => pb::Summary { mean, std, ci95; count: s.count as u64 })
+}
+
+fn bracket_to_wire(b: Bracket) -> Option<pb::Bracket> {
+    Some(pb::Bracket { estimate: b.value, lo: b.lo, hi: b.hi })
+}
+
+fn threshold_ranks_to_wire(v: Vec<(f64, Bracket)>) -> Vec<pb::ThresholdRank> {
+    v.into_iter().map(|(threshold, b)| pb::ThresholdRank { threshold, rank: bracket_to_wire(b) }).collect()
+}
+
+fn spectrum_to_wire(s: SpectrumStats) -> pb::SpectrumStats {
+    gradsweep_proto::moved_fields!(s => pb::SpectrumStats {
+        n, eig_error, trace, top_eigenvalues, rank_threshold, rank_resolved, rank_needs_ell, grad_norm_sq,
+        effective_rank, resolved_trace_fraction, noise_scale;
+        d: s.d as u64,
+        ell: s.ell as u64,
+        lambda_max: bracket_to_wire(s.lambda_max),
+        rank: bracket_to_wire(s.rank),
+        rank_fraction: bracket_to_wire(s.rank_fraction),
+        ranks_relative: threshold_ranks_to_wire(s.ranks_relative),
+        ranks_absolute: threshold_ranks_to_wire(s.ranks_absolute),
+        stable_rank: bracket_to_wire(s.stable_rank),
+        isotropy: bracket_to_wire(s.isotropy),
+        energy_rank_90: bracket_to_wire(s.energy_rank_90),
+        energy_rank_99: bracket_to_wire(s.energy_rank_99),
+    })
+}
+
+fn cell_bracket_to_wire(b: CellBracket) -> pb::CellBracket {
+    gradsweep_proto::moved_fields!(b => pb::CellBracket {
+        lo, hi, ci95, ceiling, resolved, needs_ell, exact_ell;
+        seeds: b.seeds as u64,
+        memory_cap: b.memory_cap.map(|(max_ell, memory_mb)| pb::MemoryCap { max_ell, memory_mb }),
+        kind: match b.kind {
+            BracketKind::PaperRank => pb::BracketKind::PaperRank,
+            BracketKind::Count => pb::BracketKind::Count,
+            BracketKind::Value => pb::BracketKind::Value,
+        } as i32,
+    })
+}
+
+fn drift_to_wire(d: DriftStats) -> pb::DriftStats {
+    let lags =
+        |v: Vec<(usize, f64)>| v.into_iter().map(|(lag, value)| pb::LagValue { lag: lag as u64, value }).collect();
+    let freqs = |v: Vec<(f64, f64)>| v.into_iter().map(|(frequency, value)| pb::FrequencyValue { frequency, value });
+    let rows = |m: Vec<Vec<F64>>| {
+        m.into_iter().map(|r| pb::DoubleRow { values: r.into_iter().map(|x| x.0).collect() }).collect()
     };
-    pb::UserValue { kind: Some(kind) }
+    gradsweep_proto::moved_fields!(d => pb::DriftStats {
+        points, area_rate, max_area_rate, cycling_frequency, max_pair_cycling_frequency, msd_exponent,
+        spectral_exponent, peak_frequency, peak_to_background, circulation_frequency;
+        max_area_pair: Some(pb::IndexPair { i: d.max_area_pair.0 as u64, j: d.max_area_pair.1 as u64 }),
+        msd: lags(d.msd),
+        autocorrelation: lags(d.autocorrelation),
+        spectrum: freqs(d.spectrum).collect(),
+        quadrature_spectrum: freqs(d.quadrature_spectrum).collect(),
+        area_rates: rows(d.area_rates),
+        cycling_frequencies: rows(d.cycling_frequencies),
+    })
+}
+
+fn increments_to_wire(v: Vec<(F64, F64, F64)>) -> Vec<pb::IncrementPower> {
+    v.into_iter().map(|(f, m, s)| pb::IncrementPower { frequency: f.0, mean: m.0, std: s.0 }).collect()
+}
+
+fn peak_to_wire(p: PeakTest) -> pb::PeakTest {
+    gradsweep_proto::moved_fields!(p => pb::PeakTest {
+        statistic, frequency, p_value;
+        coordinate: p.coordinate as u64,
+        surrogates: p.surrogates as u64,
+    })
+}
+
+fn cell_epochs_to_wire(e: CellEpochs) -> pb::CellEpochs {
+    pb::CellEpochs {
+        epochs: Some(summary_to_wire(e.epochs)),
+        merged_drift: e.merged_drift.map(drift_to_wire),
+        increment_spectrum: increments_to_wire(e.increment_spectrum),
+        weight_norm_trend: Some(summary_to_wire(e.weight_norm_trend)),
+        peaks_significant: e.peaks_significant as u64,
+        peaks_tested: e.peaks_tested as u64,
+        strongest_peak: e.strongest_peak.map(|(seed, t)| pb::SeedPeak { seed, test: Some(peak_to_wire(t)) }),
+    }
+}
+
+fn epoch_stats_to_wire(e: EpochStats) -> pb::EpochStats {
+    gradsweep_proto::moved_fields!(e => pb::EpochStats {
+        epochs, weight_norm_first, weight_norm_last, weight_norm_trend;
+        drift: Some(drift_to_wire(e.drift)),
+        increment_spectrum: increments_to_wire(e.increment_spectrum),
+        peaks: e.peaks.map(peak_to_wire),
+    })
+}
+
+fn probe_meta_to_wire(m: ProbeMeta) -> pb::ProbeMeta {
+    use pb::probe_sizing::Stop;
+    gradsweep_proto::moved_fields!(m => pb::ProbeMeta {
+        index, epoch, step, train_loss, train_accuracy, saved_rows;
+        exact: m.exact.map(spectrum_to_wire),
+        sizing: m.sizing.map(|s| pb::ProbeSizing {
+            passes: s.passes,
+            stop: Some(match s.stop {
+                SizingStop::Fixed => Stop::Fixed(pb::SizingFixed {}),
+                SizingStop::Resolved => Stop::Resolved(pb::SizingResolved {}),
+                SizingStop::MemoryCap { max_ell, memory_mb } => Stop::MemoryCap(pb::MemoryCap { max_ell, memory_mb }),
+                SizingStop::ExactSize => Stop::ExactSize(pb::SizingExactSize {}),
+            }),
+        }),
+    })
+}
+
+fn run_result_to_wire(r: RunResult) -> pb::RunResult {
+    gradsweep_proto::moved_fields!(r => pb::RunResult {
+        run_id, seed;
+        final_figures: Some(final_to_wire(r.fin)),
+        probes: r
+            .probes
+            .into_iter()
+            .map(|p| pb::ProbeSummary {
+                meta: Some(probe_meta_to_wire(p.meta)),
+                spectrum: Some(spectrum_to_wire(p.spectrum)),
+            })
+            .collect(),
+        pooled: r.pooled.map(spectrum_to_wire),
+        drift: r.drift.map(drift_to_wire),
+        eigenspace_overlap: r.eigenspace_overlap.into_iter().map(|x| x.0).collect(),
+        grad_norm: r.grad_norm.into_iter().map(|(epoch, x)| pb::EpochValue { epoch, value: x.0 }).collect(),
+        epochs: r.epochs.map(epoch_stats_to_wire),
+    })
 }
 
 /// Leases named on the wire.

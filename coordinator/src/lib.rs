@@ -25,7 +25,7 @@
 //! * [`shards`] — [`shards::ShardBoard`]: probe shards leased to idle workers, in memory.
 //! * [`state`] — [`Coordinator`]: transitions to the writer, reads on read-only connections, work notification,
 //!   the lease reaper, the cell merger.
-//! * [`convert`] — wire ↔ domain conversions.
+//! * [`convert`] — wire ↔ domain conversions: run specs and results out, reports and final figures in.
 //! * [`service`] — the `WorkerService` and `ControlService` handlers.
 //! * [`server`] — [`serve`]: both services, health and reflection on a listener until shutdown; token and TLS.
 //! * [`metrics`] — the Prometheus metrics the coordinator serves.

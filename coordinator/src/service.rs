@@ -381,7 +381,6 @@ impl ControlService for ControlApi {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let state = self.state.clone();
         tokio::spawn(async move {
-            let to_json = |v: serde_json::Result<String>| v.map_err(|e| Status::internal(e.to_string()));
             // The η/b rows are left to the client, which has the cells.
             let mut summary = SummaryBuilder::without_rows(row.id.clone(), row.name.clone(), row.total() as usize);
             for start in (0..row.cells).step_by(RESULTS_PAGE_CELLS as usize) {
@@ -393,18 +392,17 @@ impl ControlService for ControlApi {
                         return;
                     }
                 };
-                for (c, _) in &page {
-                    summary.add(c);
-                    let chunk = to_json(serde_json::to_string(c))
-                        .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::CellJson(j)) });
-                    if tx.send(chunk).await.is_err() {
+                for (c, _) in page {
+                    summary.add(&c);
+                    let chunk =
+                        pb::ResultsChunk { body: Some(pb::results_chunk::Body::Cell(convert::cell_to_wire(c))) };
+                    if tx.send(Ok(chunk)).await.is_err() {
                         return;
                     }
                 }
             }
-            let last = to_json(serde_json::to_string(&summary.finish()))
-                .map(|j| pb::ResultsChunk { body: Some(pb::results_chunk::Body::SummaryJson(j)) });
-            let _ = tx.send(last).await;
+            let last = convert::sweep_summary_to_wire(summary.finish());
+            let _ = tx.send(Ok(pb::ResultsChunk { body: Some(pb::results_chunk::Body::Summary(last)) })).await;
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }

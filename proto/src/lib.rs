@@ -11,6 +11,7 @@
 //! # Layout
 //! * [`v1`] — generated code for package `gradsweep.v1`.
 //! * [`transport`] — how clients reach a coordinator: address, TLS, token.
+//! * [`grid_value`] — grid values (`[user]` keys, axis values) to and from the wire's `GridValue`.
 //! * [`metrics`] — Prometheus metric primitives, text exposition and the `/metrics` endpoint.
 //! * [`FILE_DESCRIPTOR_SET`] — the encoded schema, served by gRPC reflection.
 //! * [`PROTOCOL_VERSION`] — checked at worker registration.
@@ -23,6 +24,7 @@ pub mod v1 {
     tonic::include_proto!("gradsweep.v1");
 }
 
+pub mod grid_value;
 pub mod metrics;
 pub mod transport;
 
@@ -41,8 +43,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// 6: probe shards leased to other workers (PublishPass, ClaimShard,
 /// TakeShard, ClosePass, FetchPass, SubmitShard; shard assignments from
 /// Acquire; shard leases in heartbeats and releases).
-/// 7: run specs and final figures as typed messages (`RunSpec`, `RunFinal`)
-/// instead of JSON strings.
+/// 7: run specs, final figures and results as typed messages (`RunSpec`,
+/// `RunFinal`, `CellResult`, `SweepSummary`) instead of JSON strings.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// `$ty { f: $src.f, …, g: expr, … }`: a struct literal whose fields `f`

@@ -1,8 +1,6 @@
 //! The worker's one wire↔domain module: run specs from the wire, run events
 //! to wire reports, final figures to the wire.
 
-use std::collections::BTreeMap;
-
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_shared::run::RunEvent;
@@ -37,13 +35,8 @@ pub fn spec_from_wire(s: pb::RunSpec) -> Result<RunSpec, SpecError> {
     let pb::RunSpec { train, probe, seed, user } = s;
     let train = train.ok_or_else(|| spec_error("train", "missing"))?;
     let probe = probe.ok_or_else(|| spec_error("probe", "missing"))?;
-    let user = user
-        .into_iter()
-        .map(|(k, v)| {
-            let v = user_value_from_wire(&format!("user.{k}"), v)?;
-            Ok((k, v))
-        })
-        .collect::<Result<BTreeMap<_, _>, SpecError>>()?;
+    let user = gradsweep_proto::grid_value::map_from_wire("user", user)
+        .map_err(|e| SpecError { field: e.field, problem: e.problem })?;
     Ok(RunSpec { train: train_from_wire(train)?, probe: probe_from_wire(probe)?, seed, user })
 }
 
@@ -81,38 +74,6 @@ fn probe_from_wire(p: pb::ProbeConfig) -> Result<ProbeConfig, SpecError> {
         exact;
         sketch_rank: sketch_rank, basis: basis, wire_precision: wire_precision,
     }))
-}
-
-fn user_value_from_wire(field: &str, v: pb::UserValue) -> Result<serde_json::Value, SpecError> {
-    use pb::user_value::Kind;
-    use serde_json::Value;
-    Ok(match v.kind {
-        Some(Kind::Flag(b)) => Value::Bool(b),
-        Some(Kind::Integer(i)) => Value::from(i),
-        Some(Kind::Unsigned(u)) => Value::from(u),
-        Some(Kind::Number(x)) => serde_json::Number::from_f64(x)
-            .map(Value::Number)
-            .ok_or_else(|| spec_error(field, format!("{x} is not a finite number")))?,
-        Some(Kind::Text(t)) => Value::String(t),
-        Some(Kind::List(l)) => Value::Array(
-            l.items
-                .into_iter()
-                .enumerate()
-                .map(|(i, x)| user_value_from_wire(&format!("{field}[{i}]"), x))
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(Kind::Table(t)) => Value::Object(
-            t.entries
-                .into_iter()
-                .map(|(k, x)| {
-                    let x = user_value_from_wire(&format!("{field}.{k}"), x)?;
-                    Ok((k, x))
-                })
-                .collect::<Result<_, SpecError>>()?,
-        ),
-        Some(Kind::Null(pb::UserNull {})) => Value::Null,
-        None => return Err(spec_error(field, "a user value without a kind")),
-    })
 }
 
 /// A run's final figures to the wire.
@@ -196,15 +157,15 @@ mod tests {
         s.train.as_mut().unwrap().trainer = "julia:x".into();
         assert_eq!(refused(s).field, "train.trainer");
         // User values: named down to the element.
-        let number = |x| pb::UserValue { kind: Some(pb::user_value::Kind::Number(x)) };
-        let list = pb::UserValue {
-            kind: Some(pb::user_value::Kind::List(pb::UserList { items: vec![number(1.0), number(f64::INFINITY)] })),
+        let number = |x| pb::GridValue { kind: Some(pb::grid_value::Kind::Number(x)) };
+        let list = pb::GridValue {
+            kind: Some(pb::grid_value::Kind::List(pb::GridList { items: vec![number(1.0), number(f64::INFINITY)] })),
         };
         let mut s = wire_spec();
         s.user.insert("widths".into(), list);
         assert_eq!(refused(s).field, "user.widths[1]");
         let mut s = wire_spec();
-        s.user.insert("depth".into(), pb::UserValue { kind: None });
+        s.user.insert("depth".into(), pb::GridValue { kind: None });
         assert_eq!(refused(s).field, "user.depth");
     }
 

@@ -15,7 +15,7 @@
 //! # Layout
 //! * [`config`] — [`WorkerConfig`].
 //! * [`executor`] — what computes a run: the built-in engine, or another trainer ([`executor::Executor`]).
-//! * [`convert`] — run events → wire reports (chunked blobs), the only wire↔domain code here.
+//! * [`convert`] — run specs from the wire, run events → wire reports (chunked blobs), final figures to the wire; the only wire↔domain code here.
 //! * [`runner`] — one run: compute thread + acknowledged, re-sendable report stream.
 //! * [`slots`] — the worker's slots; idle ones lent to running probes for their shards.
 //! * [`shards`] — probe shards across workers: offering a run's passes, computing other runs' shards.
