@@ -111,7 +111,7 @@ pub async fn stream_results(
     on_cell: &mut dyn FnMut(CellResult) -> std::io::Result<()>,
 ) -> Result<SweepSummary, ClientError> {
     use gradsweep_shared::results::{eta_over_b_row, sort_by_eta_over_b};
-    let mut stream = client.results(gradsweep_coordinator::convert::results_request(sweep_id, th)).await?.into_inner();
+    let mut stream = client.results(crate::convert::results_request(sweep_id, th)).await?.into_inner();
     let (mut rows, mut summary) = (vec![], None::<SweepSummary>);
     while let Some(chunk) = stream.message().await? {
         match chunk.body {

@@ -1,7 +1,8 @@
-//! The client's wire→domain module: the results a coordinator streams
-//! (`CellResult`, `SweepSummary`) read back into `gradsweep-shared`'s
-//! types. The coordinator's `convert` module writes them; a message this
-//! client cannot read is refused naming the field, never guessed.
+//! The client's wire↔domain module: results requests out, and the results
+//! a coordinator streams (`CellResult`, `SweepSummary`) read back into
+//! `gradsweep-shared`'s types. The coordinator's `convert` module writes
+//! them; a message this client cannot read is refused naming the field,
+//! never guessed.
 
 use gradsweep_proto::v1 as pb;
 use gradsweep_shared::epochs::{EpochStats, PeakTest};
@@ -12,7 +13,7 @@ use gradsweep_shared::results::{
 use gradsweep_shared::run::{ProbeMeta, ProbeSizing, SizingStop};
 use gradsweep_shared::scaling::CollapseScore;
 use gradsweep_shared::spec::RunFinal;
-use gradsweep_shared::stats::{Bracket, SpectrumStats, Summary};
+use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 use gradsweep_shared::trajectory::DriftStats;
 
 /// A results message this client cannot read: which field, and why.
@@ -34,6 +35,16 @@ fn missing(field: &str) -> WireError {
 /// A required message field.
 fn req<T>(v: Option<T>, field: &str) -> Result<T> {
     v.ok_or_else(|| missing(field))
+}
+
+/// The wire form of a results request: a sweep, with ranks at extra
+/// thresholds `th` too.
+pub fn results_request(sweep_id: &str, th: &RankThresholds) -> pb::ResultsRequest {
+    pb::ResultsRequest {
+        sweep_id: sweep_id.to_string(),
+        rank_thresholds_relative: th.relative.clone(),
+        rank_thresholds_absolute: th.absolute.clone(),
+    }
 }
 
 /// A cell's results from the wire.
@@ -261,12 +272,10 @@ mod tests {
     use std::ops::ControlFlow;
     use std::sync::atomic::AtomicBool;
 
+    use super::*;
     use gradsweep_coordinator::convert::{cell_to_wire, sweep_summary_to_wire};
     use gradsweep_shared::results::{RunData, cell_result};
     use gradsweep_shared::run::RunEvent;
-    use gradsweep_shared::stats::RankThresholds;
-
-    use super::*;
 
     /// Two cells of two seeds, recorded per step and per epoch, with exact
     /// spectra beside the sketches and saved rows: every optional part of

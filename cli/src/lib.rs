@@ -14,7 +14,7 @@
 //! * [`args`] — flags shared by several commands: connection, output format, rank thresholds.
 //! * [`client`] — connecting to a coordinator, and the one place a gRPC status becomes a client error.
 //! * [`commands`] — the client commands.
-//! * [`convert`] — results from the wire (typed cells and summary), the client's one wire→domain module.
+//! * [`convert`] — results requests to the wire, typed cells and summary from it: the client's one wire↔domain module.
 //! * [`local`] — `gradsweep local`: a coordinator on loopback, worker processes, the results.
 //! * [`serve`] — `gradsweep serve`: the coordinator daemon's flags and signals.
 //! * [`analyze`] — `gradsweep analyze`: statistics of NPY files from any framework.

@@ -112,15 +112,6 @@ pub fn thresholds_from_wire(r: &pb::ResultsRequest) -> Result<RankThresholds> {
     Ok(th)
 }
 
-/// The wire form of a results request.
-pub fn results_request(sweep_id: &str, th: &RankThresholds) -> pb::ResultsRequest {
-    pb::ResultsRequest {
-        sweep_id: sweep_id.to_string(),
-        rank_thresholds_relative: th.relative.clone(),
-        rank_thresholds_absolute: th.absolute.clone(),
-    }
-}
-
 /// A finish request's outcome.
 pub fn outcome_from_wire(f: &pb::FinishRequest) -> Result<Outcome> {
     let fin = || -> Result<RunFinal> {
