@@ -9,7 +9,9 @@
 
 use std::time::Instant;
 
-use gradsweep_shared::linalg::{EigenSolver, gram_f64_of_f32, gram_f64_of_f32_groups, sgemm, sym_eigen, sym_eigen_by};
+use gradsweep_shared::linalg::{
+    EigenSolver, Split, gram_f64_of_f32, gram_f64_of_f32_groups, sgemm, sym_eigen, sym_eigen_with,
+};
 use gradsweep_shared::rng::{Rng, Stream};
 use gradsweep_shared::sketch::FdSketch;
 
@@ -54,7 +56,7 @@ fn main() {
     });
     let t_by = |solver| {
         best(10, || {
-            std::hint::black_box(sym_eigen_by(solver, r, &g));
+            std::hint::black_box(sym_eigen_with(r, &g, solver, Split::Whole));
         })
     };
     let (t_eispack, t_faer) = (t_by(EigenSolver::Eispack), t_by(EigenSolver::Faer));

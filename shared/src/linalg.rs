@@ -436,41 +436,36 @@ pub const FAER_MIN_ORDER: usize = 160;
 /// through faer's blocked tridiagonalisation and divide and conquer, run
 /// sequentially so that the result does not depend on a thread count.
 pub fn sym_eigen(n: usize, a: &[f64]) -> SymEigen {
-    sym_eigen_split(n, a, Split::Whole)
+    sym_eigen_with(n, a, EigenSolver::ByOrder, Split::Whole)
 }
 
-/// [`sym_eigen`] cut as `split` says: from [`FAER_MIN_ORDER`] on, faer's
-/// solver runs at degree 2 for [`Split::Halves`] (its parallel
-/// tridiagonalisation sums fixed column ranges' partial products in a
-/// fixed order: the same bits on a pool of one thread or of many, but not
-/// the bits of [`Split::Whole`]). Below it, the EISPACK pair, whole.
-pub fn sym_eigen_split(n: usize, a: &[f64], split: Split) -> SymEigen {
-    assert_eq!(a.len(), n * n, "sym_eigen: wrong size");
-    if n == 0 {
-        return SymEigen { values: vec![], vectors: vec![] };
-    }
-    if n >= FAER_MIN_ORDER { faer_eigen(n, a, true, split) } else { eispack_eigen(n, a) }
-}
-
-/// Which dense symmetric eigensolver to use (see [`sym_eigen`], which picks
-/// by order; benchmarks compare the two).
+/// Which dense symmetric eigensolver to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EigenSolver {
-    /// Householder tridiagonalisation and implicit QL, hand-written.
+    /// By order, as [`sym_eigen`] does: EISPACK below [`FAER_MIN_ORDER`],
+    /// faer from it on.
+    ByOrder,
+    /// Householder tridiagonalisation and implicit QL, hand-written (always
+    /// whole); benchmarks compare it with faer.
     Eispack,
-    /// faer's blocked tridiagonalisation and divide and conquer, sequential.
+    /// faer's blocked tridiagonalisation and divide and conquer.
     Faer,
 }
 
-/// [`sym_eigen`] with the solver chosen by the caller.
-pub fn sym_eigen_by(solver: EigenSolver, n: usize, a: &[f64]) -> SymEigen {
+/// [`sym_eigen`] with the solver and the cut chosen by the caller. faer's
+/// solver runs at degree 2 for [`Split::Halves`] (its parallel
+/// tridiagonalisation sums fixed column ranges' partial products in a
+/// fixed order: the same bits on a pool of one thread or of many, but not
+/// the bits of [`Split::Whole`]); the EISPACK pair always runs whole.
+pub fn sym_eigen_with(n: usize, a: &[f64], solver: EigenSolver, split: Split) -> SymEigen {
     assert_eq!(a.len(), n * n, "sym_eigen: wrong size");
     if n == 0 {
         return SymEigen { values: vec![], vectors: vec![] };
     }
     match solver {
-        EigenSolver::Faer => faer_eigen(n, a, true, Split::Whole),
-        EigenSolver::Eispack => eispack_eigen(n, a),
+        EigenSolver::ByOrder if n >= FAER_MIN_ORDER => faer_eigen(n, a, true, split),
+        EigenSolver::Faer => faer_eigen(n, a, true, split),
+        EigenSolver::ByOrder | EigenSolver::Eispack => eispack_eigen(n, a),
     }
 }
 
@@ -927,7 +922,10 @@ mod tests {
             let k = n + 5;
             let rows: Vec<f64> = (0..n * k).map(|i| rng.normal() / (1.0 + (i / k) as f64).powf(1.5)).collect();
             let a = gram_f64(n, k, &rows);
-            let (x, y) = (sym_eigen_by(EigenSolver::Eispack, n, &a), sym_eigen_by(EigenSolver::Faer, n, &a));
+            let (x, y) = (
+                sym_eigen_with(n, &a, EigenSolver::Eispack, Split::Whole),
+                sym_eigen_with(n, &a, EigenSolver::Faer, Split::Whole),
+            );
             let top = x.values[0];
             for i in 0..n {
                 assert!(

@@ -30,9 +30,11 @@
 
 use std::ops::Range;
 
+use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, IntoParallelRefMutIterator, ParallelIterator};
+
 use crate::linalg::{
-    Split, SymEigen, View, dgemm, gram_f64, gram_f64_of_f32_groups_split, sgemm_view, sum_sq_f64, sym_eigen,
-    sym_eigen_split, sym_eigenvalues,
+    EigenSolver, Split, SymEigen, View, dgemm, gram_f64, gram_f64_of_f32_groups_split, sgemm_view, sum_sq_f64,
+    sym_eigen, sym_eigen_with, sym_eigenvalues,
 };
 
 /// `x` rounded to `2^k × (nearest f16 of x·2^-k)`; the same expression
@@ -349,7 +351,7 @@ impl FdSketch {
         // the stored rows). What their f32 rounding leaves off the diagonal
         // is of the order of the rotation's own rounding.
         let gram = gram_f64_of_f32_groups_split(r, d, &self.buf, &self.orthogonal, split);
-        let eig = sym_eigen_split(r, &gram, split);
+        let eig = sym_eigen_with(r, &gram, EigenSolver::ByOrder, split);
         let delta = eig.values[ell].max(0.0);
         // New rows: coef[i, :] = sqrt(λᵢ−δ)/sqrt(λᵢ) · Uᵢ  (i < ℓ, λᵢ > δ).
         let mut coef: Vec<f32> = Vec::with_capacity(ell * r);
@@ -381,11 +383,10 @@ impl FdSketch {
         let starts: Vec<usize> = (0..d).step_by(ROTATE_PANEL).collect();
         for group in starts.chunks(step) {
             let buf = &self.buf;
-            match (group, tmp.as_mut_slice()) {
-                ([a, b], [ta, tb, ..]) => {
-                    rayon::join(|| rotate(buf, *a, ta), || rotate(buf, *b, tb));
-                }
-                _ => group.iter().zip(tmp.iter_mut()).for_each(|(&a, t)| rotate(buf, a, t)),
+            let work = |(&start, t): (&usize, &mut Vec<f32>)| rotate(buf, start, t);
+            match split {
+                Split::Whole => group.iter().zip(tmp.iter_mut()).for_each(work),
+                Split::Halves => group.par_iter().zip(tmp.par_iter_mut()).for_each(work),
             }
             for (&start, t) in group.iter().zip(&tmp) {
                 let w = ROTATE_PANEL.min(d - start);
