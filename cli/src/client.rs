@@ -1,9 +1,9 @@
 //! Client helpers for talking to a coordinator (CLI and tests).
 
-use gradsweep_proto::MAX_MESSAGE_BYTES;
 use gradsweep_proto::transport::{AuthChannel, ClientSecurity, TransportError};
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::control_service_client::ControlServiceClient;
+use gradsweep_proto::{Assembly, MAX_MESSAGE_BYTES};
 use gradsweep_shared::results::{CellResult, SweepSummary};
 use gradsweep_shared::stats::RankThresholds;
 
@@ -139,6 +139,10 @@ pub async fn stream_results(
     Ok(summary)
 }
 
+/// Largest blob (a cell's spectra, a gradient file) the client puts
+/// together from a coordinator's chunks: 4 GiB.
+const CLIENT_BLOB_LIMIT: usize = 1 << 32;
+
 /// Every cell's spectra ([`gradsweep_shared::digest::CellSpectra`]), by
 /// cell, reassembled from their chunks and checked (CRC) as they arrive.
 pub async fn export_spectra(
@@ -147,25 +151,21 @@ pub async fn export_spectra(
 ) -> Result<Vec<(u32, gradsweep_shared::digest::CellSpectra)>, ClientError> {
     let req = pb::ExportSpectraRequest { sweep_id: sweep_id.into() };
     let mut stream = client.export_spectra(req).await?.into_inner();
-    let (mut out, mut bytes, mut next) = (vec![], Vec::new(), 0u32);
+    let decode = |e: gradsweep_proto::AssemblyError| ClientError::Decode(e.0);
+    let (mut out, mut blob) = (vec![], Assembly::new("spectra", CLIENT_BLOB_LIMIT));
     while let Some(c) = stream.message().await? {
-        if c.chunk_index != next || c.chunk_index >= c.chunk_count {
-            return Err(ClientError::Decode(format!(
-                "spectra of cell {}: chunk {} of {} out of order (expected chunk {next})",
-                c.cell, c.chunk_index, c.chunk_count
-            )));
+        if blob.is_empty() {
+            blob = Assembly::new(format!("spectra of cell {}", c.cell), CLIENT_BLOB_LIMIT);
         }
-        bytes.extend_from_slice(&c.data);
-        next += 1;
-        if next == c.chunk_count {
+        if blob.push(c.chunk_index, c.chunk_count, &c.data).map_err(decode)? {
+            let bytes = blob.take("spectra").map_err(decode)?;
             let sp = gradsweep_shared::digest::CellSpectra::decode(&bytes)
                 .map_err(|e| ClientError::Decode(format!("spectra of cell {}: {e}", c.cell)))?;
             out.push((c.cell, sp));
-            (bytes, next) = (Vec::new(), 0);
         }
     }
-    if next != 0 {
-        return Err(ClientError::Decode("spectra stream ended inside a cell".into()));
+    if !blob.is_empty() {
+        blob.finish().map_err(decode)?;
     }
     Ok(out)
 }
@@ -206,38 +206,40 @@ pub async fn export_gradients(
 ) -> Result<usize, ClientError> {
     let req = pb::ExportGradientsRequest { sweep_id: sweep_id.into() };
     let mut stream = client.export_gradients(req).await?.into_inner();
-    let (mut current, mut files, mut next) = (None::<SavedGradientsFile>, 0usize, 0u32);
+    let decode = |e: gradsweep_proto::AssemblyError| ClientError::Decode(e.0);
+    let mut current = None::<(SavedGradientsFile, Assembly)>;
+    let mut files = 0usize;
     while let Some(c) = stream.message().await? {
-        let file = current.get_or_insert_with(|| SavedGradientsFile {
-            cell: c.cell,
-            seed: c.seed,
-            probe_index: c.probe_index,
-            epoch: c.epoch,
-            weights: c.weights,
-            npy: vec![],
+        let (file, blob) = current.get_or_insert_with(|| {
+            let file = SavedGradientsFile {
+                cell: c.cell,
+                seed: c.seed,
+                probe_index: c.probe_index,
+                epoch: c.epoch,
+                weights: c.weights,
+                npy: vec![],
+            };
+            let blob = Assembly::new(format!("gradient file {}", file.file_name()), CLIENT_BLOB_LIMIT);
+            (file, blob)
         });
         // Chunks of one file arrive in order, file after file.
-        let same = (file.cell, file.seed, file.probe_index, file.weights) == (c.cell, c.seed, c.probe_index, c.weights);
-        if !same || c.chunk_index != next || c.chunk_index >= c.chunk_count {
+        if (file.cell, file.seed, file.probe_index, file.weights) != (c.cell, c.seed, c.probe_index, c.weights) {
             return Err(ClientError::Decode(format!(
-                "gradient file {}: chunk {} of {} out of order (expected chunk {next})",
-                file.file_name(),
-                c.chunk_index,
-                c.chunk_count
+                "gradient file {}: a chunk of another file arrived before its last",
+                file.file_name()
             )));
         }
-        file.npy.extend_from_slice(&c.data);
-        next += 1;
-        if next == c.chunk_count
-            && let Some(done) = current.take()
+        if blob.push(c.chunk_index, c.chunk_count, &c.data).map_err(decode)?
+            && let Some((mut done, blob)) = current.take()
         {
+            done.npy = blob.finish().map_err(decode)?;
             let name = done.file_name();
             on_file(done).map_err(|e| ClientError::Write(format!("cannot write gradient file {name}: {e}")))?;
-            (files, next) = (files + 1, 0);
+            files += 1;
         }
     }
-    if let Some(f) = current {
-        return Err(ClientError::Decode(format!("the stream ended inside gradient file {}", f.file_name())));
+    if let Some((_, blob)) = current {
+        blob.finish().map_err(decode)?;
     }
     Ok(files)
 }

@@ -459,45 +459,6 @@ pub fn shard_view_to_wire(v: ShardView) -> Vec<pb::TakeShardChunk> {
     }
 }
 
-/// Puts a blob sent in chunks back together: the chunks must come in
-/// order, all claiming one count, and stay under `limit` bytes in all.
-#[derive(Debug)]
-pub struct Assembly {
-    what: &'static str,
-    data: Vec<u8>,
-    next: u32,
-    count: Option<u32>,
-    limit: usize,
-}
-
-impl Assembly {
-    /// An empty blob called `what` in errors, of at most `limit` bytes.
-    pub fn new(what: &'static str, limit: usize) -> Self {
-        Assembly { what, data: vec![], next: 0, count: None, limit }
-    }
-
-    /// Adds chunk `index` of `count`.
-    pub fn push(&mut self, index: u32, count: u32, data: &[u8]) -> Result<()> {
-        if index != self.next || count == 0 || self.count.is_some_and(|c| c != count) || index >= count {
-            return Err(bad(format!("{}: chunk {index} of {count} out of order (expected {})", self.what, self.next)));
-        }
-        if self.data.len() + data.len() > self.limit {
-            return Err(bad(format!("{} larger than {} bytes", self.what, self.limit)));
-        }
-        self.data.extend_from_slice(data);
-        (self.next, self.count) = (index + 1, Some(count));
-        Ok(())
-    }
-
-    /// The whole blob, once its last chunk arrived.
-    pub fn finish(self) -> Result<Vec<u8>> {
-        match self.count {
-            Some(c) if c == self.next => Ok(self.data),
-            _ => Err(bad(format!("{}: stream ended after {} chunks of {:?}", self.what, self.next, self.count))),
-        }
-    }
-}
-
 /// A stored checkpoint as wire chunks, each under the message size limit.
 pub fn checkpoint_chunks(data: &[u8]) -> Vec<pb::CheckpointChunk> {
     let parts = gradsweep_proto::chunk_slices(data);

@@ -291,16 +291,17 @@ async fn gather<M, H>(
 where
     M: ChunkData,
 {
-    let mut blob = convert::Assembly::new(what, MAX_SHARD_BYTES);
+    let bad = |e: gradsweep_proto::AssemblyError| Status::invalid_argument(e.0);
+    let mut blob = gradsweep_proto::Assembly::new(what, MAX_SHARD_BYTES);
     let mut first = None;
     while let Some(c) = stream.next().await {
         let c = c?;
         let (h, (index, count)) = head(&c)?;
-        blob.push(index, count, c.data())?;
+        blob.push(index, count, c.data()).map_err(bad)?;
         first.get_or_insert(h);
     }
     let first = first.ok_or_else(|| Status::invalid_argument(format!("{what} without chunks")))?;
-    Ok((first, blob.finish()?))
+    Ok((first, blob.finish().map_err(bad)?))
 }
 
 /// A streamed chunk's payload.

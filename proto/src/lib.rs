@@ -11,6 +11,7 @@
 //! # Layout
 //! * [`v1`] — generated code for package `gradsweep.v1`.
 //! * [`transport`] — how clients reach a coordinator: address, TLS, token.
+//! * [`chunks`] — blobs cut into chunks under the message limit, and put back together ([`Assembly`]).
 //! * [`grid_value`] — grid values (`[user]` keys, axis values) to and from the wire's `GridValue`.
 //! * [`metrics`] — Prometheus metric primitives, text exposition and the `/metrics` endpoint.
 //! * [`FILE_DESCRIPTOR_SET`] — the encoded schema, served by gRPC reflection.
@@ -24,7 +25,10 @@ pub mod v1 {
     tonic::include_proto!("gradsweep.v1");
 }
 
+pub mod chunks;
 pub mod grid_value;
+
+pub use chunks::{Assembly, AssemblyError, chunk_slices};
 pub mod metrics;
 pub mod transport;
 
@@ -64,9 +68,3 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest payload of one blob chunk, leaving headroom under [`MAX_MESSAGE_BYTES`].
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
-
-/// Splits a blob into chunk payloads of at most [`MAX_CHUNK_BYTES`], in
-/// order; an empty blob is one empty chunk, so every blob has a last chunk.
-pub fn chunk_slices(bytes: &[u8]) -> Vec<&[u8]> {
-    if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(MAX_CHUNK_BYTES).collect() }
-}

@@ -162,19 +162,12 @@ impl RunContext {
         loop {
             let got = async {
                 let mut stream = self.client.clone().fetch_checkpoint(req.clone()).await?.into_inner();
-                let mut data = vec![];
-                let mut expected = 0u32;
+                let lost = |e: gradsweep_proto::AssemblyError| tonic::Status::data_loss(e.0);
+                let mut blob = gradsweep_proto::Assembly::new("checkpoint", usize::MAX);
                 while let Some(c) = stream.message().await? {
-                    if c.chunk_index != expected {
-                        return Err(tonic::Status::data_loss(format!(
-                            "checkpoint chunk {} arrived, expected {expected}",
-                            c.chunk_index
-                        )));
-                    }
-                    expected += 1;
-                    data.extend_from_slice(&c.data);
+                    blob.push(c.chunk_index, c.chunk_count, &c.data).map_err(lost)?;
                 }
-                Ok(data)
+                blob.finish().map_err(lost)
             }
             .await;
             match got {

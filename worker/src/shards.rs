@@ -333,11 +333,17 @@ impl OpenPass for RemotePass<'_> {
             let answer = self.exchange.call(
                 async move {
                     let mut stream = c.take_shard(req).await?.into_inner();
-                    let (mut state, mut data) = (pb::ShardState::Unspecified, vec![]);
+                    let lost = |e: gradsweep_proto::AssemblyError| tonic::Status::data_loss(e.0);
+                    let mut state = pb::ShardState::Unspecified;
+                    let mut blob = gradsweep_proto::Assembly::new(format!("probe shard {k}'s result"), usize::MAX);
                     while let Some(chunk) = stream.message().await? {
                         state = chunk.state();
-                        data.extend_from_slice(&chunk.data);
+                        // Only a computed shard's answer carries chunks.
+                        if state == pb::ShardState::Done {
+                            blob.push(chunk.chunk_index, chunk.chunk_count, &chunk.data).map_err(lost)?;
+                        }
                     }
+                    let data = if state == pb::ShardState::Done { blob.finish().map_err(lost)? } else { vec![] };
                     Ok((state, data))
                 },
                 wait + CALL_TIMEOUT,
