@@ -433,21 +433,9 @@ pub async fn write_saved_gradients(
 pub fn print_results(format: OutputFormat, doc: &ResultsDocument, th: &RankThresholds) -> anyhow::Result<()> {
     match format {
         OutputFormat::Table => {
-            crate::out!("{}", report::table(&doc.cells, th))?;
-            crate::outln!()?;
-            crate::out!("{}", report::drift_table(&doc.cells))?;
-            crate::outln!()?;
-            for section in [
-                report::pairs_table(&doc.cells),
-                report::epochs_table(&doc.cells),
-                report::epoch_pairs_table(&doc.cells),
-            ] {
-                if !section.is_empty() {
-                    crate::out!("{section}")?;
-                    crate::outln!()?;
-                }
-            }
-            crate::out!("{}", report::eta_table(&doc.summary))?;
+            let mut tables = report::Tables::new(th);
+            doc.cells.iter().for_each(|c| tables.add(c));
+            crate::out!("{}", tables.render(&doc.summary))?;
         }
         OutputFormat::Csv => crate::out!("{}", report::csv(&doc.cells, th))?,
         OutputFormat::Json => crate::outln!("{}", doc.to_json())?,
@@ -505,7 +493,7 @@ pub async fn results(
     out: Option<&Path>,
     th: &RankThresholds,
 ) -> anyhow::Result<()> {
-    if let (Source::Remote(remote), None, OutputFormat::Csv | OutputFormat::Json) = (source, out, format) {
+    if let (Source::Remote(remote), None) = (source, out) {
         return stream_results_out(remote, sweep, format, th).await;
     }
     let (doc, status, spectra) = read_results(source, sweep, th, out.is_some()).await?;
@@ -521,11 +509,12 @@ pub async fn results(
     Ok(())
 }
 
-/// `results --format csv|json` from a coordinator, with no files to
-/// write: each cell is printed as it arrives and dropped, so a sweep of any
-/// size prints in the memory of its η/b rows. The CSV is results.csv and
-/// the JSON results.json, byte for byte ([`ResultsDocument`]'s keys are in
-/// the order they can be written).
+/// `results` from a coordinator, with no files to write. CSV and JSON: each
+/// cell is printed as it arrives and dropped, so a sweep of any size prints
+/// in the memory of its η/b rows; the CSV is results.csv and the JSON
+/// results.json, byte for byte ([`ResultsDocument`]'s keys are in the order
+/// they can be written). The table: each cell leaves only its rows' text
+/// ([`report::Tables`]), printed aligned once the last cell is in.
 async fn stream_results_out(
     remote: &crate::client::Remote,
     sweep: &str,
@@ -534,6 +523,7 @@ async fn stream_results_out(
 ) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
     let (mut axes, mut first) = (None::<Vec<String>>, true);
+    let mut tables = report::Tables::new(th);
     if format == OutputFormat::Json {
         crate::out!("{{\n  \"cells\": [")?;
     }
@@ -543,7 +533,11 @@ async fn stream_results_out(
             let sep = if std::mem::take(&mut first) { "\n" } else { ",\n" };
             crate::out!("{sep}{}", indent(&text, 4))
         }
-        _ => {
+        OutputFormat::Table => {
+            tables.add(&c);
+            Ok(())
+        }
+        OutputFormat::Csv => {
             // A grid gives every cell the same axes: the first cell's name
             // the columns, and a cell that differs is an error, not a
             // silently dropped value.
@@ -578,8 +572,9 @@ async fn stream_results_out(
                 indent(&provenance, 2).trim_start()
             )?;
         }
-        _ if axes.is_none() => crate::out!("{}", report::csv_header(&[], th))?,
-        _ => {}
+        OutputFormat::Table => crate::out!("{}", tables.render(&summary))?,
+        OutputFormat::Csv if axes.is_none() => crate::out!("{}", report::csv_header(&[], th))?,
+        OutputFormat::Csv => {}
     }
     if let Some(t) = crate::runs::failures_text(&status) {
         eprintln!("note: {t}");

@@ -1,10 +1,10 @@
 //! Results as terminal tables, CSV, or JSON.
 //!
-//! The table format prints the spectrum of `D` per cell ([`table`]), the
-//! drift statistics per cell ([`drift_table`]), the area rate of every pair
-//! of directions when a cell projects on more than two ([`pairs_table`];
-//! per epoch, [`epoch_pairs_table`]), what the seeds recorded once per
-//! epoch ([`epochs_table`]), and the sweep-level η/b table with the collapse scores ([`eta_table`]).
+//! The table format ([`Tables`], built one cell at a time) prints the
+//! spectrum of `D` per cell, the drift statistics per cell, the area rate of
+//! every pair of directions when a cell projects on more than two (per step,
+//! and per epoch), what the seeds recorded once per epoch, and the
+//! sweep-level η/b table with the collapse scores ([`eta_table`]).
 
 use gradsweep_shared::results::{BracketKind, CellBracket, CellEpochs, CellResult, PairDrift, SweepSummary};
 use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
@@ -125,53 +125,100 @@ fn exact(c: &CellResult) -> impl Iterator<Item = &gradsweep_shared::stats::Spect
     c.runs.iter().filter_map(|r| r.probes.last().and_then(|p| p.meta.exact.as_ref()))
 }
 
+/// The table format's sections, built one cell at a time: each section
+/// keeps of a cell only the text of its rows, so `results` prints a sweep
+/// as it streams in, in the memory of its rows rather than of its cells
+/// (a cell holds every run's spectra). [`Tables::render`] gives the
+/// sections in order, then the η/b table of the summary.
+pub struct Tables {
+    main: MainTable,
+    drift: Vec<Vec<String>>,
+    pairs: PairsSection,
+    epochs: Vec<Vec<String>>,
+    epoch_pairs: PairsSection,
+}
+
+impl Tables {
+    /// Empty sections; each of the user's rank thresholds `th` adds a
+    /// column to the main table.
+    pub fn new(th: &RankThresholds) -> Self {
+        Tables {
+            main: MainTable { user: threshold_columns(th), lines: vec![], with_exact: false, with_axes: false },
+            drift: vec![],
+            pairs: PairsSection::new(CellResult::pair_drift, "step"),
+            epochs: vec![],
+            epoch_pairs: PairsSection::new(CellResult::epoch_pair_drift, "epoch"),
+        }
+    }
+
+    /// Adds one cell's rows to every section (cells in index order).
+    pub fn add(&mut self, c: &CellResult) {
+        self.main.add(c);
+        self.drift.push(drift_row(c));
+        self.pairs.add(c);
+        if let Some(e) = &c.epochs {
+            self.epochs.push(epochs_row(c, e));
+        }
+        self.epoch_pairs.add(c);
+    }
+
+    /// Every section, aligned, with a blank line after each, and the η/b
+    /// table of `summary` last.
+    pub fn render(&self, summary: &SweepSummary) -> String {
+        let mut out = self.main.render();
+        out.push('\n');
+        out.push_str(&aligned(DRIFT_HEADER, &self.drift));
+        out.push('\n');
+        let epochs = if self.epochs.is_empty() {
+            String::new()
+        } else {
+            format!("{EPOCHS_INTRO}{}", aligned(EPOCHS_HEADER, &self.epochs))
+        };
+        for section in [self.pairs.render(), epochs, self.epoch_pairs.render()] {
+            if !section.is_empty() {
+                out.push_str(&section);
+                out.push('\n');
+            }
+        }
+        out.push_str(&eta_table(summary));
+        out
+    }
+}
+
+/// `header` and `rows`, aligned.
+fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut all: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    all.extend(rows.iter().cloned());
+    align(&all)
+}
+
+/// The main table's line of one cell: the fixed columns, then the columns
+/// that only some sweeps have (decided once every cell is in).
+struct MainLine {
+    fixed: Vec<String>,
+    /// Exact rank and λ_max (probe option `exact`), and whether the cell has any.
+    exact: ([String; 2], bool),
+    user: Vec<String>,
+    /// Axes other than lr and batch size.
+    axes: String,
+}
+
 /// The per-cell table, aligned for a terminal. ± is the 95 % interval across
 /// seeds. Ranks, rank/d and λ_max are certified brackets (by the sketches'
 /// Δ) of their mean over seeds, never the sketches' point estimates; an
 /// unresolved one says what would resolve it. Each of the user's rank
 /// thresholds `th` adds a column.
-pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
-    let mut header = vec![
-        "cell",
-        "lr",
-        "b",
-        "η/b",
-        "seeds",
-        "train loss",
-        "test acc",
-        "d",
-        "rank (certified)",
-        "rank/d",
-        "tr D",
-        "λ_max",
-        "β⁻¹",
-        "β⁻¹·trD/d",
-        "area rate",
-        "eig overlap",
-    ];
-    // Exact spectra (probe option `exact`) get their own columns.
-    let with_exact = cells.iter().any(|c| exact(c).next().is_some());
-    if with_exact {
-        header.extend(["exact rank", "exact λ_max"]);
-    }
-    let user = threshold_columns(th);
-    let mut header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
-    header.extend(user.iter().map(|c| c.label.clone()));
-    // Axes other than lr and batch size, so that cells stay distinguishable.
-    let other = |c: &CellResult| {
-        let mut p = c.params.clone();
-        p.remove("lr");
-        p.remove("batch_size");
-        gradsweep_shared::grid::fmt_params(&p)
-    };
-    let with_axes = cells.iter().any(|c| !other(c).is_empty());
-    if with_axes {
-        header.push("axes".into());
-    }
-    let mut rows: Vec<Vec<String>> = vec![header];
-    for c in cells {
+struct MainTable {
+    user: Vec<ThresholdColumn>,
+    lines: Vec<MainLine>,
+    with_exact: bool,
+    with_axes: bool,
+}
+
+impl MainTable {
+    fn add(&mut self, c: &CellResult) {
         let r = row(c);
-        let mut line = vec![
+        let fixed = vec![
             r.cell.to_string(),
             num(r.lr),
             r.batch.to_string(),
@@ -189,64 +236,104 @@ pub fn table(cells: &[CellResult], th: &RankThresholds) -> String {
             pm(r.area_rate),
             pm(r.overlap),
         ];
-        if with_exact {
-            line.push(pm(Summary::of(exact(c).map(|s| s.rank.value))));
-            line.push(pm(Summary::of(exact(c).map(|s| s.lambda_max.value))));
-        }
-        for col in &user {
-            line.push(bracket(threshold_cell(c, col).as_ref(), count));
-        }
-        if with_axes {
-            line.push(other(c));
-        }
-        rows.push(line);
+        let has_exact = exact(c).next().is_some();
+        let exact =
+            [pm(Summary::of(exact(c).map(|s| s.rank.value))), pm(Summary::of(exact(c).map(|s| s.lambda_max.value)))];
+        let user = self.user.iter().map(|col| bracket(threshold_cell(c, col).as_ref(), count)).collect();
+        let mut p = c.params.clone();
+        p.remove("lr");
+        p.remove("batch_size");
+        let axes = gradsweep_shared::grid::fmt_params(&p);
+        self.with_exact |= has_exact;
+        self.with_axes |= !axes.is_empty();
+        self.lines.push(MainLine { fixed, exact: (exact, has_exact), user, axes });
     }
-    align(&rows)
+
+    fn render(&self) -> String {
+        let mut header: Vec<String> = [
+            "cell",
+            "lr",
+            "b",
+            "η/b",
+            "seeds",
+            "train loss",
+            "test acc",
+            "d",
+            "rank (certified)",
+            "rank/d",
+            "tr D",
+            "λ_max",
+            "β⁻¹",
+            "β⁻¹·trD/d",
+            "area rate",
+            "eig overlap",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if self.with_exact {
+            header.extend(["exact rank".to_string(), "exact λ_max".to_string()]);
+        }
+        header.extend(self.user.iter().map(|c| c.label.clone()));
+        if self.with_axes {
+            header.push("axes".into());
+        }
+        let mut rows: Vec<Vec<String>> = vec![header];
+        for l in &self.lines {
+            let mut line = l.fixed.clone();
+            if self.with_exact {
+                line.extend(l.exact.0.iter().cloned());
+            }
+            line.extend(l.user.iter().cloned());
+            if self.with_axes {
+                line.push(l.axes.clone());
+            }
+            rows.push(line);
+        }
+        align(&rows)
+    }
 }
 
-/// The drift statistics per cell: ± is the 95 % interval across seeds;
+/// The drift section's columns and one cell's row. The drift statistics per cell: ± is the 95 % interval across seeds;
 /// "merged" columns read the seeds' trajectory sums added together;
 /// "area detectable" is the power statement: the smallest area rate the
 /// seeds would have told from 0 (5 % test, 80 % power).
-pub fn drift_table(cells: &[CellResult]) -> String {
-    let header = [
-        "cell",
-        "η/b",
-        "points",
-        "area rate",
-        "area detectable",
-        "cycling ω",
-        "merged ω",
-        "MSD exp",
-        "autocorr@max",
-        "spectral α",
-        "peak f",
-        "peak/bg",
-        "‖∇f‖/√d",
-    ];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    for c in cells {
-        let merged = c.merged_drift.as_ref();
-        rows.push(vec![
-            c.index.to_string(),
-            num(c.eta_over_b),
-            merged.map_or("-".into(), |d| d.points.to_string()),
-            pm(c.area_rate),
-            num(c.area_rate_detectable),
-            pm(c.cycling_frequency),
-            merged.map_or("-".into(), |d| num(d.cycling_frequency)),
-            pm(c.msd_exponent),
-            pm(c.autocorrelation),
-            pm(c.spectral_exponent),
-            merged.map_or("-".into(), |d| num(d.peak_frequency)),
-            pm(c.peak_to_background),
-            pm(c.grad_norm),
-        ]);
-    }
-    align(&rows)
+const DRIFT_HEADER: &[&str] = &[
+    "cell",
+    "η/b",
+    "points",
+    "area rate",
+    "area detectable",
+    "cycling ω",
+    "merged ω",
+    "MSD exp",
+    "autocorr@max",
+    "spectral α",
+    "peak f",
+    "peak/bg",
+    "‖∇f‖/√d",
+];
+
+fn drift_row(c: &CellResult) -> Vec<String> {
+    let merged = c.merged_drift.as_ref();
+    vec![
+        c.index.to_string(),
+        num(c.eta_over_b),
+        merged.map_or("-".into(), |d| d.points.to_string()),
+        pm(c.area_rate),
+        num(c.area_rate_detectable),
+        pm(c.cycling_frequency),
+        merged.map_or("-".into(), |d| num(d.cycling_frequency)),
+        pm(c.msd_exponent),
+        pm(c.autocorrelation),
+        pm(c.spectral_exponent),
+        merged.map_or("-".into(), |d| num(d.peak_frequency)),
+        pm(c.peak_to_background),
+        pm(c.grad_norm),
+    ]
 }
 
-/// Cells whose pairs [`pairs_table`] lists in full; past this, one summary
+/// Cells whose pairs the pairs section lists in full; past this, one summary
 /// line per cell.
 const PAIR_TABLE_CELLS: usize = 4;
 
@@ -263,36 +350,34 @@ fn interval((lo, hi): (f64, f64)) -> String {
     if lo.is_finite() && hi.is_finite() { format!("[{}, {}]", num(lo), num(hi)) } else { "-".into() }
 }
 
-/// The area rate of every pair of projected coordinates (with `basis =
-/// "eigen"`, of D's eigenvectors), for cells that project on more than two
-/// directions: per cell, how many pairs' 95 % intervals exclude 0 against
-/// how many would by chance alone (5 % of the pairs), then the pairs with
-/// the largest |mean|/interval, each with its seeded bootstrap interval and
-/// its power statements. Empty when no cell has more than one pair.
-pub fn pairs_table(cells: &[CellResult]) -> String {
-    pairs_section(cells, CellResult::pair_drift, "step")
+/// The pairs section: the area rate of every pair of projected coordinates
+/// (with `basis = "eigen"`, of D's eigenvectors), for cells that project on
+/// more than two directions: per cell, how many pairs' 95 % intervals
+/// exclude 0 against how many would by chance alone (5 % of the pairs),
+/// then, for the first [`PAIR_TABLE_CELLS`] such cells, the pairs with the
+/// largest |mean|/interval, each with its seeded bootstrap interval and its
+/// power statements. Empty when no cell has more than one pair. Of the
+/// trajectories recorded once per epoch (`epoch_psd_window`) too, per epoch.
+struct PairsSection {
+    pairs_of: fn(&CellResult) -> Vec<PairDrift>,
+    unit: &'static str,
+    /// Cells with more than one pair so far.
+    cells: usize,
+    text: String,
 }
 
-/// [`pairs_table`] of the trajectories recorded once per epoch
-/// (`epoch_psd_window`): rates per epoch. Empty when no cell recorded them.
-pub fn epoch_pairs_table(cells: &[CellResult]) -> String {
-    pairs_section(cells, CellResult::epoch_pair_drift, "epoch")
-}
-
-fn pairs_section(cells: &[CellResult], pairs_of: fn(&CellResult) -> Vec<PairDrift>, unit: &str) -> String {
-    let with_pairs: Vec<(&CellResult, Vec<PairDrift>)> =
-        cells.iter().map(|c| (c, pairs_of(c))).filter(|(_, p)| p.len() > 1).collect();
-    if with_pairs.is_empty() {
-        return String::new();
+impl PairsSection {
+    fn new(pairs_of: fn(&CellResult) -> Vec<PairDrift>, unit: &'static str) -> Self {
+        PairsSection { pairs_of, unit, cells: 0, text: String::new() }
     }
-    let mut out = format!(
-        "area rate of every pair of directions, per {unit} (± 95 % across seeds; bootstrap: seeded percentile \
-         interval resampling seeds; detectable: the smallest mean rate the seeds would have told from 0; |rate|: a \
-         95 % bound on each seed's rate whatever its sign, for directions each seed chooses itself)\n",
-    );
-    for (n, (c, pairs)) in with_pairs.iter().enumerate() {
+
+    fn add(&mut self, c: &CellResult) {
+        let pairs = (self.pairs_of)(c);
+        if pairs.len() <= 1 {
+            return;
+        }
         let excl = pairs.iter().filter(|p| p.excludes_zero()).count();
-        out.push_str(&format!(
+        self.text.push_str(&format!(
             "cell {}: {excl} of {} pairs exclude 0 (chance alone: {:.1}); largest detectable {}; largest |rate| {}\n",
             c.index,
             pairs.len(),
@@ -300,101 +385,105 @@ fn pairs_section(cells: &[CellResult], pairs_of: fn(&CellResult) -> Vec<PairDrif
             num(pairs.iter().map(|p| p.area_rate.detectable()).fold(f64::NAN, f64::max)),
             at_most(pairs.iter().map(|p| p.area_rate.rms_upper95()).fold(f64::NAN, f64::max)),
         ));
-        if n >= PAIR_TABLE_CELLS {
-            continue;
+        self.cells += 1;
+        if self.cells > PAIR_TABLE_CELLS {
+            return;
         }
         let mut sorted: Vec<&PairDrift> = pairs.iter().collect();
         let strength = |p: &PairDrift| (p.area_rate.mean / p.area_rate.ci95).abs();
         sorted.sort_by(|a, b| strength(b).total_cmp(&strength(a)));
-        let mut rows: Vec<Vec<String>> = vec![
-            ["pair", "area rate", "bootstrap 95 %", "detectable", "|rate|", "cycling ω", "|ω|", "excludes 0"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        ];
-        for p in sorted.into_iter().take(PAIR_TABLE_ROWS) {
-            rows.push(vec![
-                format!("({}, {})", p.i, p.j),
-                pm(p.area_rate),
-                interval(p.area_rate_bootstrap95),
-                num(p.area_rate.detectable()),
-                at_most(p.area_rate.rms_upper95()),
-                pm(p.cycling_frequency),
-                at_most(p.cycling_frequency.rms_upper95()),
-                if p.excludes_zero() { "yes".into() } else { "no".into() },
-            ]);
+        let rows: Vec<Vec<String>> = sorted
+            .into_iter()
+            .take(PAIR_TABLE_ROWS)
+            .map(|p| {
+                vec![
+                    format!("({}, {})", p.i, p.j),
+                    pm(p.area_rate),
+                    interval(p.area_rate_bootstrap95),
+                    num(p.area_rate.detectable()),
+                    at_most(p.area_rate.rms_upper95()),
+                    pm(p.cycling_frequency),
+                    at_most(p.cycling_frequency.rms_upper95()),
+                    if p.excludes_zero() { "yes".into() } else { "no".into() },
+                ]
+            })
+            .collect();
+        let header = ["pair", "area rate", "bootstrap 95 %", "detectable", "|rate|", "cycling ω", "|ω|", "excludes 0"];
+        self.text.push_str(&aligned(&header, &rows));
+    }
+
+    fn render(&self) -> String {
+        if self.cells == 0 {
+            return String::new();
         }
-        out.push_str(&align(&rows));
+        let mut out = format!(
+            "area rate of every pair of directions, per {} (± 95 % across seeds; bootstrap: seeded percentile \
+             interval resampling seeds; detectable: the smallest mean rate the seeds would have told from 0; |rate|: a \
+             95 % bound on each seed's rate whatever its sign, for directions each seed chooses itself)\n",
+            self.unit
+        );
+        out.push_str(&self.text);
+        if self.cells > PAIR_TABLE_CELLS {
+            out.push_str(&format!(
+                "(pairs listed for the first {PAIR_TABLE_CELLS} cells; results.json holds every run's)\n"
+            ));
+        }
+        out
     }
-    if with_pairs.len() > PAIR_TABLE_CELLS {
-        out.push_str(&format!(
-            "(pairs listed for the first {PAIR_TABLE_CELLS} cells; results.json holds every run's)\n"
-        ));
-    }
-    out
 }
 
-/// The cells recorded once per epoch (`epoch_psd_window`): epochs recorded
-/// (mean over seeds); the weight norm at the first and last recorded epoch
-/// (means over seeds); its trend (relative, per 1,000 epochs, ± 95 % across
-/// seeds: a scale-invariant net's growing norm reads as drift); the
-/// surrogate test for spectral peaks of the per-epoch trajectory — how many
-/// seeds find a peak at p ≤ 0.05 against how many would by chance alone,
-/// and the most significant one. Empty when no cell recorded per epoch.
-pub fn epochs_table(cells: &[CellResult]) -> String {
-    let with: Vec<(&CellResult, &CellEpochs)> = cells.iter().filter_map(|c| Some((c, c.epochs.as_ref()?))).collect();
-    if with.is_empty() {
-        return String::new();
-    }
-    let mut out = String::from(
-        "per-epoch recording (norm trend: least-squares change of ‖x‖ per 10³ epochs, relative, ± 95 % across \
-         seeds; peaks: phase-randomised surrogate test per seed, the strongest line over its running-median \
-         background among every direction and frequency)\n",
-    );
-    let header = [
-        "cell",
-        "epochs",
-        "‖x‖ first→last (mean)",
-        "norm trend /10³ ep",
-        "peaks p ≤ 0.05",
-        "chance",
-        "strongest",
-        "at (cycles/epoch)",
-        "p",
-    ];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    for (c, e) in with {
-        let norms = |f: fn(&gradsweep_shared::epochs::EpochStats) -> f64| {
-            Summary::of(c.runs.iter().filter_map(|r| r.epochs.as_ref().map(f))).mean
-        };
-        let strongest = e.strongest_peak.as_ref();
-        rows.push(vec![
-            c.index.to_string(),
-            count(e.epochs.mean),
-            format!("{}→{}", num(norms(|s| s.weight_norm_first)), num(norms(|s| s.weight_norm_last))),
-            if e.weight_norm_trend.count > 0 {
-                format!(
-                    "{}%{}",
-                    num(100.0 * e.weight_norm_trend.mean),
-                    if e.weight_norm_trend.ci95.is_finite() {
-                        format!("±{}", num(100.0 * e.weight_norm_trend.ci95))
-                    } else {
-                        String::new()
-                    }
-                )
-            } else {
-                "-".into()
-            },
-            format!("{} of {}", e.peaks_significant, e.peaks_tested),
-            format!("{:.1}", 0.05 * e.peaks_tested as f64),
-            strongest
-                .map_or("-".into(), |(seed, t)| format!("×{} (seed {seed}, dir {})", num(t.statistic), t.coordinate)),
-            strongest.map_or("-".into(), |(_, t)| num(t.frequency)),
-            strongest.map_or("-".into(), |(_, t)| num(t.p_value)),
-        ]);
-    }
-    out.push_str(&align(&rows));
-    out
+/// The per-epoch section: the cells recorded once per epoch
+/// (`epoch_psd_window`): epochs recorded (mean over seeds); the weight norm
+/// at the first and last recorded epoch (means over seeds); its trend
+/// (relative, per 1,000 epochs, ± 95 % across seeds: a scale-invariant
+/// net's growing norm reads as drift); the surrogate test for spectral
+/// peaks of the per-epoch trajectory — how many seeds find a peak at
+/// p ≤ 0.05 against how many would by chance alone, and the most
+/// significant one. Empty when no cell recorded per epoch.
+const EPOCHS_INTRO: &str = "per-epoch recording (norm trend: least-squares change of ‖x‖ per 10³ epochs, relative, \
+                            ± 95 % across seeds; peaks: phase-randomised surrogate test per seed, the strongest line \
+                            over its running-median background among every direction and frequency)\n";
+
+const EPOCHS_HEADER: &[&str] = &[
+    "cell",
+    "epochs",
+    "‖x‖ first→last (mean)",
+    "norm trend /10³ ep",
+    "peaks p ≤ 0.05",
+    "chance",
+    "strongest",
+    "at (cycles/epoch)",
+    "p",
+];
+
+fn epochs_row(c: &CellResult, e: &CellEpochs) -> Vec<String> {
+    let norms = |f: fn(&gradsweep_shared::epochs::EpochStats) -> f64| {
+        Summary::of(c.runs.iter().filter_map(|r| r.epochs.as_ref().map(f))).mean
+    };
+    let strongest = e.strongest_peak.as_ref();
+    vec![
+        c.index.to_string(),
+        count(e.epochs.mean),
+        format!("{}→{}", num(norms(|s| s.weight_norm_first)), num(norms(|s| s.weight_norm_last))),
+        if e.weight_norm_trend.count > 0 {
+            format!(
+                "{}%{}",
+                num(100.0 * e.weight_norm_trend.mean),
+                if e.weight_norm_trend.ci95.is_finite() {
+                    format!("±{}", num(100.0 * e.weight_norm_trend.ci95))
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            "-".into()
+        },
+        format!("{} of {}", e.peaks_significant, e.peaks_tested),
+        format!("{:.1}", 0.05 * e.peaks_tested as f64),
+        strongest.map_or("-".into(), |(seed, t)| format!("×{} (seed {seed}, dir {})", num(t.statistic), t.coordinate)),
+        strongest.map_or("-".into(), |(_, t)| num(t.frequency)),
+        strongest.map_or("-".into(), |(_, t)| num(t.p_value)),
+    ]
 }
 
 /// The sweep-level η/b table, then the collapse score of each statistic.
