@@ -543,6 +543,58 @@ pub fn runs_per_page(plan: &gradsweep_shared::SweepPlan, with_epochs: bool) -> u
     (EPOCHS_PER_PAGE / most).clamp(1, RUNS_PER_PAGE)
 }
 
+/// Where a listing of a sweep's runs stands: the one paging loop behind
+/// `ListRuns` and the offline [`crate::offline::RunPages`]. Each page is
+/// read on its own (a read connection's short transaction), so a sweep of
+/// any size is listed in bounded memory.
+#[derive(Debug, Clone)]
+pub struct RunsCursor {
+    sweep_id: String,
+    states: Vec<RunState>,
+    plan: std::sync::Arc<gradsweep_shared::SweepPlan>,
+    with_epochs: bool,
+    after: Option<(u32, u64)>,
+    done: bool,
+}
+
+impl RunsCursor {
+    /// A listing of `sweep_id`'s runs in (cell, seed) order, only those in
+    /// `states` unless empty, each with its epochs when `with_epochs`.
+    pub fn new(
+        sweep_id: String,
+        states: Vec<RunState>,
+        plan: std::sync::Arc<gradsweep_shared::SweepPlan>,
+        with_epochs: bool,
+    ) -> Self {
+        RunsCursor { sweep_id, states, plan, with_epochs, after: None, done: false }
+    }
+
+    /// The grid's axis keys, in the order of each run's `axis_values`.
+    pub fn axes(&self) -> &[String] {
+        &self.plan.axes
+    }
+
+    /// The next page, read from `store`: `None` once the listing is over.
+    /// A page is empty only when it is the last (no more runs match); an
+    /// error ends the listing.
+    pub fn next_page(&mut self, store: &crate::store::Store) -> Option<Result<Vec<pb::RunInfo>>> {
+        if self.done {
+            return None;
+        }
+        let page = runs_page(store, &self.sweep_id, &self.states, self.after, &self.plan, self.with_epochs);
+        Some(match page {
+            Err(e) => {
+                self.done = true;
+                Err(e)
+            }
+            Ok(RunsPage { runs, last, full }) => {
+                (self.after, self.done) = (last, !full);
+                Ok(runs)
+            }
+        })
+    }
+}
+
 /// One page of a sweep's runs after `after` (a (cell, seed) already
 /// listed), with the cells' axis values from `plan`, and each run's epochs
 /// when `with_epochs`.

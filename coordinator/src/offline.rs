@@ -105,34 +105,27 @@ impl Offline {
     /// [`Self::runs`], each run with its epochs when `with_epochs` (as
     /// `ListRuns` sends them when asked).
     pub fn runs_with(&self, sweep_id: &str, states: &[String], with_epochs: bool) -> Result<RunPages<'_>> {
+        let states = convert::run_states_from_wire(states)?;
+        let plan = std::sync::Arc::new(self.store.plan(sweep_id)?);
         Ok(RunPages {
             store: &self.store,
-            sweep_id: sweep_id.to_string(),
-            states: convert::run_states_from_wire(states)?,
-            plan: self.store.plan(sweep_id)?,
-            after: None,
-            done: false,
-            with_epochs,
+            cursor: convert::RunsCursor::new(sweep_id.into(), states, plan, with_epochs),
         })
     }
 }
 
-/// The pages of [`Offline::runs`]: read one at a time, so a sweep of any
-/// size is listed in bounded memory.
+/// The pages of [`Offline::runs`], read one at a time by a
+/// [`convert::RunsCursor`], so a sweep of any size is listed in bounded
+/// memory.
 pub struct RunPages<'a> {
     store: &'a Store,
-    sweep_id: String,
-    states: Vec<crate::store::RunState>,
-    plan: gradsweep_shared::SweepPlan,
-    after: Option<(u32, u64)>,
-    done: bool,
-    with_epochs: bool,
+    cursor: convert::RunsCursor,
 }
 
 impl RunPages<'_> {
     /// The grid's axis keys, in the order of each run's `axis_values`.
     pub fn axes(&self) -> &[String] {
-        &self.plan.axes
+        self.cursor.axes()
     }
 }
 
@@ -140,20 +133,8 @@ impl Iterator for RunPages<'_> {
     type Item = Result<Vec<pb::RunInfo>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        match convert::runs_page(self.store, &self.sweep_id, &self.states, self.after, &self.plan, self.with_epochs) {
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-            Ok(convert::RunsPage { runs, last, full }) => {
-                self.after = last;
-                self.done = !full;
-                (!runs.is_empty()).then_some(Ok(runs))
-            }
-        }
+        // The last page may be empty; it is not a page to hand out.
+        self.cursor.next_page(self.store).filter(|p| p.as_ref().map_or(true, |runs| !runs.is_empty()))
     }
 }
 

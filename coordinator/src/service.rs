@@ -487,30 +487,32 @@ impl ControlService for ControlApi {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let state = self.state.clone();
         tokio::spawn(async move {
-            let mut after = None;
+            let mut cursor = Some(convert::RunsCursor::new(id, states, plan, with_epochs));
             let mut first = true;
-            loop {
-                let (id, states, plan2) = (id.clone(), states.clone(), plan.clone());
-                let page =
-                    state.read_store(move |s| convert::runs_page(s, &id, &states, after, &plan2, with_epochs)).await;
-                let convert::RunsPage { runs, last, full } = match page {
-                    Ok(p) => p,
-                    Err(e) => {
+            while let Some(mut c) = cursor.take() {
+                let read = state.read_store(move |s| Ok((c.next_page(s), c))).await;
+                let runs = match read {
+                    Ok((None, _)) => return,
+                    Ok((Some(Ok(runs)), c)) => {
+                        cursor = Some(c);
+                        runs
+                    }
+                    Ok((Some(Err(e)), _)) | Err(e) => {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
                 };
+                // The first page, even empty, names the axes.
                 if !runs.is_empty() || first {
-                    let axes = if first { plan.axes.clone() } else { vec![] };
+                    let axes = match (first, &cursor) {
+                        (true, Some(c)) => c.axes().to_vec(),
+                        _ => vec![],
+                    };
                     if tx.send(Ok(pb::RunsPage { axes, runs })).await.is_err() {
                         return;
                     }
                 }
                 first = false;
-                after = last;
-                if !full {
-                    return;
-                }
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
