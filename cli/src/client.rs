@@ -255,11 +255,15 @@ pub type RunsPageSink<'a> = dyn FnMut(&[String], &[pb::RunInfo]) -> std::io::Res
 pub async fn list_runs(
     client: &mut ControlClient,
     sweep_id: &str,
-    states: &[String],
+    states: &[pb::RunState],
     with_epochs: bool,
     on_page: &mut RunsPageSink<'_>,
 ) -> Result<usize, ClientError> {
-    let req = pb::ListRunsRequest { sweep_id: sweep_id.into(), states: states.to_vec(), with_epochs };
+    let req = pb::ListRunsRequest {
+        sweep_id: sweep_id.into(),
+        states: states.iter().map(|&s| s as i32).collect(),
+        with_epochs,
+    };
     let mut stream = client.list_runs(req).await?.into_inner();
     let (mut axes, mut n) = (None::<Vec<String>>, 0usize);
     while let Some(page) = stream.message().await? {

@@ -106,7 +106,7 @@ fn status_line(s: &pb::SweepStatus) -> String {
     format!(
         "{}  {:<10} {:>4}/{:<4} done  {:>3} running  {:>3} queued  {:>2} failed  {:>2} diverged  {:>2} cancelled  ({} cells)",
         s.sweep_id,
-        s.state,
+        s.state().word(),
         s.runs_completed,
         s.runs_total,
         s.runs_running,
@@ -123,7 +123,7 @@ fn status_json(s: &pb::SweepStatus) -> serde_json::Value {
     serde_json::json!({
         "sweep_id": s.sweep_id,
         "name": s.name,
-        "state": s.state,
+        "state": s.state().word(),
         "cells": s.cells,
         "runs_total": s.runs_total,
         "runs_queued": s.runs_queued,
@@ -620,7 +620,7 @@ pub async fn workers(remote: &Remote, format: OutputFormat) -> anyhow::Result<()
     let json = |w: &pb::WorkerInfo| {
         serde_json::json!({
             "worker_id": w.worker_id,
-            "state": w.state,
+            "state": w.state().word(),
             "name": w.name,
             "hostname": w.hostname,
             "slots": w.slots,
@@ -661,7 +661,7 @@ pub async fn workers(remote: &Remote, format: OutputFormat) -> anyhow::Result<()
         crate::outln!(
             "{:<14} {:<9} {:<20} {:<16} {:>5} {:>8.1}s  {:<10} {}",
             w.worker_id,
-            w.state,
+            w.state().word(),
             w.name,
             w.hostname,
             w.slots,

@@ -260,7 +260,12 @@ async fn drive(
 /// kills any that do not within 10 s.
 async fn stop_workers(client: &mut crate::client::ControlClient, tag: &str, children: &mut [Child]) {
     if let Ok(ws) = client.list_workers(pb::ListWorkersRequest {}).await {
-        for w in ws.into_inner().workers.into_iter().filter(|w| w.name.starts_with(tag) && w.state != "left") {
+        for w in ws
+            .into_inner()
+            .workers
+            .into_iter()
+            .filter(|w| w.name.starts_with(tag) && w.state() != pb::WorkerState::Left)
+        {
             let _ = client.drain(pb::DrainRequest { worker_id: w.worker_id }).await;
         }
     }

@@ -95,8 +95,8 @@ enum Command {
         /// Sweep identifier.
         sweep: String,
         /// Only runs in these states (comma-separated: queued, leased, completed, failed, diverged, cancelled).
-        #[arg(long, value_delimiter = ',', value_name = "STATE,...")]
-        state: Vec<String>,
+        #[arg(long, value_delimiter = ',', value_name = "STATE,...", value_parser = gradsweep_proto::v1::RunState::from_word)]
+        state: Vec<gradsweep_proto::v1::RunState>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,

@@ -60,7 +60,7 @@ pub fn require_no_failures(s: &pb::SweepStatus) -> anyhow::Result<()> {
 
 /// `gradsweep runs`: from a coordinator, or from a database file read
 /// without one.
-pub async fn runs(source: &Source, sweep: &str, states: &[String], format: OutputFormat) -> anyhow::Result<()> {
+pub async fn runs(source: &Source, sweep: &str, states: &[pb::RunState], format: OutputFormat) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut printer = RunsPrinter::new(format);
     let n = for_each_page(source, sweep, states, false, &mut |axes, page| printer.page(&mut out, axes, page)).await?;
@@ -180,7 +180,7 @@ fn axis_text(v: &str) -> String {
 async fn for_each_page(
     source: &Source,
     sweep: &str,
-    states: &[String],
+    states: &[pb::RunState],
     with_epochs: bool,
     on_page: &mut crate::client::RunsPageSink<'_>,
 ) -> anyhow::Result<usize> {
@@ -292,7 +292,7 @@ pub fn fields(r: &pb::RunInfo, now_ms: i64) -> Vec<String> {
     let worker = if r.worker_name.is_empty() { r.worker_id.clone() } else { r.worker_name.clone() };
     f.extend([
         r.seed.to_string(),
-        r.state.clone(),
+        r.state().word().to_string(),
         r.attempts.to_string(),
         worker,
         duration_s(r, now_ms).map(|d| format!("{d:.1}")).unwrap_or_default(),
@@ -307,8 +307,8 @@ pub fn duration_s(r: &pb::RunInfo, now_ms: i64) -> Option<f64> {
     if r.started_at_ms == 0 {
         return None;
     }
-    let end = match (r.finished_at_ms, r.state.as_str()) {
-        (0, "leased") => now_ms,
+    let end = match (r.finished_at_ms, r.state()) {
+        (0, pb::RunState::Leased) => now_ms,
         (0, _) => return None,
         (t, _) => t,
     };
@@ -327,7 +327,7 @@ fn json_row(axes: &[String], r: &pb::RunInfo, now: i64) -> String {
         "cell": r.cell,
         "params": params,
         "seed": r.seed,
-        "state": r.state,
+        "state": r.state().word(),
         "attempts": r.attempts,
         "worker_id": r.worker_id,
         "worker": r.worker_name,
@@ -370,7 +370,7 @@ mod tests {
             cell: 1,
             seed: 7,
             axis_values: vec!["0.1".into(), "\"mlp:64-32-10\"".into()],
-            state: state.into(),
+            state: pb::RunState::from_word(state).unwrap() as i32,
             attempts: 2,
             worker_id: "w-abc".into(),
             worker_name: "node-3".into(),

@@ -98,14 +98,14 @@ impl Offline {
 
     /// A sweep's runs (only those in `states`, unless empty) in (cell,
     /// seed) order, a page at a time as `ListRuns` streams them.
-    pub fn runs(&self, sweep_id: &str, states: &[String]) -> Result<RunPages<'_>> {
+    pub fn runs(&self, sweep_id: &str, states: &[pb::RunState]) -> Result<RunPages<'_>> {
         self.runs_with(sweep_id, states, false)
     }
 
     /// [`Self::runs`], each run with its epochs when `with_epochs` (as
     /// `ListRuns` sends them when asked).
-    pub fn runs_with(&self, sweep_id: &str, states: &[String], with_epochs: bool) -> Result<RunPages<'_>> {
-        let states = convert::run_states_from_wire(states)?;
+    pub fn runs_with(&self, sweep_id: &str, states: &[pb::RunState], with_epochs: bool) -> Result<RunPages<'_>> {
+        let states = convert::run_states_from_wire(&states.iter().map(|&s| s as i32).collect::<Vec<_>>())?;
         let plan = std::sync::Arc::new(self.store.plan(sweep_id)?);
         Ok(RunPages {
             store: &self.store,
@@ -157,8 +157,8 @@ mod tests {
         assert_eq!(keys, sorted, "every run once, in (cell, seed) order");
         assert_eq!(db.runs(&sweep, &[]).unwrap().axes(), ["lr"]);
         assert_eq!(pages[0][0].axis_values, ["0.01"]);
-        assert_eq!(db.runs(&sweep, &["failed".into()]).unwrap().count(), 0);
-        assert!(db.runs(&sweep, &["done".into()]).is_err());
+        assert_eq!(db.runs(&sweep, &[pb::RunState::Failed]).unwrap().count(), 0);
+        assert!(db.runs(&sweep, &[pb::RunState::Unspecified]).is_err());
         assert!(matches!(db.runs("nope", &[]), Err(crate::CoordinatorError::NotFound { .. })));
         let st = db.status(None).unwrap();
         assert_eq!((st.len(), st[0].runs_total, st[0].runs_queued), (1, 1200, 1200));

@@ -13,6 +13,7 @@
 //! * [`transport`] — how clients reach a coordinator: address, TLS, token.
 //! * [`chunks`] — blobs cut into chunks under the message limit, and put back together ([`Assembly`]).
 //! * [`grid_value`] — grid values (`[user]` keys, axis values) to and from the wire's `GridValue`.
+//! * [`states`] — the words of the sweep, run and worker states.
 //! * [`metrics`] — Prometheus metric primitives, text exposition and the `/metrics` endpoint.
 //! * [`FILE_DESCRIPTOR_SET`] — the encoded schema, served by gRPC reflection.
 //! * [`PROTOCOL_VERSION`] — checked at worker registration.
@@ -30,6 +31,7 @@ pub mod grid_value;
 
 pub use chunks::{Assembly, AssemblyError, chunk_slices};
 pub mod metrics;
+pub mod states;
 pub mod transport;
 
 /// The encoded `FileDescriptorSet` of `gradsweep.proto`, for server reflection.
@@ -48,7 +50,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// TakeShard, ClosePass, FetchPass, SubmitShard; shard assignments from
 /// Acquire; shard leases in heartbeats and releases).
 /// 7: run specs, final figures and results as typed messages (`RunSpec`,
-/// `RunFinal`, `CellResult`, `SweepSummary`) instead of JSON strings.
+/// `RunFinal`, `CellResult`, `SweepSummary`) instead of JSON strings;
+/// sweep, run and worker states as enums instead of words.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// `$ty { f: $src.f, …, g: expr, … }`: a struct literal whose fields `f`

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use gradsweep_proto::v1::RunState;
 use gradsweep_shared::results::CellResult;
 
 use crate::figures::Figure;
@@ -178,7 +179,7 @@ fn figures(out: &mut String, figs: &[Figure]) {
 
 fn runs_table(out: &mut String, input: &ReportInput) {
     let runs = &input.runs;
-    let failed: Vec<_> = runs.iter().filter(|r| r.state == "failed").collect();
+    let failed: Vec<_> = runs.iter().filter(|r| r.state == RunState::Failed).collect();
     out.push_str("<h2 id=\"runs\">Runs</h2>");
     if !failed.is_empty() {
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
@@ -195,12 +196,12 @@ fn runs_table(out: &mut String, input: &ReportInput) {
         }
         out.push_str("</ul>");
     }
-    let completed = runs.iter().filter(|r| r.state == "completed").count();
+    let completed = runs.iter().filter(|r| r.state == RunState::Completed).count();
     let mut shown = 0;
     out.push_str("<table id=\"runs-table\"><thead><tr><th>run</th><th>cell</th><th>seed</th><th>state</th><th>attempts</th>\
                   <th>worker</th><th>host</th><th>duration</th><th>compute</th><th>epochs</th><th>error</th></tr></thead><tbody>");
     for r in runs {
-        if r.state == "completed" {
+        if r.state == RunState::Completed {
             if shown == MAX_COMPLETED_ROWS {
                 continue;
             }
@@ -211,7 +212,7 @@ fn runs_table(out: &mut String, input: &ReportInput) {
             "<tr data-run=\"{}\" data-state=\"{}\"><td class=\"text\">{0}</td><td>{}</td><td>{}</td><td class=\"text\">{1}</td>\
              <td>{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td></tr>",
             html(&r.run_id),
-            html(&r.state),
+            html(r.state.word()),
             r.cell,
             r.seed,
             r.attempts,

@@ -31,8 +31,8 @@ pub struct RunRow {
     pub cell: u32,
     /// Its seed.
     pub seed: u64,
-    /// Its state (`queued`, `leased`, `completed`, `diverged`, `failed`, `cancelled`).
-    pub state: String,
+    /// Its state (its word: [`pb::RunState::word`]).
+    pub state: pb::RunState,
     /// Times it was leased.
     pub attempts: u32,
     /// The worker that ran it last (its name; empty if never leased).
@@ -60,7 +60,7 @@ impl RunRow {
             run_id: r.run_id.clone(),
             cell: r.cell,
             seed: r.seed,
-            state: r.state.clone(),
+            state: r.state(),
             attempts: r.attempts,
             worker: r.worker_name.clone(),
             host: hosts.get(&r.worker_id).cloned(),

@@ -38,7 +38,7 @@ pub fn index_page(sweeps: &[pb::SweepStatus], workers: &[pb::WorkerInfo], made_a
              <td>{6}</td><td>{7}</td><td>{8}</td><td>{9}</td><td>{10}</td><td class=\"text\">{11}</td></tr>",
             html(&s.sweep_id),
             html(&s.name),
-            html(&s.state),
+            html(s.state().word()),
             s.progress,
             100.0 * s.progress,
             s.runs_total,
@@ -73,7 +73,7 @@ pub fn index_page(sweeps: &[pb::SweepStatus], workers: &[pb::WorkerInfo], made_a
             html(&w.name),
             html(&w.hostname),
             w.slots,
-            html(&w.state),
+            html(w.state().word()),
             w.runs.len(),
             utc(w.last_heartbeat_ms)
         );

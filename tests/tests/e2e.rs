@@ -609,5 +609,5 @@ async fn idle_worker_leaves_after_its_idle_limit() {
     let mut client = connect_control(&format!("127.0.0.1:{}", coord.port)).await.unwrap();
     let ws = client.list_workers(gradsweep_proto::v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
     assert_eq!(ws.len(), 1);
-    assert_eq!(ws[0].state, "left");
+    assert_eq!(ws[0].state(), gradsweep_proto::v1::WorkerState::Left);
 }
