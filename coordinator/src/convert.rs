@@ -16,7 +16,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::shards::{PassOwner, ShardGrant, ShardLease, ShardView};
 use crate::store::{
     BlobKind, Chunk, EpochRow, FailureGroup, Lease, Outcome, Progress, Report, ReportBody, RunRow, RunState,
-    SavedProbeRef, SweepRow, SweepState, WorkerRow, WorkerState,
+    SavedProbeRef, SweepRow, WorkerRow,
 };
 
 /// A stored probe's saved gradient rows and weights as NPY files (rows × d,
@@ -475,7 +475,7 @@ pub fn sweep_to_wire(s: &SweepRow, failures: &[FailureGroup]) -> pb::SweepStatus
     pb::SweepStatus {
         sweep_id: s.id.clone(),
         name: s.name.clone(),
-        state: sweep_state_to_wire(s.state) as i32,
+        state: s.state.to_wire() as i32,
         cells: s.cells,
         runs_total: s.total(),
         runs_queued: s.count(RunState::Queued),
@@ -638,47 +638,13 @@ pub fn epoch_to_wire(e: EpochRow) -> pb::EpochInfo {
 pub fn run_states_from_wire(states: &[i32]) -> Result<Vec<RunState>> {
     states
         .iter()
-        .map(|&s| match pb::RunState::try_from(s) {
-            Ok(pb::RunState::Queued) => Ok(RunState::Queued),
-            Ok(pb::RunState::Leased) => Ok(RunState::Leased),
-            Ok(pb::RunState::Completed) => Ok(RunState::Completed),
-            Ok(pb::RunState::Diverged) => Ok(RunState::Diverged),
-            Ok(pb::RunState::Failed) => Ok(RunState::Failed),
-            Ok(pb::RunState::Cancelled) => Ok(RunState::Cancelled),
-            _ => Err(bad(format!("--state: {s} is not a run state this coordinator knows"))),
+        .map(|&s| {
+            pb::RunState::try_from(s)
+                .ok()
+                .and_then(RunState::from_wire)
+                .ok_or_else(|| bad(format!("--state: {s} is not a run state this coordinator knows")))
         })
         .collect()
-}
-
-/// A run's state to the wire.
-pub fn run_state_to_wire(s: RunState) -> pb::RunState {
-    match s {
-        RunState::Queued => pb::RunState::Queued,
-        RunState::Leased => pb::RunState::Leased,
-        RunState::Completed => pb::RunState::Completed,
-        RunState::Diverged => pb::RunState::Diverged,
-        RunState::Failed => pb::RunState::Failed,
-        RunState::Cancelled => pb::RunState::Cancelled,
-    }
-}
-
-/// A sweep's state to the wire.
-pub fn sweep_state_to_wire(s: SweepState) -> pb::SweepState {
-    match s {
-        SweepState::Active => pb::SweepState::Active,
-        SweepState::Completed => pb::SweepState::Completed,
-        SweepState::Cancelled => pb::SweepState::Cancelled,
-    }
-}
-
-/// A worker's state to the wire.
-pub fn worker_state_to_wire(s: WorkerState) -> pb::WorkerState {
-    match s {
-        WorkerState::Active => pb::WorkerState::Active,
-        WorkerState::Draining => pb::WorkerState::Draining,
-        WorkerState::Lost => pb::WorkerState::Lost,
-        WorkerState::Left => pb::WorkerState::Left,
-    }
 }
 
 /// A run to the wire, with its cell's axis values (in `plan.axes` order).
@@ -695,7 +661,7 @@ pub fn run_to_wire(r: RunRow, plan: &gradsweep_shared::SweepPlan) -> pb::RunInfo
         cell: r.cell,
         seed: r.seed,
         axis_values,
-        state: run_state_to_wire(r.state) as i32,
+        state: r.state.to_wire() as i32,
         attempts: r.attempts,
         worker_id,
         worker_name,
@@ -716,7 +682,7 @@ pub fn worker_to_wire(w: WorkerRow) -> pb::WorkerInfo {
         name: w.name,
         hostname: w.hostname,
         slots: w.slots,
-        state: worker_state_to_wire(w.state) as i32,
+        state: w.state.to_wire() as i32,
         runs: w.runs,
         last_heartbeat_ms: w.last_heartbeat_ms,
         trainers: w.trainers,
@@ -738,20 +704,15 @@ pub fn trainers_from_wire(names: &[String]) -> Result<Vec<gradsweep_shared::spec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{SweepState, WorkerState};
 
     /// The wire's state words are the stored words: what `status`, `runs`
     /// and `workers` print from a coordinator is what its database holds.
     #[test]
     fn every_state_crosses_the_wire_as_its_stored_word() {
         for &s in RunState::ALL {
-            assert_eq!(run_state_to_wire(s).word(), s.as_str());
-            assert_eq!(run_states_from_wire(&[run_state_to_wire(s) as i32]).unwrap(), vec![s]);
-        }
-        for &s in SweepState::ALL {
-            assert_eq!(sweep_state_to_wire(s).word(), s.as_str());
-        }
-        for &s in WorkerState::ALL {
-            assert_eq!(worker_state_to_wire(s).word(), s.as_str());
+            assert_eq!(run_states_from_wire(&[s.to_wire() as i32]).unwrap(), vec![s]);
+            assert_eq!(s.as_str().parse::<RunState>().unwrap(), s);
         }
         assert_eq!(RunState::ALL.len(), pb::RunState::KNOWN.len());
         assert_eq!(SweepState::ALL.len(), pb::SweepState::KNOWN.len());

@@ -1,7 +1,9 @@
 //! The states of runs, workers and sweeps, declared once.
 //!
-//! Each is a Rust enum stored in SQLite as a lowercase word (the word is
-//! what `status`, `workers` and the metrics show). Reading a word that no
+//! Each is a Rust enum stored in SQLite as a lowercase word: the word of
+//! the wire's enum of the same name ([`gradsweep_proto::states`], where
+//! the words are declared once), which is what `status`, `workers` and the
+//! metrics show. Reading a word that no
 //! variant spells is an error naming the column and the word, never a
 //! silent default.
 
@@ -9,6 +11,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+use gradsweep_proto::v1 as pb;
 
 /// A stored word that names no state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,10 +26,12 @@ pub struct UnknownState {
     pub expected: String,
 }
 
-/// Declares a state enum with its stored words, `ALL`, `as_str`, parsing
-/// and the SQLite conversions.
+/// Declares a state enum, `ALL`, its word (`as_str`: the wire enum's
+/// word, [`gradsweep_proto::states`], declared there once), parsing, the
+/// wire conversions and the SQLite conversions. Each variant has the name
+/// of the wire enum's.
 macro_rules! stored_state {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $word:literal,)+ }) => {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident,)+ }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum $name {
@@ -37,9 +43,23 @@ macro_rules! stored_state {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// The word stored and shown for this state.
-            pub const fn as_str(self) -> &'static str {
+            pub fn as_str(self) -> &'static str {
+                self.to_wire().word()
+            }
+
+            /// The wire's state.
+            pub fn to_wire(self) -> pb::$name {
                 match self {
-                    $($name::$variant => $word,)+
+                    $($name::$variant => pb::$name::$variant,)+
+                }
+            }
+
+            /// The state the wire names (none for `Unspecified` or one of
+            /// a newer contract).
+            pub fn from_wire(s: pb::$name) -> Option<Self> {
+                match s {
+                    $(pb::$name::$variant => Some($name::$variant),)+
+                    pb::$name::Unspecified => None,
                 }
             }
         }
@@ -54,14 +74,11 @@ macro_rules! stored_state {
             type Err = UnknownState;
 
             fn from_str(s: &str) -> Result<Self, UnknownState> {
-                match s {
-                    $($word => Ok($name::$variant),)+
-                    _ => Err(UnknownState {
-                        what: $what,
-                        word: s.to_string(),
-                        expected: [$($word),+].join(", "),
-                    }),
-                }
+                pb::$name::from_word(s).ok().and_then($name::from_wire).ok_or_else(|| UnknownState {
+                    what: $what,
+                    word: s.to_string(),
+                    expected: $name::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+                })
             }
         }
 
@@ -83,17 +100,17 @@ stored_state! {
     /// Where a run is in its life.
     RunState, "run" {
         /// Waiting for a worker.
-        Queued = "queued",
+        Queued,
         /// Leased to a worker.
-        Leased = "leased",
+        Leased,
         /// Finished with results.
-        Completed = "completed",
+        Completed,
         /// Finished with a diverged loss (its results so far are kept).
-        Diverged = "diverged",
+        Diverged,
         /// Ended with an error.
-        Failed = "failed",
+        Failed,
         /// Cancelled by the user.
-        Cancelled = "cancelled",
+        Cancelled,
     }
 }
 
@@ -101,13 +118,13 @@ stored_state! {
     /// What the coordinator knows of a worker.
     WorkerState, "worker" {
         /// Heartbeating and taking work.
-        Active = "active",
+        Active,
         /// Heartbeating, finishing what it holds, taking nothing new.
-        Draining = "draining",
+        Draining,
         /// Silent for longer than a lease TTL (a heartbeat revives it).
-        Lost = "lost",
+        Lost,
         /// Said goodbye; its leases went back to the queue.
-        Left = "left",
+        Left,
     }
 }
 
@@ -115,11 +132,11 @@ stored_state! {
     /// Whether a sweep still has work.
     SweepState, "sweep" {
         /// Some run is queued or leased.
-        Active = "active",
+        Active,
         /// Every run ended.
-        Completed = "completed",
+        Completed,
         /// Cancelled by the user.
-        Cancelled = "cancelled",
+        Cancelled,
     }
 }
 
