@@ -6,6 +6,8 @@
 //! and per epoch), what the seeds recorded once per epoch, and the
 //! sweep-level η/b table with the collapse scores ([`eta_table`]).
 
+use std::fmt::Write as _;
+
 use gradsweep_shared::results::{BracketKind, CellBracket, CellEpochs, CellResult, PairDrift, SweepSummary};
 use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 
@@ -132,9 +134,9 @@ fn exact(c: &CellResult) -> impl Iterator<Item = &gradsweep_shared::stats::Spect
 /// sections in order, then the η/b table of the summary.
 pub struct Tables {
     main: MainTable,
-    drift: Vec<Vec<String>>,
+    drift: TextRows,
     pairs: PairsSection,
-    epochs: Vec<Vec<String>>,
+    epochs: TextRows,
     epoch_pairs: PairsSection,
 }
 
@@ -143,10 +145,15 @@ impl Tables {
     /// column to the main table.
     pub fn new(th: &RankThresholds) -> Self {
         Tables {
-            main: MainTable { user: threshold_columns(th), lines: vec![], with_exact: false, with_axes: false },
-            drift: vec![],
+            main: MainTable {
+                user: threshold_columns(th),
+                lines: TextRows::default(),
+                with_exact: false,
+                with_axes: false,
+            },
+            drift: TextRows::default(),
             pairs: PairsSection::new(CellResult::pair_drift, "step"),
-            epochs: vec![],
+            epochs: TextRows::default(),
             epoch_pairs: PairsSection::new(CellResult::epoch_pair_drift, "epoch"),
         }
     }
@@ -154,10 +161,10 @@ impl Tables {
     /// Adds one cell's rows to every section (cells in index order).
     pub fn add(&mut self, c: &CellResult) {
         self.main.add(c);
-        self.drift.push(drift_row(c));
+        self.drift.push(&drift_row(c));
         self.pairs.add(c);
         if let Some(e) = &c.epochs {
-            self.epochs.push(epochs_row(c, e));
+            self.epochs.push(&epochs_row(c, e));
         }
         self.epoch_pairs.add(c);
     }
@@ -167,12 +174,12 @@ impl Tables {
     pub fn render(&self, summary: &SweepSummary) -> String {
         let mut out = self.main.render();
         out.push('\n');
-        out.push_str(&aligned(DRIFT_HEADER, &self.drift));
+        out.push_str(&self.drift.render(DRIFT_HEADER, &|_| true));
         out.push('\n');
         let epochs = if self.epochs.is_empty() {
             String::new()
         } else {
-            format!("{EPOCHS_INTRO}{}", aligned(EPOCHS_HEADER, &self.epochs))
+            format!("{EPOCHS_INTRO}{}", self.epochs.render(EPOCHS_HEADER, &|_| true))
         };
         for section in [self.pairs.render(), epochs, self.epoch_pairs.render()] {
             if !section.is_empty() {
@@ -192,16 +199,70 @@ fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
     align(&all)
 }
 
-/// The main table's line of one cell: the fixed columns, then the columns
-/// that only some sweeps have (decided once every cell is in).
-struct MainLine {
-    fixed: Vec<String>,
-    /// Exact rank and λ_max (probe option `exact`), and whether the cell has any.
-    exact: ([String; 2], bool),
-    user: Vec<String>,
-    /// Axes other than lr and batch size.
-    axes: String,
+/// Separates a row's fields in [`TextRows`] (a field that holds it has it
+/// replaced by a space).
+const FIELD_SEP: char = '\u{1f}';
+
+/// A table's rows kept as text, one allocation a row (its fields joined by
+/// [`FIELD_SEP`]), aligned as [`align`] aligns when rendered: a sweep's
+/// rows cost their text and little more.
+#[derive(Default)]
+struct TextRows {
+    rows: Vec<Box<str>>,
 }
+
+impl TextRows {
+    fn push(&mut self, fields: &[String]) {
+        let mut row = String::with_capacity(fields.iter().map(|f| f.len() + 1).sum());
+        for (j, f) in fields.iter().enumerate() {
+            if j > 0 {
+                row.push(FIELD_SEP);
+            }
+            row.extend(f.chars().map(|c| if c == FIELD_SEP { ' ' } else { c }));
+        }
+        self.rows.push(row.into_boxed_str());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The columns of `header` that `keep` keeps, over the rows, aligned
+    /// with a rule under the header (as [`align`] does).
+    fn render(&self, header: &[&str], keep: &dyn Fn(usize) -> bool) -> String {
+        let kept = |fields: &mut dyn Iterator<Item = &str>| -> Vec<usize> {
+            fields.enumerate().filter(|(j, _)| keep(*j)).map(|(_, f)| f.chars().count()).collect()
+        };
+        let mut widths = kept(&mut header.iter().copied());
+        for r in &self.rows {
+            for (w, n) in widths.iter_mut().zip(kept(&mut r.split(FIELD_SEP))) {
+                *w = (*w).max(n);
+            }
+        }
+        let (mut out, mut line) = (String::new(), String::new());
+        let mut write = |fields: &mut dyn Iterator<Item = &str>, out: &mut String| {
+            line.clear();
+            for (k, f) in fields.enumerate().filter(|(j, _)| keep(*j)).map(|(_, f)| f).enumerate() {
+                if k > 0 {
+                    line.push_str("  ");
+                }
+                let _ = write!(line, "{f:>w$}", w = widths[k]);
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        };
+        write(&mut header.iter().copied(), &mut out);
+        out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+        out.push('\n');
+        for r in &self.rows {
+            write(&mut r.split(FIELD_SEP), &mut out);
+        }
+        out
+    }
+}
+
+/// The main table's columns that every sweep has, before the optional ones.
+const MAIN_FIXED: usize = 16;
 
 /// The per-cell table, aligned for a terminal. ± is the 95 % interval across
 /// seeds. Ranks, rank/d and λ_max are certified brackets (by the sketches'
@@ -210,7 +271,10 @@ struct MainLine {
 /// thresholds `th` adds a column.
 struct MainTable {
     user: Vec<ThresholdColumn>,
-    lines: Vec<MainLine>,
+    /// Per cell: the fixed columns, exact rank and λ_max, the user's
+    /// thresholds, the other axes (the optional ones dropped at render
+    /// when no cell has them).
+    lines: TextRows,
     with_exact: bool,
     with_axes: bool,
 }
@@ -218,7 +282,7 @@ struct MainTable {
 impl MainTable {
     fn add(&mut self, c: &CellResult) {
         let r = row(c);
-        let fixed = vec![
+        let mut line = vec![
             r.cell.to_string(),
             num(r.lr),
             r.batch.to_string(),
@@ -236,21 +300,21 @@ impl MainTable {
             pm(r.area_rate),
             pm(r.overlap),
         ];
-        let has_exact = exact(c).next().is_some();
-        let exact =
-            [pm(Summary::of(exact(c).map(|s| s.rank.value))), pm(Summary::of(exact(c).map(|s| s.lambda_max.value)))];
-        let user = self.user.iter().map(|col| bracket(threshold_cell(c, col).as_ref(), count)).collect();
+        self.with_exact |= exact(c).next().is_some();
+        line.push(pm(Summary::of(exact(c).map(|s| s.rank.value))));
+        line.push(pm(Summary::of(exact(c).map(|s| s.lambda_max.value))));
+        line.extend(self.user.iter().map(|col| bracket(threshold_cell(c, col).as_ref(), count)));
         let mut p = c.params.clone();
         p.remove("lr");
         p.remove("batch_size");
         let axes = gradsweep_shared::grid::fmt_params(&p);
-        self.with_exact |= has_exact;
         self.with_axes |= !axes.is_empty();
-        self.lines.push(MainLine { fixed, exact: (exact, has_exact), user, axes });
+        line.push(axes);
+        self.lines.push(&line);
     }
 
     fn render(&self) -> String {
-        let mut header: Vec<String> = [
+        let mut header: Vec<&str> = vec![
             "cell",
             "lr",
             "b",
@@ -267,30 +331,19 @@ impl MainTable {
             "β⁻¹·trD/d",
             "area rate",
             "eig overlap",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if self.with_exact {
-            header.extend(["exact rank".to_string(), "exact λ_max".to_string()]);
-        }
-        header.extend(self.user.iter().map(|c| c.label.clone()));
-        if self.with_axes {
-            header.push("axes".into());
-        }
-        let mut rows: Vec<Vec<String>> = vec![header];
-        for l in &self.lines {
-            let mut line = l.fixed.clone();
-            if self.with_exact {
-                line.extend(l.exact.0.iter().cloned());
-            }
-            line.extend(l.user.iter().cloned());
-            if self.with_axes {
-                line.push(l.axes.clone());
-            }
-            rows.push(line);
-        }
-        align(&rows)
+            "exact rank",
+            "exact λ_max",
+        ];
+        header.extend(self.user.iter().map(|c| c.label.as_str()));
+        header.push("axes");
+        let axes = header.len() - 1;
+        let keep = |j: usize| match j {
+            j if j < MAIN_FIXED => true,
+            j if j < MAIN_FIXED + 2 => self.with_exact,
+            j if j == axes => self.with_axes,
+            _ => true,
+        };
+        self.lines.render(&header, &keep)
     }
 }
 
