@@ -127,7 +127,8 @@ pub async fn stream_results(
             // before protocol 7): nothing here can read it.
             None => {
                 return Err(ClientError::Decode(
-                    "a results message of another release (the coordinator and this command must be of the same                      gradsweep version)"
+                    "a results message of another release (the coordinator and this command must be of the same \
+                     gradsweep version)"
                         .into(),
                 ));
             }
