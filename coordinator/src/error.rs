@@ -91,6 +91,13 @@ impl CoordinatorError {
 /// Result alias for the coordinator.
 pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;
 
+/// A blob whose chunks did not add up is a rejected payload.
+impl From<gradsweep_proto::AssemblyError> for CoordinatorError {
+    fn from(e: gradsweep_proto::AssemblyError) -> Self {
+        CoordinatorError::InvalidArgument(e.0)
+    }
+}
+
 impl From<CoordinatorError> for Status {
     fn from(e: CoordinatorError) -> Status {
         let code = match &e {

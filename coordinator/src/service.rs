@@ -291,7 +291,7 @@ async fn gather<M, H>(
 where
     M: ChunkData,
 {
-    let bad = |e: gradsweep_proto::AssemblyError| Status::invalid_argument(e.0);
+    let bad = crate::error::CoordinatorError::from;
     let mut blob = gradsweep_proto::Assembly::new(what, MAX_SHARD_BYTES);
     let mut first = None;
     while let Some(c) = stream.next().await {
