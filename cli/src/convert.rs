@@ -4,6 +4,7 @@
 //! them; a message this client cannot read is refused naming the field,
 //! never guessed.
 
+use gradsweep_proto::FieldError;
 use gradsweep_proto::v1 as pb;
 use gradsweep_shared::epochs::{EpochStats, PeakTest};
 use gradsweep_shared::json_f64::F64;
@@ -16,25 +17,15 @@ use gradsweep_shared::spec::RunFinal;
 use gradsweep_shared::stats::{Bracket, RankThresholds, SpectrumStats, Summary};
 use gradsweep_shared::trajectory::DriftStats;
 
-/// A results message this client cannot read: which field, and why.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("`{field}`: {problem}")]
-pub struct WireError {
-    /// The field's path, e.g. `runs[2].probes[0].spectrum`.
-    pub field: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
+/// A results message this client cannot read, naming the field
+/// (`runs[2].probes[0].spectrum`).
+pub type WireError = FieldError;
 
 type Result<T> = std::result::Result<T, WireError>;
 
-fn missing(field: &str) -> WireError {
-    WireError { field: field.into(), problem: "missing".into() }
-}
-
 /// A required message field.
 fn req<T>(v: Option<T>, field: &str) -> Result<T> {
-    v.ok_or_else(|| missing(field))
+    v.ok_or_else(|| FieldError::missing(field))
 }
 
 /// The wire form of a results request: a sweep, with ranks at extra
@@ -49,8 +40,7 @@ pub fn results_request(sweep_id: &str, th: &RankThresholds) -> pb::ResultsReques
 
 /// A cell's results from the wire.
 pub fn cell_from_wire(c: pb::CellResult) -> Result<CellResult> {
-    let params = gradsweep_proto::grid_value::map_from_wire("params", c.params)
-        .map_err(|e| WireError { field: e.field, problem: e.problem })?;
+    let params = gradsweep_proto::grid_value::map_from_wire("params", c.params)?;
     let s = |v: Option<pb::Summary>, f: &str| req(v, f).map(summary_from_wire);
     Ok(gradsweep_proto::moved_fields!(c => CellResult {
         results_version, index, lr, batch_size, eta_over_b, temperature, area_rate_detectable,
@@ -149,7 +139,7 @@ fn cell_bracket_from_wire(b: pb::CellBracket) -> Result<CellBracket> {
         Ok(pb::BracketKind::Value) => BracketKind::Value,
         _ => {
             let problem = format!("unknown bracket kind {}", b.kind);
-            return Err(WireError { field: "rank_certified.kind".into(), problem });
+            return Err(FieldError::new("rank_certified.kind", problem));
         }
     };
     Ok(gradsweep_proto::moved_fields!(b => CellBracket {

@@ -4,17 +4,8 @@
 
 use serde_json::Value;
 
+use crate::FieldError;
 use crate::v1::{GridList, GridNull, GridTable, GridValue, grid_value::Kind};
-
-/// A grid value the receiver cannot read: where it is and what is wrong.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("`{field}`: {problem}")]
-pub struct GridValueError {
-    /// Its path, e.g. `user.layers[2]` or `opt.lr`.
-    pub field: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
 
 /// A value to the wire.
 pub fn to_wire(v: &Value) -> GridValue {
@@ -38,8 +29,8 @@ pub fn to_wire(v: &Value) -> GridValue {
 /// A value from the wire; `field` names it in errors (an element of a list
 /// or table is named below it). Every value must have a kind, and numbers
 /// must be finite (JSON has no others).
-pub fn from_wire(field: &str, v: GridValue) -> Result<Value, GridValueError> {
-    let err = |problem: String| GridValueError { field: field.to_string(), problem };
+pub fn from_wire(field: &str, v: GridValue) -> Result<Value, FieldError> {
+    let err = |problem: String| FieldError::new(field, problem);
     Ok(match v.kind {
         Some(Kind::Flag(b)) => Value::Bool(b),
         Some(Kind::Integer(i)) => Value::from(i),
@@ -62,7 +53,7 @@ pub fn from_wire(field: &str, v: GridValue) -> Result<Value, GridValueError> {
                     let x = from_wire(&format!("{field}.{k}"), x)?;
                     Ok((k, x))
                 })
-                .collect::<Result<_, GridValueError>>()?,
+                .collect::<Result<_, FieldError>>()?,
         ),
         Some(Kind::Null(GridNull {})) => Value::Null,
         None => return Err(err("a value without a kind".into())),
@@ -74,7 +65,7 @@ pub fn from_wire(field: &str, v: GridValue) -> Result<Value, GridValueError> {
 pub fn map_from_wire(
     prefix: &str,
     m: impl IntoIterator<Item = (String, GridValue)>,
-) -> Result<std::collections::BTreeMap<String, Value>, GridValueError> {
+) -> Result<std::collections::BTreeMap<String, Value>, FieldError> {
     m.into_iter()
         .map(|(k, v)| {
             let field = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };

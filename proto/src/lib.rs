@@ -12,6 +12,7 @@
 //! * [`v1`] — generated code for package `gradsweep.v1`.
 //! * [`transport`] — how clients reach a coordinator: address, TLS, token.
 //! * [`chunks`] — blobs cut into chunks under the message limit, and put back together ([`Assembly`]).
+//! * [`field_error`] — [`FieldError`]: what a receiver cannot read, named by the field.
 //! * [`grid_value`] — grid values (`[user]` keys, axis values) to and from the wire's `GridValue`.
 //! * [`states`] — the words of the sweep, run and worker states.
 //! * [`metrics`] — Prometheus metric primitives, text exposition and the `/metrics` endpoint.
@@ -27,9 +28,11 @@ pub mod v1 {
 }
 
 pub mod chunks;
+pub mod field_error;
 pub mod grid_value;
 
 pub use chunks::{Assembly, AssemblyError, chunk_slices};
+pub use field_error::FieldError;
 pub mod metrics;
 pub mod states;
 pub mod transport;

@@ -1,6 +1,7 @@
 //! The worker's one wire↔domain module: run specs from the wire, run events
 //! to wire reports, final figures to the wire.
 
+use gradsweep_proto::FieldError;
 use gradsweep_proto::v1 as pb;
 use gradsweep_proto::v1::report_request::Body;
 use gradsweep_shared::run::RunEvent;
@@ -8,18 +9,12 @@ use gradsweep_shared::spec::{
     ProbeConfig, ProjectionBasis, RunFinal, RunSpec, SketchSize, TrainConfig, Trainer, WirePrecision,
 };
 
-/// A run spec the worker cannot read: which field, and what is wrong.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("run spec field `{field}`: {problem}")]
-pub struct SpecError {
-    /// The field's path, e.g. `probe.basis` or `user.layers[2]`.
-    pub field: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
+/// A run spec the worker cannot read, naming the field (`probe.basis`,
+/// `user.widths[1]`).
+pub type SpecError = FieldError;
 
 fn spec_error(field: impl Into<String>, problem: impl Into<String>) -> SpecError {
-    SpecError { field: field.into(), problem: problem.into() }
+    FieldError::new(field, problem)
 }
 
 /// The spec of an assignment (a run's or a probe shard's), which must
@@ -33,10 +28,9 @@ pub fn assigned_spec(spec: Option<pb::RunSpec>) -> Result<RunSpec, SpecError> {
 /// is, so anything else is refused rather than guessed.
 pub fn spec_from_wire(s: pb::RunSpec) -> Result<RunSpec, SpecError> {
     let pb::RunSpec { train, probe, seed, user } = s;
-    let train = train.ok_or_else(|| spec_error("train", "missing"))?;
-    let probe = probe.ok_or_else(|| spec_error("probe", "missing"))?;
-    let user = gradsweep_proto::grid_value::map_from_wire("user", user)
-        .map_err(|e| SpecError { field: e.field, problem: e.problem })?;
+    let train = train.ok_or_else(|| FieldError::missing("train"))?;
+    let probe = probe.ok_or_else(|| FieldError::missing("probe"))?;
+    let user = gradsweep_proto::grid_value::map_from_wire("user", user)?;
     Ok(RunSpec { train: train_from_wire(train)?, probe: probe_from_wire(probe)?, seed, user })
 }
 
