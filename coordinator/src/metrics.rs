@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use gradsweep_proto::metrics::{Counter, Exposition, Gauge, Histogram, Kind, LATENCY_BUCKETS};
+use gradsweep_proto::metrics::{CALL_BUCKETS, Counter, Exposition, Gauge, Histogram, Kind, LATENCY_BUCKETS};
 
 use crate::store::StateCounts;
 use crate::store::{RunState, WorkerState};
@@ -42,7 +42,63 @@ pub struct CoordinatorMetrics {
     pub commits: Counter,
     /// Transitions committed (their ratio to `commits` is the batch size).
     pub committed_transitions: Counter,
+    /// Seconds the store writer took per batch: its transitions run, then
+    /// the commit (one fsync).
+    pub store_batch_seconds: Histogram,
+    /// Seconds each worker call took in the coordinator, by [`Call`].
+    call_seconds: Vec<Histogram>,
     started: Instant,
+}
+
+/// The worker calls whose time in the coordinator is recorded
+/// (`gradsweep_call_seconds{call=…}`): from the handler's start to its
+/// answer, so an `Acquire` that long-polls for work counts its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `Register`.
+    Register,
+    /// `Heartbeat`.
+    Heartbeat,
+    /// `Acquire` (a wait for work included).
+    Acquire,
+    /// `Report` (a whole stream of reports).
+    Report,
+    /// `Finish`.
+    Finish,
+    /// `Release`.
+    Release,
+}
+
+impl Call {
+    /// Every call, in the order of the exposition.
+    pub const ALL: &[Call] =
+        &[Call::Register, Call::Heartbeat, Call::Acquire, Call::Report, Call::Finish, Call::Release];
+
+    /// The gRPC method's name (the metric's label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Register => "Register",
+            Call::Heartbeat => "Heartbeat",
+            Call::Acquire => "Acquire",
+            Call::Report => "Report",
+            Call::Finish => "Finish",
+            Call::Release => "Release",
+        }
+    }
+}
+
+/// Records a call's time when dropped ([`CoordinatorMetrics::time`]):
+/// every way out of a handler, an error's included, is counted.
+#[must_use = "the call is timed until this is dropped"]
+pub struct CallTimer<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Drop for CallTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 impl Default for CoordinatorMetrics {
@@ -63,6 +119,8 @@ impl Default for CoordinatorMetrics {
             shard_result_bytes: Gauge::default(),
             commits: Counter::default(),
             committed_transitions: Counter::default(),
+            store_batch_seconds: Histogram::new(CALL_BUCKETS),
+            call_seconds: Call::ALL.iter().map(|_| Histogram::new(CALL_BUCKETS)).collect(),
             started: Instant::now(),
         }
     }
@@ -74,6 +132,12 @@ fn by_state<S: Copy + PartialEq + std::fmt::Display>(all: &[S], counts: &[(S, u6
 }
 
 impl CoordinatorMetrics {
+    /// Times one `call` until the returned timer is dropped.
+    pub fn time(&self, call: Call) -> CallTimer<'_> {
+        let i = Call::ALL.iter().position(|c| *c == call).unwrap_or(0);
+        CallTimer { histogram: &self.call_seconds[i], started: Instant::now() }
+    }
+
     /// The text exposition, with the store's counts.
     pub fn render(&self, counts: &StateCounts) -> String {
         let queued = counts.runs.iter().filter(|(s, _)| s.is_open()).map(|(_, n)| *n).sum::<u64>();
@@ -96,6 +160,17 @@ impl CoordinatorMetrics {
                 "gradsweep_merge_seconds",
                 "Time to merge a cell's runs (off the request path: finishes do not wait for it).",
                 &self.merge_seconds,
+            )
+            .histograms(
+                "gradsweep_call_seconds",
+                "Time worker calls took in the coordinator, by call (an Acquire's wait for work included).",
+                "call",
+                &Call::ALL.iter().zip(&self.call_seconds).map(|(c, h)| (c.name(), h)).collect::<Vec<_>>(),
+            )
+            .histogram(
+                "gradsweep_store_batch_seconds",
+                "Time the store writer took per batch of transitions: running them, then one commit (fsync).",
+                &self.store_batch_seconds,
             )
             .single(
                 "gradsweep_cells_pending_merge",
@@ -159,5 +234,29 @@ impl CoordinatorMetrics {
             e.single(name, help, Kind::Counter, c.get() as f64);
         }
         e.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_timed_call_lands_in_its_own_histogram() {
+        let m = CoordinatorMetrics::default();
+        drop(m.time(Call::Heartbeat));
+        drop(m.time(Call::Heartbeat));
+        drop(m.time(Call::Finish));
+        let text = m.render(&StateCounts { runs: vec![], workers: vec![] });
+        for call in Call::ALL {
+            let n = match call {
+                Call::Heartbeat => 2,
+                Call::Finish => 1,
+                _ => 0,
+            };
+            let line = format!("gradsweep_call_seconds_count{{call=\"{}\"}} {n}\n", call.name());
+            assert!(text.contains(&line), "{line} in:\n{text}");
+        }
+        assert!(text.contains("# TYPE gradsweep_store_batch_seconds histogram\n"), "{text}");
     }
 }

@@ -23,7 +23,7 @@ use gradsweep_shared::stats::RankThresholds;
 
 use crate::convert;
 use crate::error::CoordinatorError;
-use crate::state::Coordinator;
+use crate::state::{Coordinator, Read};
 
 /// Seconds between reloads of a page whose sweep has work.
 pub const REFRESH_S: u32 = 5;
@@ -141,7 +141,7 @@ async fn index(State(p): State<Pages>, headers: HeaderMap, uri: Uri) -> Response
     }
     let read = p
         .state
-        .read_store(|s| {
+        .read_store(Read::Quick, |s| {
             let workers = s.workers()?.into_iter().map(convert::worker_to_wire).collect::<Vec<_>>();
             Ok((convert::all_sweep_statuses(s)?, workers))
         })
@@ -175,7 +175,7 @@ async fn sweep(State(p): State<Pages>, Path(id): Path<String>, headers: HeaderMa
 pub async fn report_input(state: &Coordinator, id: &str) -> Result<ReportInput, CoordinatorError> {
     let id2 = id.to_string();
     let (status, workers, plan) = state
-        .read_store(move |s| {
+        .read_store(Read::Bulk, move |s| {
             let workers: Vec<pb::WorkerInfo> = s.workers()?.into_iter().map(convert::worker_to_wire).collect();
             Ok((convert::sweep_status(s, &id2)?, workers, s.plan(&id2)?))
         })
@@ -194,7 +194,7 @@ pub async fn report_input(state: &Coordinator, id: &str) -> Result<ReportInput, 
     let (mut runs, mut after) = (Vec::<RunRow>::new(), None);
     loop {
         let (id, plan) = (id.to_string(), plan.clone());
-        let page = state.read_store(move |s| convert::runs_page(s, &id, &[], after, &plan, false)).await?;
+        let page = state.read_store(Read::Bulk, move |s| convert::runs_page(s, &id, &[], after, &plan, false)).await?;
         runs.extend(page.runs.iter().map(|r| RunRow::from_wire(r, &hosts, false)));
         after = page.last;
         if !page.full {
@@ -208,7 +208,8 @@ pub async fn report_input(state: &Coordinator, id: &str) -> Result<ReportInput, 
         let mut after = cell.checked_sub(1).map(|c| (c, i64::MAX as u64));
         loop {
             let (id, plan) = (id.to_string(), plan.clone());
-            let page = state.read_store(move |s| convert::runs_page(s, &id, &[], after, &plan, true)).await?;
+            let page =
+                state.read_store(Read::Bulk, move |s| convert::runs_page(s, &id, &[], after, &plan, true)).await?;
             let mine: Vec<&pb::RunInfo> = page.runs.iter().filter(|r| r.cell == cell).collect();
             for r in &mine {
                 if let Some(&i) = index.get(r.run_id.as_str()) {

@@ -14,8 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::error::CoordinatorError;
+use crate::metrics::Call;
 use crate::shards::{PassOwner, ShardView};
-use crate::state::Coordinator;
+use crate::state::{Coordinator, Read};
 
 /// Longest an `Acquire` call is held open.
 const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(20);
@@ -52,6 +53,7 @@ pub struct ControlApi {
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let _timed = self.state.metrics().time(Call::Register);
         let r = req.into_inner();
         if r.protocol_version != gradsweep_proto::PROTOCOL_VERSION {
             tracing::warn!(worker = %r.name, version = r.protocol_version, "worker refused: protocol mismatch");
@@ -74,6 +76,7 @@ impl WorkerService for WorkerApi {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let _timed = self.state.metrics().time(Call::Heartbeat);
         let r = req.into_inner();
         let runs = convert::leases_from_wire(&r.runs);
         let shards = convert::shard_leases_from_wire(&r.shards);
@@ -96,6 +99,7 @@ impl WorkerService for WorkerApi {
     }
 
     async fn acquire(&self, req: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+        let _timed = self.state.metrics().time(Call::Acquire);
         let r = req.into_inner();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_ACQUIRE_WAIT);
         loop {
@@ -144,6 +148,7 @@ impl WorkerService for WorkerApi {
     }
 
     async fn report(&self, req: Request<Streaming<pb::ReportRequest>>) -> Result<Response<pb::ReportResponse>, Status> {
+        let _timed = self.state.metrics().time(Call::Report);
         let mut stream = req.into_inner();
         let mut applied = 0;
         while let Some(msg) = stream.next().await {
@@ -159,6 +164,7 @@ impl WorkerService for WorkerApi {
     }
 
     async fn finish(&self, req: Request<pb::FinishRequest>) -> Result<Response<pb::FinishResponse>, Status> {
+        let _timed = self.state.metrics().time(Call::Finish);
         let r = req.into_inner();
         let outcome = convert::outcome_from_wire(&r)?;
         let stale =
@@ -184,6 +190,7 @@ impl WorkerService for WorkerApi {
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let _timed = self.state.metrics().time(Call::Release);
         let r = req.into_inner();
         let runs = convert::leases_from_wire(&r.runs);
         let shards = convert::shard_leases_from_wire(&r.shards);
@@ -356,13 +363,13 @@ impl ControlService for ControlApi {
         &self,
         _req: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
-        let sweeps = self.state.read_store(|s| convert::all_sweep_statuses(s)).await?;
+        let sweeps = self.state.read_store(Read::Quick, |s| convert::all_sweep_statuses(s)).await?;
         Ok(Response::new(pb::ListSweepsResponse { sweeps }))
     }
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::SweepStatus>, Status> {
         let id = req.into_inner().sweep_id;
-        let status = self.state.read_store(move |s| convert::sweep_status(s, &id)).await?;
+        let status = self.state.read_store(Read::Quick, move |s| convert::sweep_status(s, &id)).await?;
         Ok(Response::new(status))
     }
 
@@ -373,7 +380,7 @@ impl ControlService for ControlApi {
         let th = convert::thresholds_from_wire(&req)?;
         let id = req.sweep_id;
         let id2 = id.clone();
-        let (row, plan) = self.state.read_store(move |s| Ok((s.sweep(&id2)?, s.plan(&id2)?))).await?;
+        let (row, plan) = self.state.read_store(Read::Bulk, move |s| Ok((s.sweep(&id2)?, s.plan(&id2)?))).await?;
         let plan = Arc::new(plan);
         // A page of cells at a time: read, merged where stale, sent, and
         // kept only as the summary needs it, so a sweep of any size streams
@@ -439,14 +446,14 @@ impl ControlService for ControlApi {
     ) -> Result<Response<Self::ExportGradientsStream>, Status> {
         let id = req.into_inner().sweep_id;
         let id2 = id.clone();
-        self.state.read_store(move |s| s.sweep(&id2)).await?;
-        let refs = self.state.read_store(move |s| s.saved_gradient_probes(&id)).await?;
+        self.state.read_store(Read::Quick, move |s| s.sweep(&id2)).await?;
+        let refs = self.state.read_store(Read::Bulk, move |s| s.saved_gradient_probes(&id)).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let state = self.state.clone();
         tokio::spawn(async move {
             for r in refs {
                 let (run_id, index) = (r.run_id.clone(), r.index);
-                let blob = state.read_store(move |s| s.probe_blob(&run_id, index)).await;
+                let blob = state.read_store(Read::Bulk, move |s| s.probe_blob(&run_id, index)).await;
                 // Decoded and converted off the store's connections and off the runtime.
                 let chunks = match blob {
                     Ok(b) => tokio::task::spawn_blocking(move || convert::saved_gradients_from_blob(&r, &b))
@@ -483,14 +490,14 @@ impl ControlService for ControlApi {
         let with_epochs = req.with_epochs;
         let id = req.sweep_id;
         let id2 = id.clone();
-        let plan = Arc::new(self.state.read_store(move |s| s.plan(&id2)).await?);
+        let plan = Arc::new(self.state.read_store(Read::Bulk, move |s| s.plan(&id2)).await?);
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let state = self.state.clone();
         tokio::spawn(async move {
             let mut cursor = Some(convert::RunsCursor::new(id, states, plan, with_epochs));
             let mut first = true;
             while let Some(mut c) = cursor.take() {
-                let read = state.read_store(move |s| Ok((c.next_page(s), c))).await;
+                let read = state.read_store(Read::Bulk, move |s| Ok((c.next_page(s), c))).await;
                 let runs = match read {
                     Ok((None, _)) => return,
                     Ok((Some(Ok(runs)), c)) => {
@@ -528,7 +535,7 @@ impl ControlService for ControlApi {
         &self,
         _req: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let rows = self.state.read_store(|s| s.workers()).await?;
+        let rows = self.state.read_store(Read::Quick, |s| s.workers()).await?;
         Ok(Response::new(pb::ListWorkersResponse { workers: rows.into_iter().map(convert::worker_to_wire).collect() }))
     }
 

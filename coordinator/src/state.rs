@@ -183,8 +183,10 @@ pub type FreshMerge = (String, EncodedMerge);
 pub struct Coordinator {
     /// The write connection's thread (group commit).
     writer: Arc<Writer>,
-    /// Read-only connections for status, results and merge inputs.
-    readers: Arc<Readers>,
+    /// Read-only connections for short reads (heartbeats, status).
+    quick: Arc<Readers>,
+    /// Read-only connections for long reads (merge inputs, results).
+    bulk: Arc<Readers>,
     work_available: Arc<Notify>,
     config: Arc<CoordinatorConfig>,
     metrics: Arc<CoordinatorMetrics>,
@@ -204,34 +206,71 @@ pub struct Coordinator {
     merge_pool: Arc<MergePool>,
 }
 
-/// A few read-only connections; a read takes a free one, or waits for one.
+/// Read-only connections: a read takes whichever is free, or waits for the
+/// first one freed (never for one connection in particular, which a long
+/// read may hold).
 struct Readers {
-    conns: Vec<Mutex<Store>>,
-    next: std::sync::atomic::AtomicUsize,
+    free: Mutex<Vec<Store>>,
+    freed: std::sync::Condvar,
+}
+
+/// A connection taken from [`Readers`], handed back when dropped (also
+/// when the read panics).
+struct Taken<'a> {
+    readers: &'a Readers,
+    store: Option<Store>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            // A poisoned pool lends nothing more; the reads fail cleanly.
+            if let Ok(mut free) = self.readers.free.lock() {
+                free.push(store);
+                self.readers.freed.notify_one();
+            }
+        }
+    }
 }
 
 impl Readers {
     fn open(path: &std::path::Path, policy: LeasePolicy, n: usize) -> Result<Self> {
-        let conns = (0..n.max(1)).map(|_| Store::open_reader(path, policy).map(Mutex::new)).collect::<Result<_>>()?;
-        Ok(Readers { conns, next: std::sync::atomic::AtomicUsize::new(0) })
+        let free = (0..n.max(1)).map(|_| Store::open_reader(path, policy)).collect::<Result<_>>()?;
+        Ok(Readers { free: Mutex::new(free), freed: std::sync::Condvar::new() })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
-        let poisoned = || CoordinatorError::Internal("a store reader's mutex is poisoned".into());
-        let mut guard = match self.conns.iter().find_map(|c| c.try_lock().ok()) {
-            Some(g) => g,
-            None => {
-                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.conns.len();
-                self.conns[i].lock().map_err(|_| poisoned())?
+        let poisoned = || CoordinatorError::Internal("the store readers' pool is poisoned".into());
+        let mut free = self.free.lock().map_err(|_| poisoned())?;
+        let store = loop {
+            match free.pop() {
+                Some(s) => break s,
+                None => free = self.freed.wait(free).map_err(|_| poisoned())?,
             }
         };
-        f(&mut guard)
+        drop(free);
+        let mut taken = Taken { readers: self, store: Some(store) };
+        f(taken.store.as_mut().expect("taken above"))
     }
 }
 
-/// Read-only connections: enough that a long merge-input read does not
-/// hold up `status`.
-const READERS: usize = 3;
+/// Read connections for short reads (heartbeats, status, the worker list,
+/// lease owners): a heartbeat never queues behind a sketch or a plan.
+const QUICK_READERS: usize = 2;
+
+/// Read connections for long reads (merge inputs, results pages, plans,
+/// stored probes, run pages), so that two results calls and a merge can
+/// read side by side.
+const BULK_READERS: usize = 3;
+
+/// Which connections a read uses ([`Coordinator::read_store`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// A few rows by key: answered in well under a millisecond.
+    Quick,
+    /// Sketches, plans, pages of runs or cells: may take seconds.
+    Bulk,
+}
 
 impl Coordinator {
     /// Opens the database and reconciles: outstanding leases get a fresh TTL
@@ -256,11 +295,13 @@ impl Coordinator {
         );
         let metrics = Arc::new(CoordinatorMetrics::default());
         metrics.cells_pending_merge.set(stale.len() as f64);
-        let readers = Readers::open(&config.db_path, policy, READERS)?;
+        let quick = Readers::open(&config.db_path, policy, QUICK_READERS)?;
+        let bulk = Readers::open(&config.db_path, policy, BULK_READERS)?;
         let writer = Writer::start(store, lock, metrics.clone())?;
         Ok(Coordinator {
             writer: Arc::new(writer),
-            readers: Arc::new(readers),
+            quick: Arc::new(quick),
+            bulk: Arc::new(bulk),
             work_available: Arc::new(Notify::new()),
             metrics,
             halted: Arc::new(tokio::sync::watch::channel(None).0),
@@ -326,7 +367,7 @@ impl Coordinator {
     /// One cell's merge, off the lock; returns how many runs it combined
     /// (none when the cell is pruned: its merge is final).
     async fn merge_cell(&self, sweep_id: String, cell: u32) -> Result<usize> {
-        let Some(inputs) = self.read_store(move |s| s.cell_inputs(&sweep_id, cell)).await? else {
+        let Some(inputs) = self.read_store(Read::Bulk, move |s| s.cell_inputs(&sweep_id, cell)).await? else {
             return Ok(0);
         };
         let runs = inputs.runs.len();
@@ -354,7 +395,7 @@ impl Coordinator {
         spectra: bool,
     ) -> Result<Vec<(CellResult, Option<CellSpectra>)>> {
         let id = sweep_id.clone();
-        let plan = Arc::new(self.read_store(move |s| s.plan(&id)).await?);
+        let plan = Arc::new(self.read_store(Read::Bulk, move |s| s.plan(&id)).await?);
         self.cell_results_in(plan, sweep_id, th, spectra, 0..u32::MAX).await
     }
 
@@ -370,7 +411,8 @@ impl Coordinator {
         cells: std::ops::Range<u32>,
     ) -> Result<Vec<(CellResult, Option<CellSpectra>)>> {
         let th2 = th.clone();
-        let sources = self.read_store(move |s| s.cell_sources_in(&plan, &sweep_id, &th2, spectra, cells)).await?;
+        let sources =
+            self.read_store(Read::Bulk, move |s| s.cell_sources_in(&plan, &sweep_id, &th2, spectra, cells)).await?;
         // The cells merged here need no merger: take them off its queue.
         if let Ok(mut set) = self.stale_cells.lock() {
             for src in &sources {
@@ -406,7 +448,7 @@ impl Coordinator {
 
     /// The Prometheus exposition: counters plus the store's current counts.
     pub async fn render_metrics(&self) -> Result<String> {
-        let counts = self.read_store(|s| s.counts()).await?;
+        let counts = self.read_store(Read::Quick, |s| s.counts()).await?;
         Ok(self.metrics.render(&counts))
     }
 
@@ -443,16 +485,19 @@ impl Coordinator {
         r
     }
 
-    /// Runs a read-only `f` on a read connection, on the blocking pool; it
-    /// sees every acknowledged transition and never waits for a commit.
-    /// Allowed after a storage failure, so status and results stay
+    /// Runs a read-only `f` on a read connection of `kind`, on the blocking
+    /// pool; it sees every acknowledged transition and never waits for a
+    /// commit. Allowed after a storage failure, so status and results stay
     /// available. A write in `f` fails.
-    pub async fn read_store<T, F>(&self, f: F) -> Result<T>
+    pub async fn read_store<T, F>(&self, kind: Read, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,
     {
-        let readers = self.readers.clone();
+        let readers = match kind {
+            Read::Quick => self.quick.clone(),
+            Read::Bulk => self.bulk.clone(),
+        };
         tokio::task::spawn_blocking(move || readers.with(f))
             .await
             .map_err(|e| CoordinatorError::Internal(format!("store task failed: {e}")))?
@@ -496,7 +541,7 @@ impl Coordinator {
         let dropped = if owners.is_empty() {
             0
         } else {
-            let current = self.read_store(move |s| s.current_owners(owners)).await?;
+            let current = self.read_store(Read::Quick, move |s| s.current_owners(owners)).await?;
             self.with_board(|b| Ok(b.keep_owners(&current)))?
         };
         if dropped > 0 {
@@ -520,7 +565,7 @@ impl Coordinator {
         }
         let at = now_ms();
         let (id, named) = (worker_id.clone(), runs.clone());
-        let answer = self.read_store(move |s| s.heartbeat(&id, &named)).await?;
+        let answer = self.read_store(Read::Quick, move |s| s.heartbeat(&id, &named)).await?;
         if let Some(a) = &answer {
             let held = runs.into_iter().filter(|l| !a.lost.contains(l));
             self.seen
@@ -577,5 +622,73 @@ impl Coordinator {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn readers(dir: &std::path::Path, n: usize) -> Arc<Readers> {
+        let path = dir.join("r.db");
+        let policy = LeasePolicy { ttl_ms: 60_000, max_attempts: 3 };
+        drop(Store::open(&path, policy).unwrap());
+        Arc::new(Readers::open(&path, policy, n).unwrap())
+    }
+
+    /// Starts a read on its own thread that holds its connection until told
+    /// to let go; returns once the connection is held.
+    fn hold(r: &Arc<Readers>) -> (mpsc::Sender<()>, std::thread::JoinHandle<Result<()>>) {
+        let (holds, held) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let r = r.clone();
+        let t = std::thread::spawn(move || {
+            r.with(|_| {
+                holds.send(()).unwrap();
+                released.recv().unwrap();
+                Ok(())
+            })
+        });
+        held.recv().unwrap();
+        (release, t)
+    }
+
+    /// With one connection held by a long read and the other busy, a third
+    /// read gets the first connection freed, not the one the long read
+    /// holds (which it would wait for here until the test fails).
+    #[test]
+    fn a_read_takes_the_first_connection_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = readers(dir.path(), 2);
+        let (release_long, long) = hold(&r);
+        let (release_short, short) = hold(&r);
+        let (done, third_done) = mpsc::channel();
+        let third = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                r.with(|s| s.sweeps()).unwrap();
+                done.send(()).unwrap();
+            })
+        };
+        release_short.send(()).unwrap();
+        let waited = third_done.recv_timeout(Duration::from_secs(30));
+        release_long.send(()).unwrap();
+        assert!(waited.is_ok(), "the third read waited for the long read's connection");
+        for t in [long, short] {
+            t.join().unwrap().unwrap();
+        }
+        third.join().unwrap();
+        assert_eq!(r.free.lock().unwrap().len(), 2, "every connection is back");
+    }
+
+    #[test]
+    fn a_read_that_panics_hands_its_connection_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = readers(dir.path(), 1);
+        let r2 = r.clone();
+        let panicked = std::thread::spawn(move || r2.with(|_| -> Result<()> { panic!("a read failed") })).join();
+        assert!(panicked.is_err());
+        assert!(r.with(|s| s.sweeps()).unwrap().is_empty(), "the one connection is free again");
     }
 }

@@ -24,6 +24,10 @@ use crate::store::Store;
 /// Most transitions committed together (a bound on one batch's latency).
 const MAX_BATCH: usize = 1024;
 
+/// A batch slower than this is logged (a warning naming its size and
+/// where the time went): every transition queued behind it waited as long.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What the writer runs for one caller: the transition, which returns how
 /// to answer once the batch's commit is known.
 type Job = Box<dyn FnOnce(&mut Store) -> Answer + Send>;
@@ -123,6 +127,7 @@ fn run(mut store: Store, lock: DbLock, rx: mpsc::Receiver<Job>, metrics: &Coordi
             }
         }
         let n = jobs.len();
+        let started = std::time::Instant::now();
         let mut answers = Vec::with_capacity(n);
         if let Err(e) = store.begin_batch() {
             // Each transition then commits alone, and says so if it cannot.
@@ -148,7 +153,18 @@ fn run(mut store: Store, lock: DbLock, rx: mpsc::Receiver<Job>, metrics: &Coordi
                 }
             }
         }
+        let ran = started.elapsed();
         let committed = store.end_batch();
+        let took = started.elapsed();
+        metrics.store_batch_seconds.observe(took.as_secs_f64());
+        if took > SLOW_BATCH {
+            tracing::warn!(
+                transitions = n,
+                run_ms = ran.as_millis() as u64,
+                commit_ms = (took - ran).as_millis() as u64,
+                "store batch slow"
+            );
+        }
         metrics.commits.inc();
         metrics.committed_transitions.add(n as u64);
         let outcome = CommitOutcome::from(committed);

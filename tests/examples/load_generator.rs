@@ -32,6 +32,15 @@
 //! gives the simulated workers' Heartbeat p99 from the big report's start
 //! to 10 s after its finish, beside the p99 outside that window.
 //!
+//! After each load, two more lines: the p99 of `Acquire` and `Heartbeat`
+//! per time window (as seen by the simulated workers, so a latency that
+//! grows with the sweep shows), and the coordinator's own view from its
+//! `/metrics` histograms (`gradsweep_call_seconds`,
+//! `gradsweep_store_batch_seconds`): the bucket each p99 falls in, printed as
+//! that bucket's bracket. Their difference from the workers' figures is time
+//! spent outside the coordinator's handlers (the network stack, both
+//! processes' schedulers on a shared machine).
+//!
 //! With `GRADSWEEP_BASELINE=/path/to/an/older/gradsweep` set, each worker
 //! count runs first against that build, then against this one, and a ratio
 //! line compares them: a side-by-side measure on the same machine, minutes
@@ -64,6 +73,8 @@ struct Samples {
     /// Each heartbeat's start, for windows: when (since the epoch of the
     /// load) and how long.
     heartbeat_at: Vec<(Instant, f64)>,
+    /// Each granted `Acquire`'s start and duration.
+    acquire_at: Vec<(Instant, f64)>,
 }
 
 /// The grid of the big run (`GRADSWEEP_BIG_FINISH`).
@@ -171,6 +182,84 @@ impl BigRun {
     }
 }
 
+/// The p99 of each `window` of the load from `start`, as text.
+fn p99_by_window(at: &[(Instant, f64)], start: Instant, window: Duration) -> String {
+    let mut windows: Vec<Vec<f64>> = vec![];
+    for &(t, ms) in at {
+        let i = (t.saturating_duration_since(start).as_secs_f64() / window.as_secs_f64()) as usize;
+        if windows.len() <= i {
+            windows.resize(i + 1, vec![]);
+        }
+        windows[i].push(ms);
+    }
+    windows.iter_mut().map(|w| format!("{:.0}", pct(w, 0.99))).collect::<Vec<_>>().join(" ")
+}
+
+/// The bucket of a Prometheus histogram `name{labels}` that holds its
+/// quantile `q`, as `(lower, upper]` in milliseconds (`upper` infinite
+/// past the last bound); `None` when absent or empty.
+fn bucket_of(text: &str, name: &str, labels: &str, q: f64) -> Option<(f64, f64)> {
+    let mut buckets: Vec<(f64, f64)> = vec![];
+    let prefix = format!("{name}_bucket{{{labels}le=\"");
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(&prefix) else { continue };
+        let (le, count) = rest.split_once("\"} ")?;
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+        buckets.push((le * 1e3, count.trim().parse().ok()?));
+    }
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let i = buckets.iter().position(|&(_, c)| c >= q * total)?;
+    Some((if i == 0 { 0.0 } else { buckets[i - 1].0 }, buckets[i].0))
+}
+
+/// The coordinator's own p99s, from its `/metrics`, as brackets.
+fn coordinator_view(metrics: &str) -> String {
+    let bracket = |b: Option<(f64, f64)>| match b {
+        Some((lo, hi)) if hi.is_finite() => format!("in ({lo}, {hi}] ms"),
+        Some((lo, _)) => format!("above {lo} ms"),
+        None => "not recorded".into(),
+    };
+    let calls = ["Acquire", "Heartbeat", "Finish", "Report"]
+        .iter()
+        .map(|c| {
+            format!(
+                "{c} p99 {}",
+                bracket(bucket_of(metrics, "gradsweep_call_seconds", &format!("call=\"{c}\","), 0.99))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{calls}; store batch p99 {}", bracket(bucket_of(metrics, "gradsweep_store_batch_seconds", "", 0.99)))
+}
+
+/// The coordinator's slow store batches (its `store batch slow` warnings):
+/// how many, and the slowest with where its time went.
+fn slow_batches(log: &str) -> String {
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            .unwrap_or(0)
+    };
+    let slow: Vec<(u64, u64, u64)> = log
+        .lines()
+        .filter(|l| l.contains("store batch slow"))
+        .map(|l| (field(l, "transitions="), field(l, "run_ms="), field(l, "commit_ms=")))
+        .collect();
+    match slow.iter().max_by_key(|(_, run, commit)| run + commit) {
+        None => "no store batch over 100 ms".into(),
+        Some((n, run, commit)) => format!(
+            "{} store batches over 100 ms ({} of them mostly commit); the slowest: {n} transitions, {run} ms running \
+             them, {commit} ms committing",
+            slow.len(),
+            slow.iter().filter(|(_, r, c)| c > r).count()
+        ),
+    }
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -213,7 +302,9 @@ async fn simulated_worker(
         let t = Instant::now();
         let a = client.acquire(pb::AcquireRequest { worker_id: id.clone(), wait_ms: 1000 }).await?.into_inner();
         let Some(run) = a.run else { continue };
-        mine.acquire.push(t.elapsed().as_secs_f64() * 1e3);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        mine.acquire.push(ms);
+        mine.acquire_at.push((t, ms));
         granted.fetch_add(1, Ordering::Relaxed);
         *held.lock().await = Some(pb::RunLease { run_id: run.run_id.clone(), epoch: run.epoch });
         if !hold.is_zero() {
@@ -233,6 +324,7 @@ async fn simulated_worker(
     heartbeats.abort();
     let mut s = samples.lock().await;
     s.acquire.extend(mine.acquire);
+    s.acquire_at.extend(mine.acquire_at);
     s.finish.extend(mine.finish);
     Ok(())
 }
@@ -254,12 +346,25 @@ async fn load(
 ) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let max_runs = runs.max(10_000).to_string();
+    let metrics_port_file = dir.path().join("metrics.port");
+    let metrics_port_arg = metrics_port_file.display().to_string();
     let coord = CoordinatorProc::start_binary(
         binary,
         "127.0.0.1",
         &dir.path().join("state.db"),
         0,
-        &["--lease-ttl-ms", "15000", "--heartbeat-ms", "3000", "--max-runs", &max_runs],
+        &[
+            "--lease-ttl-ms",
+            "15000",
+            "--heartbeat-ms",
+            "3000",
+            "--max-runs",
+            &max_runs,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-port-file",
+            &metrics_port_arg,
+        ],
         dir.path(),
     );
     let mut control = gradsweep_cli::client::connect_control(&format!("127.0.0.1:{}", coord.port)).await?;
@@ -308,10 +413,16 @@ async fn load(
     let n = granted.load(Ordering::Relaxed);
     let mut s = samples.lock().await;
     if let Some((at, rep, fin, bytes)) = big {
-        let end = at + rep + fin + Duration::from_secs(10);
+        let (reported, end) = (at + rep, at + rep + fin + Duration::from_secs(10));
         let (mut inside, mut outside): (Vec<f64>, Vec<f64>) = (vec![], vec![]);
+        let (mut during_report, mut after_report): (Vec<f64>, Vec<f64>) = (vec![], vec![]);
         for &(t, ms) in &s.heartbeat_at {
-            if t >= at && t <= end { inside.push(ms) } else { outside.push(ms) }
+            if t >= at && t <= end {
+                inside.push(ms);
+                if t <= reported { during_report.push(ms) } else { after_report.push(ms) }
+            } else {
+                outside.push(ms)
+            }
         }
         println!(
             "big finish: {:.1} MB reported in {:.2} s, finished in {:.2} s; others' Heartbeat p99 {:.2} ms over {} \
@@ -323,6 +434,14 @@ async fn load(
             inside.len(),
             pct(&mut outside, 0.99),
             outside.len()
+        );
+        println!(
+            "big finish, by phase: others' Heartbeat p99 {:.2} ms over {} beats while it reported, {:.2} ms over {} \
+             beats from the end of its report to 10 s after its finish (its cell's merge)",
+            pct(&mut during_report, 0.99),
+            during_report.len(),
+            pct(&mut after_report, 0.99),
+            after_report.len()
         );
     }
     let m = Measured {
@@ -343,6 +462,20 @@ async fn load(
             log.matches("lease lapsed; run requeued").count() + log.matches("too many lapsed leases").count()
         }
     );
+    let window = Duration::from_secs((seconds / 10).max(10));
+    println!(
+        "{:>9} {workers:>8}  p99 per {} s, seen by the workers: Acquire {} ms; Heartbeat {} ms",
+        "windows",
+        window.as_secs(),
+        p99_by_window(&s.acquire_at, started, window),
+        p99_by_window(&s.heartbeat_at, started, window)
+    );
+    let metrics = match std::fs::read_to_string(&metrics_port_file).ok().and_then(|p| p.trim().parse::<u16>().ok()) {
+        Some(port) => tokio::task::spawn_blocking(move || gradsweep_tests::http_get(port, "/metrics").2).await?,
+        None => String::new(),
+    };
+    println!("{:>9} {workers:>8}  in the coordinator: {}", "server", coordinator_view(&metrics));
+    println!("{:>9} {workers:>8}  {}", "stalls", slow_batches(&coord.log()));
     Ok(m)
 }
 

@@ -150,18 +150,18 @@ impl Store {
         // (state, trainer, queue_order): the first of an active sweep,
         // without sorting a sweep's runs (CROSS JOIN keeps runs the outer
         // loop); the earliest of them is granted.
-        let mut next: Option<(i64, String, String, i64, i64, String)> = None;
+        let mut next: Option<(i64, String, String, i64, i64, String, i64)> = None;
         for trainer in trainers.lines() {
-            let first: Option<(i64, String, String, i64, i64, String)> = tx
+            let first: Option<(i64, String, String, i64, i64, String, i64)> = tx
                 .prepare_cached(
-                    "SELECT r.queue_order, r.id, r.sweep_id, r.epoch, r.seed, c.spec_json \
+                    "SELECT r.queue_order, r.id, r.sweep_id, r.epoch, r.seed, c.spec_json, r.attempts \
                      FROM runs r INDEXED BY runs_queue \
                      CROSS JOIN sweeps s ON s.id = r.sweep_id \
                      CROSS JOIN cell_specs c ON c.sweep_id = r.sweep_id AND c.cell = r.cell \
                      WHERE r.state = ?1 AND r.trainer = ?3 AND s.state = ?2 ORDER BY r.queue_order LIMIT 1",
                 )?
                 .query_row(params![RunState::Queued, SweepState::Active, trainer], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                 })
                 .optional()?;
             if let Some(f) = first
@@ -170,11 +170,13 @@ impl Store {
                 next = Some(f);
             }
         }
-        let Some((_, run_id, sweep_id, epoch, seed, cell_spec)) = next else { return Ok(None) };
+        let Some((_, run_id, sweep_id, epoch, seed, cell_spec, attempts)) = next else { return Ok(None) };
         let spec = spec_with_seed(&cell_spec, seed as u64)?;
         let epoch = epoch + 1;
-        // Rewinds to the last checkpoint (a no-op for a run requeued that way).
-        let resume_seq = requeue(&tx, &run_id)?;
+        // A run leased before is rewound to its last checkpoint (a no-op
+        // when its requeue did it); one never leased has nothing to rewind,
+        // and its grant skips those writes (most grants of a sweep).
+        let resume_seq = if attempts > 0 { requeue(&tx, &run_id)? } else { 0 };
         tx.exec(
             "UPDATE runs SET state = ?1, epoch = ?2, worker_id = ?3, last_worker = ?3, lease_expires_ms = ?4, \
              attempts = attempts + 1, updated_ms = ?5, started_ms = coalesce(started_ms, ?5) WHERE id = ?6",
@@ -394,7 +396,7 @@ fn holds_lease(conn: &Connection, worker_id: &str, run_id: &str, epoch: u64) -> 
 /// lapsed, moved on or ended is [`CoordinatorError::StaleEpoch`].
 pub(super) fn check_lease(tx: &Connection, worker_id: &str, run_id: &str, epoch: u64) -> Result<(u64, i64)> {
     let row: Option<(RunState, i64, Option<String>, i64, i64)> = tx
-        .query_row("SELECT state, epoch, worker_id, applied_seq, params FROM runs WHERE id = ?1", [run_id], |r| {
+        .row("SELECT state, epoch, worker_id, applied_seq, params FROM runs WHERE id = ?1", [run_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?;
@@ -414,7 +416,7 @@ pub(super) fn check_lease(tx: &Connection, worker_id: &str, run_id: &str, epoch:
 /// The run's last checkpoint: (report seq, step, probes done), if any.
 pub(super) fn checkpoint_position(tx: &Connection, run_id: &str) -> Result<Option<(u64, u64, u32)>> {
     Ok(tx
-        .query_row("SELECT seq, step, probes_done FROM checkpoints WHERE run_id = ?1", [run_id], |r| {
+        .row("SELECT seq, step, probes_done FROM checkpoints WHERE run_id = ?1", [run_id], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?))
         })
         .optional()?)

@@ -156,7 +156,7 @@ impl Store {
     ) -> Result<Option<(String, u32)>> {
         let tx = self.tx()?;
         let done: Option<(RunState, i64, Option<String>)> = tx
-            .query_row("SELECT state, epoch, worker_id FROM runs WHERE id = ?1", [run_id], |r| {
+            .row("SELECT state, epoch, worker_id FROM runs WHERE id = ?1", [run_id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
