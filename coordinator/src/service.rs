@@ -118,6 +118,14 @@ impl WorkerService for WorkerApi {
                 .await?;
             match found {
                 Found::Run(lease) => {
+                    // Durable now (the batch committed).
+                    tracing::info!(
+                        run_id = %lease.run_id,
+                        epoch = lease.epoch,
+                        worker_id = %r.worker_id,
+                        resume_seq = lease.resume_seq,
+                        "run leased"
+                    );
                     return Ok(Response::new(pb::AcquireResponse {
                         run: Some(convert::lease_to_wire(*lease)),
                         shard: None,
@@ -167,10 +175,15 @@ impl WorkerService for WorkerApi {
         let _timed = self.state.metrics().time(Call::Finish);
         let r = req.into_inner();
         let outcome = convert::outcome_from_wire(&r)?;
-        let stale =
+        let (worker_id, run_id, epoch) = (r.worker_id.clone(), r.run_id.clone(), r.epoch);
+        let finished =
             self.state.with_store(move |s| s.finish(&r.worker_id, &r.run_id, r.epoch, r.last_seq, &outcome)).await?;
+        // Durable now: told once, and never for a repeat.
+        if let Some(state) = finished.ended {
+            tracing::info!(run_id, epoch, worker_id, state = %state, "run finished");
+        }
         // The cell's merge runs on the merger, not while this worker waits.
-        if let Some((sweep_id, cell)) = stale {
+        if let Some((sweep_id, cell)) = finished.cell_done {
             self.state.cell_changed(sweep_id, cell);
         }
         self.state.metrics().runs_finished.inc();

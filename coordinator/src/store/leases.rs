@@ -187,7 +187,7 @@ impl Store {
             params![now, WorkerState::Active, worker_id, WorkerState::Lost],
         )?;
         tx.commit()?;
-        tracing::info!(run_id = %run_id, epoch, worker_id, resume_seq, "run leased");
+        // Logged by the caller once the batch is durable.
         Ok(Some(Lease { run_id, epoch: epoch as u64, sweep_id, spec, resume_seq }))
     }
 

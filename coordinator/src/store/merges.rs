@@ -539,7 +539,7 @@ mod tests {
                 s.apply_report(&report(&w, &l, seq as u64 + 1, ReportBody::Chunk(chunk))).unwrap();
             }
             let seq = s.run_state(&l.run_id).unwrap().2;
-            to_merge.extend(s.finish(&w, &l.run_id, l.epoch, seq, &Outcome::Completed(fin)).unwrap());
+            to_merge.extend(s.finish(&w, &l.run_id, l.epoch, seq, &Outcome::Completed(fin)).unwrap().cell_done);
         }
         to_merge
     }

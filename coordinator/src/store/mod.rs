@@ -42,7 +42,7 @@ pub mod sweeps;
 
 pub use leases::{BUILTIN_ONLY, HeartbeatAnswer, Lease, LeaseRef, Seen, WorkerRow};
 pub use merges::{CellInputs, CellSource, EncodedMerge, SavedProbeRef, StoredCell};
-pub use reports::{BlobKind, Chunk, Outcome, Progress, Report, ReportBody};
+pub use reports::{BlobKind, Chunk, Finished, Outcome, Progress, Report, ReportBody};
 pub use runs::{EpochRow, FailureGroup, RunRow};
 pub use schema::SCHEMA_VERSION;
 pub use states::{RunState, SweepState, UnknownState, WorkerState};

@@ -87,6 +87,17 @@ pub struct Report {
     pub body: ReportBody,
 }
 
+/// What a finish did ([`Store::finish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The state the run ended in; `None` for a finish repeated after it
+    /// took effect (nothing changed).
+    pub ended: Option<RunState>,
+    /// The run's (sweep, cell) when this finish ended the cell's last open
+    /// run: the cell's merge is due.
+    pub cell_done: Option<(String, u32)>,
+}
+
 /// How a worker ended a run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -141,11 +152,12 @@ impl Store {
     /// Ends a run. Completed runs must have had every report up to
     /// `last_seq` applied and all their probes and trajectory stored.
     /// Repeating a finish that already took effect is a no-op. Returns the
-    /// run's cell when this finish ended the cell's last open run (`None`
-    /// otherwise, and for a repeat): merges are deferred to then, once per
-    /// cell, instead of once per seed, and the caller runs that merge off
-    /// the writer ([`Store::cell_inputs`], [`Store::store_cell`]). A cell
-    /// read before it is complete is merged on demand by `results`.
+    /// state the run ended in and, when this finish ended the cell's last
+    /// open run, the cell ([`Finished`]): merges are deferred to then, once
+    /// per cell, instead of once per seed, and the caller runs that merge
+    /// off the writer ([`Store::cell_inputs`], [`Store::store_cell`]). A
+    /// cell read before it is complete is merged on demand by `results`.
+    /// The caller logs the end once the batch is durable.
     pub fn finish(
         &mut self,
         worker_id: &str,
@@ -153,7 +165,7 @@ impl Store {
         epoch: u64,
         last_seq: u64,
         outcome: &Outcome,
-    ) -> Result<Option<(String, u32)>> {
+    ) -> Result<Finished> {
         let tx = self.tx()?;
         let done: Option<(RunState, i64, Option<String>)> = tx
             .row("SELECT state, epoch, worker_id FROM runs WHERE id = ?1", [run_id], |r| {
@@ -164,7 +176,7 @@ impl Store {
             && (state.has_results() || *state == RunState::Failed)
             && *e as u64 == epoch
         {
-            return Ok(None); // a retried finish whose answer was lost
+            return Ok(Finished { ended: None, cell_done: None }); // a retried finish whose answer was lost
         }
         let (applied, _) = check_lease(&tx, worker_id, run_id, epoch)?;
         let (sweep_id, cell): (String, u32) =
@@ -212,7 +224,7 @@ impl Store {
                 "SELECT EXISTS (SELECT 1 FROM runs WHERE sweep_id = ?1 AND cell = ?2 AND state IN (?3, ?4))",
             )?
             .query_row(params![sweep_id, cell, RunState::Queued, RunState::Leased], |r| r.get(0))?;
-        let stale = (!cell_open).then(|| (sweep_id.clone(), cell));
+        let cell_done = (!cell_open).then(|| (sweep_id.clone(), cell));
         let open: i64 = tx.row(
             "SELECT coalesce(sum(n), 0) FROM run_counts WHERE sweep_id = ?1 AND state IN (?2, ?3)",
             params![sweep_id, RunState::Queued, RunState::Leased],
@@ -225,8 +237,7 @@ impl Store {
             )?;
         }
         tx.commit()?;
-        tracing::info!(run_id, epoch, worker_id, state = %state, "run finished");
-        Ok(stale)
+        Ok(Finished { ended: Some(state), cell_done })
     }
 
     /// The checkpoint a granted run resumes from, for the lease holder only.
@@ -437,8 +448,9 @@ mod tests {
     fn a_cell_is_merged_once_when_its_last_run_ends() {
         let (_dir, mut s, w, l) = leased(2, 2);
         let cell0: Vec<Lease> = std::iter::once(l).chain((0..3).map(|_| s.acquire(&w).unwrap().unwrap())).collect();
-        let fail =
-            |s: &mut Store, l: &Lease| s.finish(&w, &l.run_id, l.epoch, 0, &Outcome::Failed("x".into())).unwrap();
+        let fail = |s: &mut Store, l: &Lease| {
+            s.finish(&w, &l.run_id, l.epoch, 0, &Outcome::Failed("x".into())).unwrap().cell_done
+        };
         // Queue order (a cell's seeds together): c0/s0, c0/s1, c1/s0, c1/s1.
         assert_eq!(fail(&mut s, &cell0[0]), None, "c0 still has s1 open");
         assert_eq!(fail(&mut s, &cell0[2]), None, "c1 still has s1 open");
@@ -464,8 +476,10 @@ mod tests {
         let e = s.finish(&w, &l.run_id, l.epoch, 1, &Outcome::Completed(fin)).unwrap_err().to_string();
         assert!(e.contains("0 of 1 probes") && e.contains("no trajectory"), "{e}");
         let e = s.finish(&w, &l.run_id, l.epoch, 5, &Outcome::Failed("x".into()));
-        assert_eq!(e.unwrap(), Some((sweep.clone(), 0)), "the cell's last run ended: merge it now");
-        assert!(s.finish(&w, &l.run_id, l.epoch, 5, &Outcome::Failed("x".into())).unwrap().is_none());
+        let ended = Finished { ended: Some(RunState::Failed), cell_done: Some((sweep.clone(), 0)) };
+        assert_eq!(e.unwrap(), ended, "the cell's last run ended: merge it now");
+        let repeated = s.finish(&w, &l.run_id, l.epoch, 5, &Outcome::Failed("x".into())).unwrap();
+        assert_eq!(repeated, Finished { ended: None, cell_done: None }, "a repeat changes nothing");
         let row = s.sweep(&sweep).unwrap();
         assert_eq!((row.count(RunState::Failed), row.state), (1, SweepState::Completed));
     }
