@@ -334,6 +334,24 @@ struct Measured {
     grants_per_s: f64,
     acquire_p99: f64,
     heartbeat_p99: f64,
+    /// The coordinator's CPU time (user + system, every thread) per run
+    /// granted during the load: far steadier than latencies on a shared
+    /// machine, so the figure to compare two builds by.
+    cpu_us_per_run: f64,
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command's closing parenthesis: field 3 (state) onwards;
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a configuration value and touches no memory.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
 }
 
 async fn load(
@@ -376,6 +394,7 @@ async fn load(
     submit(&mut control, &grid(runs)).await;
     let (stop, granted) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let samples = Arc::new(Mutex::new(Samples::default()));
+    let cpu_before = cpu_seconds(coord.pid())?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
@@ -411,6 +430,7 @@ async fn load(
         t??;
     }
     let n = granted.load(Ordering::Relaxed);
+    let cpu = cpu_seconds(coord.pid())? - cpu_before;
     let mut s = samples.lock().await;
     if let Some((at, rep, fin, bytes)) = big {
         let (reported, end) = (at + rep, at + rep + fin + Duration::from_secs(10));
@@ -448,6 +468,7 @@ async fn load(
         grants_per_s: n as f64 / elapsed,
         acquire_p99: pct(&mut s.acquire, 0.99),
         heartbeat_p99: pct(&mut s.heartbeat, 0.99),
+        cpu_us_per_run: cpu * 1e6 / n.max(1) as f64,
     };
     println!(
         "{label:>9} {workers:>8} {n:>7} {elapsed:>8.1} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6}",
@@ -476,6 +497,11 @@ async fn load(
     };
     println!("{:>9} {workers:>8}  in the coordinator: {}", "server", coordinator_view(&metrics));
     println!("{:>9} {workers:>8}  {}", "stalls", slow_batches(&coord.log()));
+    println!(
+        "{:>9} {workers:>8}  the coordinator used {cpu:.1} s of CPU over the load: {:.0} µs per run granted (its grant, \
+         finish and share of heartbeats)",
+        "cpu", m.cpu_us_per_run
+    );
     Ok(m)
 }
 
@@ -516,11 +542,13 @@ async fn main() -> anyhow::Result<()> {
         let before = load(old, "baseline", w, runs, seconds, hold).await?;
         let after = load(&this, "this", w, runs, seconds, hold).await?;
         println!(
-            "{:>9} {w:>8}  grants/s ×{:.2}, Acquire p99 ×{:.3}, Heartbeat p99 ×{:.3} (this / baseline)",
+            "{:>9} {w:>8}  grants/s ×{:.2}, Acquire p99 ×{:.3}, Heartbeat p99 ×{:.3}, coordinator CPU per run ×{:.3} \
+             (this / baseline)",
             "ratio",
             after.grants_per_s / before.grants_per_s,
             after.acquire_p99 / before.acquire_p99,
-            after.heartbeat_p99 / before.heartbeat_p99
+            after.heartbeat_p99 / before.heartbeat_p99,
+            after.cpu_us_per_run / before.cpu_us_per_run
         );
     }
     Ok(())
