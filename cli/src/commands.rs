@@ -325,15 +325,6 @@ pub async fn write_exports(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_atomic(dir, "results.csv", report::csv(&doc.cells, th).as_bytes())?;
     write_atomic(dir, "results.json", doc.to_json().as_bytes())?;
-    let hosts = match source {
-        Source::Remote(remote) => {
-            let ws =
-                remote.connect().await?.list_workers(pb::ListWorkersRequest {}).await.map_err(ClientError::from)?;
-            gradsweep_report::input::hosts(&ws.into_inner().workers)
-        }
-        Source::Db(_) => Default::default(),
-    };
-    let (_, epochs, runs) = crate::runs::write_runs_csv(source, sweep, dir, &hosts, &detail).await?;
     let spectra = match (spectra, source) {
         (Some(s), _) => s,
         (None, Source::Remote(remote)) => crate::client::export_spectra(&mut remote.connect().await?, sweep).await?,
@@ -343,8 +334,35 @@ pub async fn write_exports(
         }
     };
     let n = write_spectra(dir, &doc.cells, &spectra)?;
+    write_report(source, dir, doc.clone(), detail, spectra, n).await
+}
+
+/// The exports that follow results.csv, results.json and the spectra's
+/// files (`spectra_files` of them): runs.csv and epochs.csv, the report
+/// drawn from `doc` with sections for the `detail` cells and their
+/// `spectra`, and, from a coordinator, the gradient rows the probes kept.
+/// `doc` needs only the cells the report shows whole
+/// ([`gradsweep_report::report_cells`]).
+async fn write_report(
+    source: &Source,
+    dir: &Path,
+    doc: ResultsDocument,
+    detail: Vec<u32>,
+    spectra: Spectra,
+    spectra_files: usize,
+) -> anyhow::Result<()> {
+    let sweep = doc.provenance.sweep_id.clone();
+    let hosts = match source {
+        Source::Remote(remote) => {
+            let ws =
+                remote.connect().await?.list_workers(pb::ListWorkersRequest {}).await.map_err(ClientError::from)?;
+            gradsweep_report::input::hosts(&ws.into_inner().workers)
+        }
+        Source::Db(_) => Default::default(),
+    };
+    let (_, epochs, runs) = crate::runs::write_runs_csv(source, &sweep, dir, &hosts, &detail).await?;
     let input = gradsweep_report::ReportInput {
-        results: doc.clone(),
+        results: doc,
         spectra,
         runs,
         made_at_ms: gradsweep_report::format::now_ms(),
@@ -369,14 +387,14 @@ pub async fn write_exports(
     }
     write_atomic(dir, "report.html", rendered.html.as_bytes())?;
     eprintln!(
-        "wrote {0}/results.csv, {0}/results.json, {0}/runs.csv, {0}/epochs.csv ({epochs} epochs), {n} spectra \
-         ({0}/spectra/*.spectrum.npy), and the report: {0}/report.html with {1} figures ({0}/figures/*.svg)",
+        "wrote {0}/results.csv, {0}/results.json, {0}/runs.csv, {0}/epochs.csv ({epochs} epochs), {spectra_files} \
+         spectra ({0}/spectra/*.spectrum.npy), and the report: {0}/report.html with {1} figures ({0}/figures/*.svg)",
         dir.display(),
         rendered.figures.len()
     );
     match source {
         Source::Remote(remote) => {
-            write_saved_gradients(&mut remote.connect().await?, sweep, dir).await?;
+            write_saved_gradients(&mut remote.connect().await?, &sweep, dir).await?;
         }
         Source::Db(_) => {
             eprintln!("(gradient rows kept by `save_gradients` are exported by `results --out` from a coordinator)")
@@ -493,8 +511,16 @@ pub async fn results(
     out: Option<&Path>,
     th: &RankThresholds,
 ) -> anyhow::Result<()> {
-    if let (Source::Remote(remote), None) = (source, out) {
-        return stream_results_out(remote, sweep, format, th).await;
+    match (source, out) {
+        (Source::Remote(remote), None) => return stream_results_out(remote, sweep, format, th).await,
+        (Source::Remote(remote), Some(dir)) => {
+            let status = stream_exports(remote, sweep, dir, th, None, Some(format)).await?;
+            if let Some(t) = crate::runs::failures_text(&status) {
+                eprintln!("note: {t}");
+            }
+            return Ok(());
+        }
+        (Source::Db(_), _) => {}
     }
     let (doc, status, spectra) = read_results(source, sweep, th, out.is_some()).await?;
     // Files first: a reader that stops early (`| head`) loses none of them.
@@ -522,17 +548,14 @@ async fn stream_results_out(
     th: &RankThresholds,
 ) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
-    let (mut axes, mut first) = (None::<Vec<String>>, true);
+    let mut axes = None::<Vec<String>>;
     let mut tables = report::Tables::new(th);
+    let mut json = JsonCells::default();
     if format == OutputFormat::Json {
-        crate::out!("{{\n  \"cells\": [")?;
+        crate::out!("{}", JsonCells::HEAD)?;
     }
     let summary = crate::client::stream_results(&mut client, sweep, th, &mut |c| match format {
-        OutputFormat::Json => {
-            let text = serde_json::to_string_pretty(&c).map_err(std::io::Error::other)?;
-            let sep = if std::mem::take(&mut first) { "\n" } else { ",\n" };
-            crate::out!("{sep}{}", indent(&text, 4))
-        }
+        OutputFormat::Json => crate::out!("{}", json.cell(&c)?),
         OutputFormat::Table => {
             tables.add(&c);
             Ok(())
@@ -563,14 +586,9 @@ async fn stream_results_out(
     let status = status.into_inner();
     match format {
         OutputFormat::Json => {
-            let summary = serde_json::to_string_pretty(&summary)?;
-            let provenance = serde_json::to_string_pretty(&report::Provenance::of(&status))?;
-            crate::outln!(
-                "{}],\n  \"summary\": {},\n  \"provenance\": {}\n}}",
-                if first { "" } else { "\n  " },
-                indent(&summary, 2).trim_start(),
-                indent(&provenance, 2).trim_start()
-            )?;
+            let mut out = std::io::stdout().lock();
+            json.write_tail(&mut out, &summary, &status)?;
+            out.write_all(b"\n")?;
         }
         OutputFormat::Table => crate::out!("{}", tables.render(&summary))?,
         OutputFormat::Csv if axes.is_none() => crate::out!("{}", report::csv_header(&[], th))?,
@@ -580,6 +598,199 @@ async fn stream_results_out(
         eprintln!("note: {t}");
     }
     Ok(())
+}
+
+/// results.json written as its cells stream past: the text
+/// [`ResultsDocument::to_json`] gives, byte for byte, a cell at a time
+/// (its keys are in the order they can be written).
+#[derive(Default)]
+struct JsonCells {
+    /// Cells written so far.
+    written: usize,
+}
+
+impl JsonCells {
+    /// What comes before the first cell.
+    const HEAD: &str = "{\n  \"cells\": [";
+
+    /// The text of the next cell `c`.
+    fn cell(&mut self, c: &gradsweep_shared::results::CellResult) -> std::io::Result<String> {
+        let text = serde_json::to_string_pretty(c).map_err(std::io::Error::other)?;
+        let sep = if self.written == 0 { "\n" } else { ",\n" };
+        self.written += 1;
+        Ok(format!("{sep}{}", indent(&text, 4)))
+    }
+
+    /// Writes what follows the last cell to `out`: the summary and the
+    /// provenance (`status`), serialised straight into it (a summary's η/b
+    /// rows are a few kB a cell: no copy of their text is held).
+    fn write_tail(
+        &self,
+        out: &mut dyn Write,
+        summary: &gradsweep_shared::results::SweepSummary,
+        status: &pb::SweepStatus,
+    ) -> std::io::Result<()> {
+        out.write_all(if self.written == 0 { b"" } else { b"\n  " })?;
+        out.write_all(b"],\n  \"summary\": ")?;
+        serde_json::to_writer_pretty(Indented { out: &mut *out }, summary)?;
+        out.write_all(b",\n  \"provenance\": ")?;
+        serde_json::to_writer_pretty(Indented { out: &mut *out }, &report::Provenance::of(status))?;
+        out.write_all(b"\n}")
+    }
+}
+
+/// A writer that indents every line after the first by two spaces: what
+/// [`indent`] does to a text, done as it is written.
+struct Indented<'a> {
+    out: &'a mut dyn Write,
+}
+
+impl Write for Indented<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for (i, line) in buf.split(|&b| b == b'\n').enumerate() {
+            if i > 0 {
+                self.out.write_all(b"\n  ")?;
+            }
+            self.out.write_all(line)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// What `results --out` prints while it writes the files: a stdout that
+/// fails (a reader that stopped early) stops the printing, not the files,
+/// and its error is handed back once they are written.
+struct Echo {
+    failed: Option<std::io::Error>,
+}
+
+impl Echo {
+    fn say(&mut self, text: &str) {
+        self.write(|out| out.write_all(text.as_bytes()));
+    }
+
+    /// Prints what `f` writes, unless printing failed already.
+    fn write(&mut self, f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) {
+        if self.failed.is_none() {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = f(&mut out).and_then(|()| out.flush()) {
+                self.failed = Some(e);
+            }
+        }
+    }
+}
+
+/// Every export of a sweep on a coordinator into `dir`, as
+/// [`write_exports`] writes them, in two passes over the results stream,
+/// so that the client holds the η/b rows and only the cells the report
+/// shows whole ([`gradsweep_report::report_cells`]: the cells with figure
+/// sections, `asked` or chosen over η/b, and the rows of its cells table),
+/// never the whole sweep. The first pass reads the cells' axes and η/b
+/// rows and chooses those cells. The second writes results.json and
+/// results.csv as the cells go by (each file appears whole at the end),
+/// writes each cell's spectra, keeps the chosen cells, and prints the
+/// results in `print` when asked. The spectra are fetched between the
+/// passes. Returns the sweep's status after the second pass (the counts the
+/// files describe).
+async fn stream_exports(
+    remote: &Remote,
+    sweep: &str,
+    dir: &Path,
+    th: &RankThresholds,
+    asked: Option<&[u32]>,
+    print: Option<OutputFormat>,
+) -> anyhow::Result<pb::SweepStatus> {
+    use gradsweep_shared::results::CellResult;
+    let mut client = remote.connect().await?;
+    let mut axes = std::collections::BTreeSet::<String>::new();
+    let first = crate::client::stream_results(&mut client, sweep, th, &mut |c| {
+        axes.extend(report::csv_axes(std::slice::from_ref(&c)));
+        Ok(())
+    })
+    .await?;
+    let mut all: Vec<u32> = first.by_eta_over_b.iter().map(|r| r.cell).collect();
+    all.sort_unstable();
+    let detail = gradsweep_report::detail_cells_among(&all, &first.by_eta_over_b, asked)?;
+    let keep = gradsweep_report::report_cells(&all, &detail);
+    drop(first);
+    let axes: Vec<String> = axes.into_iter().collect();
+    let mut spectra: std::collections::HashMap<u32, gradsweep_shared::digest::CellSpectra> =
+        crate::client::export_spectra(&mut client, sweep).await?.into_iter().collect();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let spectra_dir = dir.join("spectra");
+    let (mut json_file, mut csv_file) =
+        (crate::runs::AtomicFile::create(dir, "results.json")?, crate::runs::AtomicFile::create(dir, "results.csv")?);
+    let (mut json, mut echo, mut tables) = (JsonCells::default(), Echo { failed: None }, report::Tables::new(th));
+    let header = report::csv_header(&axes, th);
+    json_file.out.write_all(JsonCells::HEAD.as_bytes())?;
+    csv_file.out.write_all(header.as_bytes())?;
+    match print {
+        Some(OutputFormat::Json) => echo.say(JsonCells::HEAD),
+        Some(OutputFormat::Csv) => echo.say(&header),
+        _ => {}
+    }
+    let (mut kept, mut kept_spectra, mut spectra_files) = (Vec::<CellResult>::new(), vec![], 0);
+    let summary = crate::client::stream_results(&mut client, sweep, th, &mut |c| {
+        let text = json.cell(&c)?;
+        json_file.out.write_all(text.as_bytes())?;
+        let row = report::csv_row(&c, &axes, th);
+        csv_file.out.write_all(row.as_bytes())?;
+        match print {
+            Some(OutputFormat::Json) => echo.say(&text),
+            Some(OutputFormat::Csv) => echo.say(&row),
+            Some(OutputFormat::Table) => tables.add(&c),
+            None => {}
+        }
+        if let Some(sp) = spectra.remove(&c.index) {
+            let files = c.spectrum_files(&sp).ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "cell {}: its spectra do not match its results; fetch both again",
+                    c.index
+                ))
+            })?;
+            std::fs::create_dir_all(&spectra_dir)?;
+            for (name, bytes) in files {
+                let mut f = crate::runs::AtomicFile::create(&spectra_dir, &name).map_err(std::io::Error::other)?;
+                f.out.write_all(&bytes)?;
+                f.commit().map_err(std::io::Error::other)?;
+                spectra_files += 1;
+            }
+            if detail.binary_search(&c.index).is_ok() {
+                kept_spectra.push((c.index, sp));
+            }
+        }
+        if keep.contains(&c.index) {
+            kept.push(c);
+        }
+        Ok(())
+    })
+    .await?;
+    if let Some(index) = spectra.keys().min() {
+        bail!("spectra of unknown cell {index}");
+    }
+    let status = client.status(pb::StatusRequest { sweep_id: sweep.into() }).await.map_err(ClientError::from)?;
+    let status = status.into_inner();
+    json.write_tail(&mut json_file.out, &summary, &status)?;
+    json_file.commit()?;
+    csv_file.commit()?;
+    match print {
+        Some(OutputFormat::Json) => echo.write(|out| {
+            json.write_tail(out, &summary, &status)?;
+            out.write_all(b"\n")
+        }),
+        Some(OutputFormat::Table) => echo.say(&tables.render(&summary)),
+        _ => {}
+    }
+    let doc = ResultsDocument { provenance: report::Provenance::of(&status), summary, cells: kept };
+    write_report(&Source::Remote(remote.clone()), dir, doc, detail, kept_spectra, spectra_files).await?;
+    match echo.failed {
+        Some(e) => Err(e.into()),
+        None => Ok(status),
+    }
 }
 
 /// `text` with every line indented by `n` spaces.
@@ -597,8 +808,14 @@ pub async fn report(
     cells: Option<&[u32]>,
     th: &RankThresholds,
 ) -> anyhow::Result<()> {
-    let (doc, status, spectra) = read_results(source, sweep, th, true).await?;
-    write_exports(source, out, &doc, th, cells, spectra).await?;
+    let status = match source {
+        Source::Remote(remote) => stream_exports(remote, sweep, out, th, cells, None).await?,
+        Source::Db(_) => {
+            let (doc, status, spectra) = read_results(source, sweep, th, true).await?;
+            write_exports(source, out, &doc, th, cells, spectra).await?;
+            status
+        }
+    };
     if let Some(t) = crate::runs::failures_text(&status) {
         eprintln!("note: {t}");
     }

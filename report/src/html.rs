@@ -96,7 +96,22 @@ fn header(out: &mut String, input: &ReportInput) {
     out.push_str("</dl>");
 }
 
-fn cells_table(out: &mut String, cells: &[CellResult], detailed: &BTreeSet<u32>) {
+/// The cells the cells table lists, of a sweep whose cells are `all`
+/// (sorted indices): every one up to [`MAX_TABLE_CELLS`]; past it the
+/// `detailed` ones and others spread evenly over the rest, up to the cap.
+pub fn table_cells(all: &[u32], detailed: &BTreeSet<u32>) -> BTreeSet<u32> {
+    if all.len() <= MAX_TABLE_CELLS {
+        return all.iter().copied().collect();
+    }
+    let mut set = detailed.clone();
+    let room = MAX_TABLE_CELLS.saturating_sub(set.len()).max(2);
+    set.extend((0..room).map(|k| all[k * (all.len() - 1) / (room - 1).max(1)]));
+    set
+}
+
+/// The cells table: the rows of `listed` among `cells`, of a sweep of
+/// `all` cells.
+fn cells_table(out: &mut String, cells: &[CellResult], all: usize, listed: &BTreeSet<u32>, detailed: &BTreeSet<u32>) {
     out.push_str(
         "<h2 id=\"cells\">Cells</h2><p>Means over seeds, ± their 95 % intervals. Ranks, rank/d and λmax are \
                   certified brackets of the mean over seeds, never the sketches' point estimates; an unresolved rank \
@@ -106,14 +121,6 @@ fn cells_table(out: &mut String, cells: &[CellResult], detailed: &BTreeSet<u32>)
     );
     // A sweep of many cells lists its drawn cells and others spread over
     // the rest, up to the cap; every cell is in results.csv.
-    let listed: BTreeSet<u32> = if cells.len() <= MAX_TABLE_CELLS {
-        cells.iter().map(|c| c.index).collect()
-    } else {
-        let mut set = detailed.clone();
-        let room = MAX_TABLE_CELLS.saturating_sub(set.len()).max(2);
-        set.extend((0..room).map(|k| cells[k * (cells.len() - 1) / (room - 1).max(1)].index));
-        set
-    };
     for c in cells.iter().filter(|c| listed.contains(&c.index)) {
         let link = if detailed.contains(&c.index) {
             format!("<a href=\"#cell-{0}\">{0}</a>", c.index)
@@ -152,13 +159,12 @@ fn cells_table(out: &mut String, cells: &[CellResult], detailed: &BTreeSet<u32>)
         );
     }
     out.push_str("</tbody></table>");
-    if listed.len() < cells.len() {
+    if listed.len() < all {
         let _ = write!(
             out,
-            "<p class=\"note\" id=\"cells-omitted\">{} of {} cells are listed (those with figures, and others spread \
+            "<p class=\"note\" id=\"cells-omitted\">{} of {all} cells are listed (those with figures, and others spread \
              over the sweep); every cell is in results.csv and results.json.</p>",
             listed.len(),
-            cells.len()
         );
     }
 }
@@ -257,19 +263,20 @@ pub fn page(input: &ReportInput, sweep_figs: &[Figure], detailed: &[(&CellResult
     }
     out.push_str("<a href=\"#runs\">runs</a></nav>");
     let set: BTreeSet<u32> = detailed.iter().map(|(c, _)| c.index).collect();
-    cells_table(&mut out, &doc.cells, &set);
+    let all = crate::all_cells(doc);
+    cells_table(&mut out, &doc.cells, all.len(), &table_cells(&all, &set), &set);
     out.push_str("<h2 id=\"eta-b\">Against η/b</h2>");
     if sweep_figs.is_empty() {
         out.push_str("<p class=\"note\">No cell has results yet.</p>");
     }
     figures(&mut out, sweep_figs);
-    if detailed.len() < doc.cells.len() {
+    if detailed.len() < all.len() {
         let _ = write!(
             out,
             "<p class=\"note\" id=\"omitted\">Figures of {} of {} cells follow (spread over η/b); choose others with \
              `gradsweep report --cells`. Every cell's numbers are in the table above and in results.json.</p>",
             detailed.len(),
-            doc.cells.len()
+            all.len()
         );
     }
     for (c, figs) in detailed {

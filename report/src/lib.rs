@@ -68,30 +68,67 @@ pub struct Report {
     pub figures: Vec<Figure>,
 }
 
+/// Every cell of the sweep `doc` describes, by index, sorted: from its η/b
+/// rows, which have one per cell, so a document that holds only the cells
+/// a report draws ([`report_cells`]) still knows them all; from its cells
+/// when the rows are fewer.
+pub fn all_cells(doc: &ResultsDocument) -> Vec<u32> {
+    let rows = &doc.summary.by_eta_over_b;
+    let mut all: Vec<u32> = if rows.len() >= doc.cells.len() {
+        rows.iter().map(|r| r.cell).collect()
+    } else {
+        doc.cells.iter().map(|c| c.index).collect()
+    };
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// The cells that get sections of their own figures: those in `asked`
 /// (each must exist), or every cell up to [`DETAIL_CELLS`], or that many
 /// spread evenly over η/b. Sorted.
 pub fn detail_cells(doc: &ResultsDocument, asked: Option<&[u32]>) -> Result<Vec<u32>, ReportError> {
-    let cells = &doc.cells;
-    let last = cells.len().saturating_sub(1);
+    detail_cells_among(&all_cells(doc), &doc.summary.by_eta_over_b, asked)
+}
+
+/// [`detail_cells`] of a sweep whose cells are `all` (sorted indices) and
+/// whose η/b rows are `rows`: what a caller that streams the cells past
+/// chooses before it keeps any.
+pub fn detail_cells_among(
+    all: &[u32],
+    rows: &[gradsweep_shared::results::EtaOverBRow],
+    asked: Option<&[u32]>,
+) -> Result<Vec<u32>, ReportError> {
+    let last = all.len().saturating_sub(1);
     if let Some(asked) = asked {
         let mut v = asked
             .iter()
-            .map(|&i| cells.iter().any(|c| c.index == i).then_some(i).ok_or(ReportError::UnknownCell { cell: i, last }))
+            .map(|&i| all.binary_search(&i).is_ok().then_some(i).ok_or(ReportError::UnknownCell { cell: i, last }))
             .collect::<Result<Vec<u32>, _>>()?;
         v.sort_unstable();
         v.dedup();
         return Ok(v);
     }
-    if cells.len() <= DETAIL_CELLS {
-        return Ok(cells.iter().map(|c| c.index).collect());
+    if all.len() <= DETAIL_CELLS {
+        return Ok(all.to_vec());
     }
-    let order: Vec<u32> = doc.summary.by_eta_over_b.iter().map(|r| r.cell).collect();
-    let order: Vec<u32> = if order.len() == cells.len() { order } else { cells.iter().map(|c| c.index).collect() };
+    let order: Vec<u32> = rows.iter().map(|r| r.cell).collect();
+    let order: Vec<u32> = if order.len() == all.len() { order } else { all.to_vec() };
     let mut picked: Vec<u32> = (0..DETAIL_CELLS).map(|k| order[k * (order.len() - 1) / (DETAIL_CELLS - 1)]).collect();
     picked.sort_unstable();
     picked.dedup();
     Ok(picked)
+}
+
+/// The cells a report of a sweep whose cells are `all` shows whole: the
+/// sections of figures (`detailed`) and the rows of its cells table
+/// ([`html::table_cells`]). Its document needs no other cell, so a caller
+/// that streams a large sweep keeps only these.
+pub fn report_cells(all: &[u32], detailed: &[u32]) -> std::collections::BTreeSet<u32> {
+    let detailed: std::collections::BTreeSet<u32> = detailed.iter().copied().collect();
+    let mut keep = html::table_cells(all, &detailed);
+    keep.extend(detailed);
+    keep
 }
 
 /// The report of `input`: every figure, and the page that holds them.

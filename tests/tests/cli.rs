@@ -299,6 +299,20 @@ fn results_csv_has_one_column_per_axis_and_no_packed_strings() {
     assert_eq!(seen, want);
 }
 
+/// A coordinator on a database in `dir` (its address), and `grid` written
+/// there and submitted to it (the sweep's id).
+fn submitted(dir: &Path, grid: &str) -> (gradsweep_tests::CoordinatorProc, std::path::PathBuf, String, String) {
+    let db = dir.join("state.db");
+    let coord = gradsweep_tests::CoordinatorProc::start(&db, 0, &[], dir);
+    let addr = format!("127.0.0.1:{}", coord.port);
+    let file = dir.join("grid.toml");
+    std::fs::write(&file, grid).unwrap();
+    let o = cli(&["submit", "--coordinator", &addr, file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sweep = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (coord, db, addr, sweep)
+}
+
 /// Issue 13, item 3: `status`, `results` and `runs` read a database file
 /// without a coordinator (even while one runs on it) and print exactly
 /// what the coordinator answers; a file that is not a gradsweep database,
@@ -306,15 +320,8 @@ fn results_csv_has_one_column_per_axis_and_no_packed_strings() {
 #[test]
 fn a_database_reads_the_same_without_a_coordinator() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("state.db");
-    let coord = gradsweep_tests::CoordinatorProc::start(&db, 0, &[], dir.path());
-    let addr = format!("127.0.0.1:{}", coord.port);
+    let (coord, db, addr, sweep) = submitted(dir.path(), &grids::tiny("offline", 2));
     let _w = gradsweep_tests::WorkerProc::start(&coord.url(), "w-db", 2, dir.path());
-    let grid = dir.path().join("grid.toml");
-    std::fs::write(&grid, grids::tiny("offline", 2)).unwrap();
-    let o = cli(&["submit", "--coordinator", &addr, grid.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
-    let sweep = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let o = cli(&["watch", "--coordinator", &addr, &sweep]);
     assert!(o.status.success(), "{}", text(&o));
 
@@ -364,4 +371,79 @@ fn a_database_reads_the_same_without_a_coordinator() {
         assert!(!o.status.success() && text(&o).contains(bad.to_str().unwrap()), "{}", text(&o));
     }
     assert!(!dir.path().join("missing.db").exists(), "reading creates nothing");
+}
+
+/// `results --out` and `report` from a coordinator stream the sweep past
+/// twice and keep only the cells the report shows whole; on a sweep of
+/// more cells than the report's table lists, every file they write is the
+/// one written from the database with every cell held.
+#[test]
+fn exports_streamed_from_a_coordinator_are_those_of_every_cell_held() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2,100 cells (more than the 2,000 the table lists), nothing run: the
+    // sweep is cancelled so that its wall time is fixed.
+    let (_coord, db, addr, sweep) = submitted(
+        dir.path(),
+        "[sweep]\nname = \"wide\"\n[train]\nmodel = \"mlp:64-8-10\"\ndataset = \"digits\"\nepochs = 1\n\
+         [grid]\nlr = { log = [0.001, 0.5], num = 1050 }\nbatch_size = [32, 64]\n",
+    );
+    let o = cli(&["cancel", "--coordinator", &addr, &sweep]);
+    assert!(o.status.success(), "{}", text(&o));
+    let db = db.to_str().unwrap();
+    let write = |name: &str, args: &[&str], from: &[&str]| -> std::path::PathBuf {
+        let out = dir.path().join(name);
+        let o = cli(&[args, &[sweep.as_str(), "--out", out.to_str().unwrap()], from].concat());
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        out
+    };
+    // The page says when it was made: the one line allowed to differ.
+    let page = |d: &Path| -> String {
+        let t = std::fs::read_to_string(d.join("report.html")).unwrap();
+        let at = t.find("data-key=\"made\">").expect("the page says when it was made");
+        let end = at + t[at..].find("</dd>").unwrap();
+        format!("{}{}", &t[..at], &t[end..])
+    };
+    let figures = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d.join("figures"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    for (args, name) in [(&["results"][..], "results"), (&["report", "--cells", "0,7,2099"][..], "report")] {
+        let remote = write(&format!("{name}-remote"), args, &["--coordinator", &addr]);
+        let local = write(&format!("{name}-db"), args, &["--db", db]);
+        for f in ["results.csv", "results.json", "runs.csv", "epochs.csv"] {
+            let (a, b) = (std::fs::read(remote.join(f)).unwrap(), std::fs::read(local.join(f)).unwrap());
+            assert!(!a.is_empty() && a == b, "{name}: {f} differs");
+        }
+        let p = page(&remote);
+        assert!(p.contains("<section id=\"cell-7\">") == (name == "report"), "{name}: the cells asked for are drawn");
+        let q = page(&local);
+        if let Some(at) = p.bytes().zip(q.bytes()).position(|(a, b)| a != b).or((p.len() != q.len()).then_some(0)) {
+            let near =
+                |t: &str| t.chars().skip(p[..at].chars().count().saturating_sub(80)).take(240).collect::<String>();
+            panic!("{name}: report.html differs at byte {at}:\nstreamed: {}\ndatabase: {}", near(&p), near(&q));
+        }
+        assert_eq!(figures(&remote), figures(&local), "{name}: the figures differ");
+    }
+    // Printed as it streams, it is what the database prints.
+    let o = cli(&[
+        "results",
+        &sweep,
+        "--format",
+        "csv",
+        "--out",
+        dir.path().join("printed").to_str().unwrap(),
+        "--coordinator",
+        &addr,
+    ]);
+    let local = cli(&["results", &sweep, "--format", "csv", "--db", db]);
+    assert!(o.status.success() && local.status.success(), "{}\n{}", text(&o), text(&local));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&local.stdout));
+    assert_eq!(std::fs::read(dir.path().join("printed/results.csv")).unwrap(), local.stdout);
 }
