@@ -410,21 +410,33 @@ fn write_spectra(
     cells: &[gradsweep_shared::results::CellResult],
     spectra: &[(u32, gradsweep_shared::digest::CellSpectra)],
 ) -> anyhow::Result<usize> {
-    let out = dir.join("spectra");
     let mut n = 0;
     for (index, sp) in spectra {
         let cell =
             cells.iter().find(|c| c.index == *index).with_context(|| format!("spectra of unknown cell {index}"))?;
-        let files = cell
-            .spectrum_files(sp)
-            .with_context(|| format!("cell {index}: its spectra do not match its results; fetch both again"))?;
-        std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-        for (name, bytes) in files {
-            write_atomic(&out, &name, &bytes)?;
-            n += 1;
-        }
+        n += write_cell_spectra(dir, cell, sp)?;
     }
     Ok(n)
+}
+
+/// Writes one cell's spectra as NPY files into `dir/spectra/`
+/// ([`CellResult::spectrum_files`]); returns how many.
+///
+/// [`CellResult::spectrum_files`]: gradsweep_shared::results::CellResult::spectrum_files
+fn write_cell_spectra(
+    dir: &Path,
+    cell: &gradsweep_shared::results::CellResult,
+    spectra: &gradsweep_shared::digest::CellSpectra,
+) -> anyhow::Result<usize> {
+    let files = cell
+        .spectrum_files(spectra)
+        .with_context(|| format!("cell {}: its spectra do not match its results; fetch both again", cell.index))?;
+    let out = dir.join("spectra");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for (name, bytes) in &files {
+        write_atomic(&out, name, bytes)?;
+    }
+    Ok(files.len())
 }
 
 /// Writes the gradient rows and weights that the sweep's probes kept
@@ -615,10 +627,10 @@ impl JsonCells {
 
     /// The text of the next cell `c`.
     fn cell(&mut self, c: &gradsweep_shared::results::CellResult) -> std::io::Result<String> {
-        let text = serde_json::to_string_pretty(c).map_err(std::io::Error::other)?;
-        let sep = if self.written == 0 { "\n" } else { ",\n" };
+        let mut text: Vec<u8> = if self.written == 0 { b"\n    ".to_vec() } else { b",\n    ".to_vec() };
+        serde_json::to_writer_pretty(Indented { out: &mut text, pad: b"\n    " }, c)?;
         self.written += 1;
-        Ok(format!("{sep}{}", indent(&text, 4)))
+        String::from_utf8(text).map_err(std::io::Error::other)
     }
 
     /// Writes what follows the last cell to `out`: the summary and the
@@ -632,24 +644,26 @@ impl JsonCells {
     ) -> std::io::Result<()> {
         out.write_all(if self.written == 0 { b"" } else { b"\n  " })?;
         out.write_all(b"],\n  \"summary\": ")?;
-        serde_json::to_writer_pretty(Indented { out: &mut *out }, summary)?;
+        serde_json::to_writer_pretty(Indented { out: &mut *out, pad: b"\n  " }, summary)?;
         out.write_all(b",\n  \"provenance\": ")?;
-        serde_json::to_writer_pretty(Indented { out: &mut *out }, &report::Provenance::of(status))?;
+        serde_json::to_writer_pretty(Indented { out: &mut *out, pad: b"\n  " }, &report::Provenance::of(status))?;
         out.write_all(b"\n}")
     }
 }
 
-/// A writer that indents every line after the first by two spaces: what
-/// [`indent`] does to a text, done as it is written.
+/// A writer that indents every line after the first as it is written:
+/// each newline becomes `pad` (a newline and the indentation), so nested
+/// JSON is written in place without a copy of its text.
 struct Indented<'a> {
     out: &'a mut dyn Write,
+    pad: &'static [u8],
 }
 
 impl Write for Indented<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         for (i, line) in buf.split(|&b| b == b'\n').enumerate() {
             if i > 0 {
-                self.out.write_all(b"\n  ")?;
+                self.out.write_all(self.pad)?;
             }
             self.out.write_all(line)?;
         }
@@ -721,7 +735,6 @@ async fn stream_exports(
     let mut spectra: std::collections::HashMap<u32, gradsweep_shared::digest::CellSpectra> =
         crate::client::export_spectra(&mut client, sweep).await?.into_iter().collect();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let spectra_dir = dir.join("spectra");
     let (mut json_file, mut csv_file) =
         (crate::runs::AtomicFile::create(dir, "results.json")?, crate::runs::AtomicFile::create(dir, "results.csv")?);
     let (mut json, mut echo, mut tables) = (JsonCells::default(), Echo { failed: None }, report::Tables::new(th));
@@ -746,19 +759,7 @@ async fn stream_exports(
             None => {}
         }
         if let Some(sp) = spectra.remove(&c.index) {
-            let files = c.spectrum_files(&sp).ok_or_else(|| {
-                std::io::Error::other(format!(
-                    "cell {}: its spectra do not match its results; fetch both again",
-                    c.index
-                ))
-            })?;
-            std::fs::create_dir_all(&spectra_dir)?;
-            for (name, bytes) in files {
-                let mut f = crate::runs::AtomicFile::create(&spectra_dir, &name).map_err(std::io::Error::other)?;
-                f.out.write_all(&bytes)?;
-                f.commit().map_err(std::io::Error::other)?;
-                spectra_files += 1;
-            }
+            spectra_files += write_cell_spectra(dir, &c, &sp).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
             if detail.binary_search(&c.index).is_ok() {
                 kept_spectra.push((c.index, sp));
             }
@@ -791,12 +792,6 @@ async fn stream_exports(
         Some(e) => Err(e.into()),
         None => Ok(status),
     }
-}
-
-/// `text` with every line indented by `n` spaces.
-fn indent(text: &str, n: usize) -> String {
-    let pad = " ".repeat(n);
-    text.lines().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// `gradsweep report`: every export, the report among them, into `out`,

@@ -54,6 +54,7 @@ pub struct CoordinatorMetrics {
 /// (`gradsweep_call_seconds{call=…}`): from the handler's start to its
 /// answer, so an `Acquire` that long-polls for work counts its wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Call {
     /// `Register`.
     Register,
@@ -70,7 +71,8 @@ pub enum Call {
 }
 
 impl Call {
-    /// Every call, in the order of the exposition.
+    /// Every call, in the order of the exposition (their declaration
+    /// order, which indexes their histograms).
     pub const ALL: &[Call] =
         &[Call::Register, Call::Heartbeat, Call::Acquire, Call::Report, Call::Finish, Call::Release];
 
@@ -134,8 +136,7 @@ fn by_state<S: Copy + PartialEq + std::fmt::Display>(all: &[S], counts: &[(S, u6
 impl CoordinatorMetrics {
     /// Times one `call` until the returned timer is dropped.
     pub fn time(&self, call: Call) -> CallTimer<'_> {
-        let i = Call::ALL.iter().position(|c| *c == call).unwrap_or(0);
-        CallTimer { histogram: &self.call_seconds[i], started: Instant::now() }
+        CallTimer { histogram: &self.call_seconds[call as usize], started: Instant::now() }
     }
 
     /// The text exposition, with the store's counts.
