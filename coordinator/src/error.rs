@@ -78,7 +78,16 @@ pub enum CoordinatorError {
 
 impl CoordinatorError {
     /// Whether this is the storage refusing to grow (SQLite's "database or
-    /// disk is full") or failing to write: the cases that halt the coordinator.
+    /// disk is full", or the `--max-db-mib` cap).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            CoordinatorError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+
+    /// A failure of the storage itself (full, or an I/O error such as a
+    /// failed sync): the coordinator halts rather than go on.
     pub fn is_storage_failure(&self) -> bool {
         matches!(
             self,

@@ -5,8 +5,8 @@
 //! everything durably in SQLite, and merges finished runs into per-cell and
 //! sweep-level statistics. Handlers are thin: they convert the wire message,
 //! send the transition to the store's writer thread (group commit: one
-//! fsync covers every transition waiting, and none is answered before it is
-//! durable) or read on a read-only connection, and map errors to a gRPC
+//! commit covers every transition waiting, and none is answered before a
+//! sync made it durable) or read on a read-only connection, and map errors to a gRPC
 //! status in one place. Merges are heavy (sketch shrinks and
 //! eigendecompositions) and run on a merger task with the store unlocked,
 //! never inside a worker's request, on two threads of their own below the

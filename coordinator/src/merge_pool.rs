@@ -4,10 +4,14 @@
 //! A cell merge at ℓ = 1,024 and d = 13,338 is seconds of dense linear
 //! algebra. Sketch merges are cut in two (`gradsweep_shared::linalg::Split`),
 //! which decides their bits; this pool's two threads run the halves side by
-//! side. The threads run at a lower scheduling priority (nice
-//! [`MERGE_NICE`] on Linux, where the nice value is per thread), so when
-//! heartbeats, grants and reports want a core the merge gives it up, and
-//! when they do not, the merge has both.
+//! side. The threads run below every other thread of the process: on
+//! Linux, under the `SCHED_IDLE` policy, which any other thread preempts
+//! as soon as it wakes (a nice value alone only shrinks the merge's share:
+//! at nice +10 it still took 60 % of a core beside a loaded coordinator),
+//! and at nice [`MERGE_NICE`] below the caller where that policy is
+//! refused. So when heartbeats, grants and reports want a core the merge
+//! gives it up, and when they do not, the merge has both. A merge's
+//! reads of its inputs and its encoding run on these threads too.
 
 use crate::error::{CoordinatorError, Result};
 
@@ -48,12 +52,22 @@ impl MergePool {
     }
 }
 
-/// Lowers the calling thread's priority by [`MERGE_NICE`] levels (to 19 at
-/// most); logs and goes on where it cannot (the merges are then only as
-/// polite as the OS makes them).
+/// Puts the calling thread under `SCHED_IDLE` and lowers its nice value by
+/// [`MERGE_NICE`] levels (to 19 at most); logs and goes on where it cannot
+/// (the merges are then only as polite as the OS makes them).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
+        #[allow(unsafe_code)]
+        // SAFETY: sched_setscheduler reads the parameter struct we pass by
+        // reference and touches no other memory; pid 0 is this thread.
+        let idle = unsafe {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+        };
+        if idle != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "merge thread not under SCHED_IDLE");
+        }
         #[allow(unsafe_code)]
         // SAFETY: gettid, getpriority and setpriority take and return plain
         // integers and touch no memory of ours; on Linux, PRIO_PROCESS with
@@ -84,11 +98,16 @@ mod tests {
             let after = &stat[stat.rfind(')').unwrap() + 2..];
             after.split(' ').nth(16).unwrap().parse::<i32>().unwrap()
         };
+        #[allow(unsafe_code)]
+        // SAFETY: reads this thread's scheduling policy; no memory.
+        let policy = || unsafe { libc::sched_getscheduler(0) };
         let mine = nice_of_this_thread();
         let pool = MergePool::start().unwrap();
         let theirs = pool.run(nice_of_this_thread);
         assert_eq!(theirs, (mine + MERGE_NICE).min(19));
+        assert_eq!(pool.run(policy), libc::SCHED_IDLE);
         assert_eq!(nice_of_this_thread(), mine);
+        assert_eq!(policy(), libc::SCHED_OTHER, "the caller keeps its own policy");
         let (a, b) = pool.run(|| rayon::join(nice_of_this_thread, nice_of_this_thread));
         assert_eq!((a, b), (theirs, theirs));
     }

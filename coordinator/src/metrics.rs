@@ -38,13 +38,17 @@ pub struct CoordinatorMetrics {
     pub shards_leased: Gauge,
     /// Bytes of shard results waiting for their run's worker.
     pub shard_result_bytes: Gauge,
-    /// Batches of transitions committed by the store writer (one fsync each).
+    /// Batches of transitions committed by the store writer (one sync may
+    /// cover several).
     pub commits: Counter,
     /// Transitions committed (their ratio to `commits` is the batch size).
     pub committed_transitions: Counter,
-    /// Seconds the store writer took per batch: its transitions run, then
-    /// the commit (one fsync).
+    /// Seconds per batch from its start to its answers: its transitions
+    /// run, the commit, then the wait for the sync that makes it durable.
     pub store_batch_seconds: Histogram,
+    /// Seconds per sync of the WAL (each covers every batch committed
+    /// since the last one).
+    pub store_sync_seconds: Histogram,
     /// Seconds each worker call took in the coordinator, by [`Call`].
     call_seconds: Vec<Histogram>,
     started: Instant,
@@ -122,6 +126,7 @@ impl Default for CoordinatorMetrics {
             commits: Counter::default(),
             committed_transitions: Counter::default(),
             store_batch_seconds: Histogram::new(CALL_BUCKETS),
+            store_sync_seconds: Histogram::new(CALL_BUCKETS),
             call_seconds: Call::ALL.iter().map(|_| Histogram::new(CALL_BUCKETS)).collect(),
             started: Instant::now(),
         }
@@ -170,8 +175,14 @@ impl CoordinatorMetrics {
             )
             .histogram(
                 "gradsweep_store_batch_seconds",
-                "Time the store writer took per batch of transitions: running them, then one commit (fsync).",
+                "Time per batch of transitions from its start to its answers: running them, the commit, and the \
+                 sync that made it durable.",
                 &self.store_batch_seconds,
+            )
+            .histogram(
+                "gradsweep_store_sync_seconds",
+                "Time per sync of the database's WAL (one covers every batch committed since the last).",
+                &self.store_sync_seconds,
             )
             .single(
                 "gradsweep_cells_pending_merge",
@@ -213,7 +224,11 @@ impl CoordinatorMetrics {
             ("gradsweep_reports_total", "Report messages accepted (re-sent duplicates included).", &self.reports),
             ("gradsweep_sketch_merges_total", "Run sketches combined by cell merges.", &self.sketch_merges),
             ("gradsweep_runs_finished_total", "Finish calls accepted (retries included).", &self.runs_finished),
-            ("gradsweep_store_commits_total", "Store commits (each one fsync, covering a batch).", &self.commits),
+            (
+                "gradsweep_store_commits_total",
+                "Store commits, each of a batch of transitions (one sync may cover several).",
+                &self.commits,
+            ),
             (
                 "gradsweep_store_transitions_total",
                 "State transitions committed (divided by commits: the group-commit batch size).",
@@ -259,5 +274,6 @@ mod tests {
             assert!(text.contains(&line), "{line} in:\n{text}");
         }
         assert!(text.contains("# TYPE gradsweep_store_batch_seconds histogram\n"), "{text}");
+        assert!(text.contains("# TYPE gradsweep_store_sync_seconds histogram\n"), "{text}");
     }
 }

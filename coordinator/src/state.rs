@@ -1,7 +1,7 @@
 //! The coordinator's state machine over the [`Store`].
 //!
 //! [`Coordinator`] sends every state transition to the store's writer
-//! thread ([`crate::writer`]: group commit, one fsync per batch, answers
+//! thread ([`crate::writer`]: group commit, a sync beside it, answers
 //! only once durable) and runs reads on read-only connections on tokio's
 //! blocking pool, so neither SQLite I/O nor result merging stalls the async
 //! workers, and status and results never wait for a commit. It wakes
@@ -367,17 +367,20 @@ impl Coordinator {
     /// One cell's merge, off the lock; returns how many runs it combined
     /// (none when the cell is pruned: its merge is final).
     async fn merge_cell(&self, sweep_id: String, cell: u32) -> Result<usize> {
-        let Some(inputs) = self.read_store(Read::Bulk, move |s| s.cell_inputs(&sweep_id, cell)).await? else {
-            return Ok(0);
-        };
-        let runs = inputs.runs.len();
-        let pool = self.merge_pool.clone();
-        let (sweep_id, merge) = tokio::task::spawn_blocking(move || {
-            let m = pool.run(|| inputs.merge());
-            EncodedMerge::of(&m).map(|e| (inputs.sweep_id.clone(), e))
+        // The read of its inputs (a large sketch is tens of MB to decode)
+        // and its encoding run on the merge pool too, below everything
+        // else, on a long-read connection.
+        let (pool, bulk) = (self.merge_pool.clone(), self.bulk.clone());
+        let merged = tokio::task::spawn_blocking(move || {
+            pool.run(|| -> Result<Option<(usize, String, EncodedMerge)>> {
+                let Some(inputs) = bulk.with(|s| s.cell_inputs(&sweep_id, cell))? else { return Ok(None) };
+                let encoded = EncodedMerge::of(&inputs.merge())?;
+                Ok(Some((inputs.runs.len(), inputs.sweep_id, encoded)))
+            })
         })
         .await
         .map_err(|e| CoordinatorError::Internal(format!("merge task failed: {e}")))??;
+        let Some((runs, sweep_id, merge)) = merged else { return Ok(0) };
         self.with_store(move |s| s.store_cell(&sweep_id, &merge)).await?;
         Ok(runs)
     }
@@ -473,11 +476,18 @@ impl Coordinator {
         if let Err(e) = &r
             && e.is_storage_failure()
         {
-            let why = format!(
-                "the database {} cannot grow ({e}); free space (or raise --max-db-mib) and restart `gradsweep serve` \
-                 on the same file: every acknowledged result is kept",
-                self.config.db_path.display()
-            );
+            let db = self.config.db_path.display();
+            let why = if e.is_disk_full() {
+                format!(
+                    "the database {db} cannot grow ({e}); free space (or raise --max-db-mib) and restart \
+                     `gradsweep serve` on the same file: every acknowledged result is kept"
+                )
+            } else {
+                format!(
+                    "the database {db} could not be written ({e}); check the disk and restart `gradsweep serve` \
+                     on the same file: every acknowledged result is kept"
+                )
+            };
             tracing::error!(reason = %why, "storage failure: no longer accepting work");
             self.halted.send_replace(Some(why.clone()));
             return Err(CoordinatorError::Halted(why));
@@ -486,7 +496,8 @@ impl Coordinator {
     }
 
     /// Runs a read-only `f` on a read connection of `kind`, on the blocking
-    /// pool; it sees every acknowledged transition and never waits for a
+    /// pool; it sees every acknowledged transition (and those committed
+    /// whose sync is still on the disk) and never waits for a
     /// commit. Allowed after a storage failure, so status and results stay
     /// available. A write in `f` fails.
     pub async fn read_store<T, F>(&self, kind: Read, f: F) -> Result<T>

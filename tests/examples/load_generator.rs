@@ -10,7 +10,8 @@
 //! database in a temporary folder on this machine's disk, production lease
 //! settings: 15 s TTL, 3 s heartbeats) gets a sweep of `RUNS` runs (default
 //! 2,000). Each simulated worker registers on its own connection,
-//! heartbeats every 3 s on its own task, and loops: `Acquire` (wait 1 s),
+//! heartbeats every 3 s on its own task (the first at its id's phase, as a
+//! real worker's), and loops: `Acquire` (wait 1 s),
 //! then, after `HOLD_MS` (default 0) standing in for the run's compute,
 //! `Finish`, as a run that failed without computing (the same transaction
 //! as any finish, without a cell merge). With no hold the workers form a
@@ -232,7 +233,11 @@ fn coordinator_view(metrics: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    format!("{calls}; store batch p99 {}", bracket(bucket_of(metrics, "gradsweep_store_batch_seconds", "", 0.99)))
+    let sync = match bucket_of(metrics, "gradsweep_store_sync_seconds", "", 0.99) {
+        None => String::new(),
+        b => format!(", sync p99 {}", bracket(b)),
+    };
+    format!("{calls}; store batch p99 {}{sync}", bracket(bucket_of(metrics, "gradsweep_store_batch_seconds", "", 0.99)))
 }
 
 /// The coordinator's slow store batches (its `store batch slow` warnings):
@@ -244,18 +249,20 @@ fn slow_batches(log: &str) -> String {
             .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
             .unwrap_or(0)
     };
-    let slow: Vec<(u64, u64, u64)> = log
+    // (transitions, running, committing, syncing); builds before the
+    // deferred sync logged no `sync_ms` (their commit held the fsync).
+    let slow: Vec<[u64; 4]> = log
         .lines()
         .filter(|l| l.contains("store batch slow"))
-        .map(|l| (field(l, "transitions="), field(l, "run_ms="), field(l, "commit_ms=")))
+        .map(|l| [field(l, "transitions="), field(l, "run_ms="), field(l, "commit_ms="), field(l, "sync_ms=")])
         .collect();
-    match slow.iter().max_by_key(|(_, run, commit)| run + commit) {
+    match slow.iter().max_by_key(|[_, run, commit, sync]| run + commit + sync) {
         None => "no store batch over 100 ms".into(),
-        Some((n, run, commit)) => format!(
-            "{} store batches over 100 ms ({} of them mostly commit); the slowest: {n} transitions, {run} ms running \
-             them, {commit} ms committing",
+        Some([n, run, commit, sync]) => format!(
+            "{} store batches over 100 ms ({} of them mostly commit and sync); the slowest: {n} transitions, {run} ms \
+             running them, {commit} ms committing, {sync} ms syncing",
             slow.len(),
-            slow.iter().filter(|(_, r, c)| c > r).count()
+            slow.iter().filter(|[_, r, c, s]| c + s > *r).count()
         ),
     }
 }
@@ -284,8 +291,11 @@ async fn simulated_worker(
         let (mut c, id, held, stop, samples) =
             (client.clone(), id.clone(), held.clone(), stop.clone(), samples.clone());
         tokio::spawn(async move {
+            // As a real worker: the first beat at the id's phase, then
+            // every 3 s.
+            let mut wait = gradsweep_worker::worker::heartbeat_phase(&id, Duration::from_secs(3));
             while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::time::sleep(std::mem::replace(&mut wait, Duration::from_secs(3))).await;
                 let runs: Vec<pb::RunLease> = held.lock().await.iter().cloned().collect();
                 let t = Instant::now();
                 if c.heartbeat(pb::HeartbeatRequest { worker_id: id.clone(), runs, shards: vec![] }).await.is_ok() {
@@ -463,6 +473,23 @@ async fn load(
             pct(&mut after_report, 0.99),
             after_report.len()
         );
+        let near: Vec<(Instant, f64)> = s.heartbeat_at.iter().copied().filter(|&(t, _)| t >= at && t <= end).collect();
+        println!(
+            "big finish, by second from the report's start: others' Heartbeat p99 {} ms (reported after {:.1} s)",
+            p99_by_window(&near, at, Duration::from_secs(1)),
+            rep.as_secs_f64()
+        );
+        // With RUST_LOG=info,gradsweep_coordinator=debug the coordinator
+        // logs each cell merge's time.
+        let merges: Vec<f64> = coord
+            .log()
+            .lines()
+            .filter(|l| l.contains("cell merged"))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("seconds=")).and_then(|v| v.parse().ok()))
+            .collect();
+        if let Some(slowest) = merges.iter().copied().reduce(f64::max) {
+            println!("big finish: {} cell merges logged, the slowest {slowest:.2} s", merges.len());
+        }
     }
     let m = Measured {
         grants_per_s: n as f64 / elapsed,

@@ -417,13 +417,28 @@ fn log_end(done: Result<(String, u64, RunEnd), tokio::task::JoinError>) {
     }
 }
 
+/// How far into the heartbeat interval a worker's first heartbeat falls: a
+/// fraction of `interval` fixed by the worker's id (FNV-1a), never more
+/// than the interval. Workers started together (a Slurm array, a
+/// Kubernetes rollout) then spread their heartbeats over the interval
+/// instead of sending them all in the same few milliseconds, each burst a
+/// queue at the coordinator; leases see no change, since every later
+/// heartbeat follows the one before by exactly the interval.
+pub fn heartbeat_phase(worker_id: &str, interval: Duration) -> Duration {
+    let h = worker_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    interval.mul_f64((h % 1024) as f64 / 1024.0)
+}
+
 /// Heartbeats on their own task, so compute never starves them.
-/// The interval is the one the coordinator asked for at registration.
+/// The interval is the one the coordinator asked for at registration; the
+/// first heartbeat comes at the worker's [`heartbeat_phase`].
 async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut first = true;
     loop {
         let interval = Duration::from_millis(shared.heartbeat_ms.load(Ordering::Relaxed));
+        let wait = if std::mem::take(&mut first) { heartbeat_phase(&shared.worker_id(), interval) } else { interval };
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
         let req = pb::HeartbeatRequest {
@@ -477,5 +492,25 @@ async fn heartbeat_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             Ok(Err(s)) => tracing::warn!(code = ?s.code(), error = %s.message(), "heartbeat failed"),
             Err(_) => tracing::warn!("heartbeat timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_registered_together_spread_their_heartbeats_over_the_interval() {
+        let interval = Duration::from_secs(3);
+        // Ids as the coordinator makes them: a count and a few hex digits.
+        let phases: Vec<Duration> =
+            (1..=1000).map(|n| heartbeat_phase(&format!("w{n}-{:x}", 0x5a3c00 + n), interval)).collect();
+        assert!(phases.iter().all(|p| *p < interval));
+        let mut quarters = [0; 4];
+        for p in &phases {
+            quarters[(p.as_secs_f64() / interval.as_secs_f64() * 4.0) as usize] += 1;
+        }
+        assert!(quarters.iter().all(|&q| (150..=350).contains(&q)), "{quarters:?}");
+        assert_eq!(heartbeat_phase("w7-1f", interval), heartbeat_phase("w7-1f", interval), "fixed by the id");
     }
 }

@@ -5,7 +5,9 @@
 //! restarts on the same file in a consistent state, and a report is either
 //! applied (and its sequence number recorded) or not at all. The database
 //! runs in WAL mode with `synchronous = FULL`, so what was acknowledged
-//! survives power loss.
+//! survives power loss; the coordinator's writer instead commits with
+//! `synchronous = NORMAL` and syncs the WAL itself before it acknowledges
+//! anything ([`Store::defer_sync`], [`crate::writer`]).
 //!
 //! A transition is its own `IMMEDIATE` transaction when called alone. Under
 //! [`Store::batch`] (the coordinator's group commit, [`crate::state`]) many
@@ -119,6 +121,26 @@ impl Store {
         Ok(Store { conn, policy, in_batch: false, pages_freed: false })
     }
 
+    /// Makes this connection's commits skip their fsync (`synchronous =
+    /// NORMAL`), for a caller that syncs the WAL file itself before it
+    /// tells anyone a commit happened: returns that file's path. A commit
+    /// in WAL mode appends its frames to the WAL and nothing else, so one
+    /// `fdatasync` of the WAL after the commit returned makes it durable,
+    /// as `synchronous = FULL` would have inside the commit; checkpoints
+    /// and a WAL's reuse still sync on their own. `None` (and nothing
+    /// changed) when the database is not in WAL mode: commits then keep
+    /// their own fsync.
+    pub fn defer_sync(&mut self) -> Result<Option<std::path::PathBuf>> {
+        let mode: String = self.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else { return Ok(None) };
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Ok(None);
+        }
+        let wal = std::path::PathBuf::from(format!("{db}-wal"));
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Some(wal))
+    }
+
     /// Opens a read-only connection to a database a [`Store::open`] already
     /// prepared: reads on it (status, results, merge inputs) go on while the
     /// writer commits (WAL), and any write on it fails.
@@ -197,7 +219,8 @@ impl Store {
         lost
     }
 
-    /// Commits the open batch (one fsync); when the commit fails, nothing
+    /// Commits the open batch (one fsync, unless [`Store::defer_sync`] left
+    /// it to the caller); when the commit fails, nothing
     /// of the batch is kept.
     /// Without an open batch (none began, or it was lost) there is nothing
     /// to commit: each transition since was its own transaction.
