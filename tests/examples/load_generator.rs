@@ -47,7 +47,7 @@
 //! line compares them: a side-by-side measure on the same machine, minutes
 //! apart.
 
-#![allow(clippy::print_stdout)] // the report is this tool's output
+#![allow(clippy::print_stdout, clippy::print_stderr)] // the report is this tool's output; retries are told on stderr
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -284,8 +284,25 @@ async fn simulated_worker(
     samples: Arc<Mutex<Samples>>,
     hold: Duration,
 ) -> anyhow::Result<()> {
-    let mut client = WorkerServiceClient::connect(url.clone()).await?;
-    let id = client.register(register_request(&name)).await?.into_inner().worker_id;
+    // As a real worker: a connection refused or reset while a thousand
+    // others open (the listener's backlog) is tried again after a pause.
+    let mut attempt = 0;
+    let (mut client, id) = loop {
+        let registered = async {
+            let mut c = WorkerServiceClient::connect(url.clone()).await?;
+            let id = c.register(register_request(&name)).await?.into_inner().worker_id;
+            anyhow::Ok((c, id))
+        };
+        match registered.await {
+            Ok(r) => break r,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("{name}: registration failed ({e}); again in {attempt}00 ms");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let held: Arc<Mutex<Option<pb::RunLease>>> = Arc::default();
     let heartbeats = {
         let (mut c, id, held, stop, samples) =
