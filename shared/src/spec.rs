@@ -572,8 +572,9 @@ pub fn hash_f64(xs: &[f64]) -> u64 {
     fnv1a(xs.iter().flat_map(|x| x.to_bits().to_le_bytes()))
 }
 
-/// 64-bit FNV-1a of a byte sequence: the hash of final weights in results.
-fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+/// 64-bit FNV-1a of a byte sequence: the hash of final weights in results,
+/// and a worker's heartbeat phase from its id.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= b as u64;

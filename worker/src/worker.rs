@@ -425,7 +425,7 @@ fn log_end(done: Result<(String, u64, RunEnd), tokio::task::JoinError>) {
 /// queue at the coordinator; leases see no change, since every later
 /// heartbeat follows the one before by exactly the interval.
 pub fn heartbeat_phase(worker_id: &str, interval: Duration) -> Duration {
-    let h = worker_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = gradsweep_shared::spec::fnv1a(worker_id.bytes());
     interval.mul_f64((h % 1024) as f64 / 1024.0)
 }
 
